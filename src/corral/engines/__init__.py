@@ -1,0 +1,1 @@
+"""Engines: the loops that drive an agent (model → tool calls → results → model)."""

@@ -1,0 +1,393 @@
+"""The native engine: pydantic-ai's agent loop, with every model and tool call made a durable, journaled step."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+from pydantic_ai import Agent, ModelRetry, RunContext, StructuredDict, Tool
+from pydantic_ai.capabilities import ProcessHistory
+from pydantic_ai.exceptions import (
+    ModelAPIError,
+    ModelConnectionError,
+    ModelRateLimitError,
+    ModelServerError,
+    ModelUnavailableError,
+)
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelRequest,
+    ModelResponse,
+    UserPromptPart,
+)
+from pydantic_ai.models import ModelRequestParameters
+from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.settings import ModelSettings
+from pydantic_ai.usage import UsageLimits
+
+from corral.engines.base import Engine, EngineContext, EngineResult
+from corral.errors import BudgetExceededError, ModelCallError
+from corral.models.pricing import Price, price_call
+from corral.models.providers import ModelTarget, api_key_for, build_model, context_window, resolve_target
+from corral.store import events
+from corral.store.journal import redact_data
+from corral.store.records import Usage
+from corral.tools.base import ToolContext, ToolDef, run_tool
+
+AGENTS_FILE = "AGENTS.md"
+HISTORY_DIR = ".corral/history"
+DEFAULT_WINDOW_TOKENS = 128_000
+
+
+def _dump_messages(messages: list[ModelMessage]) -> list[dict[str, Any]]:
+    return ModelMessagesTypeAdapter.dump_python(messages, mode="json")
+
+
+def _retryable(err: BaseException) -> bool:
+    """429, 5xx, overload and transport errors are retried; so is a response that could not be parsed."""
+    if isinstance(err, ModelRateLimitError | ModelUnavailableError | ModelServerError | ModelConnectionError):
+        return True
+    if isinstance(err, ModelAPIError):
+        status = getattr(err, "status_code", None)
+        return status is not None and (status == 429 or status >= 500)
+    return not isinstance(err, BudgetExceededError | asyncio.CancelledError)
+
+
+def _describe(err: BaseException) -> str:
+    status = getattr(err, "status_code", None)
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    prefix = f"HTTP {status}: " if status else ""
+    return f"{prefix}{type(err).__name__}: {text}"[:500]
+
+
+def _usage_of(response: ModelResponse) -> Usage:
+    u = response.usage
+    details = getattr(u, "details", None) or {}
+    return Usage(
+        input_tokens=u.input_tokens or 0,
+        output_tokens=u.output_tokens or 0,
+        cache_read_tokens=u.cache_read_tokens or 0,
+        cache_write_tokens=u.cache_write_tokens or 0,
+        reasoning_tokens=int(details.get("reasoning_tokens", 0) or 0),
+    )
+
+
+class DurableModel(WrapperModel):
+    """Wraps a pydantic-ai model: budget checks, journaled retries, pricing, one durable step per call."""
+
+    def __init__(self, wrapped: Any, *, ctx: EngineContext, target: ModelTarget, prices: dict[str, Price]) -> None:
+        super().__init__(wrapped)
+        self._ctx = ctx
+        self._target = target
+        self._prices = prices
+        self.calls = 0
+        self.usage = Usage()
+        self.last_input_tokens = 0
+
+    async def request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        ctx, call = self._ctx, self.calls
+        self.calls += 1
+        last_response = max((i for i, m in enumerate(messages) if isinstance(m, ModelResponse)), default=-1)
+        tool_names = [t.name for t in model_request_parameters.function_tools] + [
+            t.name for t in model_request_parameters.output_tools
+        ]
+        ctx.emit(
+            events.ModelRequest(
+                key=f"model:{call}:request",
+                call=call,
+                model=self._target.ref,
+                message_count=len(messages),
+                new_messages=_dump_messages(messages[last_response + 1 :]),
+                tools=tool_names,
+            )
+        )
+        usage_before = self.usage
+
+        async def attempt_call() -> dict[str, Any]:
+            self._check_budget(call, usage_before)
+            return await self._call_with_retries(call, messages, model_settings, model_request_parameters)
+
+        try:
+            payload = await ctx.steps.model_call(attempt_call)
+        except ModelCallError as err:
+            ctx.emit(
+                events.ModelError(
+                    key=f"model:{call}:error",
+                    call=call,
+                    error=str(err.message),
+                    error_type=getattr(err, "cause_type", type(err).__name__),
+                    attempts=getattr(err, "attempts", 1),
+                )
+            )
+            raise
+        response = ModelMessagesTypeAdapter.validate_python([payload["response"]])[0]
+        assert isinstance(response, ModelResponse)
+        usage = Usage(**payload["usage"])
+        self.usage = self.usage + usage
+        self.last_input_tokens = usage.input_tokens
+        ctx.emit(
+            events.ModelResponse(
+                key=f"model:{call}:response",
+                ts=payload["ts"],
+                duration_ms=payload["duration_ms"],
+                call=call,
+                model=self._target.ref,
+                parts=payload["response"]["parts"],
+                finish_reason=response.finish_reason,
+                attempts=payload["attempts"],
+                price_source=payload["price_source"],
+                **usage.model_dump(),
+            )
+        )
+        ctx.on_usage(self.usage, self.calls)
+        return response
+
+    def _check_budget(self, call: int, used: Usage) -> None:
+        budget = self._ctx.spec.budget
+        checks = [
+            ("max_turns", call + 1, budget.max_turns),
+            ("max_tokens", used.total_tokens, budget.max_tokens),
+            ("max_cost_usd", used.cost_usd, budget.max_cost_usd),
+            ("max_wall_time_s", time.time() - self._ctx.started_at, budget.max_wall_time_s),
+        ]
+        for limit, value, maximum in checks:
+            if maximum is None:
+                continue
+            over = value > maximum if limit == "max_turns" else value >= maximum
+            if over:
+                err = BudgetExceededError(
+                    f"budget exhausted: {limit} = {maximum} reached ({value:g}) before model call {call + 1}",
+                    hint=f"raise budget.{limit} in the agent spec",
+                )
+                err.limit, err.value, err.maximum = limit, float(value), float(maximum)  # type: ignore[attr-defined]
+                raise err
+
+    async def _call_with_retries(
+        self,
+        call: int,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        params: ModelRequestParameters,
+    ) -> dict[str, Any]:
+        policy = self._ctx.spec.retry
+        started = time.time()
+        t0 = time.monotonic()
+        for attempt in range(1, policy.max_attempts + 1):
+            try:
+                response = await self.wrapped.request(messages, model_settings, params)
+                break
+            except Exception as err:
+                if not _retryable(err) or attempt == policy.max_attempts:
+                    failure = ModelCallError(
+                        f"model call {call + 1} to {self._target.ref} failed after {attempt} attempt(s): {_describe(err)}",
+                        hint="check the model server, the API key and the model name; `corral trace RUN` shows each attempt",
+                    )
+                    failure.attempts, failure.cause_type = attempt, type(err).__name__  # type: ignore[attr-defined]
+                    raise failure from None
+                retry_after = getattr(err, "retry_after", None)
+                backoff = min(policy.initial_backoff_s * 2 ** (attempt - 1), policy.max_backoff_s)
+                wait = float(retry_after) if isinstance(retry_after, int | float) else backoff * (0.5 + random.random() / 2)
+                wait = min(wait, policy.max_backoff_s)
+                self._ctx.emit(
+                    events.ModelRetry(
+                        key=f"model:{call}:retry:{attempt}",
+                        call=call,
+                        attempt=attempt,
+                        error=_describe(err),
+                        status_code=getattr(err, "status_code", None),
+                        wait_s=wait,
+                    )
+                )
+                await asyncio.sleep(wait)
+        usage = _usage_of(response)
+        cost, source = price_call(
+            usage,
+            model=response.model_name or self._target.name,
+            provider=self._target.pricing_provider,
+            overrides=self._prices,
+            ref=self._target.ref,
+        )
+        usage = usage.model_copy(update={"cost_usd": cost})
+        dumped = redact_data(_dump_messages([response])[0], self._ctx.redact)
+        return {
+            "response": dumped,
+            "usage": usage.model_dump(),
+            "ts": started,
+            "duration_ms": (time.monotonic() - t0) * 1000,
+            "attempts": attempt,
+            "price_source": source,
+        }
+
+
+class _Compactor:
+    """A history processor: near the context limit, evict old turns to a workspace file and leave a pointer."""
+
+    def __init__(self, ctx: EngineContext, model: DurableModel, window: int) -> None:
+        self._ctx = ctx
+        self._model = model
+        self._window = window
+        self._count = 0
+
+    async def __call__(self, messages: list[ModelMessage]) -> list[ModelMessage]:
+        policy = self._ctx.spec.context
+        used = self._model.last_input_tokens
+        if used < policy.compact_at * self._window or len(messages) <= policy.keep_recent_messages + 2:
+            return messages
+        # Cut just before a model response so tool calls and their returns stay together and the
+        # kept history still alternates request, response, request...
+        cut = len(messages) - policy.keep_recent_messages
+        while cut > 1 and not isinstance(messages[cut], ModelResponse):
+            cut -= 1
+        if cut <= 1:
+            return messages
+        first = messages[0]
+        evicted = messages[1:cut]
+        self._count += 1
+        path = f"{HISTORY_DIR}/compacted-{self._model.calls:04d}.json"
+        text = json.dumps(_dump_messages(evicted), indent=1)
+        await self._ctx.sandbox.write_file(path, self._ctx.redact(text).encode())
+        self._ctx.emit(
+            events.ContextCompacted(
+                key=f"compact:{self._model.calls}",
+                evicted_messages=len(evicted),
+                kept_messages=len(messages) - len(evicted),
+                saved_to=path,
+                input_tokens_before=used,
+            )
+        )
+        note = UserPromptPart(
+            f"[corral] To stay within the context window, {len(evicted)} earlier messages of this session "
+            f"were removed from the conversation and saved to {path}. Read that file (read_file with line "
+            "ranges) if you need anything from them."
+        )
+        assert isinstance(first, ModelRequest)
+        return [ModelRequest(parts=[*first.parts, note], instructions=first.instructions), *messages[cut:]]
+
+
+def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> Tool[None]:
+    async def call_tool(run_ctx: RunContext[None], **kwargs: Any) -> str:
+        n = next(counter)
+        call_id = run_ctx.tool_call_id or f"call-{n}"
+        ctx.emit(events.ToolCall(key=f"tool:{n}:call", call_id=call_id, tool=tooldef.name, args=kwargs))
+
+        async def execute(idempotency_key: str) -> dict[str, Any]:
+            tool_ctx = ToolContext(
+                sandbox=ctx.sandbox,
+                run_id=ctx.run_id,
+                idempotency_key=idempotency_key,
+                redact=ctx.redact,
+                output_limit=ctx.spec.sandbox.output_limit,
+                exec_timeout=ctx.spec.sandbox.exec_timeout_s,
+            )
+            started = time.time()
+            outcome = await run_tool(tooldef, tool_ctx, kwargs)
+            return {**asdict(outcome), "ts": started}
+
+        result = await ctx.steps.tool_call(execute)
+        ctx.emit(
+            events.ToolResult(
+                key=f"tool:{n}:result",
+                ts=result["ts"],
+                duration_ms=result["duration_ms"],
+                call_id=call_id,
+                tool=tooldef.name,
+                ok=result["ok"],
+                text=result["text"],
+                error=result["error"],
+                spilled_to=result["spilled_to"],
+            )
+        )
+        return result["text"] if result["ok"] else f"ERROR: {result['text']}"
+
+    return Tool.from_schema(
+        call_tool,
+        name=tooldef.name,
+        description=tooldef.description,
+        json_schema=tooldef.json_schema(),
+        takes_ctx=True,
+    )
+
+
+async def _instructions(ctx: EngineContext) -> str:
+    text = ctx.spec.instructions.strip()
+    try:
+        agents_md = (await ctx.sandbox.read_file(AGENTS_FILE)).decode("utf-8", errors="replace").strip()
+    except Exception:
+        agents_md = ""
+    if agents_md:
+        text += f"\n\n## Repository instructions ({AGENTS_FILE})\n\n{agents_md}"
+    return ctx.redact(text)
+
+
+class NativeEngine(Engine):
+    """corral's own loop on any model API, built on pydantic-ai."""
+
+    name: ClassVar[str] = "native"
+
+    async def run(self, ctx: EngineContext) -> EngineResult:
+        spec = ctx.spec
+        target = resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env)
+        prices = {ref: Price(**p.model_dump()) for ref, p in spec.prices.items()}
+        model = DurableModel(build_model(target, api_key_for(target)), ctx=ctx, target=target, prices=prices)
+        window = spec.context.window_tokens or context_window(target) or DEFAULT_WINDOW_TOKENS
+        counter = itertools.count()
+        tools = [_tool_for(ctx.tools[name], ctx, counter) for name in spec.tools]
+        output_type: Any = str
+        if spec.output_schema is not None:
+            output_type = StructuredDict(spec.output_schema, name=spec.output_schema.get("title", "result"))
+        settings: ModelSettings = {}
+        if spec.max_output_tokens is not None:
+            settings["max_tokens"] = spec.max_output_tokens
+        if spec.temperature is not None:
+            settings["temperature"] = spec.temperature
+        agent: Agent[None, Any] = Agent(
+            model,
+            instructions=await _instructions(ctx),
+            tools=tools,
+            output_type=output_type,
+            retries=3,
+            name=spec.name,
+            capabilities=[ProcessHistory(processor=_Compactor(ctx, model, window))],
+        )
+        if spec.output_schema is not None:
+            from jsonschema import Draft202012Validator
+
+            validator = Draft202012Validator(spec.output_schema)
+
+            @agent.output_validator
+            def _validate(output: Any) -> Any:
+                errors = sorted(validator.iter_errors(output), key=lambda e: list(e.path))
+                if errors:
+                    detail = "; ".join(f"{'/'.join(map(str, e.path)) or '(root)'}: {e.message}" for e in errors[:5])
+                    raise ModelRetry(f"the output does not match the required schema: {detail}")
+                return output
+
+        result = await agent.run(
+            ctx.redact(ctx.task), usage_limits=UsageLimits(request_limit=None), model_settings=settings or None
+        )
+        output = result.output
+        if isinstance(output, str):
+            return EngineResult(text=output, output=None, turns=model.calls)
+        text = next(
+            (
+                p.content
+                for m in reversed(result.all_messages())
+                if isinstance(m, ModelResponse)
+                for p in m.parts
+                if getattr(p, "part_kind", "") == "text"
+            ),
+            "",
+        )
+        return EngineResult(text=str(text), output=dict(output), turns=model.calls)

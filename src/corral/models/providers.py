@@ -1,0 +1,107 @@
+"""Turning a spec's model string into a pydantic-ai model client (retries are corral's, not the SDK's)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from pydantic_ai.models import Model
+
+from corral.errors import ModelConfigError
+
+SUPPORTED_PROVIDERS = {
+    "openai": ("OpenAI Responses API", "OPENAI_API_KEY"),
+    "openai-chat": ("OpenAI Chat Completions API (and any OpenAI-compatible server)", "OPENAI_API_KEY"),
+    "anthropic": ("Anthropic Messages API", "ANTHROPIC_API_KEY"),
+}
+
+#: The key sent to a local server that needs none (vLLM, Ollama, llama.cpp, the scripted model).
+NO_KEY = "not-needed"
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """What a run talks to: provider, model name, endpoint and where its key comes from."""
+
+    provider: str
+    name: str
+    base_url: str | None
+    api_key_env: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.provider}:{self.name}"
+
+    @property
+    def pricing_provider(self) -> str:
+        return "anthropic" if self.provider == "anthropic" else "openai"
+
+
+def resolve_target(model: str, *, base_url: str | None = None, api_key_env: str | None = None) -> ModelTarget:
+    provider, _, name = model.partition(":")
+    if provider not in SUPPORTED_PROVIDERS:
+        supported = ", ".join(f"{p}: ({d})" for p, (d, _) in SUPPORTED_PROVIDERS.items())
+        raise ModelConfigError(
+            f"unknown model provider {provider!r} in {model!r}",
+            hint=f"use one of {supported}; for vLLM/Ollama/llama.cpp use openai-chat:<model> with base_url",
+        )
+    if not name:
+        raise ModelConfigError(f"model {model!r} has no model name after the provider")
+    if base_url is not None:
+        parsed = urlparse(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ModelConfigError(f"base_url {base_url!r} is not an http(s) URL")
+    return ModelTarget(provider, name, base_url, api_key_env or SUPPORTED_PROVIDERS[provider][1])
+
+
+def api_key_for(target: ModelTarget) -> str:
+    key = os.environ.get(target.api_key_env)
+    if key:
+        return key
+    if target.base_url is not None:
+        return NO_KEY
+    raise ModelConfigError(
+        f"{target.api_key_env} is not set; the {target.provider} provider needs an API key",
+        hint=f"export {target.api_key_env}=... or point base_url at a server that needs none",
+    )
+
+
+def build_model(target: ModelTarget, api_key: str, *, timeout_s: float = 600.0) -> Model:
+    """A pydantic-ai model for ``target`` whose SDK client never retries on its own."""
+    if target.provider in ("openai", "openai-chat"):
+        from openai import AsyncOpenAI
+        from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
+        from pydantic_ai.providers.openai import OpenAIProvider
+
+        client = AsyncOpenAI(api_key=api_key, base_url=target.base_url, max_retries=0, timeout=timeout_s)
+        provider = OpenAIProvider(openai_client=client)
+        if target.provider == "openai":
+            return OpenAIResponsesModel(target.name, provider=provider)
+        return OpenAIChatModel(target.name, provider=provider)
+    if target.provider == "anthropic":
+        from anthropic import AsyncAnthropic
+        from pydantic_ai.models.anthropic import AnthropicModel
+        from pydantic_ai.providers.anthropic import AnthropicProvider
+
+        aclient = AsyncAnthropic(api_key=api_key, base_url=target.base_url, max_retries=0, timeout=timeout_s)
+        return AnthropicModel(target.name, provider=AnthropicProvider(anthropic_client=aclient))
+    raise ModelConfigError(f"unknown model provider {target.provider!r}")  # resolve_target checked already
+
+
+def context_window(target: ModelTarget) -> int | None:
+    """The model's context window in tokens, when pydantic-ai's tables know it."""
+    try:
+        from pydantic_ai.models import infer_model_profile
+
+        profile = infer_model_profile(
+            target.ref if target.provider != "openai-chat" else f"openai:{target.name}"
+        )
+    except Exception:
+        return None
+    value = (
+        profile.get("context_window")
+        if isinstance(profile, dict)
+        else getattr(profile, "context_window", None)
+    )
+    return int(value) if isinstance(value, int) else None

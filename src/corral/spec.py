@@ -1,0 +1,242 @@
+"""Agent specs: the validated, hashable description of an agent, loaded from corral.toml or built in Python."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from corral.errors import SpecError, UnknownAgentError
+
+SPEC_FILE_NAME = "corral.toml"
+
+#: Tools an agent gets when its spec does not list any.
+DEFAULT_TOOLS = ("read_file", "write_file", "edit_file", "glob", "grep", "execute", "diff")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budget(_Strict):
+    """Hard limits for one run. A run that reaches one stops with status ``failed``."""
+
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    """Input + output tokens over all model calls."""
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+    max_wall_time_s: Annotated[float, Field(gt=0)] | None = None
+    max_turns: Annotated[int, Field(gt=0)] | None = 50
+    """Model calls (one turn = one request to the model)."""
+
+
+class RetryPolicy(_Strict):
+    """How model calls are retried on 429, 5xx and transport errors (each retry is journaled)."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    initial_backoff_s: Annotated[float, Field(ge=0)] = 1.0
+    max_backoff_s: Annotated[float, Field(ge=0)] = 30.0
+
+
+class SandboxProfile(_Strict):
+    """Where and how the agent's commands run."""
+
+    backend: str = "bubblewrap"
+    exec_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    """Default and maximum wall time of one ``execute`` call."""
+    output_limit: Annotated[int, Field(gt=0)] = 20_000
+    """Characters of a tool result the model sees; larger results are saved to a workspace file."""
+
+
+class ContextPolicy(_Strict):
+    """When and how the conversation history is compacted."""
+
+    window_tokens: Annotated[int, Field(gt=1000)] | None = None
+    """The model's context window; looked up from the model name when not given."""
+    compact_at: Annotated[float, Field(gt=0.1, lt=1.0)] = 0.8
+    """Compact when the last request used this fraction of the window."""
+    keep_recent_messages: Annotated[int, Field(ge=2)] = 6
+
+
+class ModelPrice(_Strict):
+    """A price override in USD per million tokens (``[prices."provider:model"]`` in corral.toml)."""
+
+    input_mtok: Annotated[float, Field(ge=0)]
+    output_mtok: Annotated[float, Field(ge=0)]
+    cache_read_mtok: Annotated[float, Field(ge=0)] | None = None
+    cache_write_mtok: Annotated[float, Field(ge=0)] | None = None
+
+
+class AgentSpec(_Strict):
+    """One agent: what it is told, which model drives it, what it may touch, and its limits."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    instructions: str = "You are a careful software engineer working in a repository."
+    model: str
+    """``openai:<model>`` (Responses API), ``openai-chat:<model>`` (Chat Completions, also for any
+    OpenAI-compatible server), ``anthropic:<model>``."""
+    base_url: str | None = None
+    """Send model requests here instead of the provider's default (vLLM, Ollama, llama.cpp, a gateway)."""
+    api_key_env: str | None = None
+    """Environment variable holding the API key (default: the provider's usual one)."""
+    engine: Literal["native"] = "native"
+    tools: tuple[str, ...] = DEFAULT_TOOLS
+    secrets: tuple[str, ...] = ()
+    """Names of host environment variables that hold secrets: commands see them, the journal and the
+    model never see their values."""
+    budget: Budget = Budget()
+    retry: RetryPolicy = RetryPolicy()
+    sandbox: SandboxProfile = SandboxProfile()
+    context: ContextPolicy = ContextPolicy()
+    output_schema: dict[str, Any] | None = None
+    """A JSON schema: when given, the run's result carries output validated against it."""
+    max_output_tokens: Annotated[int, Field(gt=0)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    prices: dict[str, ModelPrice] = {}
+
+    @field_validator("sandbox", mode="before")
+    @classmethod
+    def _sandbox_shorthand(cls, value: Any) -> Any:
+        return {"backend": value} if isinstance(value, str) else value
+
+    @field_validator("model")
+    @classmethod
+    def _model_has_provider(cls, value: str) -> str:
+        provider, sep, name = value.partition(":")
+        if not sep or not provider or not name:
+            raise ValueError(f"expected 'provider:model' (for example 'anthropic:claude-sonnet-4-5'), got {value!r}")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        duplicates = sorted({t for t in value if value.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"listed more than once: {', '.join(duplicates)}")
+        return value
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema_is_object(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        from jsonschema import Draft202012Validator, SchemaError
+
+        try:
+            Draft202012Validator.check_schema(value)
+        except SchemaError as err:
+            raise ValueError(f"not a valid JSON schema: {err.message}") from None
+        if value.get("type") != "object":
+            raise ValueError("the output schema must describe an object (\"type\": \"object\")")
+        return value
+
+    @property
+    def provider(self) -> str:
+        return self.model.partition(":")[0]
+
+    @property
+    def model_name(self) -> str:
+        return self.model.partition(":")[2]
+
+    def content_hash(self) -> str:
+        """A stable hash of everything that changes the agent's behaviour (its version)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def with_overrides(self, **changes: Any) -> AgentSpec:
+        """A copy with some fields replaced, validated again."""
+        data = self.model_dump()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return AgentSpec.model_validate(data)
+
+
+class ProjectConfig(BaseModel):
+    """Everything in one corral.toml: its agents and the project-wide price overrides."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path | None = None
+    agents: dict[str, AgentSpec] = {}
+
+    def agent(self, name: str) -> AgentSpec:
+        try:
+            return self.agents[name]
+        except KeyError:
+            where = f" in {self.path}" if self.path else ""
+            known = ", ".join(sorted(self.agents)) or "none"
+            raise UnknownAgentError(
+                f"no agent named {name!r}{where} (defined: {known})",
+                hint="add an [agents.NAME] table or run `corral init` to write a starter file",
+            ) from None
+
+
+def _format_validation_error(path: Path, agent: str | None, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(table)"
+        lines.append(f"  field '{field}': {e['msg']}")
+    where = f"{path}: agent '{agent}'" if agent else f"{path}"
+    return f"{where}: invalid spec\n" + "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], path: Path) -> ProjectConfig:
+    """Validate a parsed corral.toml document; errors name the file, the agent and the field."""
+    unknown_top = sorted(set(data) - {"agents", "prices"})
+    if unknown_top:
+        raise SpecError(f"{path}: unknown top-level table(s): {', '.join(unknown_top)} (expected [agents.NAME], [prices])")
+    agents_raw = data.get("agents", {})
+    if not isinstance(agents_raw, dict):
+        raise SpecError(f"{path}: 'agents' must be a table of [agents.NAME] tables")
+    prices_raw = data.get("prices", {})
+    agents: dict[str, AgentSpec] = {}
+    for name, table in agents_raw.items():
+        if not isinstance(table, dict):
+            raise SpecError(f"{path}: agent '{name}': expected a table, got {type(table).__name__}")
+        merged = {"name": name, **table}
+        if prices_raw:
+            merged["prices"] = {**prices_raw, **table.get("prices", {})}
+        try:
+            agents[name] = AgentSpec.model_validate(merged)
+        except ValidationError as err:
+            raise SpecError(_format_validation_error(path, name, err)) from None
+        unknown = unknown_tools(agents[name].tools)
+        if unknown:
+            raise SpecError(
+                f"{path}: agent '{name}': invalid spec\n  field 'tools': unknown tool(s) {', '.join(unknown)}",
+                hint=f"built-in tools: {', '.join(DEFAULT_TOOLS)}",
+            )
+    return ProjectConfig(path=path, agents=agents)
+
+
+def unknown_tools(names: tuple[str, ...], extra: tuple[str, ...] = ()) -> list[str]:
+    """The names that are neither built-in tools nor in ``extra``."""
+    from corral.tools.builtin import BUILTIN_TOOLS
+
+    return [t for t in names if t not in BUILTIN_TOOLS and t not in extra]
+
+
+def load_config(path: Path) -> ProjectConfig:
+    """Read and validate a corral.toml file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file not found", hint="run `corral init` to write a starter corral.toml") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: not valid TOML: {err}") from None
+    return parse_config(data, path)
+
+
+def find_config(start: Path) -> Path | None:
+    """The nearest corral.toml at or above ``start``."""
+    for directory in (start, *start.parents):
+        candidate = directory / SPEC_FILE_NAME
+        if candidate.is_file():
+            return candidate
+    return None

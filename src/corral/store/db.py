@@ -1,0 +1,237 @@
+"""Opening the store: where it lives, its engine, its migrations, and the queries over runs."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from corral.errors import RunNotFoundError, StoreError, UsageError
+from corral.store.journal import Journal
+from corral.store.models import EventRow, ExecutorRow, RunRow
+from corral.store.records import EventRecord, RunRecord, RunStatus, Usage
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def default_home(project_dir: Path | None = None) -> Path:
+    """``$CORRAL_HOME`` if set, else ``.corral/`` in the project directory (the current one by default)."""
+    env = os.environ.get("CORRAL_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    return (project_dir or Path.cwd()).resolve() / ".corral"
+
+
+def _tune_sqlite(dbapi_conn: Any, _record: Any) -> None:
+    # WAL + synchronous=NORMAL: a commit appends to the log without an fsync; durability across a
+    # power cut is bounded to the last checkpoint, and a killed process loses nothing committed.
+    if isinstance(dbapi_conn, sqlite3.Connection):
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+        dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+
+_TUNED = False
+
+
+def tune_sqlite_engines() -> None:
+    """Apply the WAL settings to every SQLite engine in the process (ours and DBOS's system database)."""
+    global _TUNED
+    if not _TUNED:
+        event.listen(Engine, "connect", _tune_sqlite)
+        _TUNED = True
+
+
+def _row_to_record(row: RunRow) -> RunRecord:
+    return RunRecord(
+        id=row.id,
+        parent_id=row.parent_id,
+        root_id=row.root_id,
+        agent=row.agent,
+        spec=row.spec,
+        spec_hash=row.spec_hash,
+        task=row.task,
+        repo=row.repo,
+        run_dir=row.run_dir,
+        status=RunStatus(row.status),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        executor_id=row.executor_id,
+        result=row.result,
+        error=row.error,
+        error_type=row.error_type,
+        turns=row.turns or 0,
+        usage=Usage(
+            input_tokens=row.input_tokens or 0,
+            output_tokens=row.output_tokens or 0,
+            cache_read_tokens=row.cache_read_tokens or 0,
+            cache_write_tokens=row.cache_write_tokens or 0,
+            reasoning_tokens=row.reasoning_tokens or 0,
+            cost_usd=row.cost_usd or 0.0,
+        ),
+    )
+
+
+class Store:
+    """Runs, events and executors in one SQL database (SQLite by default, Postgres by URL)."""
+
+    def __init__(self, url: str, *, home: Path | None = None, migrate: bool = True) -> None:
+        tune_sqlite_engines()
+        self.url = url
+        self.home = home
+        try:
+            parsed = make_url(url)
+        except Exception as err:
+            raise UsageError(f"not a database URL: {url!r} ({err})") from None
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite" and parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = create_engine(url, pool_pre_ping=self.dialect != "sqlite")
+            if migrate:
+                self.migrate()
+        except SQLAlchemyError as err:
+            raise StoreError(f"cannot open the store at {parsed.render_as_string(hide_password=True)}: {err}") from None
+        self.journal = Journal(self.engine)
+
+    @classmethod
+    def open(cls, home: Path | None = None, url: str | None = None) -> Store:
+        """The store of a project: ``$CORRAL_DATABASE_URL`` or ``sqlite:///<home>/corral.db``."""
+        home = home or default_home()
+        url = url or os.environ.get("CORRAL_DATABASE_URL") or f"sqlite:///{home / 'corral.db'}"
+        return cls(url, home=home)
+
+    @property
+    def runs_dir(self) -> Path:
+        if self.home is None:
+            raise StoreError("this store has no home directory for run workspaces")
+        return self.home / "runs"
+
+    def dbos_url(self) -> str:
+        """Where DBOS keeps workflow state: a sibling SQLite file, or the same Postgres database."""
+        explicit = os.environ.get("CORRAL_DBOS_DATABASE_URL")
+        if explicit:
+            return explicit
+        if self.dialect == "sqlite":
+            if self.home is None:
+                raise StoreError("a SQLite store needs a home directory for the DBOS database")
+            return f"sqlite:///{self.home / 'dbos.db'}"
+        return self.url
+
+    def migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self.journal.close()
+        self.engine.dispose()
+
+    # -- runs -------------------------------------------------------------------------------------
+
+    def create_run(self, **fields: Any) -> RunRecord:
+        row = RunRow(status=RunStatus.QUEUED.value, created_at=time.time(), **fields)
+        with Session(self.engine) as session, session.begin():
+            session.add(row)
+        return self.get_run(fields["id"])
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """A run by id or by a unique id prefix."""
+        with Session(self.engine) as session:
+            row = session.get(RunRow, run_id)
+            if row is None and run_id:
+                rows = session.scalars(select(RunRow).where(RunRow.id.startswith(run_id)).limit(2)).all()
+                if len(rows) > 1:
+                    raise RunNotFoundError(f"run id prefix {run_id!r} is ambiguous; give more characters")
+                row = rows[0] if rows else None
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r} in this store", hint="`corral runs` lists the runs")
+            return _row_to_record(row)
+
+    def list_runs(self, *, limit: int = 50, status: RunStatus | None = None) -> list[RunRecord]:
+        query = select(RunRow).order_by(RunRow.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(RunRow.status == status.value)
+        with Session(self.engine) as session:
+            return [_row_to_record(r) for r in session.scalars(query)]
+
+    def children(self, run_id: str) -> list[RunRecord]:
+        with Session(self.engine) as session:
+            rows = session.scalars(select(RunRow).where(RunRow.parent_id == run_id).order_by(RunRow.created_at))
+            return [_row_to_record(r) for r in rows]
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        if isinstance(fields.get("status"), RunStatus):
+            fields["status"] = fields["status"].value
+        with self.engine.begin() as conn:
+            conn.execute(update(RunRow).where(RunRow.id == run_id).values(**fields))
+
+    def set_usage(self, run_id: str, usage: Usage, turns: int) -> None:
+        self.update_run(
+            run_id,
+            turns=turns,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_usd=usage.cost_usd,
+        )
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]:
+        """A run's journal in sequence order (pending writes of this process are flushed first)."""
+        self.journal.flush()
+        return list(self.iter_events(run_id, after_seq=after_seq))
+
+    def iter_events(self, run_id: str, *, after_seq: int = 0) -> Iterator[EventRecord]:
+        query = select(EventRow).where(EventRow.run_id == run_id, EventRow.seq > after_seq).order_by(EventRow.seq)
+        with Session(self.engine) as session:
+            for row in session.scalars(query):
+                yield EventRecord(
+                    run_id=row.run_id,
+                    seq=row.seq,
+                    key=row.key,
+                    type=row.type,
+                    ts=row.ts,
+                    duration_ms=row.duration_ms,
+                    data=row.data,
+                )
+
+    # -- executors (the processes running workflows) ----------------------------------------------
+
+    def register_executor(self, executor_id: str, host: str, pid: int) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                ExecutorRow.__table__.insert().values(id=executor_id, host=host, pid=pid, started_at=now, heartbeat_at=now)
+            )
+
+    def heartbeat(self, executor_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(ExecutorRow).where(ExecutorRow.id == executor_id).values(heartbeat_at=time.time()))
+
+    def unregister_executor(self, executor_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(ExecutorRow.__table__.delete().where(ExecutorRow.id == executor_id))
+
+    def executors(self) -> list[ExecutorRow]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            rows = list(session.scalars(select(ExecutorRow)))
+            session.expunge_all()
+            return rows

@@ -1,0 +1,164 @@
+"""The typed events of a run's journal: one pydantic model per event type.
+
+Every event has a ``key`` that identifies what it records (for example ``model:3:response``): the
+journal writes an event once per key, so replaying a durable workflow after a crash regenerates the
+events that were lost with the process without duplicating those already written.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    ts: float = Field(default_factory=time.time)
+    duration_ms: float | None = None
+
+
+class RunStarted(_Event):
+    type: Literal["run.started"] = "run.started"
+    agent: str
+    task: str
+    model: str
+    engine: str
+    spec_hash: str
+    repo: str
+    parent_id: str | None = None
+
+
+class RunResumed(_Event):
+    type: Literal["run.resumed"] = "run.resumed"
+    executor_id: str
+
+
+class SandboxCreated(_Event):
+    type: Literal["sandbox.created"] = "sandbox.created"
+    backend: str
+    workspace: str
+    isolated: bool
+
+
+class ModelRequest(_Event):
+    type: Literal["model.request"] = "model.request"
+    call: int
+    model: str
+    message_count: int
+    new_messages: list[dict[str, Any]]
+    """The messages added since the previous request (the full history is their concatenation)."""
+    tools: list[str]
+
+
+class ModelRetry(_Event):
+    type: Literal["model.retry"] = "model.retry"
+    call: int
+    attempt: int
+    error: str
+    status_code: int | None = None
+    wait_s: float
+
+
+class ModelResponse(_Event):
+    type: Literal["model.response"] = "model.response"
+    call: int
+    model: str
+    parts: list[dict[str, Any]]
+    finish_reason: str | None = None
+    attempts: int = 1
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    price_source: str = "genai-prices"
+
+
+class ModelError(_Event):
+    type: Literal["model.error"] = "model.error"
+    call: int
+    error: str
+    error_type: str
+    attempts: int
+
+
+class ToolCall(_Event):
+    type: Literal["tool.call"] = "tool.call"
+    call_id: str
+    tool: str
+    args: dict[str, Any] | str
+
+
+class ToolResult(_Event):
+    type: Literal["tool.result"] = "tool.result"
+    call_id: str
+    tool: str
+    ok: bool
+    text: str
+    error: str | None = None
+    spilled_to: str | None = None
+
+
+class ContextCompacted(_Event):
+    type: Literal["context.compacted"] = "context.compacted"
+    evicted_messages: int
+    kept_messages: int
+    saved_to: str
+    input_tokens_before: int
+
+
+class BudgetExceeded(_Event):
+    type: Literal["budget.exceeded"] = "budget.exceeded"
+    limit: str
+    value: float
+    maximum: float
+
+
+class RunFinished(_Event):
+    type: Literal["run.finished"] = "run.finished"
+    status: str
+    text: str | None = None
+    output: Any = None
+    patch_files: int = 0
+    error: str | None = None
+    error_type: str | None = None
+    turns: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+Event = Annotated[
+    RunStarted
+    | RunResumed
+    | SandboxCreated
+    | ModelRequest
+    | ModelRetry
+    | ModelResponse
+    | ModelError
+    | ToolCall
+    | ToolResult
+    | ContextCompacted
+    | BudgetExceeded
+    | RunFinished,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+_COMMON = {"key", "ts", "duration_ms", "type"}
+
+
+def event_payload(event: _Event) -> dict[str, Any]:
+    """The type-specific fields of an event, as JSON-ready data (what the ``data`` column holds)."""
+    return event.model_dump(mode="json", exclude=_COMMON)
+
+
+def parse_event(type_: str, key: str, ts: float, duration_ms: float | None, data: dict[str, Any]) -> Event:
+    """Rebuild the typed event from its stored columns."""
+    return EVENT_ADAPTER.validate_python({**data, "type": type_, "key": key, "ts": ts, "duration_ms": duration_ms})
