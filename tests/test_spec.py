@@ -73,7 +73,10 @@ def test_unknown_agent_lists_the_defined_ones(tmp_path: Path) -> None:
 
 def test_project_prices_reach_every_agent(tmp_path: Path) -> None:
     config = load_config(
-        write(tmp_path, '[agents.a]\nmodel = "openai-chat:m"\n[prices."openai-chat:m"]\ninput_mtok = 1\noutput_mtok = 2\n')
+        write(
+            tmp_path,
+            '[agents.a]\nmodel = "openai-chat:m"\n[prices."openai-chat:m"]\ninput_mtok = 1\noutput_mtok = 2\n',
+        )
     )
     assert config.agent("a").prices["openai-chat:m"].output_mtok == 2
 

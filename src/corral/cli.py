@@ -45,9 +45,12 @@ state = _State()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     home: Annotated[
-        Path | None, typer.Option("--home", envvar="CORRAL_HOME", help="Store directory (default: ./.corral).")
+        Path | None,
+        typer.Option("--home", envvar="CORRAL_HOME", help="Store directory (default: ./.corral)."),
     ] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Spec file (default: nearest corral.toml).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Spec file (default: nearest corral.toml).")
+    ] = None,
 ) -> None:
     state.debug = debug
     state.home = home.resolve() if home else None
@@ -127,14 +130,16 @@ def init(
     if path.exists() and not force:
         raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
     path.write_text(STARTER_SPEC)
-    console.print(f"wrote {path}; edit it, then: corral run fixer \"describe the task\" --repo .")
+    console.print(f'wrote {path}; edit it, then: corral run fixer "describe the task" --repo .')
 
 
 @app.command()
 def run(
     agent: Annotated[str, typer.Argument(help="Agent name from corral.toml.")],
     task: Annotated[str, typer.Argument(help="What the agent should do.")],
-    repo: Annotated[Path, typer.Option("--repo", "-r", help="Repository to work on (it is never modified).")] = Path("."),
+    repo: Annotated[Path, typer.Option("--repo", "-r", help="Repository to work on (it is never modified).")] = Path(
+        "."
+    ),
     model: Annotated[str | None, typer.Option("--model", "-m", help="Override the spec's model.")] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="Override the model endpoint.")] = None,
     sandbox: Annotated[str | None, typer.Option("--sandbox", help="Sandbox backend (e.g. local).")] = None,
@@ -214,7 +219,9 @@ def trace(
 
 
 @app.command()
-def resume(run_id: Annotated[str | None, typer.Argument(help="One run; default: every interrupted run.")] = None) -> None:
+def resume(
+    run_id: Annotated[str | None, typer.Argument(help="One run; default: every interrupted run.")] = None,
+) -> None:
     """Continue interrupted runs from their last completed step."""
     store = _store()
 
@@ -260,13 +267,16 @@ def demo(
 
     store = Store.open(home=home)
     with ScriptedServer(load_script(DEMO_SCRIPT)) as server:
-        spec = AgentSpec(
-            name="demo-fixer",
-            instructions="Find why the test suite fails, fix the bug with the smallest change, and rerun the tests.",
-            model="openai:gpt-5-mini",
-            base_url=server.openai_base_url,
-            sandbox="local",
-            retry={"initial_backoff_s": 0.2},
+        spec = AgentSpec.model_validate(
+            {
+                "name": "demo-fixer",
+                "instructions": "Find why the test suite fails, fix the bug with the smallest change, "
+                "and rerun the tests.",
+                "model": "openai:gpt-5-mini",
+                "base_url": server.openai_base_url,
+                "sandbox": "local",
+                "retry": {"initial_backoff_s": 0.2},
+            }
         )
 
         async def start(runtime: Any) -> list[str]:

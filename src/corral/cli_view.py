@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,8 +67,16 @@ class LiveRunView:
     run_ids: set[str] = field(default_factory=set)
     _live: Live | None = None
     _pending_tools: dict[str, int] = field(default_factory=dict)
+    _log_handler: logging.Handler | None = None
+    _saved_handlers: list[logging.Handler] = field(default_factory=list)
 
     def __enter__(self) -> LiveRunView:
+        # Log records (the local sandbox's warning, say) print above the live panel, not through it.
+        from rich.logging import RichHandler
+
+        self._log_handler = RichHandler(console=self.console, show_time=False, show_path=False)
+        self._saved_handlers = logging.root.handlers[:]
+        logging.root.handlers = [self._log_handler]
         if self.console.is_terminal:
             self._live = Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
             self._live.__enter__()
@@ -77,6 +86,7 @@ class LiveRunView:
         if self._live is not None:
             self._live.update(self._render())
             self._live.__exit__(None, None, None)
+        logging.root.handlers = self._saved_handlers
 
     def on_event(self, run_id: str, event: _Event) -> None:
         if self.run_ids and run_id not in self.run_ids:
@@ -89,12 +99,22 @@ class LiveRunView:
         elif kind == "run.resumed":
             line = _Line("↻", "resumed after interruption", style="yellow")
         elif kind == "sandbox.created":
-            iso = "isolated" if data["isolated"] else "NOT isolated"
-            line = _Line("□", f"sandbox {data['backend']} ({iso})", style="dim")
+            if data["isolated"]:
+                line = _Line("□", f"sandbox {data['backend']} (isolated)", style="dim")
+            else:
+                line = _Line(
+                    "!",
+                    f"sandbox {data['backend']}: NOT isolated, commands run on this machine",
+                    style="yellow",
+                )
         elif kind == "model.request":
             self.status = f"thinking (turn {data['call'] + 1})"
         elif kind == "model.retry":
-            line = _Line("!", f"model call failed ({data['error'][:60]}); retry in {data['wait_s']:.1f}s", style="yellow")
+            line = _Line(
+                "!",
+                f"model call failed ({data['error'][:60]}); retry in {data['wait_s']:.1f}s",
+                style="yellow",
+            )
         elif kind == "model.response":
             self.turns = data["call"] + 1
             self.input_tokens += data["input_tokens"]
@@ -102,7 +122,8 @@ class LiveRunView:
             self.cost_usd += data["cost_usd"]
             texts = [p.get("content", "") for p in data["parts"] if p.get("part_kind") == "text"]
             summary = " ".join(t.strip() for t in texts if t).replace("\n", " ")
-            detail = f"{fmt_tokens(data['input_tokens'])} in · {fmt_tokens(data['output_tokens'])} out · {fmt_ms(event.duration_ms)}"
+            tokens = f"{fmt_tokens(data['input_tokens'])} in · {fmt_tokens(data['output_tokens'])} out"
+            detail = f"{tokens} · {fmt_ms(event.duration_ms)}"
             line = _Line("◆", f"turn {self.turns}: {summary[:90] or '(tool calls)'}", detail)
         elif kind == "model.error":
             line = _Line("✗", f"model call failed: {data['error'][:100]}", style="red")
@@ -119,7 +140,11 @@ class LiveRunView:
                 if not data["ok"]:
                     self.lines[index].style = "red"
         elif kind == "context.compacted":
-            line = _Line("≡", f"context compacted: {data['evicted_messages']} messages → {data['saved_to']}", style="dim")
+            line = _Line(
+                "≡",
+                f"context compacted: {data['evicted_messages']} messages → {data['saved_to']}",
+                style="dim",
+            )
         elif kind == "budget.exceeded":
             line = _Line("✗", f"budget exhausted: {data['limit']}", style="red")
         elif kind == "run.finished":
@@ -127,15 +152,17 @@ class LiveRunView:
         if line is not None:
             self.lines.append(line)
             if self._live is None:
-                self.console.print(Text.assemble((f"{line.icon} ", "bold"), (line.text, line.style), f"  {line.detail}"))
+                self.console.print(
+                    Text.assemble((f"{line.icon} ", "bold"), (line.text, line.style), f"  {line.detail}")
+                )
         if self._live is not None:
             self._live.update(self._render())
 
     def _render(self) -> Panel:
-        table = Table.grid(padding=(0, 1))
+        table = Table.grid(padding=(0, 1), expand=True)
         table.add_column(width=1)
         table.add_column(ratio=1, overflow="ellipsis", no_wrap=True)
-        table.add_column(justify="right", style="dim", no_wrap=True)
+        table.add_column(justify="right", style="dim", no_wrap=True, min_width=26)
         for line in self.lines[-18:]:
             table.add_row(line.icon, Text(line.text, style=line.style), line.detail)
         elapsed = time.monotonic() - self.started
@@ -214,7 +241,12 @@ def print_show(console: Console, record: RunRecord) -> None:
     if result.get("output") is not None:
         console.print(Panel(json.dumps(result["output"], indent=2), title="output"))
     if result.get("patch"):
-        console.print(Panel(Syntax(result["patch"], "diff", word_wrap=True), title=f"patch ({result.get('files_changed', 0)} files)"))
+        console.print(
+            Panel(
+                Syntax(result["patch"], "diff", word_wrap=True),
+                title=f"patch ({result.get('files_changed', 0)} files)",
+            )
+        )
 
 
 def trace_data(record: RunRecord, events: list[EventRecord]) -> dict[str, Any]:
@@ -224,7 +256,12 @@ def trace_data(record: RunRecord, events: list[EventRecord]) -> dict[str, Any]:
     for e in events:
         d = e.data
         if e.type == "model.request":
-            model_calls[d["call"]] = {"call": d["call"], "model": d["model"], "requested_at": e.ts, "seq": e.seq}
+            model_calls[d["call"]] = {
+                "call": d["call"],
+                "model": d["model"],
+                "requested_at": e.ts,
+                "seq": e.seq,
+            }
         elif e.type == "model.response":
             model_calls.setdefault(d["call"], {"call": d["call"], "model": d["model"]}).update(
                 duration_ms=e.duration_ms,
@@ -241,7 +278,11 @@ def trace_data(record: RunRecord, events: list[EventRecord]) -> dict[str, Any]:
         elif e.type == "model.error":
             model_calls.setdefault(d["call"], {"call": d["call"]}).update(error=d["error"], attempts=d["attempts"])
         elif e.type == "tool.call":
-            tool_calls[e.key.rsplit(":", 1)[0]] = {"call_id": d["call_id"], "tool": d["tool"], "args": d["args"]}
+            tool_calls[e.key.rsplit(":", 1)[0]] = {
+                "call_id": d["call_id"],
+                "tool": d["tool"],
+                "args": d["args"],
+            }
         elif e.type == "tool.result":
             tool_calls.setdefault(e.key.rsplit(":", 1)[0], {"call_id": d["call_id"], "tool": d["tool"]}).update(
                 duration_ms=e.duration_ms, ok=d["ok"], error=d.get("error"), spilled_to=d.get("spilled_to")
@@ -256,8 +297,11 @@ def trace_data(record: RunRecord, events: list[EventRecord]) -> dict[str, Any]:
 
 def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
     root = Tree(
-        Text.assemble((f"run {record.id}", "bold"), f" {record.agent} · {record.status.value} · "
-                      f"{fmt_tokens(record.usage.total_tokens)} tokens · {fmt_cost(record.usage.cost_usd)}")
+        Text.assemble(
+            (f"run {record.id}", "bold"),
+            f" {record.agent} · {record.status.value} · "
+            f"{fmt_tokens(record.usage.total_tokens)} tokens · {fmt_cost(record.usage.cost_usd)}",
+        )
     )
     turn: Tree | None = None
     tools: dict[str, Tree] = {}
@@ -273,16 +317,22 @@ def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
             )
         elif e.type == "tool.call":
             parent = turn or root
-            tools[d["call_id"]] = parent.add(Text.assemble((f"#{e.seq} {d['tool']}", "cyan"), f"({_short_args(d['args'])})"))
+            tools[d["call_id"]] = parent.add(
+                Text.assemble((f"#{e.seq} {d['tool']}", "cyan"), f"({_short_args(d['args'])})")
+            )
         elif e.type == "tool.result":
             node = tools.get(d["call_id"])
-            mark = Text(f"{'✓' if d['ok'] else '✗ ' + (d.get('error') or '')} {fmt_ms(e.duration_ms)}",
-                        style="green" if d["ok"] else "red")
+            mark = Text(
+                f"{'✓' if d['ok'] else '✗ ' + (d.get('error') or '')} {fmt_ms(e.duration_ms)}",
+                style="green" if d["ok"] else "red",
+            )
             if node is not None:
                 node.label = Text.assemble(node.label, "  ", mark)  # type: ignore[arg-type]
         elif e.type in ("model.request", "tool.result"):
             continue
         else:
             summary = ", ".join(f"{k}={v}" for k, v in d.items() if isinstance(v, str | int | float) and k != "task")
-            root.add(Text.assemble((f"#{e.seq} {e.type}", "yellow" if "retry" in e.type else "dim"), f"  {summary[:100]}"))
+            root.add(
+                Text.assemble((f"#{e.seq} {e.type}", "yellow" if "retry" in e.type else "dim"), f"  {summary[:100]}")
+            )
     return root

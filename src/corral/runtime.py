@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 
 from dbos import DBOS
 
+# pydantic-ai prints a promotional banner on first use unless told not to; corral has its own views.
+os.environ.setdefault("PYDANTIC_AI_NO_BANNER", "1")
+
 from corral.engines.base import EngineContext, EngineResult
 from corral.errors import (
     BudgetExceededError,
@@ -192,7 +195,7 @@ class Runtime:
     async def submit(self, spec: AgentSpec, task: str, repo: Path, *, parent_id: str | None = None) -> RunRecord:
         """Record a run and start its workflow in this process; returns at once."""
         self.check_spec(spec)
-        repo = repo.expanduser().resolve()
+        repo = repo.expanduser().resolve()  # noqa: ASYNC240 - path arithmetic and one stat
         if not repo.is_dir():
             raise UsageError(f"repository {repo} is not a directory")
         if not task.strip():
@@ -358,22 +361,28 @@ class Runtime:
 
     async def _open_sandbox(self, record: RunRecord, spec: AgentSpec, env: dict[str, str]) -> Sandbox:
         backend = get_backend(spec.sandbox.backend)
+        created: list[Sandbox] = []
 
         async def create() -> dict[str, Any]:
             request = SandboxRequest(repo=Path(record.repo), run_dir=Path(record.run_dir), env=env)
-            sandbox = await backend.create(request)
-            # The recorded state must not carry secret values: the environment is re-read on resume.
-            return {"backend": backend.name, "state": {k: v for k, v in sandbox.state().items() if k != "env"}}
+            created.append(await backend.create(request))
+            return created[0].state()  # no environment in it: secrets are re-read on resume
 
-        created = await _in_step(_sandbox_step, create)
-        try:
-            sandbox = await backend.attach({**created["state"], "env": env})
-        except SandboxError as err:
-            raise SandboxError(f"the workspace of run {record.id} is gone: {err.message}") from None
+        state = await _in_step(_sandbox_step, create)
+        if created:
+            sandbox = created[0]
+        else:  # the step completed in an earlier process: re-open what it made
+            try:
+                sandbox = await backend.attach({**state, "env": env})
+            except SandboxError as err:
+                raise SandboxError(f"the workspace of run {record.id} is gone: {err.message}") from None
         self._emit(
             record.id,
             ev.SandboxCreated(
-                key="sandbox.created", backend=backend.name, workspace=str(sandbox.workspace), isolated=backend.isolated
+                key="sandbox.created",
+                backend=backend.name,
+                workspace=str(sandbox.workspace),
+                isolated=backend.isolated,
             ),
         )
         return sandbox
@@ -403,15 +412,18 @@ class Runtime:
         if resumed:
             self._emit(run_id, ev.RunResumed(key=f"run.resumed:{self.executor_id}", executor_id=self.executor_id))
         sandbox: Sandbox | None = None
+        status, result, error, error_type = RunStatus.FAILED, None, None, None
+        cancelled = None
         try:
             env = self._load_secrets(spec)
             sandbox = await self._open_sandbox(record, spec, env)
-            result = await self._run_engine(record, spec, sandbox, started_at)
-            patch = await sandbox.diff()
-            Path(record.run_dir, "patch.diff").write_text(patch)
+            outcome = await self._run_engine(record, spec, sandbox, started_at)
+            patch = REDACTOR(await sandbox.diff())
+            # Inline: DBOS owns the loop's default executor (a small write, not worth a thread anyway).
+            Path(record.run_dir, "patch.diff").write_text(patch)  # noqa: ASYNC240
             files = sum(1 for line in patch.splitlines() if line.startswith("diff --git "))
-            payload = {"text": result.text, "output": result.output, "patch": patch, "files_changed": files}
-            self._finish(run_id, RunStatus.SUCCEEDED, result=redact_data(payload, REDACTOR))
+            payload = {"text": outcome.text, "output": outcome.output, "patch": patch, "files_changed": files}
+            status, result = RunStatus.SUCCEEDED, redact_data(payload, REDACTOR)
         except BudgetExceededError as err:
             self._emit(
                 run_id,
@@ -422,25 +434,30 @@ class Runtime:
                     maximum=getattr(err, "maximum", 0.0),
                 ),
             )
-            self._finish(run_id, RunStatus.FAILED, error=err.message, error_type=type(err).__name__)
+            error, error_type = err.message, type(err).__name__
         except CorralError as err:
-            self._finish(run_id, RunStatus.FAILED, error=REDACTOR(str(err)), error_type=type(err).__name__)
+            error, error_type = REDACTOR(str(err)), type(err).__name__
         except Exception as err:
             if type(err).__name__ == "DBOSWorkflowCancelledError":
-                self._finish(run_id, RunStatus.CANCELLED, error="cancelled", error_type="Cancelled")
-                raise
-            log.exception("run %s failed", run_id)
-            message = REDACTOR(f"{type(err).__name__}: {err}")
-            self._finish(run_id, RunStatus.FAILED, error=message, error_type=type(err).__name__)
-        finally:
-            if sandbox is not None:
-                try:
-                    await sandbox.destroy()
-                except Exception:
-                    log.exception("destroying the sandbox of run %s failed", run_id)
+                status, error, error_type, cancelled = RunStatus.CANCELLED, "cancelled", "Cancelled", err
+            else:
+                log.exception("run %s failed", run_id)
+                error, error_type = REDACTOR(f"{type(err).__name__}: {err}"), type(err).__name__
+        # The sandbox goes before the status changes: whoever waits for the run must not see it
+        # finished while its processes and files are still being removed.
+        if sandbox is not None:
+            try:
+                await sandbox.destroy()
+            except Exception:
+                log.exception("destroying the sandbox of run %s failed", run_id)
+        self._finish(run_id, status, result=result, error=error, error_type=error_type)
+        if cancelled is not None:
+            raise cancelled
         return {"status": self.store.get_run(run_id).status.value}
 
-    async def _run_engine(self, record: RunRecord, spec: AgentSpec, sandbox: Sandbox, started_at: float) -> EngineResult:
+    async def _run_engine(
+        self, record: RunRecord, spec: AgentSpec, sandbox: Sandbox, started_at: float
+    ) -> EngineResult:
         from corral.engines.native import NativeEngine
 
         def on_usage(usage: Usage, turns: int) -> None:

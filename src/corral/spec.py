@@ -130,7 +130,7 @@ class AgentSpec(_Strict):
         except SchemaError as err:
             raise ValueError(f"not a valid JSON schema: {err.message}") from None
         if value.get("type") != "object":
-            raise ValueError("the output schema must describe an object (\"type\": \"object\")")
+            raise ValueError('the output schema must describe an object ("type": "object")')
         return value
 
     @property
@@ -186,7 +186,9 @@ def parse_config(data: dict[str, Any], path: Path) -> ProjectConfig:
     """Validate a parsed corral.toml document; errors name the file, the agent and the field."""
     unknown_top = sorted(set(data) - {"agents", "prices"})
     if unknown_top:
-        raise SpecError(f"{path}: unknown top-level table(s): {', '.join(unknown_top)} (expected [agents.NAME], [prices])")
+        raise SpecError(
+            f"{path}: unknown top-level table(s): {', '.join(unknown_top)} (expected [agents.NAME], [prices])"
+        )
     agents_raw = data.get("agents", {})
     if not isinstance(agents_raw, dict):
         raise SpecError(f"{path}: 'agents' must be a table of [agents.NAME] tables")

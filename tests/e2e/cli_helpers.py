@@ -12,7 +12,9 @@ from typing import Any
 CORRAL = [sys.executable, "-m", "corral"]
 
 
-def corral(*args: str, cwd: Path, home: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def corral(
+    *args: str, cwd: Path, home: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "CORRAL_HOME": str(home), "COLUMNS": "120", **(env or {})}
     return subprocess.run(
         [*CORRAL, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False

@@ -59,7 +59,10 @@ def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path: Path) ->
         ("[agents.fixer\nmodel=1", "not valid TOML"),
         ('[agents.fixer]\nmodel = "mystery:model"\nsandbox = "local"\n', "unknown model provider 'mystery'"),
         ('[agents.other]\nmodel = "openai:gpt-5"\n', "no agent named 'fixer'"),
-        ('[agents.fixer]\nmodel = "openai:gpt-5"\n[agents.fixer.budget]\nmax_turns = -1\n', "field 'budget.max_turns'"),
+        (
+            '[agents.fixer]\nmodel = "openai:gpt-5"\n[agents.fixer.budget]\nmax_turns = -1\n',
+            "field 'budget.max_turns'",
+        ),
     ],
 )
 def test_bad_input_is_a_usage_error_without_traceback(tmp_path: Path, repo: Path, config: str, expected: str) -> None:
@@ -76,7 +79,9 @@ def test_a_failed_run_exits_1_and_says_why(tmp_path: Path, repo: Path) -> None:
     with ScriptedServer(load_script(script)) as server:
         write_config(tmp_path, base_url=server.openai_base_url, extra="[agents.fixer.budget]\nmax_turns = 5\n")
         (tmp_path / "corral.toml").write_text(
-            (tmp_path / "corral.toml").read_text().replace("initial_backoff_s = 0.01", "initial_backoff_s = 0.01\nmax_attempts = 2")
+            (tmp_path / "corral.toml")
+            .read_text()
+            .replace("initial_backoff_s = 0.01", "initial_backoff_s = 0.01\nmax_attempts = 2")
         )
         proc = corral("run", "fixer", "task", "--repo", str(repo), cwd=tmp_path, home=tmp_path / "home")
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -87,3 +92,52 @@ def test_unknown_run_id_is_a_usage_error(tmp_path: Path) -> None:
     proc = corral("show", "nope", cwd=tmp_path, home=tmp_path / "home")
     assert proc.returncode == 2
     assert "no run 'nope'" in proc.stderr
+
+
+def test_cancel_stops_a_running_run_from_another_process(tmp_path: Path, repo: Path) -> None:
+    import os
+    import subprocess
+    import time
+
+    from corral.store import RunStatus, Store
+    from tests.e2e.cli_helpers import CORRAL
+
+    turns = "".join(
+        f'\n[[turns]]\ndelay = 0.5\n[[turns.tool_calls]]\nname = "glob"\nargs = {{ pattern = "*{i}" }}\n'
+        for i in range(30)
+    )
+    script = tmp_path / "slow.toml"
+    script.write_text(turns + '\n[[turns]]\ntext = "never reached"\n')
+    home = tmp_path / "home"
+    with ScriptedServer(load_script(script)) as server:
+        write_config(tmp_path, base_url=server.openai_base_url)
+        proc = subprocess.Popen(
+            [*CORRAL, "run", "fixer", "slow task", "--repo", str(repo)],
+            cwd=tmp_path,
+            env={**os.environ, "CORRAL_HOME": str(home)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            server.wait_for_requests(2, timeout=60)
+            store = Store.open(home=home)
+            (record,) = store.list_runs()
+            cancelled = corral("cancel", record.id, cwd=tmp_path, home=home)
+            assert cancelled.returncode == 0, cancelled.stderr
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        sent_at_cancel = len(server.requests)
+        time.sleep(1.0)
+        assert len(server.requests) <= sent_at_cancel + 1
+    assert proc.returncode == 3, out + err
+    assert "cancelled" in out
+    record = store.get_run(record.id)
+    assert record.status is RunStatus.CANCELLED
+    events = store.events(record.id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    finished = [e for e in events if e.type == "run.finished"]
+    assert len(finished) == 1 and finished[0].data["status"] == "cancelled"
+    store.close()

@@ -27,14 +27,16 @@ PROVIDERS = {
 
 def spec_for(server: ScriptedServer, provider: str = "openai", **extra: Any) -> AgentSpec:
     model, url_attr = PROVIDERS[provider]
-    return AgentSpec(
-        name="fixer",
-        model=model,
-        base_url=getattr(server, url_attr),
-        sandbox="local",
-        retry={"initial_backoff_s": 0.01, "max_backoff_s": 0.05},
-        **extra,
-    )
+    fields: dict[str, Any] = {
+        "name": "fixer",
+        "model": model,
+        "base_url": getattr(server, url_attr),
+        "sandbox": "local",
+        "retry": {"initial_backoff_s": 0.01, "max_backoff_s": 0.05},
+    }
+    for key, value in extra.items():
+        fields[key] = {**fields[key], **value} if isinstance(fields.get(key), dict) else value
+    return AgentSpec.model_validate(fields)
 
 
 def script(tmp_path: Path, text: str) -> Any:
@@ -205,9 +207,7 @@ text = "the tool crashed; giving up politely"
     assert "kaboom 7" in json.dumps(second.body)  # the model was told
 
 
-async def test_path_escape_attempts_are_refused_and_the_run_continues(
-    home: Path, repo: Path, tmp_path: Path
-) -> None:
+async def test_path_escape_attempts_are_refused_and_the_run_continues(home: Path, repo: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_text("host secret file")
     text = f"""

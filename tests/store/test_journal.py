@@ -14,7 +14,15 @@ def make_store(tmp_path: Path) -> Store:
     store = Store.open(home=tmp_path / "home")
     for run_id in ("r1", "r2"):
         store.create_run(
-            id=run_id, parent_id=None, root_id=run_id, agent="a", spec={}, spec_hash="h", task="t", repo="/r", run_dir="/d"
+            id=run_id,
+            parent_id=None,
+            root_id=run_id,
+            agent="a",
+            spec={},
+            spec_hash="h",
+            task="t",
+            repo="/r",
+            run_dir="/d",
         )
     return store
 

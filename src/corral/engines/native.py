@@ -16,7 +16,9 @@ from pydantic_ai.capabilities import ProcessHistory
 from pydantic_ai.exceptions import (
     ModelAPIError,
     ModelConnectionError,
+    ModelQuotaExceededError,
     ModelRateLimitError,
+    ModelRequestRejectedError,
     ModelServerError,
     ModelUnavailableError,
 )
@@ -25,6 +27,7 @@ from pydantic_ai.messages import (
     ModelMessagesTypeAdapter,
     ModelRequest,
     ModelResponse,
+    TextPart,
     UserPromptPart,
 )
 from pydantic_ai.models import ModelRequestParameters
@@ -51,12 +54,14 @@ def _dump_messages(messages: list[ModelMessage]) -> list[dict[str, Any]]:
 
 
 def _retryable(err: BaseException) -> bool:
-    """429, 5xx, overload and transport errors are retried; so is a response that could not be parsed."""
+    """429, 5xx, overload, transport errors and unparseable responses are retried; rejections are not."""
     if isinstance(err, ModelRateLimitError | ModelUnavailableError | ModelServerError | ModelConnectionError):
         return True
+    if isinstance(err, ModelRequestRejectedError | ModelQuotaExceededError):
+        return False
     if isinstance(err, ModelAPIError):
         status = getattr(err, "status_code", None)
-        return status is not None and (status == 429 or status >= 500)
+        return status is None or status == 429 or status >= 500
     return not isinstance(err, BudgetExceededError | asyncio.CancelledError)
 
 
@@ -181,25 +186,58 @@ class DurableModel(WrapperModel):
         model_settings: ModelSettings | None,
         params: ModelRequestParameters,
     ) -> dict[str, Any]:
-        policy = self._ctx.spec.retry
         started = time.time()
         t0 = time.monotonic()
-        for attempt in range(1, policy.max_attempts + 1):
-            try:
-                response = await self.wrapped.request(messages, model_settings, params)
+        response, attempts = await self._request_with_retries(call, messages, model_settings, params)
+        usage = _usage_of(response)
+        # Price by the model the response names (a dated snapshot, say), else by the one asked for.
+        cost, source = 0.0, "unknown"
+        for name in dict.fromkeys([response.model_name or self._target.name, self._target.name]):
+            cost, source = price_call(
+                usage, model=name, provider=self._target.pricing_provider, overrides=self._prices, ref=self._target.ref
+            )
+            if source != "unknown":
                 break
+        usage = usage.model_copy(update={"cost_usd": cost})
+        dumped = redact_data(_dump_messages([response])[0], self._ctx.redact)
+        return {
+            "response": dumped,
+            "usage": usage.model_dump(),
+            "ts": started,
+            "duration_ms": (time.monotonic() - t0) * 1000,
+            "attempts": attempts,
+            "price_source": source,
+        }
+
+    async def _request_with_retries(
+        self,
+        call: int,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        params: ModelRequestParameters,
+    ) -> tuple[ModelResponse, int]:
+        policy = self._ctx.spec.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.wrapped.request(messages, model_settings, params), attempt
             except Exception as err:
-                if not _retryable(err) or attempt == policy.max_attempts:
+                if not _retryable(err) or attempt >= policy.max_attempts:
                     failure = ModelCallError(
-                        f"model call {call + 1} to {self._target.ref} failed after {attempt} attempt(s): {_describe(err)}",
-                        hint="check the model server, the API key and the model name; `corral trace RUN` shows each attempt",
+                        f"model call {call + 1} to {self._target.ref} failed after {attempt} attempt(s): "
+                        f"{_describe(err)}",
+                        hint="check the model server, the API key and the model name; "
+                        "`corral trace RUN` shows each attempt",
                     )
                     failure.attempts, failure.cause_type = attempt, type(err).__name__  # type: ignore[attr-defined]
                     raise failure from None
                 retry_after = getattr(err, "retry_after", None)
                 backoff = min(policy.initial_backoff_s * 2 ** (attempt - 1), policy.max_backoff_s)
-                wait = float(retry_after) if isinstance(retry_after, int | float) else backoff * (0.5 + random.random() / 2)
-                wait = min(wait, policy.max_backoff_s)
+                if isinstance(retry_after, int | float):
+                    wait = min(float(retry_after), policy.max_backoff_s)
+                else:
+                    wait = backoff * (0.5 + random.random() / 2)
                 self._ctx.emit(
                     events.ModelRetry(
                         key=f"model:{call}:retry:{attempt}",
@@ -211,24 +249,6 @@ class DurableModel(WrapperModel):
                     )
                 )
                 await asyncio.sleep(wait)
-        usage = _usage_of(response)
-        cost, source = price_call(
-            usage,
-            model=response.model_name or self._target.name,
-            provider=self._target.pricing_provider,
-            overrides=self._prices,
-            ref=self._target.ref,
-        )
-        usage = usage.model_copy(update={"cost_usd": cost})
-        dumped = redact_data(_dump_messages([response])[0], self._ctx.redact)
-        return {
-            "response": dumped,
-            "usage": usage.model_dump(),
-            "ts": started,
-            "duration_ms": (time.monotonic() - t0) * 1000,
-            "attempts": attempt,
-            "price_source": source,
-        }
 
 
 class _Compactor:
@@ -267,17 +287,18 @@ class _Compactor:
                 input_tokens_before=used,
             )
         )
+        turns = sum(1 for m in evicted if isinstance(m, ModelResponse))
         note = UserPromptPart(
             f"[corral] To stay within the context window, {len(evicted)} earlier messages of this session "
-            f"were removed from the conversation and saved to {path}. Read that file (read_file with line "
-            "ranges) if you need anything from them."
+            f"({turns} model turns removed) were saved to {path} and left out of the conversation. Read that "
+            "file (read_file with line ranges) if you need anything from them."
         )
         assert isinstance(first, ModelRequest)
         return [ModelRequest(parts=[*first.parts, note], instructions=first.instructions), *messages[cut:]]
 
 
-def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> Tool[None]:
-    async def call_tool(run_ctx: RunContext[None], **kwargs: Any) -> str:
+def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> Tool[Any]:
+    async def call_tool(run_ctx: RunContext[Any], **kwargs: Any) -> str:
         n = next(counter)
         call_id = run_ctx.tool_call_id or f"call-{n}"
         ctx.emit(events.ToolCall(key=f"tool:{n}:call", call_id=call_id, tool=tooldef.name, args=kwargs))
@@ -340,7 +361,15 @@ class NativeEngine(Engine):
         spec = ctx.spec
         target = resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env)
         prices = {ref: Price(**p.model_dump()) for ref, p in spec.prices.items()}
-        model = DurableModel(build_model(target, api_key_for(target)), ctx=ctx, target=target, prices=prices)
+        client = build_model(target, api_key_for(target))
+        try:
+            return await self._run(ctx, target, client.model, prices)
+        finally:
+            await client.aclose()  # on this loop: its connections belong to it
+
+    async def _run(self, ctx: EngineContext, target: ModelTarget, inner: Any, prices: dict[str, Price]) -> EngineResult:
+        spec = ctx.spec
+        model = DurableModel(inner, ctx=ctx, target=target, prices=prices)
         window = spec.context.window_tokens or context_window(target) or DEFAULT_WINDOW_TOKENS
         counter = itertools.count()
         tools = [_tool_for(ctx.tools[name], ctx, counter) for name in spec.tools]
@@ -352,7 +381,7 @@ class NativeEngine(Engine):
             settings["max_tokens"] = spec.max_output_tokens
         if spec.temperature is not None:
             settings["temperature"] = spec.temperature
-        agent: Agent[None, Any] = Agent(
+        agent = Agent(
             model,
             instructions=await _instructions(ctx),
             tools=tools,
@@ -374,20 +403,21 @@ class NativeEngine(Engine):
                     raise ModelRetry(f"the output does not match the required schema: {detail}")
                 return output
 
-        result = await agent.run(
-            ctx.redact(ctx.task), usage_limits=UsageLimits(request_limit=None), model_settings=settings or None
-        )
+        async with agent:  # closes the provider's HTTP client on the loop that opened it
+            result = await agent.run(
+                ctx.redact(ctx.task),
+                usage_limits=UsageLimits(request_limit=None),
+                model_settings=settings or None,
+            )
         output = result.output
         if isinstance(output, str):
             return EngineResult(text=output, output=None, turns=model.calls)
-        text = next(
-            (
-                p.content
-                for m in reversed(result.all_messages())
-                if isinstance(m, ModelResponse)
-                for p in m.parts
-                if getattr(p, "part_kind", "") == "text"
-            ),
-            "",
-        )
+        texts = [
+            p.content
+            for m in result.all_messages()
+            if isinstance(m, ModelResponse)
+            for p in m.parts
+            if isinstance(p, TextPart)
+        ]
+        text = texts[-1] if texts else ""
         return EngineResult(text=str(text), output=dict(output), turns=model.calls)

@@ -50,9 +50,7 @@ def price_call(
         from genai_prices import calc_price
 
         calc = calc_price(
-            _GenaiUsage(
-                usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens
-            ),
+            _GenaiUsage(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens),
             model,
             provider_id=provider,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 from pydantic_ai.models import Model
@@ -67,7 +68,18 @@ def api_key_for(target: ModelTarget) -> str:
     )
 
 
-def build_model(target: ModelTarget, api_key: str, *, timeout_s: float = 600.0) -> Model:
+@dataclass(frozen=True)
+class ModelClient:
+    """A pydantic-ai model and the SDK client under it, which its owner must close."""
+
+    model: Model
+    sdk_client: Any
+
+    async def aclose(self) -> None:
+        await self.sdk_client.close()
+
+
+def build_model(target: ModelTarget, api_key: str, *, timeout_s: float = 600.0) -> ModelClient:
     """A pydantic-ai model for ``target`` whose SDK client never retries on its own."""
     if target.provider in ("openai", "openai-chat"):
         from openai import AsyncOpenAI
@@ -77,15 +89,15 @@ def build_model(target: ModelTarget, api_key: str, *, timeout_s: float = 600.0) 
         client = AsyncOpenAI(api_key=api_key, base_url=target.base_url, max_retries=0, timeout=timeout_s)
         provider = OpenAIProvider(openai_client=client)
         if target.provider == "openai":
-            return OpenAIResponsesModel(target.name, provider=provider)
-        return OpenAIChatModel(target.name, provider=provider)
+            return ModelClient(OpenAIResponsesModel(target.name, provider=provider), client)
+        return ModelClient(OpenAIChatModel(target.name, provider=provider), client)
     if target.provider == "anthropic":
         from anthropic import AsyncAnthropic
         from pydantic_ai.models.anthropic import AnthropicModel
         from pydantic_ai.providers.anthropic import AnthropicProvider
 
         aclient = AsyncAnthropic(api_key=api_key, base_url=target.base_url, max_retries=0, timeout=timeout_s)
-        return AnthropicModel(target.name, provider=AnthropicProvider(anthropic_client=aclient))
+        return ModelClient(AnthropicModel(target.name, provider=AnthropicProvider(anthropic_client=aclient)), aclient)
     raise ModelConfigError(f"unknown model provider {target.provider!r}")  # resolve_target checked already
 
 
@@ -94,14 +106,8 @@ def context_window(target: ModelTarget) -> int | None:
     try:
         from pydantic_ai.models import infer_model_profile
 
-        profile = infer_model_profile(
-            target.ref if target.provider != "openai-chat" else f"openai:{target.name}"
-        )
+        profile = infer_model_profile(target.ref if target.provider != "openai-chat" else f"openai:{target.name}")
     except Exception:
         return None
-    value = (
-        profile.get("context_window")
-        if isinstance(profile, dict)
-        else getattr(profile, "context_window", None)
-    )
+    value = profile.get("context_window") if isinstance(profile, dict) else getattr(profile, "context_window", None)
     return int(value) if isinstance(value, int) else None

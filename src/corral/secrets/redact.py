@@ -36,7 +36,11 @@ class Redactor:
             raise UsageError(
                 f"secret {name!r} is shorter than {MIN_SECRET_LENGTH} characters; it cannot be redacted reliably"
             )
-        forms = {value, base64.b64encode(value.encode()).decode().rstrip("="), urllib.parse.quote(value, safe="")}
+        forms = {
+            value,
+            base64.b64encode(value.encode()).decode().rstrip("="),
+            urllib.parse.quote(value, safe=""),
+        }
         with self._lock:
             for form in forms:
                 if len(form) >= MIN_SECRET_LENGTH:

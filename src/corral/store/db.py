@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -219,7 +219,7 @@ class Store:
         now = time.time()
         with self.engine.begin() as conn:
             conn.execute(
-                ExecutorRow.__table__.insert().values(id=executor_id, host=host, pid=pid, started_at=now, heartbeat_at=now)
+                insert(ExecutorRow).values(id=executor_id, host=host, pid=pid, started_at=now, heartbeat_at=now)
             )
 
     def heartbeat(self, executor_id: str) -> None:
@@ -228,7 +228,7 @@ class Store:
 
     def unregister_executor(self, executor_id: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(ExecutorRow.__table__.delete().where(ExecutorRow.id == executor_id))
+            conn.execute(delete(ExecutorRow).where(ExecutorRow.id == executor_id))
 
     def executors(self) -> list[ExecutorRow]:
         with Session(self.engine, expire_on_commit=False) as session:

@@ -94,7 +94,7 @@ class Journal:
     def append(self, run_id: str, event: _Event) -> None:
         """Queue one event; it is redacted now, so no secret value ever sits in memory queues."""
         data = redact_data(event_payload(event), self._redact)
-        event_type = str(getattr(event, "type"))
+        event_type = str(event.type)  # type: ignore[attr-defined]  # every concrete event has one
         item = _Pending(run_id, self._redact(event.key), event_type, event.ts, event.duration_ms, data)
         with self._cond:
             if self._closed:

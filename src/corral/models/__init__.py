@@ -1,0 +1,1 @@
+"""Model providers, the model gateway and the scripted model server."""

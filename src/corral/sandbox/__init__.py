@@ -1,0 +1,19 @@
+"""Sandboxes: a fresh workspace per run plus process execution, behind one contract and many backends."""
+
+from corral.sandbox.base import (
+    ExecResult,
+    Sandbox,
+    SandboxBackend,
+    SandboxRequest,
+    available_backends,
+    get_backend,
+)
+
+__all__ = [
+    "ExecResult",
+    "Sandbox",
+    "SandboxBackend",
+    "SandboxRequest",
+    "available_backends",
+    "get_backend",
+]

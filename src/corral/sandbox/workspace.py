@@ -1,0 +1,315 @@
+"""Workspace preparation and diffing shared by sandbox backends: copy a repo, snapshot it, diff against it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import sys
+import uuid
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from corral.errors import SandboxError
+
+logger = logging.getLogger("corral.sandbox")
+
+WORKSPACE_DIRNAME = "workspace"
+BASELINE_DIRNAME = "baseline.git"
+SCRATCH_DIRNAME = ".corral"
+"""The workspace-local scratch dir (spilled tool outputs); never part of the baseline or the diff."""
+
+BASELINE_EXCLUDES = (
+    "/.git/",
+    f"/{SCRATCH_DIRNAME}/",
+    # Caches that running code or tests leaves behind never belong in a patch.
+    "__pycache__/",
+    "*.py[cod]",
+    ".pytest_cache/",
+    ".mypy_cache/",
+    ".ruff_cache/",
+)
+"""Never snapshotted or diffed, on top of whatever the repo's own .gitignore files ignore."""
+
+_GIT_TIMEOUT = 300.0
+_COPY_TIMEOUT = 600.0
+# Fixed identity and date make the baseline commit reproducible and independent of the host's git config.
+_BASELINE_IDENTITY = {
+    "GIT_AUTHOR_NAME": "corral",
+    "GIT_AUTHOR_EMAIL": "corral@localhost",
+    "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000",
+    "GIT_COMMITTER_NAME": "corral",
+    "GIT_COMMITTER_EMAIL": "corral@localhost",
+    "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000",
+}
+_GIT_CONFIG = (
+    "core.hooksPath=/dev/null",
+    "core.fileMode=true",
+    "core.symlinks=true",
+    "core.autocrlf=false",
+    "core.quotePath=true",
+    "commit.gpgSign=false",
+    "diff.noprefix=false",
+    "safe.directory=*",
+    "gc.auto=0",
+)
+
+
+class WorkspaceSnapshot(BaseModel):
+    """Where a workspace lives and the baseline commit its diff is taken against."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workspace: Path
+    git_dir: Path
+    commit: str
+
+
+def _git_binary() -> str:
+    git = shutil.which("git")
+    if git is None:
+        raise SandboxError(
+            "the git binary is required to snapshot and diff sandbox workspaces",
+            hint="install git (e.g. `apt-get install git` or `brew install git`) and make sure it is on PATH",
+        )
+    return git
+
+
+def _git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    # Built from scratch: no host GIT_* variables and no user/system config may change the snapshot or diff.
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": "C",
+        "LC_ALL": "C",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_OPTIONAL_LOCKS": "0",
+    }
+    return env | (extra or {})
+
+
+async def _run(argv: list[str], *, seconds: float, env: dict[str, str] | None = None) -> str:
+    """Run a host helper command; return stdout, raise SandboxError with stderr on failure or timeout."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), seconds)
+    except TimeoutError:
+        command = " ".join([Path(argv[0]).name, *argv[1:4]])
+        raise SandboxError(f"{command} ... timed out after {seconds:.0f}s") from None
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
+    if proc.returncode != 0:
+        message = stderr.decode("utf-8", errors="replace").strip()
+        raise SandboxError(f"{Path(argv[0]).name} failed (exit {proc.returncode}): {message}")
+    return stdout.decode("utf-8", errors="replace")
+
+
+async def _git(snapshot_git_dir: Path, workspace: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    argv = [_git_binary(), f"--git-dir={snapshot_git_dir}", f"--work-tree={workspace}"]
+    for setting in _GIT_CONFIG:
+        argv += ["-c", setting]
+    return await _run([*argv, *args], seconds=_GIT_TIMEOUT, env=_git_env(env))
+
+
+async def _copy_tree(repo: Path, workspace: Path) -> None:
+    """Copy the repo's contents (minus its own .corral dir) into workspace, keeping symlinks and modes."""
+    entries = _top_level_entries(repo, workspace)
+    cp = shutil.which("cp")
+    if entries and sys.platform.startswith("linux") and cp is not None:
+        # GNU cp: reflinks make the copy nearly free on btrfs/xfs; -a keeps symlinks, modes and times.
+        sources = [str(repo / entry) for entry in entries]
+        await _run([cp, "-a", "--reflink=auto", "--", *sources, str(workspace)], seconds=_COPY_TIMEOUT)
+        return
+    for entry in entries:
+        source, target = repo / entry, workspace / entry
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(source, target, symlinks=True)
+        else:
+            shutil.copy2(source, target, follow_symlinks=False)
+
+
+def _top_level_entries(repo: Path, workspace: Path) -> list[str]:
+    workspace.mkdir()
+    return sorted(entry for entry in os.listdir(repo) if entry != SCRATCH_DIRNAME)
+
+
+async def prepare_workspace(repo: Path, run_dir: Path) -> WorkspaceSnapshot:
+    """Copy ``repo`` into ``run_dir/workspace`` and commit its starting state to ``run_dir/baseline.git``.
+
+    The repo is only read. Its own ``.git`` is copied so agents can use git; the baseline lives in a
+    separate git dir so that nothing the agent does to the workspace's ``.git`` affects the diff.
+    Files ignored by the repo's ``.gitignore`` (or BASELINE_EXCLUDES) are in neither the baseline
+    nor later diffs. Leftovers of an earlier attempt in the same ``run_dir`` are replaced.
+    """
+    _git_binary()
+    repo, workspace, git_dir = _check_paths(Path(repo), Path(run_dir))
+    for leftover in (workspace, git_dir):
+        # Creation runs at least once (a durable step): a crash can leave a half-made workspace behind.
+        if _lexists(leftover):
+            logger.info("replacing %s left by an earlier attempt to create this sandbox", leftover)
+            await remove_tree(leftover)
+    try:
+        await _copy_tree(repo, workspace)
+        await _run(
+            [_git_binary(), "init", "--quiet", "--bare", "--template=", str(git_dir)],
+            seconds=_GIT_TIMEOUT,
+            env=_git_env(),
+        )
+        _write_excludes(git_dir)
+        await _git(git_dir, workspace, "add", "--all", "--", ".")
+        await _git(
+            git_dir,
+            workspace,
+            "commit",
+            "--quiet",
+            "--allow-empty",
+            "--no-verify",
+            "--message=corral baseline",
+            env=_BASELINE_IDENTITY,
+        )
+        commit = (await _git(git_dir, workspace, "rev-parse", "HEAD")).strip()
+    except BaseException:
+        await remove_tree(workspace)
+        await remove_tree(git_dir)
+        raise
+    return WorkspaceSnapshot(workspace=workspace, git_dir=git_dir, commit=commit)
+
+
+def _check_paths(repo: Path, run_dir: Path) -> tuple[Path, Path, Path]:
+    """Validate the request's directories; return the real repo, workspace and baseline git dir paths."""
+    if not repo.is_dir():
+        raise SandboxError(f"repository to start from is not a directory: {repo}")
+    repo = repo.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = run_dir.resolve()
+    if run_dir.is_relative_to(repo) and not run_dir.is_relative_to(repo / SCRATCH_DIRNAME):
+        raise SandboxError(
+            f"run_dir {run_dir} is inside the repository {repo}",
+            hint=f"put run directories outside the repository or under its {SCRATCH_DIRNAME}/ directory",
+        )
+    return repo, run_dir / WORKSPACE_DIRNAME, run_dir / BASELINE_DIRNAME
+
+
+def _write_excludes(git_dir: Path) -> None:
+    (git_dir / "info").mkdir(exist_ok=True)
+    (git_dir / "info" / "exclude").write_text("\n".join(BASELINE_EXCLUDES) + "\n")
+
+
+async def workspace_diff(snapshot: WorkspaceSnapshot) -> str:
+    """A git-style patch (a/ b/ prefixes, new/deleted files, mode changes, binary) against the baseline.
+
+    The current tree is staged into a throwaway index, so the baseline git dir's own index and the
+    workspace's ``.git`` are never touched and untracked new files show up as additions.
+    """
+    index = snapshot.git_dir / f"index.diff-{uuid.uuid4().hex}"
+    # Starting from the baseline index keeps git's stat cache: unchanged files are not re-hashed.
+    # copy2 keeps the index file's mtime, which git's racy-entry check compares file mtimes with:
+    # a fresh mtime would let a same-size edit made in the baseline's second pass as unchanged.
+    try:
+        shutil.copy2(snapshot.git_dir / "index", index)
+    except OSError as exc:
+        raise SandboxError(f"the workspace baseline in {snapshot.git_dir} is unusable: {exc}") from exc
+    env = {"GIT_INDEX_FILE": str(index)}
+    try:
+        await _git(snapshot.git_dir, snapshot.workspace, "add", "--all", "--", ".", env=env)
+        return await _git(
+            snapshot.git_dir,
+            snapshot.workspace,
+            "diff",
+            "--cached",
+            "--binary",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-renames",
+            "--no-textconv",
+            snapshot.commit,
+            "--",
+            env=env,
+        )
+    finally:
+        for leftover in (index, index.with_name(index.name + ".lock")):
+            leftover.unlink(missing_ok=True)
+
+
+async def remove_tree(path: Path) -> None:
+    """Delete a directory tree even if the agent made parts of it read-only; a missing path is fine."""
+    if not _lexists(path):
+        return
+    chmod, rm = shutil.which("chmod"), shutil.which("rm")
+    if chmod is None or rm is None or _is_file_or_link(path):
+        _remove_now(path)
+        return
+    # Subprocesses keep a large tree's removal off the event loop. chmod -R ignores symlinks it meets.
+    with contextlib.suppress(SandboxError):
+        await _run([chmod, "-R", "u+rwX", "--", str(path)], seconds=_COPY_TIMEOUT)
+    await _run([rm, "-rf", "--", str(path)], seconds=_COPY_TIMEOUT)
+
+
+def _lexists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _is_file_or_link(path: Path) -> bool:
+    return path.is_symlink() or not path.is_dir()
+
+
+def _remove_now(path: Path) -> None:
+    if _is_file_or_link(path):
+        path.unlink()
+        return
+    _make_owner_writable(path)
+    # Directories are fixed before os.walk descends into them, so unreadable ones are reached too.
+    for dirpath, dirnames, _filenames in os.walk(path):
+        for name in dirnames:
+            _make_owner_writable(Path(dirpath, name))
+    try:
+        shutil.rmtree(path)
+    except OSError as exc:
+        raise SandboxError(f"could not remove {path}: {exc}") from exc
+
+
+def _make_owner_writable(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        mode = os.lstat(directory).st_mode
+        if stat.S_ISDIR(mode):
+            os.chmod(directory, stat.S_IMODE(mode) | stat.S_IRWXU)
+
+
+def match_files(paths: Iterable[str], pattern: str) -> list[str]:
+    """The posix paths matching a glob: ``*``/``?``/``[..]`` stay within one segment, ``**`` spans any.
+
+    A pattern without ``**`` matches only at its own depth, as ``pathlib.Path.glob`` does.
+    """
+    segments: list[str] = []
+    for segment in pattern.split("/"):
+        # Repeated ** are one **; collapsing them keeps matching from going combinatorial.
+        if segment not in ("", ".") and not (segment == "**" and segments[-1:] == ["**"]):
+            segments.append(segment)
+    return [path for path in paths if _match(tuple(segments or ["**"]), tuple(path.split("/")))]
+
+
+def _match(segments: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    if not segments:
+        return not parts
+    head, rest = segments[0], segments[1:]
+    if head == "**":
+        return any(_match(rest, parts[skip:]) for skip in range(len(parts) + 1))
+    return bool(parts) and fnmatchcase(parts[0], head) and _match(rest, parts[1:])
