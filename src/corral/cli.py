@@ -159,9 +159,16 @@ def run(
     store = _store()
 
     async def start(runtime: Any) -> list[str]:
-        return [(await runtime.submit(spec, task, repo)).id]
+        # Like any executing corral process, this one also continues runs whose process died.
+        resumed = await runtime.resume()
+        own = (await runtime.submit(spec, task, repo)).id
+        if resumed:
+            err_console.print(f"also resuming {len(resumed)} interrupted run(s): {', '.join(resumed)}")
+        return [own, *resumed]
 
-    (record,) = asyncio.run(_execute(store, start, title=f"corral · {spec.name}", json_out=json_out))
+    record, *others = asyncio.run(_execute(store, start, title=f"corral · {spec.name}", json_out=json_out))
+    for other in others:
+        err_console.print(f"resumed run {other.id}: {other.status.value}")
     if json_out:
         console.print_json(json.dumps(run_summary(record)))
     else:

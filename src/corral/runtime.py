@@ -188,9 +188,9 @@ class Runtime:
         if unknown:
             raise SpecError(f"agent '{spec.name}': field 'tools': unknown tool(s) {', '.join(unknown)}")
         get_backend(spec.sandbox.backend)  # fails early, naming the available backends
-        from corral.models.providers import resolve_target
+        from corral.models.providers import api_key_for, resolve_target
 
-        resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env)
+        api_key_for(resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env))
 
     async def submit(self, spec: AgentSpec, task: str, repo: Path, *, parent_id: str | None = None) -> RunRecord:
         """Record a run and start its workflow in this process; returns at once."""
@@ -212,6 +212,7 @@ class Runtime:
             task=REDACTOR(task),
             repo=str(repo),
             run_dir=str(self.store.runs_dir / run_id),
+            executor_id=self.executor_id,
         )
         await self._start(run_id)
         return record
@@ -271,7 +272,7 @@ class Runtime:
                     f"run {record.id} already {record.status.value}; only interrupted runs can be resumed",
                     hint="start a new run with `corral run`",
                 )
-            if record not in self.interrupted_runs():
+            if record.id not in {r.id for r in self.interrupted_runs()}:
                 raise UsageError(f"run {record.id} is being executed by {record.executor_id}; it is not interrupted")
             candidates = [record]
         else:

@@ -141,3 +141,41 @@ def test_cancel_stops_a_running_run_from_another_process(tmp_path: Path, repo: P
     finished = [e for e in events if e.type == "run.finished"]
     assert len(finished) == 1 and finished[0].data["status"] == "cancelled"
     store.close()
+
+
+def _offline_prefix() -> list[str]:
+    """``unshare -n`` when this machine lets us make a network namespace: the demo must not need one."""
+    import shutil
+    import subprocess
+
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "-n", "true"], capture_output=True, check=False).returncode == 0:
+        return [unshare, "-n"]
+    return []
+
+
+def test_demo_runs_offline_and_its_patch_fixes_the_sample(tmp_path: Path) -> None:
+    import os
+    import re
+    import subprocess
+
+    from tests.e2e.cli_helpers import CORRAL
+
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("CORRAL_HOME", None)
+    proc = subprocess.run(
+        [*_offline_prefix(), *CORRAL, "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "succeeded · 1 file(s) changed" in proc.stdout
+    assert re.search(r"cost \$0\.\d{4} · \d+ input tokens", proc.stdout)
+    assert "journal: sqlite:///" in proc.stdout
+
+    home = tmp_path / ".corral" / "demo"
+    sample = home / "sample_repo"
+    failing = subprocess.run(["python3", "-m", "unittest", "-q"], cwd=sample, capture_output=True, text=True)
+    assert failing.returncode != 0  # the demo never touches the sample itself
+    (patch,) = (home / "runs").glob("*/patch.diff")
+    subprocess.run(["git", "apply", str(patch)], cwd=sample, check=True)
+    fixed = subprocess.run(["python3", "-m", "unittest", "-q"], cwd=sample, capture_output=True, text=True)
+    assert fixed.returncode == 0, fixed.stderr

@@ -108,3 +108,28 @@ def test_sigkill_mid_run_then_resume_never_resends_a_completed_model_step(
         assert f"+step-{i}" in progress
     assert progress.count("+step-0\n") == 1
     store.close()
+
+
+def test_the_next_corral_run_also_continues_an_interrupted_run(tmp_path: Path, repo: Path) -> None:
+    home = tmp_path / "home"
+    with ScriptedServer(load_script(long_script(tmp_path))) as server:
+        write_config(tmp_path, base_url=server.openai_base_url)
+        env = {**os.environ, "CORRAL_HOME": str(home)}
+        proc = subprocess.Popen(
+            [*CORRAL, "run", "fixer", "first task", "--repo", str(repo)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server.wait_for_requests(2, timeout=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        second = corral("run", "fixer", "second task", "--repo", str(repo), cwd=tmp_path, home=home, timeout=180)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "also resuming 1 interrupted run" in second.stderr
+    store = Store.open(home=home)
+    runs = {r.task: r for r in store.list_runs()}
+    assert runs["first task"].status is RunStatus.SUCCEEDED
+    assert runs["second task"].status is RunStatus.SUCCEEDED
+    store.close()

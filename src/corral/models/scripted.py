@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import json
@@ -235,6 +236,28 @@ class _Uvicorn(uvicorn.Server):
             await asyncio.sleep(0.01)
 
 
+_IFF_UP = 0x1
+_SIOCGIFFLAGS, _SIOCSIFFLAGS = 0x8913, 0x8914
+
+
+def ensure_loopback_up() -> None:
+    """Bring ``lo`` up when it is down, as in a fresh network namespace (``unshare -n``).
+
+    A namespace made for offline work has only a loopback interface, and it starts down, so
+    nothing could reach a server on 127.0.0.1. Bringing it up needs CAP_NET_ADMIN in that
+    namespace, which whoever made it has; without it this is a no-op and connections fail as before.
+    (The flags are read with an ioctl, not from /sys, which shows the namespace it was mounted in.)
+    """
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        answer = fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, struct.pack("16sh14x", b"lo", 0))
+        flags = struct.unpack("16sh14x", answer)[1]
+        if not flags & _IFF_UP:
+            fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | _IFF_UP))
+
+
 class ScriptedServer:
     """Serves a script (or a policy function) on a local port from a background thread.
 
@@ -276,6 +299,8 @@ class ScriptedServer:
 
     def start(self, timeout: float = 10.0) -> Self:
         """Bind the port and serve from a background thread; returns once the server accepts requests."""
+        if self.host in ("127.0.0.1", "::1", "localhost"):
+            ensure_loopback_up()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so, and without it
         # every keep-alive request waits ~40 ms for a delayed ACK.
