@@ -21,7 +21,8 @@ def test_starter_spec_is_valid(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, STARTER_SPEC))
     spec = config.agent("fixer")
     assert spec.model == "anthropic:claude-sonnet-4-5"
-    assert spec.sandbox.backend == "local"
+    assert spec.sandbox.backend == "bubblewrap"
+    assert spec.sandbox.network.mode == "none"
     assert spec.budget.max_cost_usd == 5.0
 
 
@@ -86,3 +87,38 @@ def test_spec_from_python_and_hash_is_stable() -> None:
     b = AgentSpec(name="x", model="openai:gpt-5-mini", sandbox={"backend": "local"})
     assert a.content_hash() == b.content_hash()
     assert a.with_overrides(model="anthropic:claude-sonnet-4-5").content_hash() != a.content_hash()
+
+
+def test_secrets_as_a_list_or_scoped_to_hosts(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[agents.a]\nmodel = "openai:gpt-5"\nsecrets = ["NPM_TOKEN"]\n'
+            '[agents.b]\nmodel = "openai:gpt-5"\n[agents.b.secrets.GITHUB_TOKEN]\nhosts = ["api.github.com"]\n',
+        )
+    )
+    assert config.agent("a").secrets["NPM_TOKEN"].hosts == ()
+    assert config.agent("b").secrets["GITHUB_TOKEN"].hosts == ("api.github.com",)
+
+
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [
+        ('network = { mode = "none", allow = ["pypi.org"] }', "only used with mode"),
+        ('network = { mode = "allowlist", allow = ["http://pypi.org/"] }', "not host, host:port"),
+        ('network = "everywhere"', "field 'sandbox.network.mode'"),
+    ],
+)
+def test_bad_network_policies_are_rejected(tmp_path: Path, network: str, message: str) -> None:
+    path = write(tmp_path, f'[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.sandbox]\n{network}\n')
+    with pytest.raises(SpecError, match=message):
+        load_config(path)
+
+
+def test_network_allowlist_is_accepted(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.sandbox]\n'
+        'network = { mode = "allowlist", allow = ["pypi.org", "*.github.com:443"] }\n',
+    )
+    assert load_config(path).agent("a").sandbox.network.allow == ("pypi.org", "*.github.com:443")

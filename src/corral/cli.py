@@ -28,6 +28,15 @@ app = typer.Typer(
 model_app = typer.Typer(help="Model helpers: the scripted model server for offline testing.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
+
+def _add_sandbox_commands() -> None:
+    from corral.cli_sandbox import sandbox_app
+
+    app.add_typer(sandbox_app, name="sandbox")
+
+
+_add_sandbox_commands()
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -255,6 +264,9 @@ def cancel(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefi
 @app.command()
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's store from earlier demos.")] = False,
+    sandbox: Annotated[
+        str, typer.Option("--sandbox", help="Sandbox backend; 'local' (no isolation) only when named.")
+    ] = "bubblewrap",
 ) -> None:
     """Fix a bug in a bundled sample repository, offline, on the scripted model."""
     from corral.demo import DEMO_SCRIPT, SAMPLE_REPO
@@ -281,7 +293,7 @@ def demo(
                 "and rerun the tests.",
                 "model": "openai:gpt-5-mini",
                 "base_url": server.openai_base_url,
-                "sandbox": "local",
+                "sandbox": sandbox,
                 "retry": {"initial_backoff_s": 0.2},
             }
         )
@@ -301,6 +313,18 @@ def demo(
     console.print(f"sample repository: {repo} (unchanged; the patch applies to it)")
     console.print(f"see the whole session: corral --home {home} trace {record.id}")
     raise typer.Exit(_exit_for(record))
+
+
+@app.command()
+def doctor() -> None:
+    """Say what works on this machine: sandbox backends, isolation, limits, network profiles."""
+    from corral.cli_sandbox import print_doctor
+
+    try:
+        url = _store().url
+    except CorralError:
+        url = None
+    raise typer.Exit(EXIT_OK if print_doctor(url) else EXIT_RUN_FAILED)
 
 
 @model_app.command("serve")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import os
 import secrets as _random
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dbos import DBOS
+from pydantic import SecretStr
 
 # pydantic-ai prints a promotional banner on first use unless told not to; corral has its own views.
 os.environ.setdefault("PYDANTIC_AI_NO_BANNER", "1")
@@ -27,7 +29,15 @@ from corral.errors import (
     SpecError,
     UsageError,
 )
-from corral.sandbox.base import Sandbox, SandboxRequest, get_backend
+from corral.sandbox.base import (
+    EgressEvent,
+    Limits,
+    NetworkProfile,
+    Sandbox,
+    SandboxRequest,
+    ScopedSecret,
+    get_backend,
+)
 from corral.secrets.redact import REDACTOR
 from corral.spec import AgentSpec, unknown_tools
 from corral.store import RunRecord, RunStatus, Store
@@ -347,25 +357,73 @@ class Runtime:
         )
         self.store.journal.flush()
 
-    def _load_secrets(self, spec: AgentSpec) -> dict[str, str]:
-        env: dict[str, str] = {}
+    def _load_secrets(self, record: RunRecord, spec: AgentSpec) -> tuple[dict[str, str], tuple[ScopedSecret, ...]]:
+        """The sandbox's secret variables, and the host-scoped secrets its egress proxy may swap in.
+
+        A secret without hosts is passed to commands as it is; a secret scoped to hosts is passed only
+        as a placeholder that is stable for the run (so a resumed run's commands see the same one).
+        """
         missing = [name for name in spec.secrets if not os.environ.get(name)]
         if missing:
             raise SpecError(
                 f"agent '{spec.name}': secret(s) {', '.join(missing)} not set in the environment",
                 hint="export them before starting (or resuming) the run",
             )
-        for name in spec.secrets:
-            REDACTOR.add(name, os.environ[name])
-            env[name] = os.environ[name]
-        return env
+        env: dict[str, str] = {}
+        scoped: list[ScopedSecret] = []
+        for name, scope in spec.secrets.items():
+            value = os.environ[name]
+            REDACTOR.add(name, value)
+            if not scope.hosts:
+                env[name] = value
+                continue
+            digest = hashlib.sha256(f"{record.id}:{name}".encode()).hexdigest()[:20]
+            token = f"corral-placeholder-{name}-{digest}"
+            scoped.append(ScopedSecret(name=name, value=SecretStr(value), hosts=scope.hosts, placeholder=token))
+            env[name] = token
+        return env, tuple(scoped)
 
-    async def _open_sandbox(self, record: RunRecord, spec: AgentSpec, env: dict[str, str]) -> Sandbox:
+    def _egress_sink(self, run_id: str) -> Callable[[EgressEvent], None]:
+        loop = asyncio.get_running_loop()
+
+        def on_egress(attempt: EgressEvent) -> None:  # called from the proxy's thread or task
+            event = ev.EgressAttempt(
+                key=f"egress:{uuid.uuid4().hex}",
+                host=attempt.host,
+                port=attempt.port,
+                allowed=attempt.allowed,
+                reason=attempt.reason,
+                method=attempt.method,
+                path=attempt.path,
+                bytes_sent=attempt.bytes_sent,
+                bytes_received=attempt.bytes_received,
+                secrets_used=list(attempt.secrets_used),
+            )
+            loop.call_soon_threadsafe(self._emit, run_id, event)
+
+        return on_egress
+
+    def _sandbox_request(self, record: RunRecord, spec: AgentSpec) -> SandboxRequest:
+        env, scoped = self._load_secrets(record, spec)
+        profile = spec.sandbox
+        if profile.network.mode == "host":
+            log.warning("run %s: network 'host': commands can reach any address this machine can", record.id)
+        return SandboxRequest(
+            repo=Path(record.repo),
+            run_dir=Path(record.run_dir),
+            env=env,
+            network=NetworkProfile(mode=profile.network.mode, allow=profile.network.allow),
+            limits=Limits(memory_mb=profile.memory_mb, pids=profile.pids, cpu_s=profile.cpu_s, disk_mb=profile.disk_mb),
+            secrets=scoped,
+            on_egress=self._egress_sink(record.id),
+        )
+
+    async def _open_sandbox(self, record: RunRecord, spec: AgentSpec) -> Sandbox:
         backend = get_backend(spec.sandbox.backend)
+        request = self._sandbox_request(record, spec)
         created: list[Sandbox] = []
 
         async def create() -> dict[str, Any]:
-            request = SandboxRequest(repo=Path(record.repo), run_dir=Path(record.run_dir), env=env)
             created.append(await backend.create(request))
             return created[0].state()  # no environment in it: secrets are re-read on resume
 
@@ -374,7 +432,7 @@ class Runtime:
             sandbox = created[0]
         else:  # the step completed in an earlier process: re-open what it made
             try:
-                sandbox = await backend.attach({**state, "env": env})
+                sandbox = await backend.attach({**state, "env": request.env})
             except SandboxError as err:
                 raise SandboxError(f"the workspace of run {record.id} is gone: {err.message}") from None
         self._emit(
@@ -416,8 +474,7 @@ class Runtime:
         status, result, error, error_type = RunStatus.FAILED, None, None, None
         cancelled = None
         try:
-            env = self._load_secrets(spec)
-            sandbox = await self._open_sandbox(record, spec, env)
+            sandbox = await self._open_sandbox(record, spec)
             outcome = await self._run_engine(record, spec, sandbox, started_at)
             patch = REDACTOR(await sandbox.diff())
             # Inline: DBOS owns the loop's default executor (a small write, not worth a thread anyway).

@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from corral.errors import SpecError, UnknownAgentError
 
@@ -41,14 +41,52 @@ class RetryPolicy(_Strict):
     max_backoff_s: Annotated[float, Field(ge=0)] = 30.0
 
 
+class NetworkPolicy(_Strict):
+    """What the agent's commands may reach: ``none`` (loopback only), ``allowlist`` or ``host``."""
+
+    mode: Literal["none", "allowlist", "host"] = "none"
+    allow: tuple[str, ...] = ()
+    """For ``allowlist``: ``host``, ``host:port`` or ``*.domain``; without a port, 80 and 443."""
+
+    @model_validator(mode="after")
+    def _allow_needs_allowlist(self) -> NetworkPolicy:
+        if self.allow and self.mode != "allowlist":
+            raise ValueError(f'allow is only used with mode = "allowlist" (mode is {self.mode!r})')
+        for entry in self.allow:
+            host, _, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
+            if not host or (port and not port.isdigit()) or " " in entry or "/" in entry:
+                raise ValueError(f"allow entry {entry!r} is not host, host:port or *.domain")
+        return self
+
+
 class SandboxProfile(_Strict):
     """Where and how the agent's commands run."""
 
     backend: str = "bubblewrap"
+    """``bubblewrap`` (isolated, the default) or ``local`` (no isolation; must be named explicitly)."""
     exec_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     """Default and maximum wall time of one ``execute`` call."""
     output_limit: Annotated[int, Field(gt=0)] = 20_000
     """Characters of a tool result the model sees; larger results are saved to a workspace file."""
+    network: NetworkPolicy = NetworkPolicy()
+    memory_mb: Annotated[int, Field(gt=0)] | None = 4096
+    pids: Annotated[int, Field(gt=0)] | None = 512
+    cpu_s: Annotated[int, Field(gt=0)] | None = None
+    """CPU seconds per command."""
+    disk_mb: Annotated[int, Field(gt=0)] | None = 10_240
+    """How much the workspace may grow."""
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _network_shorthand(cls, value: Any) -> Any:
+        return {"mode": value} if isinstance(value, str) else value
+
+
+class SecretScope(_Strict):
+    """Where a secret may be used. With ``hosts``, commands see only a placeholder and the egress
+    proxy puts the value into requests to those hosts; without, commands get the value itself."""
+
+    hosts: tuple[str, ...] = ()
 
 
 class ContextPolicy(_Strict):
@@ -84,9 +122,9 @@ class AgentSpec(_Strict):
     """Environment variable holding the API key (default: the provider's usual one)."""
     engine: Literal["native"] = "native"
     tools: tuple[str, ...] = DEFAULT_TOOLS
-    secrets: tuple[str, ...] = ()
-    """Names of host environment variables that hold secrets: commands see them, the journal and the
-    model never see their values."""
+    secrets: dict[str, SecretScope] = {}
+    """Host environment variables that hold secrets (a list of names, or a table of name = scope). Their
+    values never reach the model or the journal; a secret scoped to hosts never enters the sandbox."""
     budget: Budget = Budget()
     retry: RetryPolicy = RetryPolicy()
     sandbox: SandboxProfile = SandboxProfile()
@@ -101,6 +139,13 @@ class AgentSpec(_Strict):
     @classmethod
     def _sandbox_shorthand(cls, value: Any) -> Any:
         return {"backend": value} if isinstance(value, str) else value
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _secrets_list(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return {name: {} for name in value}
+        return value
 
     @field_validator("model")
     @classmethod

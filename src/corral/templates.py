@@ -24,11 +24,19 @@ tools = ["read_file", "write_file", "edit_file", "glob", "grep", "execute", "dif
 
 # Host environment variables the agent's commands may use; their values never reach the
 # model or the journal (they appear as [secret:NAME]).
-# secrets = ["GITHUB_TOKEN"]
+# secrets = ["NPM_TOKEN"]
+# A secret scoped to hosts never enters the sandbox: commands see a placeholder, and the egress
+# proxy (network = "allowlist") puts the value into requests to those hosts only.
+# [agents.fixer.secrets.GITHUB_TOKEN]
+# hosts = ["api.github.com"]
 
-# Where commands run. "bubblewrap" isolates them; "local" runs them on the host, without
-# isolation, and must be chosen explicitly.
-sandbox = "local"
+# Where commands run. "bubblewrap" (the default) isolates them in Linux namespaces with no
+# network; "local" runs them on this machine, without isolation, and must be chosen by name.
+[agents.fixer.sandbox]
+backend = "bubblewrap"
+network = "none"          # or "host", or "allowlist" with: allow = ["pypi.org", "*.github.com:443"]
+memory_mb = 4096
+exec_timeout_s = 120
 
 [agents.fixer.budget]
 max_turns = 40            # model calls

@@ -1,7 +1,11 @@
 """Sandboxes: a fresh workspace per run plus process execution, behind one contract and many backends."""
 
 from corral.sandbox.base import (
+    EgressEvent,
     ExecResult,
+    Limits,
+    NetworkProfile,
+    ScopedSecret,
     Sandbox,
     SandboxBackend,
     SandboxRequest,
@@ -10,7 +14,11 @@ from corral.sandbox.base import (
 )
 
 __all__ = [
+    "EgressEvent",
     "ExecResult",
+    "Limits",
+    "NetworkProfile",
+    "ScopedSecret",
     "Sandbox",
     "SandboxBackend",
     "SandboxRequest",

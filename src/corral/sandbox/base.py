@@ -10,13 +10,13 @@ import signal
 import stat
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from corral.errors import PathEscapeError, SandboxError
 from corral.sandbox.workspace import (
@@ -46,10 +46,61 @@ class ExecResult:
     duration_ms: float
 
 
-class SandboxRequest(BaseModel):
-    """What a backend needs to create a sandbox."""
+class NetworkProfile(BaseModel):
+    """What a sandbox may reach. ``none``: loopback only; ``allowlist``: the listed hosts, through the
+    host's egress proxy; ``host``: the host's network, unfiltered (explicit opt-in)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["none", "allowlist", "host"] = "none"
+    allow: tuple[str, ...] = ()
+    """``host``, ``host:port`` or ``*.domain`` (any subdomain); a host without a port allows 80 and 443."""
+
+
+class Limits(BaseModel):
+    """Resource limits of one sandbox; ``None`` leaves a limit off. Backends say which they enforce."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    memory_mb: int | None = 4096
+    pids: int | None = 512
+    cpu_s: int | None = None
+    """CPU seconds per command."""
+    disk_mb: int | None = 10_240
+    """Space the workspace may grow by."""
+
+
+class ScopedSecret(BaseModel):
+    """A secret the sandbox sees only as ``placeholder``; the egress proxy swaps in the value for ``hosts``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    value: SecretStr
+    hosts: tuple[str, ...]
+    placeholder: str
+
+
+@dataclass(frozen=True)
+class EgressEvent:
+    """One attempt by a sandboxed process to reach the network, allowed or denied."""
+
+    host: str
+    port: int
+    allowed: bool
+    reason: str
+    method: str | None = None
+    path: str | None = None
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    secrets_used: tuple[str, ...] = ()
+    """Names of the secrets whose placeholders were replaced in this request."""
+
+
+class SandboxRequest(BaseModel):
+    """What a backend needs to create a sandbox. Never recorded: it may carry secret values."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     repo: Path
     """The repository to start from; it is copied, never modified."""
@@ -57,6 +108,12 @@ class SandboxRequest(BaseModel):
     """A per-run directory the runtime owns; the workspace and the backend's private state go inside it."""
     env: dict[str, str] = {}
     """Variables every exec gets; the host environment is never passed through."""
+    network: NetworkProfile = NetworkProfile()
+    limits: Limits = Limits()
+    secrets: tuple[ScopedSecret, ...] = ()
+    """Host-scoped secrets: inside the sandbox only their placeholders exist (in ``env`` under ``name``)."""
+    on_egress: Callable[[EgressEvent], None] | None = None
+    """Called (from any thread) with every egress attempt."""
 
 
 class SandboxState(BaseModel):

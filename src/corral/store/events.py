@@ -104,6 +104,19 @@ class ToolResult(_Event):
     spilled_to: str | None = None
 
 
+class EgressAttempt(_Event):
+    type: Literal["egress"] = "egress"
+    host: str
+    port: int
+    allowed: bool
+    reason: str
+    method: str | None = None
+    path: str | None = None
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    secrets_used: list[str] = []
+
+
 class ContextCompacted(_Event):
     type: Literal["context.compacted"] = "context.compacted"
     evicted_messages: int
@@ -143,6 +156,7 @@ Event = Annotated[
     | ModelError
     | ToolCall
     | ToolResult
+    | EgressAttempt
     | ContextCompacted
     | BudgetExceeded
     | RunFinished,

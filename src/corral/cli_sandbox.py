@@ -1,0 +1,160 @@
+"""``corral sandbox exec`` and ``corral doctor``: run one command as an agent's would, and say what works here."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from corral.errors import UsageError
+
+sandbox_app = typer.Typer(help="Sandboxes: run a command exactly as an agent's command runs.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_TIMEOUT, EXIT_KILLED = 124, 137
+
+
+def parse_size_mb(text: str) -> int:
+    """``512``, ``512M``, ``2G`` → megabytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([mMgG]?)[bB]?\s*", text)
+    if not match:
+        raise UsageError(f"not a size: {text!r} (use e.g. 512M or 2G)")
+    number, unit = int(match.group(1)), match.group(2).lower()
+    return number * 1024 if unit == "g" else number
+
+
+@sandbox_app.command(
+    "exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": False}, no_args_is_help=True
+)
+def sandbox_exec(
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
+    network: Annotated[str, typer.Option("--network", help="none, allowlist or host.")] = "none",
+    allow: Annotated[list[str] | None, typer.Option("--allow", help="Host allowed with --network allowlist.")] = None,
+    repo: Annotated[Path | None, typer.Option("--repo", help="Start from a copy of this repository.")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="Memory limit, e.g. 512M.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Wall-clock seconds.")] = 60.0,
+    backend: Annotated[str, typer.Option("--backend", help="Sandbox backend.")] = "bubblewrap",
+) -> None:
+    """Run one command in a fresh sandbox, print its output and exit code, clean up."""
+    if network not in ("none", "allowlist", "host"):
+        raise UsageError(f"--network must be none, allowlist or host, not {network!r}")
+    if allow and network != "allowlist":
+        raise UsageError("--allow needs --network allowlist")
+    if network == "host":
+        err_console.print("[yellow]warning:[/yellow] --network host: the command can reach any address this machine can")
+    if backend == "local":
+        err_console.print("[yellow]warning:[/yellow] the local backend runs the command on this machine, unisolated")
+    code = asyncio.run(
+        _exec(command, network=network, allow=tuple(allow or ()), repo=repo, memory=memory, timeout=timeout, backend=backend)
+    )
+    raise typer.Exit(code)
+
+
+async def _exec(
+    command: list[str],
+    *,
+    network: str,
+    allow: tuple[str, ...],
+    repo: Path | None,
+    memory: str | None,
+    timeout: float,
+    backend: str,
+) -> int:
+    from corral.sandbox.base import EgressEvent, Limits, NetworkProfile, SandboxRequest, get_backend
+
+    chosen = get_backend(backend)
+    limits = Limits(memory_mb=parse_size_mb(memory)) if memory else Limits()
+
+    def on_egress(event: EgressEvent) -> None:
+        verdict = "[green]allowed[/green]" if event.allowed else "[red]denied[/red]"
+        err_console.print(f"egress {verdict} {event.host}:{event.port} ({event.reason})")
+
+    with tempfile.TemporaryDirectory(prefix="corral-exec-") as tmp:
+        source = repo.resolve() if repo else Path(tmp, "empty")
+        source.mkdir(exist_ok=True)
+        request = SandboxRequest(
+            repo=source,
+            run_dir=Path(tmp, "run"),
+            network=NetworkProfile(mode=network, allow=allow),  # type: ignore[arg-type]
+            limits=limits,
+            on_egress=on_egress,
+        )
+        sandbox = await chosen.create(request)
+        try:
+            argv = command[0] if len(command) == 1 and " " in command[0] else command
+            result = await sandbox.exec(argv, timeout=timeout)
+        finally:
+            await sandbox.destroy()
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    if result.timed_out:
+        err_console.print(f"corral: timed out after {timeout:g}s; the whole process tree was killed")
+        return EXIT_TIMEOUT
+    if result.exit_code is None:
+        err_console.print("corral: the command was killed (output cap or limit)")
+        return EXIT_KILLED
+    err_console.print(f"[dim]corral: exit {result.exit_code} · {result.duration_ms:.0f} ms · {chosen.name}[/dim]")
+    return result.exit_code
+
+
+def doctor_report() -> list[tuple[str, bool, str]]:
+    """(check, ok, detail) rows: what corral can use on this machine."""
+    import platform
+
+    import corral
+
+    rows: list[tuple[str, bool, str]] = [
+        ("corral", True, corral.__version__),
+        ("python", sys.version_info >= (3, 11), platform.python_version()),
+        ("git", shutil.which("git") is not None, shutil.which("git") or "not found: apt-get install git"),
+    ]
+    try:
+        from corral.sandbox.bubblewrap import bubblewrap_available
+
+        ok, detail = bubblewrap_available()
+    except ImportError as err:
+        ok, detail = False, f"backend not installed ({err})"
+    rows.append(("sandbox: bubblewrap", ok, detail))
+    try:
+        from corral.sandbox.limits import enforced_limits
+
+        for name, how in enforced_limits().items():
+            rows.append((f"limit: {name}", not how.startswith("not "), how))
+    except ImportError:
+        rows.append(("limits", False, "unknown (bubblewrap backend missing)"))
+    try:
+        from corral.sandbox.egress import egress_available
+
+        ok, detail = egress_available()
+    except ImportError as err:
+        ok, detail = False, f"egress proxy not installed ({err})"
+    rows.append(("network: allowlist (egress proxy)", ok, detail))
+    from corral.sandbox.base import available_backends
+
+    rows.append(("sandbox backends", True, ", ".join(available_backends())))
+    return rows
+
+
+def print_doctor(store_url: str | None) -> bool:
+    table = Table(box=None, header_style="bold")
+    table.add_column("")
+    table.add_column("check")
+    table.add_column("detail")
+    ok_all = True
+    rows: list[tuple[str, bool, Any]] = list(doctor_report())
+    if store_url:
+        rows.append(("store", True, store_url))
+    for name, ok, detail in rows:
+        ok_all &= ok or name.startswith("limit") or name.startswith("network")
+        table.add_row("[green]✓[/green]" if ok else "[red]✗[/red]", name, str(detail))
+    console.print(table)
+    return ok_all
