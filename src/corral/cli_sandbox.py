@@ -50,12 +50,14 @@ def sandbox_exec(
     if allow and network != "allowlist":
         raise UsageError("--allow needs --network allowlist")
     if network == "host":
-        err_console.print("[yellow]warning:[/yellow] --network host: the command can reach any address this machine can")
+        err_console.print(
+            "[yellow]warning:[/yellow] --network host: the command can reach any address this machine can"
+        )
     if backend == "local":
         err_console.print("[yellow]warning:[/yellow] the local backend runs the command on this machine, unisolated")
-    code = asyncio.run(
-        _exec(command, network=network, allow=tuple(allow or ()), repo=repo, memory=memory, timeout=timeout, backend=backend)
-    )
+    source = repo.resolve() if repo else None
+    options = {"network": network, "allow": tuple(allow or ()), "repo": source, "memory": memory, "backend": backend}
+    code = asyncio.run(_exec(command, wall_s=timeout, **options))
     raise typer.Exit(code)
 
 
@@ -66,7 +68,7 @@ async def _exec(
     allow: tuple[str, ...],
     repo: Path | None,
     memory: str | None,
-    timeout: float,
+    wall_s: float,
     backend: str,
 ) -> int:
     from corral.sandbox.base import EgressEvent, Limits, NetworkProfile, SandboxRequest, get_backend
@@ -79,7 +81,7 @@ async def _exec(
         err_console.print(f"egress {verdict} {event.host}:{event.port} ({event.reason})")
 
     with tempfile.TemporaryDirectory(prefix="corral-exec-") as tmp:
-        source = repo.resolve() if repo else Path(tmp, "empty")
+        source = repo or Path(tmp, "empty")
         source.mkdir(exist_ok=True)
         request = SandboxRequest(
             repo=source,
@@ -91,13 +93,13 @@ async def _exec(
         sandbox = await chosen.create(request)
         try:
             argv = command[0] if len(command) == 1 and " " in command[0] else command
-            result = await sandbox.exec(argv, timeout=timeout)
+            result = await sandbox.exec(argv, timeout=wall_s)
         finally:
             await sandbox.destroy()
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     if result.timed_out:
-        err_console.print(f"corral: timed out after {timeout:g}s; the whole process tree was killed")
+        err_console.print(f"corral: timed out after {wall_s:g}s; the whole process tree was killed")
         return EXIT_TIMEOUT
     if result.exit_code is None:
         err_console.print("corral: the command was killed (output cap or limit)")

@@ -13,7 +13,7 @@ import pytest
 from corral.sandbox import Sandbox, SandboxBackend, SandboxRequest, get_backend
 
 # Every backend listed here must pass tests/sandbox/test_contract.py unchanged.
-BACKENDS = ["local"]
+BACKENDS = ["local", "bubblewrap"]
 
 MakeSandbox = Callable[..., Awaitable[Sandbox]]
 
@@ -23,8 +23,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def skip_unless_bubblewrap_runs() -> None:
+    """Skip (with bwrap's own reason) on machines where bubblewrap sandboxes cannot start."""
+    from corral.sandbox.bubblewrap import bubblewrap_available
+
+    ok, detail = bubblewrap_available()
+    if not ok:
+        pytest.skip(f"bubblewrap cannot run on this machine: {detail}")
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> SandboxBackend:
+    if request.param == "bubblewrap":
+        skip_unless_bubblewrap_runs()
     return get_backend(request.param)
 
 

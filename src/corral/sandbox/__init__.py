@@ -5,10 +5,10 @@ from corral.sandbox.base import (
     ExecResult,
     Limits,
     NetworkProfile,
-    ScopedSecret,
     Sandbox,
     SandboxBackend,
     SandboxRequest,
+    ScopedSecret,
     available_backends,
     get_backend,
 )
@@ -18,10 +18,10 @@ __all__ = [
     "ExecResult",
     "Limits",
     "NetworkProfile",
-    "ScopedSecret",
     "Sandbox",
     "SandboxBackend",
     "SandboxRequest",
+    "ScopedSecret",
     "available_backends",
     "get_backend",
 ]

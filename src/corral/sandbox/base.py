@@ -295,7 +295,10 @@ class Sandbox(ABC):
         path = os.fspath(path)
         if "\0" in path:
             raise PathEscapeError(f"path contains a NUL byte: {path!r}")
-        real = Path(os.path.realpath(self.workspace / path))  # an absolute `path` replaces the root
+        try:
+            real = Path(os.path.realpath(self.workspace / path))  # an absolute `path` replaces the root
+        except OSError as exc:  # a component was swapped (symlink <-> directory) between two lookups
+            raise PathEscapeError(f"path {path!r} changed while it was being resolved") from exc
         if real != self.workspace and not real.is_relative_to(self.workspace):
             raise PathEscapeError(
                 f"path {path!r} resolves outside the workspace",

@@ -1,0 +1,652 @@
+"""The ``bubblewrap`` sandbox backend: Linux namespaces, seccomp, cgroup limits and a copy-on-write workspace."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import ValidationError
+
+from corral.errors import SandboxError
+from corral.sandbox import overlay, rootfs
+from corral.sandbox.base import (
+    MINIMAL_PATH,
+    ExecResult,
+    Limits,
+    NetworkProfile,
+    Sandbox,
+    SandboxBackend,
+    SandboxRequest,
+    SandboxState,
+    ScopedSecret,
+    start_process,
+)
+from corral.sandbox.diskimage import create_image, loop_images_available, mount_image
+from corral.sandbox.identity import INSIDE_HOME, INSIDE_USER, claim_uid, reclaim_uid
+from corral.sandbox.limits import (
+    DISK_POLL_INTERVAL,
+    TMP_SIZE_MB,
+    LimitCounters,
+    apply_rlimits,
+    can_limit_other_users,
+    disk_usage,
+    limit_notes,
+    rlimit_wrapper,
+    rlimits,
+)
+from corral.sandbox.overlay import IdShift
+from corral.sandbox.sandbox_dirs import (
+    STATE_DIRNAME,
+    SandboxDirs,
+    ensure_mounted,
+    privileged,
+    read_identity,
+    refuse_system_path,
+    teardown,
+    write_identity,
+)
+from corral.sandbox.seccomp import seccomp_available, seccomp_filter
+from corral.sandbox.workspace import WorkspaceSnapshot, _check_paths, _run, prepare_workspace, workspace_diff
+
+logger = logging.getLogger("corral.sandbox")
+
+_SETUP_TIMEOUT = 10.0  # for bwrap to report its sandbox's first process
+_EXIT_TIMEOUT = 5.0
+_PROXY_PORT = 3128
+_INSIDE_RUN = "/run/corral"
+_CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
+Strategy = Literal["overlay", "copy"]
+_HOST_NETWORK_WARNING = "bubblewrap sandbox %s: network 'host': commands can reach any address this machine can"
+
+
+class BubblewrapState(SandboxState):
+    """``Sandbox.state()`` of a bubblewrap sandbox: enough to re-mount and re-open it after a restart."""
+
+    strategy: Strategy
+    repo: Path
+    uid: int
+    gid: int
+    network: NetworkProfile = NetworkProfile()
+    limits: Limits = Limits()
+    placeholders: dict[str, str] = {}
+    """Secret name to the placeholder the sandbox sees in its place."""
+    disk_image: bool = False
+    """Changes and home live on a loop-mounted ext4 image of ``disk_mb``: the kernel enforces the limit."""
+    disk_baseline: int = 0
+    """Bytes the workspace used at creation (copy strategy), subtracted before checking ``disk_mb``."""
+
+
+@dataclasses.dataclass
+class _ExecRecord:
+    """What one exec started: bwrap's pid, a pidfd for the sandbox's init, and why the sandbox killed it."""
+
+    bwrap_pid: int | None = None
+    init_pidfd: int | None = None
+    disk_killed: bool = False
+
+
+_current_exec: contextvars.ContextVar[_ExecRecord] = contextvars.ContextVar("corral_bubblewrap_exec")
+
+
+@functools.cache
+def bubblewrap_available() -> tuple[bool, str]:
+    """Whether sandboxes can start on this machine, and a line for ``corral doctor``; probed once."""
+    bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
+    if not os.access(bwrap, os.X_OK):
+        return False, "bwrap not found (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
+    ok, seccomp_detail = seccomp_available()
+    if not ok:
+        return False, seccomp_detail
+    probe = [bwrap, *rootfs.namespace_args(network="none"), "--disable-userns", *rootfs.system_args(), "/bin/true"]
+    as_user: dict[str, Any] = {"user": 65534, "group": 65534, "extra_groups": []} if privileged() else {}
+    try:
+        version = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=5).stdout.strip()
+        result = subprocess.run(probe, capture_output=True, text=True, timeout=10, env={}, **as_user)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"bwrap cannot run: {exc}"
+    if result.returncode != 0:
+        return False, f"bwrap cannot create namespaces here: {result.stderr.strip() or result.returncode}"
+    who = "a dedicated unprivileged uid per sandbox" if privileged() else f"your uid ({os.getuid()})"
+    workspace = "overlayfs on an idmapped view of the repo" if privileged() else "a copy of the repo"
+    return True, f"{version}; commands run as {who}; workspace: {workspace}; seccomp: {seccomp_detail}"
+
+
+def _egress_proxy_class() -> Any:
+    try:
+        from corral.sandbox.egress import EgressProxy  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise SandboxError(
+            "allowlist needs the egress proxy",
+            hint=f"the egress proxy (corral.sandbox.egress) is not available: {exc}",
+        ) from None
+    return EgressProxy
+
+
+class BubblewrapSandbox(Sandbox):
+    """Commands run in fresh namespaces, as an unprivileged uid, under seccomp and the sandbox's cgroups.
+
+    Each exec is one bwrap: its own pid namespace, so killing that namespace's init takes every process
+    the command started, including those that called setsid or double-forked.
+    """
+
+    backend_name: ClassVar[str] = "bubblewrap"
+
+    def __init__(
+        self,
+        *,
+        state: BubblewrapState,
+        env: Mapping[str, str],
+        proxy: Any = None,
+        secret_values: Sequence[str] = (),
+    ) -> None:
+        super().__init__(run_dir=state.run_dir, snapshot=state.snapshot, env=env)
+        self._state = state
+        self._dirs = SandboxDirs(state.run_dir, privileged=privileged())
+        self._cgroup = self._dirs.cgroup()
+        controllers = self._cgroup.controllers if self._cgroup else frozenset()
+        self._rlimits = rlimits(state.limits, cgroup_controllers=controllers)
+        # Without the right to prlimit(2) the sandbox's processes, bwrap is started through prlimit(1).
+        self._launcher = [] if can_limit_other_users() else rlimit_wrapper(self._rlimits)
+        if self._launcher:
+            self._rlimits = []
+        if privileged():
+            # setpriv drops to the sandbox uid; Popen(user=...) would do it too, but only with a full fork.
+            self._launcher = [*_setpriv(state.uid, state.gid), *self._launcher]
+        self._proxy = proxy
+        self._secret_values = tuple(value for value in secret_values if value)
+        self._inits: dict[int, int] = {}  # bwrap pid -> pidfd of the sandbox's init
+        self._prefix = self._bwrap_prefix()
+        self._seccomp = seccomp_filter()
+        self._last_disk_usage: int | None = None
+
+    # -- starting commands ----------------------------------------------------------------
+
+    def _bwrap_prefix(self) -> list[str]:
+        dirs, network = self._dirs, self._state.network.mode
+        extra: list[str] = []
+        if self._proxy is not None:
+            socket, ca = _egress_sources(dirs, self._proxy)
+            extra += ["--ro-bind", str(socket), f"{_INSIDE_RUN}/egress.sock"]
+            if ca is not None:
+                extra += ["--ro-bind", str(ca), f"{_INSIDE_RUN}/ca.pem"]
+        etc_dir, etc_extra = rootfs.etc_template(network=network)
+        return rootfs.sandbox_args(
+            bwrap=shutil.which("bwrap") or "/usr/bin/bwrap",
+            network=network,
+            etc_dir=etc_dir,
+            etc_extra=etc_extra,
+            tmp_dir=dirs.tmp,
+            home_dir=dirs.bind_home,
+            workspace_source=dirs.bind_workspace,
+            workspace=self.workspace,
+            extra=extra,
+        )
+
+    def _base_env(self) -> dict[str, str]:
+        env = {
+            "PATH": MINIMAL_PATH,
+            "HOME": INSIDE_HOME,
+            "USER": INSIDE_USER,
+            "LOGNAME": INSIDE_USER,
+            "LANG": "C.UTF-8",
+            "TMPDIR": "/tmp",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        if self._proxy is not None:
+            url = f"http://127.0.0.1:{_PROXY_PORT}"
+            env |= {name: url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+            env |= {"NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1"}
+            if self._proxy.ca_cert_path is not None:
+                env |= dict.fromkeys(_CA_ENV, f"{_INSIDE_RUN}/ca.pem")
+        return env
+
+    def _sandbox_env(self, env: Mapping[str, str]) -> dict[str, str]:
+        """The exec's variables with every scoped secret replaced by its placeholder."""
+        clean = dict(env) | self._state.placeholders
+        for name, value in clean.items():
+            for secret in self._secret_values:
+                if secret in value:
+                    clean[name] = value.replace(secret, "[redacted]")
+        return clean
+
+    async def _spawn(
+        self, protocol: asyncio.SubprocessProtocol, argv: list[str], *, cwd: Path, env: dict[str, str]
+    ) -> asyncio.SubprocessTransport:
+        record = _current_exec.get(None) or _ExecRecord()
+        command = argv
+        if self._proxy is not None:
+            command = [*self._proxy.relay_argv(f"{_INSIDE_RUN}/egress.sock", _PROXY_PORT), "--", *argv]
+        setenv = [arg for name, value in self._sandbox_env(env).items() for arg in ("--setenv", name, value)]
+        seccomp_r, seccomp_w = os.pipe()
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        try:
+            os.write(seccomp_w, self._seccomp)
+            os.close(seccomp_w)
+            full = [
+                *self._launcher,
+                *self._prefix,
+                "--chdir", str(cwd),
+                *setenv,
+                "--seccomp", str(seccomp_r),
+                "--info-fd", str(info_w),
+                "--block-fd", str(block_r),
+                "--",
+                *command,
+            ]  # fmt: skip
+            pass_fds = (seccomp_r, info_w, block_r)
+            transport = await start_process(protocol, full, cwd=Path("/"), env={}, pass_fds=pass_fds)
+        except BaseException:
+            for fd in (seccomp_w, info_r, block_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (seccomp_r, info_w, block_r):
+                os.close(fd)
+        record.bwrap_pid = transport.get_pid()
+        try:
+            await self._release(record, info_r, block_w)
+        except BaseException:
+            self._kill(record.bwrap_pid)
+            transport.close()
+            raise
+        finally:
+            for fd in (info_r, block_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        return transport
+
+    async def _release(self, record: _ExecRecord, info_r: int, block_w: int) -> None:
+        """Put the sandbox's init into the cgroups and under the rlimits, then let it start the command."""
+        child = await _read_child_pid(info_r)
+        if child is None:  # bwrap failed before cloning; its exit status and stderr say why
+            return
+        try:
+            record.init_pidfd = os.pidfd_open(child)
+        except ProcessLookupError:
+            return
+        assert record.bwrap_pid is not None
+        self._inits[record.bwrap_pid] = record.init_pidfd
+        try:
+            if self._cgroup is not None:
+                self._cgroup.add(child)
+            apply_rlimits(child, self._rlimits)
+        except ProcessLookupError:
+            return  # bwrap's setup failed and exited meanwhile
+        except OSError as exc:
+            raise SandboxError(f"cannot apply the sandbox's limits: {exc}") from exc
+        with contextlib.suppress(BrokenPipeError):
+            os.write(block_w, b"x")
+
+    def _kill(self, pgid: int) -> None:
+        pidfd = self._inits.get(pgid)
+        if pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # the pid namespace dies with its init
+        super()._kill(pgid)
+
+    async def exec(
+        self,
+        command: str | Sequence[str],
+        *,
+        timeout: float,  # noqa: ASYNC109 - the contract's signature
+        output_limit: int = 100_000,
+        cwd: str = ".",
+        env: Mapping[str, str] | None = None,
+    ) -> ExecResult:
+        record = _ExecRecord()
+        token = _current_exec.set(record)
+        before = self._cgroup.counters() if self._cgroup else LimitCounters()
+        polled = self._state.limits.disk_mb is not None and not self._state.disk_image
+        watcher = asyncio.create_task(self._watch_disk(record)) if polled else None
+        try:
+            result = await super().exec(command, timeout=timeout, output_limit=output_limit, cwd=cwd, env=env)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            _current_exec.reset(token)
+            if record.bwrap_pid is not None:
+                self._inits.pop(record.bwrap_pid, None)
+            if record.init_pidfd is not None:
+                os.close(record.init_pidfd)
+        after = self._cgroup.counters() if self._cgroup else LimitCounters()
+        notes = limit_notes(self._state.limits, before, after, result.exit_code, disk_killed=record.disk_killed)
+        if self._state.disk_image and _nearly_full(self._dirs.disk):
+            notes.append(
+                f"corral: workspace disk limit ({self._state.limits.disk_mb} MB) reached; delete files to go on"
+            )
+        if record.disk_killed:
+            result = dataclasses.replace(result, exit_code=None)
+        if notes:
+            stderr = result.stderr + ("" if not result.stderr or result.stderr.endswith("\n") else "\n")
+            result = dataclasses.replace(result, stderr=stderr + "\n".join(notes) + "\n")
+        return result
+
+    async def _watch_disk(self, record: _ExecRecord) -> None:
+        """Kill the command when the workspace grows past ``disk_mb`` (checked every DISK_POLL_INTERVAL s)."""
+        limit = (self._state.limits.disk_mb or 0) * 1024 * 1024
+        previous = self._last_disk_usage
+        while True:
+            await asyncio.sleep(DISK_POLL_INTERVAL)
+            try:
+                used = await self._disk_used()
+            except (OSError, ValueError, TimeoutError) as exc:
+                logger.warning("cannot measure the disk use of %s (%s); not checking it now", self.workspace, exc)
+                return
+            self._last_disk_usage = used
+            growing = previous is None or used > previous
+            if used > limit and growing and record.bwrap_pid is not None:
+                record.disk_killed = True
+                self._kill(record.bwrap_pid)
+                return
+            previous = used
+
+    async def _disk_used(self) -> int:
+        dirs = self._dirs
+        tracked = [dirs.layers(self._state.repo).upper] if self._state.strategy == "overlay" else [self.workspace]
+        return max(0, await disk_usage([*tracked, dirs.home]) - self._state.disk_baseline)
+
+    # -- files, diff, state ----------------------------------------------------------------
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        # As in Sandbox.write_file, plus: what the host (root) creates is handed to the sandbox's uid,
+        # through the descriptors the safe walk opened, so the agent's own tools can edit it later.
+        real = self.resolve(path)
+        fd = self._open_beneath(real, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path=path, create_parents=True)
+        with os.fdopen(fd, "wb") as handle:
+            self._give_to_sandbox(fd)
+            handle.write(data)
+
+    def _open_dir(self, name: str, dir_fd: int, *, create: bool, path: str) -> int:
+        fd = super()._open_dir(name, dir_fd, create=create, path=path)
+        if create:
+            self._give_to_sandbox(fd)
+        return fd
+
+    def _give_to_sandbox(self, fd: int) -> None:
+        me = os.geteuid()
+        if me != self._state.uid and os.fstat(fd).st_uid == me:
+            os.fchown(fd, self._state.uid, self._state.gid)
+
+    async def diff(self) -> str:
+        self._check_open()
+        if self._state.strategy == "overlay":
+            return await overlay.overlay_diff(self._dirs.layers(self._state.repo), self.snapshot.git_dir)
+        return await workspace_diff(self.snapshot)
+
+    def state(self) -> dict[str, Any]:
+        return self._state.model_dump(mode="json", exclude={"env"})
+
+    async def destroy(self) -> None:
+        """Kill every process, stop the proxy, unmount, remove the run's files and give back the uid."""
+        self._destroyed = True
+        for pgid in list(self._running):
+            self._killed_by_destroy.add(pgid)
+            self._kill(pgid)
+        if self._proxy is not None:
+            proxy, self._proxy = self._proxy, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proxy.stop(), _EXIT_TIMEOUT)
+        await teardown(self._dirs, uid=self._state.uid)
+
+
+async def _read_child_pid(fd: int) -> int | None:
+    """Read bwrap's --info-fd JSON (written right after it clones the sandbox) until EOF."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    data = bytearray()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            data.extend(chunk)
+        elif not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await asyncio.wait_for(done, _SETUP_TIMEOUT)
+    except TimeoutError:
+        raise SandboxError(f"bwrap did not start its sandbox within {_SETUP_TIMEOUT:.0f}s") from None
+    finally:
+        loop.remove_reader(fd)
+    if not data:
+        return None
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        raise SandboxError(f"bwrap reported an unreadable status: {bytes(data)[:200]!r}") from None
+
+
+class BubblewrapSandboxBackend(SandboxBackend):
+    """Isolated sandboxes with bubblewrap: the default backend wherever ``bubblewrap_available()`` holds."""
+
+    name: ClassVar[str] = "bubblewrap"
+    isolated: ClassVar[bool] = True
+
+    async def create(self, request: SandboxRequest) -> BubblewrapSandbox:
+        ok, detail = bubblewrap_available()
+        if not ok:
+            raise SandboxError(
+                f"the bubblewrap sandbox cannot run here: {detail}",
+                hint="fix the cause above, or choose the `local` backend explicitly (no isolation)",
+            )
+        repo, workspace, _git_dir = _check_paths(Path(request.repo), Path(request.run_dir))
+        refuse_system_path(workspace)
+        dirs = SandboxDirs(workspace.parent, privileged=privileged())
+        proxy_class = _egress_proxy_class() if request.network.mode == "allowlist" else None
+        await teardown(dirs, uid=read_identity(dirs))  # creation is a durable step: it may run again
+        dirs.state.mkdir()
+        uid = claim_uid(dirs.run_dir, state_dirname=STATE_DIRNAME)
+        proxy: Any = None
+        try:
+            write_identity(dirs, uid)
+            shift = IdShift(*_repo_owner(repo), uid, uid)
+            disk_image = await _make_disk(dirs, request.limits, overlay_possible=_overlay_possible(dirs, repo))
+            strategy, snapshot, baseline = await _make_workspace(dirs, repo, shift)
+            if strategy == "copy" and disk_image:  # the copy is not on the image: fall back to polling
+                overlay.unmount_all(dirs.disk)
+                dirs.image.unlink()
+                disk_image = False
+            dirs.home.mkdir()
+            os.chown(dirs.home, uid, uid)
+            tmp_mb = _tmp_mb(request.limits)
+            ensure_mounted(dirs, repo=repo, strategy=strategy, shift=shift, tmp_mb=tmp_mb, disk_image=disk_image)
+            cgroup = dirs.cgroup()
+            if cgroup is not None:
+                cgroup.create(request.limits)
+            if proxy_class is not None:
+                proxy = await _start_proxy(proxy_class, request, dirs, uid)
+            state = BubblewrapState(
+                backend=self.name,
+                run_dir=dirs.run_dir,
+                snapshot=snapshot,
+                strategy=strategy,
+                repo=repo,
+                uid=uid,
+                gid=uid,
+                network=request.network,
+                limits=request.limits,
+                placeholders={secret.name: secret.placeholder for secret in request.secrets},
+                disk_image=disk_image,
+                disk_baseline=baseline,
+            )
+            values = [secret.value.get_secret_value() for secret in request.secrets]
+            sandbox = BubblewrapSandbox(state=state, env=request.env, proxy=proxy, secret_values=values)
+        except BaseException:
+            if proxy is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proxy.stop(), _EXIT_TIMEOUT)
+            await teardown(dirs, uid=uid)
+            raise
+        if request.network.mode == "host":
+            logger.warning(_HOST_NETWORK_WARNING, sandbox.workspace)
+        return sandbox
+
+    async def attach(self, state: dict[str, Any]) -> BubblewrapSandbox:
+        """Re-open a sandbox; mounts and cgroups lost to a reboot are made again.
+
+        Like ``env``, an allowlist sandbox's ``secrets`` (ScopedSecret objects) and ``on_egress`` may be
+        passed back in ``state``: the restarted egress proxy needs them and the recorded state has neither.
+        """
+        self._load_state(state)
+        try:
+            recorded = {key: value for key, value in state.items() if key not in ("secrets", "on_egress")}
+            parsed = BubblewrapState.model_validate(recorded)
+        except ValidationError as exc:
+            raise SandboxError(f"not a bubblewrap sandbox state: {exc.error_count()} invalid field(s)") from exc
+        dirs = SandboxDirs(parsed.run_dir, privileged=privileged())
+        if not dirs.state.is_dir():
+            raise SandboxError(f"sandbox is gone: {dirs.state} no longer exists")
+        if not reclaim_uid(parsed.uid, dirs.run_dir, state_dirname=STATE_DIRNAME):
+            raise SandboxError(f"sandbox uid {parsed.uid} is now held by another sandbox; cannot re-open it")
+        shift = IdShift(*_repo_owner(parsed.repo), parsed.uid, parsed.gid)
+        try:
+            ensure_mounted(
+                dirs,
+                repo=parsed.repo,
+                strategy=parsed.strategy,
+                shift=shift,
+                tmp_mb=_tmp_mb(parsed.limits),
+                disk_image=parsed.disk_image,
+            )
+        except OSError as exc:
+            raise SandboxError(f"sandbox is gone: its workspace cannot be mounted again ({exc})") from exc
+        cgroup = dirs.cgroup()
+        if cgroup is not None:
+            cgroup.create(parsed.limits)
+            cgroup.kill_all()  # commands left running by the process that died are nobody's now
+        secrets = tuple(ScopedSecret.model_validate(secret) for secret in state.get("secrets", ()))
+        proxy = None
+        if parsed.network.mode == "allowlist":
+            request = SandboxRequest(
+                repo=parsed.repo,
+                run_dir=parsed.run_dir,
+                network=parsed.network,
+                secrets=secrets,
+                on_egress=state.get("on_egress"),
+            )
+            proxy = await _start_proxy(_egress_proxy_class(), request, dirs, parsed.uid)
+        elif parsed.network.mode == "host":
+            logger.warning(_HOST_NETWORK_WARNING, parsed.snapshot.workspace)
+        values = [secret.value.get_secret_value() for secret in secrets]
+        return BubblewrapSandbox(state=parsed, env=parsed.env, proxy=proxy, secret_values=values)
+
+
+def _nearly_full(mount_point: Path) -> bool:
+    try:
+        info = os.statvfs(mount_point)
+    except OSError:
+        return False
+    free = info.f_bavail * info.f_frsize
+    return free < max(1024 * 1024, info.f_blocks * info.f_frsize // 100)
+
+
+def _setpriv(uid: int, gid: int) -> list[str]:
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+
+
+def _repo_owner(repo: Path) -> tuple[int, int]:
+    try:
+        info = repo.stat()
+    except OSError:  # only a re-mount needs it, and that fails with a clear message
+        return 0, 0
+    return info.st_uid, info.st_gid
+
+
+def _tmp_mb(limits: Limits) -> int:
+    return min(TMP_SIZE_MB, limits.memory_mb) if limits.memory_mb else TMP_SIZE_MB
+
+
+async def _make_workspace(dirs: SandboxDirs, repo: Path, shift: IdShift) -> tuple[Strategy, WorkspaceSnapshot, int]:
+    """An overlay over the repo when possible (root, idmapped mounts), else a copy; with the disk baseline."""
+    layers = dirs.layers(repo)
+    if _overlay_possible(dirs, repo):
+        try:
+            overlay.prepare_layers(layers, shift)
+            overlay.mount_overlay(layers, shift)
+        except OSError as exc:
+            logger.info("overlay workspace unavailable (%s); copying the repository instead", exc)
+            overlay.unmount_all(dirs.workspace)
+            for leftover in (layers.upper, layers.work, layers.merged):
+                shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            dirs.git_dir.mkdir()
+            return "overlay", WorkspaceSnapshot(workspace=dirs.workspace, git_dir=dirs.git_dir, commit=""), 0
+    snapshot = await prepare_workspace(repo, dirs.run_dir)
+    if privileged() and shift.sandbox_uid != os.geteuid():
+        # -h: a symlink in the repo must not make chown change its target on the host.
+        owner = f"{shift.sandbox_uid}:{shift.sandbox_gid}"
+        await _run(["chown", "-R", "-h", owner, "--", str(snapshot.workspace)], seconds=600)
+    baseline = await disk_usage([snapshot.workspace])
+    return "copy", snapshot, baseline
+
+
+def _overlay_possible(dirs: SandboxDirs, repo: Path) -> bool:
+    return privileged() and dirs.layers(repo).usable()
+
+
+async def _make_disk(dirs: SandboxDirs, limits: Limits, *, overlay_possible: bool) -> bool:
+    """Make ``dirs.disk``: a mounted ext4 image of ``disk_mb`` where that is possible, else a plain directory."""
+    dirs.disk.mkdir()
+    if limits.disk_mb is None or not overlay_possible or not loop_images_available():
+        return False
+    try:
+        await create_image(dirs.image, limits.disk_mb)
+        mount_image(dirs.image, dirs.disk)
+    except (OSError, SandboxError) as exc:
+        logger.warning("no disk image for %s (%s); the disk limit is checked by polling instead", dirs.run_dir, exc)
+        dirs.image.unlink(missing_ok=True)
+        return False
+    return True
+
+
+async def _start_proxy(proxy_class: Any, request: SandboxRequest, dirs: SandboxDirs, uid: int) -> Any:
+    """Start the sandbox's egress proxy and expose its socket (and CA) to the sandbox's uid."""
+    proxy = proxy_class(
+        allow=request.network.allow,
+        secrets=request.secrets,
+        on_event=request.on_egress,
+        state_dir=dirs.state / "egress",
+    )
+    await asyncio.wait_for(proxy.start(), _SETUP_TIMEOUT)
+    if dirs.portal is not None:
+        # bwrap, running as the sandbox uid, reaches the socket and CA through the portal only.
+        os.chown(proxy.socket_path, uid, uid)
+        socket, ca = _egress_sources(dirs, proxy)
+        overlay.unmount_all(socket)
+        socket.touch()
+        overlay.bind_mount(proxy.socket_path, socket)
+        if ca is not None:
+            shutil.copyfile(proxy.ca_cert_path, ca)
+    return proxy
+
+
+def _egress_sources(dirs: SandboxDirs, proxy: Any) -> tuple[Path, Path | None]:
+    """Host paths bwrap binds as /run/corral/egress.sock and /run/corral/ca.pem."""
+    ca = proxy.ca_cert_path
+    if dirs.portal is None:
+        return Path(proxy.socket_path), Path(ca) if ca is not None else None
+    return dirs.portal / "egress.sock", dirs.portal / "egress-ca.pem" if ca is not None else None

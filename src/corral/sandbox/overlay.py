@@ -1,0 +1,375 @@
+"""Copy-on-write workspaces: an overlayfs over an idmapped, read-only view of the repo, and its exact diff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import SandboxError
+from corral.sandbox.workspace import (
+    _GIT_CONFIG,
+    SCRATCH_DIRNAME,
+    _git_binary,
+    _git_env,
+    _run,
+    _write_excludes,
+)
+
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC = 0x2, 0x4, 0x1000, 0x4000
+_MNT_DETACH, _UMOUNT_NOFOLLOW = 0x2, 0x8
+_SYS_OPEN_TREE, _SYS_MOUNT_SETATTR = 428, 442  # x86_64 and aarch64 share the new mount API numbers
+_OPEN_TREE_CLONE, _OPEN_TREE_CLOEXEC, _AT_EMPTY_PATH = 0x1, 0o2000000, 0x1000
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV, _MOUNT_ATTR_IDMAP = 0x1, 0x2, 0x4, 0x100000
+_CLONE_NEWUSER = 0x10000000
+_OPAQUE_XATTR = "trusted.overlay.opaque"
+_UNSAFE_IN_OPTIONS = frozenset(",:\\\n\t ")  # mount(2) option strings cannot carry these in a path
+_GIT_TIMEOUT = 300.0
+_PATHSPEC_BUDGET = 100_000  # bytes of pathspecs on one command line before diffing falls back to the whole tree
+_USERNS_CACHE_SIZE = 64
+
+
+class _MountAttr(ctypes.Structure):
+    """struct mount_attr."""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    libc.unshare.argtypes = [ctypes.c_int]
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+    return result
+
+
+@dataclass(frozen=True)
+class IdShift:
+    """Files owned by ``host_uid:host_gid`` on disk appear owned by ``sandbox_uid:sandbox_gid``."""
+
+    host_uid: int
+    host_gid: int
+    sandbox_uid: int
+    sandbox_gid: int
+
+
+_userns_fds: dict[IdShift, int] = {}
+
+
+def _idmap_userns(shift: IdShift) -> int:
+    """A user namespace fd describing ``shift``, made once per shift by a short-lived forked child."""
+    if shift in _userns_fds:
+        return _userns_fds[shift]
+    libc = _libc()
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only unshares, reports and waits
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            os.write(ready_w, b"1" if libc.unshare(_CLONE_NEWUSER) == 0 else b"0")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise OSError(0, "cannot create a user namespace for the idmapped mount")
+        Path(f"/proc/{pid}/uid_map").write_text(f"{shift.host_uid} {shift.sandbox_uid} 1\n")
+        Path(f"/proc/{pid}/setgroups").write_text("deny")
+        Path(f"/proc/{pid}/gid_map").write_text(f"{shift.host_gid} {shift.sandbox_gid} 1\n")
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(done_w)
+        os.close(ready_r)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    if len(_userns_fds) >= _USERNS_CACHE_SIZE:
+        os.close(_userns_fds.pop(next(iter(_userns_fds))))
+    _userns_fds[shift] = fd
+    return fd
+
+
+def _idmapped_view(source: Path, shift: IdShift) -> int:
+    """A detached, read-only, idmapped clone of the mount at ``source``, as an fd."""
+    libc = _libc()
+    fd = _check(
+        libc.syscall(_SYS_OPEN_TREE, -100, os.fsencode(source), _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC), "open_tree"
+    )
+    try:
+        attrs = _MountAttr(
+            _MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, 0, 0, _idmap_userns(shift)
+        )
+        _check(
+            libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH, ctypes.byref(attrs), ctypes.sizeof(attrs)),
+            "mount_setattr(MOUNT_ATTR_IDMAP)",
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass(frozen=True)
+class OverlayPaths:
+    """The layers of one workspace: the repo (read-only lower), changes (upper), overlay's scratch and the view."""
+
+    lower: Path
+    upper: Path
+    work: Path
+    merged: Path
+
+    def usable(self) -> bool:
+        """Whether the paths can go into an overlay mount's option string and do not overlap."""
+        paths = (self.upper, self.work, self.merged)
+        if any(set(str(path)) & _UNSAFE_IN_OPTIONS for path in paths):
+            return False
+        return not any(path.is_relative_to(self.lower) for path in paths)
+
+
+def prepare_layers(paths: OverlayPaths, shift: IdShift) -> None:
+    """Make empty upper/work dirs and the mount point; the repo's own ``.corral`` is hidden by a whiteout."""
+    for directory in (paths.upper, paths.work, paths.merged):
+        directory.mkdir(parents=True)
+    lower_root = paths.lower.stat()
+    os.chmod(paths.upper, stat.S_IMODE(lower_root.st_mode))
+    os.chown(paths.upper, shift.sandbox_uid, shift.sandbox_gid)  # the workspace root belongs to the sandbox
+    if os.path.lexists(paths.lower / SCRATCH_DIRNAME):  # it may be a corral store: never show it inside
+        os.mknod(paths.upper / SCRATCH_DIRNAME, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+
+
+def mount_overlay(paths: OverlayPaths, shift: IdShift) -> None:
+    """Mount the workspace view at ``paths.merged``; the repo is reached only through a read-only idmapped clone."""
+    lower_fd = _idmapped_view(paths.lower, shift)
+    try:
+        options = (
+            f"lowerdir=/proc/self/fd/{lower_fd},upperdir={paths.upper},workdir={paths.work},"
+            "redirect_dir=off,metacopy=off,index=off"
+        )
+        _check(
+            _libc().mount(b"overlay", os.fsencode(paths.merged), b"overlay", _MS_NOSUID | _MS_NODEV, options.encode()),
+            "mount overlay",
+        )
+    finally:
+        os.close(lower_fd)  # the overlay keeps its own private clone of the layer
+
+
+def mount_tmpfs(target: Path, *, size_mb: int, uid: int, gid: int) -> None:
+    """A size-capped tmpfs owned by the sandbox user (its /tmp)."""
+    options = f"size={size_mb}m,mode=1777,uid={uid},gid={gid}".encode()
+    _check(_libc().mount(b"tmpfs", os.fsencode(target), b"tmpfs", _MS_NOSUID | _MS_NODEV, options), "mount tmpfs")
+
+
+def bind_mount(source: Path, target: Path) -> None:
+    """Bind ``source`` (with the mounts below it) at ``target``."""
+    _check(_libc().mount(os.fsencode(source), os.fsencode(target), None, _MS_BIND | _MS_REC, None), "bind mount")
+
+
+def mount_points() -> set[str]:
+    """Every mount point in this mount namespace."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    return {_unescape(line.split(" ", 5)[4]) for line in lines}
+
+
+def mount_points_under(path: Path, points: set[str] | None = None) -> list[str]:
+    """Mount points at or below ``path``, deepest first."""
+    top = str(path)
+    prefix = top.rstrip("/") + "/"
+    found = [
+        point for point in (mount_points() if points is None else points) if point == top or point.startswith(prefix)
+    ]
+    return sorted(found, key=lambda point: point.count("/"), reverse=True)
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo.
+    if "\\" not in field:
+        return field
+    return bytes(field, "ascii").decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def unmount_all(path: Path) -> None:
+    """Unmount everything at or below ``path`` (detaching what is busy); raise if something stays."""
+    libc = _libc()
+    points = mount_points_under(path)
+    if not points:
+        return
+    for point in points:
+        target = os.fsencode(point)
+        if libc.umount2(target, _UMOUNT_NOFOLLOW) != 0:
+            _check(libc.umount2(target, _UMOUNT_NOFOLLOW | _MNT_DETACH), f"umount {point}")
+    left = mount_points_under(path)
+    if left:
+        raise SandboxError(f"could not unmount {', '.join(left)}")
+
+
+# -- the diff --------------------------------------------------------------------------------
+
+
+def changed_pathspecs(lower: Path, upper: Path) -> list[str]:
+    """Workspace-relative paths that cover every difference between the repo and the view.
+
+    Only the upper layer is walked: a file, symlink or whiteout there is a change; a directory that is
+    opaque or new covers its whole subtree. A changed .gitignore or .gitattributes widens the set to
+    its directory, because it can change how unchanged files there are treated.
+    """
+    specs: set[str] = set()
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(upper / rel) as entries:
+            for entry in entries:
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                if not rel and entry.name in (".git", SCRATCH_DIRNAME):
+                    continue  # never part of the diff
+                if entry.name in (".gitignore", ".gitattributes"):
+                    specs.add(rel or ".")
+                if entry.is_dir(follow_symlinks=False):
+                    lower_path = lower / path
+                    opaque = _xattr(entry.path, _OPAQUE_XATTR) == b"y"
+                    if opaque or not (lower_path.is_dir() and not lower_path.is_symlink()):
+                        specs.add(path)
+                    else:
+                        pending.append(path)
+                else:
+                    specs.add(path)
+    if "." in specs or sum(len(spec) + 1 for spec in specs) > _PATHSPEC_BUDGET:
+        return ["."]
+    # Drop paths inside a directory that is listed itself.
+    ordered = sorted(specs)
+    kept: list[str] = []
+    for spec in ordered:
+        if not kept or not spec.startswith(kept[-1] + "/"):
+            kept.append(spec)
+    return kept
+
+
+def _xattr(path: str, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+async def _git_run(
+    git_dir: Path,
+    work_tree: Path,
+    args: Sequence[str],
+    *,
+    index: Path,
+    stdin: bytes | None = None,
+    errors: str = "surrogateescape",
+) -> str:
+    argv = [_git_binary(), f"--git-dir={git_dir}", f"--work-tree={work_tree}", "--literal-pathspecs"]
+    for setting in _GIT_CONFIG:
+        argv += ["-c", setting]
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_git_env({"GIT_INDEX_FILE": str(index)}),
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), _GIT_TIMEOUT)
+    except TimeoutError:
+        raise SandboxError(f"git {args[0]} timed out after {_GIT_TIMEOUT:.0f}s while diffing the workspace") from None
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
+    if proc.returncode != 0:
+        message = stderr.decode("utf-8", errors="replace").strip()
+        raise SandboxError(f"git {args[0]} failed (exit {proc.returncode}) while diffing the workspace: {message}")
+    return stdout.decode("utf-8", errors=errors)
+
+
+async def _unignored_files(git_dir: Path, tree: Path, index: Path, specs: Sequence[str]) -> list[str]:
+    """Files under ``specs`` in ``tree`` that are not in ``index`` and not ignored, as ``git add -A`` sees them."""
+    out = await _git_run(git_dir, tree, ["ls-files", "-z", "--others", "--exclude-standard", "--", *specs], index=index)
+    return [name.rstrip("/") for name in out.split("\0") if name]
+
+
+async def _stage(git_dir: Path, tree: Path, index: Path, flag: str, names: Sequence[str]) -> None:
+    if names:
+        data = "\0".join(names).encode("utf-8", "surrogateescape") + b"\0"
+        await _git_run(git_dir, tree, ["update-index", flag, "-z", "--stdin"], index=index, stdin=data)
+
+
+async def overlay_diff(paths: OverlayPaths, git_dir: Path) -> str:
+    """The same patch ``workspace_diff`` makes against a full baseline, computed from the changed paths only.
+
+    The repo's version of the changed paths is staged into one throwaway index, the view's into another
+    (starting from the first, so tracked files stay tracked whatever the ignore rules say now), and the
+    two trees are diffed. Cost follows the size of the change, not of the repo.
+    """
+    specs = changed_pathspecs(paths.lower, paths.upper)
+    if not specs:
+        return ""
+    if not (git_dir / "HEAD").exists():
+        init = [_git_binary(), "init", "--quiet", "--bare", "--template=", str(git_dir)]
+        await _run(init, seconds=_GIT_TIMEOUT, env=_git_env())
+        _write_excludes(git_dir)
+    token = uuid.uuid4().hex
+    before, after = git_dir / f"index.before-{token}", git_dir / f"index.after-{token}"
+    try:
+        old_files = await _unignored_files(git_dir, paths.lower, before, specs)
+        await _stage(git_dir, paths.lower, before, "--add", old_files)
+        old_tree = (await _git_run(git_dir, paths.lower, ["write-tree"], index=before)).strip()
+        if before.exists():
+            shutil.copyfile(before, after)
+        new_files = await _unignored_files(git_dir, paths.merged, after, specs)
+        gone = [name for name in old_files if not _is_file_or_link(paths.merged / name)]
+        gone_set = set(gone)
+        await _stage(git_dir, paths.merged, after, "--force-remove", gone)
+        await _stage(git_dir, paths.merged, after, "--add", [n for n in old_files if n not in gone_set] + new_files)
+        new_tree = (await _git_run(git_dir, paths.merged, ["write-tree"], index=after)).strip()
+        if new_tree == old_tree:
+            return ""
+        diff_args = ["diff", "--binary", "--no-color", "--no-ext-diff", "--no-renames", "--no-textconv"]
+        return await _git_run(
+            git_dir, paths.merged, [*diff_args, old_tree, new_tree, "--"], index=after, errors="replace"
+        )
+    finally:
+        for leftover in (before, after):
+            for name in (leftover, leftover.with_name(leftover.name + ".lock")):
+                name.unlink(missing_ok=True)
+
+
+def _is_file_or_link(path: Path) -> bool:
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)

@@ -1,0 +1,209 @@
+"""Where a bubblewrap sandbox keeps its state on the host, and how it is set up, re-mounted and torn down."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import SandboxError
+from corral.sandbox import overlay
+from corral.sandbox.diskimage import mount_image
+from corral.sandbox.identity import release_uid, runs_as_root
+from corral.sandbox.limits import SandboxCgroup, cgroup_support
+from corral.sandbox.overlay import IdShift, OverlayPaths
+from corral.sandbox.workspace import BASELINE_DIRNAME, WORKSPACE_DIRNAME, _remove_now, remove_tree
+
+logger = logging.getLogger("corral.sandbox")
+
+STATE_DIRNAME = "sandbox"
+"""``run_dir/sandbox``: overlay layers, the sandbox's home, and (unprivileged) its /tmp."""
+PORTAL_ROOT = Path(os.environ.get("CORRAL_SANDBOX_PORTAL_DIR", "/run/corral/sandboxes"))
+"""When corral runs as root, ``PORTAL_ROOT/<id>`` (mode 0700, owned by the sandbox uid) holds binds of the
+sandbox's directories: bwrap runs as the sandbox uid, which cannot traverse a private run dir's parents."""
+DISK_ROOT = Path(os.environ.get("CORRAL_SANDBOX_DISK_DIR", "/var/lib/corral/sandbox-disks"))
+"""Sparse ext4 images holding each sandbox's changes and home (root only); removed by destroy."""
+_QUICK_REMOVE_ENTRIES = 2_000  # trees smaller than this are removed inline, larger ones by `rm -rf`
+
+
+def sandbox_id(run_dir: Path) -> str:
+    return hashlib.sha256(os.fsencode(run_dir)).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SandboxDirs:
+    """Every host path of one sandbox."""
+
+    run_dir: Path
+    privileged: bool
+
+    @property
+    def id(self) -> str:
+        return sandbox_id(self.run_dir)
+
+    @property
+    def workspace(self) -> Path:
+        return self.run_dir / WORKSPACE_DIRNAME
+
+    @property
+    def git_dir(self) -> Path:
+        return self.run_dir / BASELINE_DIRNAME
+
+    @property
+    def state(self) -> Path:
+        return self.run_dir / STATE_DIRNAME
+
+    @property
+    def disk(self) -> Path:
+        """Holds the overlay's upper and work dirs and the home: the mount point of the disk image, if any."""
+        return self.state / "disk"
+
+    @property
+    def image(self) -> Path:
+        """The disk image: outside the run dir, so that tools walking a run dir do not read 10 GB of holes."""
+        return DISK_ROOT / f"{self.id}.img"
+
+    @property
+    def home(self) -> Path:
+        return self.disk / "home"
+
+    @property
+    def identity_file(self) -> Path:
+        return self.state / "identity.json"
+
+    @property
+    def portal(self) -> Path | None:
+        return PORTAL_ROOT / self.id if self.privileged else None
+
+    def _visible(self, name: str, fallback: Path) -> Path:
+        return self.portal / name if self.portal is not None else fallback
+
+    @property
+    def tmp(self) -> Path:
+        """The sandbox's /tmp: a tmpfs in the portal, or (unprivileged) a plain directory."""
+        return self._visible("tmp", self.state / "tmp")
+
+    @property
+    def bind_home(self) -> Path:
+        """The path bwrap binds as the sandbox's home."""
+        return self._visible("home", self.home)
+
+    @property
+    def bind_workspace(self) -> Path:
+        return self._visible("workspace", self.workspace)
+
+    def layers(self, repo: Path) -> OverlayPaths:
+        return OverlayPaths(lower=repo, upper=self.disk / "upper", work=self.disk / "work", merged=self.workspace)
+
+    def cgroup(self) -> SandboxCgroup | None:
+        support = cgroup_support()
+        return SandboxCgroup(support, f"sandbox-{self.id}") if support else None
+
+
+def write_identity(dirs: SandboxDirs, uid: int) -> None:
+    dirs.identity_file.write_text(json.dumps({"uid": uid}))
+
+
+def read_identity(dirs: SandboxDirs) -> int | None:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return int(json.loads(dirs.identity_file.read_text())["uid"])
+    return None
+
+
+def ensure_mounted(
+    dirs: SandboxDirs, *, repo: Path, strategy: str, shift: IdShift, tmp_mb: int, disk_image: bool
+) -> None:
+    """Make every mount the sandbox needs, skipping those that exist (after a reboot, all of them)."""
+    mounted = overlay.mount_points()
+    if disk_image and str(dirs.disk) not in mounted:
+        mount_image(dirs.image, dirs.disk)
+    if strategy == "overlay" and str(dirs.workspace) not in mounted:
+        overlay.mount_overlay(dirs.layers(repo), shift)
+    portal = dirs.portal
+    if portal is None:
+        dirs.tmp.mkdir(exist_ok=True)
+        return
+    PORTAL_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(PORTAL_ROOT, 0o711)
+    portal.mkdir(mode=0o700, exist_ok=True)
+    os.chown(portal, shift.sandbox_uid, shift.sandbox_gid)
+    for name, source in (("workspace", dirs.workspace), ("home", dirs.home)):
+        target = portal / name
+        target.mkdir(exist_ok=True)
+        if str(target) not in mounted:
+            overlay.bind_mount(source, target)
+    dirs.tmp.mkdir(exist_ok=True)
+    if str(dirs.tmp) not in mounted:
+        overlay.mount_tmpfs(dirs.tmp, size_mb=tmp_mb, uid=shift.sandbox_uid, gid=shift.sandbox_gid)
+
+
+async def teardown(dirs: SandboxDirs, *, uid: int | None) -> None:
+    """Remove everything a sandbox left on the host: groups, mounts, directories, its uid claim.
+
+    Nothing is deleted while anything below it is still mounted, so a bind of the repository can
+    never be removed through.
+    """
+    portal = dirs.portal
+    leftovers = [dirs.workspace, dirs.git_dir, dirs.state, dirs.image, *([portal] if portal is not None else [])]
+    if not any(map(os.path.lexists, leftovers)):  # a fresh run dir: nothing was ever made here
+        if uid is not None:
+            release_uid(uid, dirs.run_dir)
+        return
+    cgroup = dirs.cgroup()
+    if cgroup is not None:
+        await cgroup.remove()
+    if portal is not None:
+        overlay.unmount_all(portal)
+    overlay.unmount_all(dirs.workspace)  # before the disk image that holds its upper layer
+    overlay.unmount_all(dirs.run_dir)
+    if dirs.portal is not None and dirs.portal.exists():
+        shutil.rmtree(dirs.portal)
+    for directory in (dirs.workspace, dirs.git_dir, dirs.state):
+        await remove_quickly(directory)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(dirs.image)
+    if uid is not None:
+        release_uid(uid, dirs.run_dir)
+
+
+async def remove_quickly(path: Path) -> None:
+    """Remove a tree inline when it is small (the common case), with ``rm -rf`` when it is large."""
+    size = _tree_size(path)
+    if size is None:
+        return
+    if size <= _QUICK_REMOVE_ENTRIES:
+        _remove_now(path)
+    else:
+        await remove_tree(path)
+
+
+def _tree_size(path: Path) -> int | None:
+    """Entries under ``path``, counted up to just past the inline-removal budget; None if it does not exist."""
+    if not os.path.lexists(path):
+        return None
+    count = 0
+    for _dirpath, dirnames, filenames in os.walk(path):
+        count += len(dirnames) + len(filenames)
+        if count > _QUICK_REMOVE_ENTRIES:
+            break
+    return count
+
+
+def refuse_system_path(workspace: Path) -> None:
+    """A workspace must not sit where the sandbox's own system directories are mounted."""
+    for system in ("/usr", "/etc", "/proc", "/dev", "/sys", "/bin", "/sbin", "/lib", "/lib64", "/run/corral"):
+        if workspace == Path(system) or workspace.is_relative_to(system):
+            raise SandboxError(
+                f"the workspace {workspace} is under {system}, which the sandbox mounts itself",
+                hint="put run directories elsewhere (e.g. under the corral store or your home directory)",
+            )
+
+
+def privileged() -> bool:
+    """Whether sandboxes get their own uid and an overlay workspace (corral runs as root)."""
+    return runs_as_root()

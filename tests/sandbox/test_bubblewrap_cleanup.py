@@ -1,0 +1,115 @@
+"""destroy() leaves nothing behind: no process, mount, cgroup, loop device, uid claim or directory."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from corral.sandbox import Limits, SandboxRequest
+from corral.sandbox.bubblewrap import BubblewrapSandboxBackend
+from corral.sandbox.identity import REGISTRY_DIR
+from corral.sandbox.limits import cgroup_support
+from corral.sandbox.sandbox_dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
+from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
+
+pytestmark = pytest.mark.anyio
+
+CYCLES = 6
+
+
+def sandbox_processes(token: str) -> list[int]:
+    """Live processes carrying this test's token (bwrap and setpriv carry the command line too)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path("/proc", entry, "cmdline").read_bytes()
+            state = Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if token.encode() in cmdline and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+def host_footprint(root: Path) -> dict[str, list[str]]:
+    """What sandboxes whose run dirs are under ``root`` hold on the host (other tests may run beside us)."""
+    run_dirs = [path for path in [*root.glob("run*"), *root.glob("runs/*")] if path.is_dir() and path.name != "runs"]
+    ids = {sandbox_id(path.resolve()) for path in run_dirs}
+    support = cgroup_support()
+    bases = support.bases.values() if support else ()
+    owners = {str(path.resolve()) for path in run_dirs}
+    claims = [p for p in glob.glob(f"{REGISTRY_DIR}/[0-9]*") if Path(p).read_text(errors="replace") in owners]
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    backing = [Path(p).read_text().strip() for p in glob.glob("/sys/block/loop*/loop/backing_file")]
+    return {
+        "mounts": sorted(m for m in mounts if m.startswith(str(root)) or any(i in m for i in ids)),
+        "cgroups": sorted(
+            str(Path(base, f"sandbox-{i}")) for base in bases for i in ids if Path(base, f"sandbox-{i}").exists()
+        ),
+        "portals": sorted(str(PORTAL_ROOT / i) for i in ids if (PORTAL_ROOT / i).exists()),
+        "disk images": sorted(str(DISK_ROOT / f"{i}.img") for i in ids if (DISK_ROOT / f"{i}.img").exists()),
+        "loop devices": sorted(b for b in backing if any(i in b for i in ids)),
+        "uid claims": sorted(claims),
+        "run dir contents": sorted(str(p) for d in run_dirs for p in d.iterdir()),
+        "bwrap dirs": sorted(glob.glob("/tmp/.bubblewrap-*")),
+    }
+
+
+async def test_many_cycles_with_killed_and_escaping_commands_leave_nothing_behind(tmp_path: Path) -> None:
+    skip_unless_bubblewrap_runs()
+    repo = build_repo(tmp_path / "repo", with_git=True)
+    token = f"81.{secrets.randbelow(10**6):06d}"
+    backend = BubblewrapSandboxBackend()
+    assert sandbox_processes(token) == []
+
+    async def cycle(index: int) -> None:
+        run_dir = tmp_path / "runs" / f"run-{index}"
+        sandbox = await backend.create(SandboxRequest(repo=repo, run_dir=run_dir, limits=Limits(pids=64)))
+        assert (await sandbox.exec("echo ok > out.txt; cat out.txt", timeout=10)).stdout == "ok\n"
+        timed_out = await sandbox.exec(f"sleep {token} & setsid sleep {token}; wait", timeout=0.3)
+        assert timed_out.timed_out
+        escaped = await sandbox.exec(
+            f"sh -c 'sleep {token} & disown'; setsid sh -c '(sleep {token} &) ; sleep {token}' & echo gone", timeout=10
+        )
+        assert escaped.stdout == "gone\n"
+        running = asyncio.create_task(sandbox.exec(f"setsid sleep {token}; sleep {token}", timeout=30))
+        await asyncio.sleep(0.1)
+        await sandbox.destroy()  # kills the command still running
+        assert (await asyncio.wait_for(running, 5)).exit_code is None
+        assert not run_dir.exists() or not any(run_dir.iterdir())
+
+    # Two at a time: concurrent sandboxes must not trip over each other's cleanup either.
+    for first in range(0, CYCLES, 2):
+        await asyncio.gather(cycle(first), cycle(first + 1))
+
+    for _ in range(100):
+        if not sandbox_processes(token):
+            break
+        await asyncio.sleep(0.05)
+    assert sandbox_processes(token) == []
+    empty = {name: [] for name in host_footprint(tmp_path)}
+    assert host_footprint(tmp_path) == empty
+
+
+async def test_destroy_of_a_sandbox_that_failed_half_way_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    skip_unless_bubblewrap_runs()
+    from corral.sandbox import bubblewrap
+
+    repo = build_repo(tmp_path / "repo", with_git=False)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bubblewrap, "ensure_mounted", broken)
+    with pytest.raises(OSError, match="No space left"):
+        await BubblewrapSandboxBackend().create(SandboxRequest(repo=repo, run_dir=tmp_path / "run"))
+    assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}
