@@ -432,7 +432,9 @@ class Runtime:
             sandbox = created[0]
         else:  # the step completed in an earlier process: re-open what it made
             try:
-                sandbox = await backend.attach({**state, "env": request.env})
+                sandbox = await backend.attach(
+                    {**state, "env": request.env, "secrets": request.secrets, "on_egress": request.on_egress}
+                )
             except SandboxError as err:
                 raise SandboxError(f"the workspace of run {record.id} is gone: {err.message}") from None
         self._emit(
