@@ -330,7 +330,10 @@ async def measure_backend(name: str, setup: Setup) -> list[Result]:
     if large.status == "ok":
         rows["workspace"].phases = {"total": large.phases["create"], "destroy": large.phases["destroy"]}
     progress(rows["diff"].id)
-    await _measure_diff(rows["diff"], backend, setup)
+    strategy = await _measure_diff(rows["diff"], backend, setup)
+    if strategy is not None:  # a backend that picks its workspace strategy records it in state()
+        for key in ("workspace", "diff"):
+            rows[key].note = f"workspace strategy: {strategy}"
     return list(rows.values())
 
 
@@ -348,19 +351,22 @@ async def _probe(name: str, setup: Setup) -> tuple[SandboxBackend | None, str | 
     return backend, None
 
 
-async def _measure_diff(row: Result, backend: SandboxBackend, setup: Setup) -> None:
+async def _measure_diff(row: Result, backend: SandboxBackend, setup: Setup) -> str | None:
+    """Time diff() after editing three files; return the workspace strategy the sandbox's state names."""
     try:
         sandbox = await _create(backend, setup.large.path, setup)
     except Exception as exc:  # recorded in the row like any trial failure
         row.status, row.reason = "failed", describe(exc)
-        return
+        return None
     try:
+        strategy = sandbox.state().get("strategy")
         for path in changed_paths(setup.large):
             await sandbox.write_file(path, await sandbox.read_file(path) + b"changed by the benchmark\n")
         trial = _diff_trial(sandbox, changed_paths(setup.large))
         await repeat_async(row, trial, iterations=setup.workspace_iterations, warmup=1)
     finally:
         await _destroy(sandbox)
+    return str(strategy) if strategy is not None else None
 
 
 # -- report -------------------------------------------------------------------------------------

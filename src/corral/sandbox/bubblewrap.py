@@ -7,7 +7,6 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import json
 import logging
 import os
 import shutil
@@ -15,7 +14,7 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
@@ -33,11 +32,9 @@ from corral.sandbox.base import (
     ScopedSecret,
     start_process,
 )
-from corral.sandbox.diskimage import create_image, loop_images_available, mount_image
 from corral.sandbox.identity import INSIDE_HOME, INSIDE_USER, claim_uid, reclaim_uid
 from corral.sandbox.limits import (
     DISK_POLL_INTERVAL,
-    TMP_SIZE_MB,
     LimitCounters,
     apply_rlimits,
     can_limit_other_users,
@@ -57,17 +54,28 @@ from corral.sandbox.sandbox_dirs import (
     teardown,
     write_identity,
 )
+from corral.sandbox.sandbox_setup import (
+    Strategy,
+    egress_sources,
+    make_disk,
+    make_workspace,
+    nearly_full,
+    overlay_possible,
+    read_child_pid,
+    repo_owner,
+    setpriv_argv,
+    start_proxy,
+    tmp_size_mb,
+)
 from corral.sandbox.seccomp import seccomp_available, seccomp_filter
-from corral.sandbox.workspace import WorkspaceSnapshot, _check_paths, _run, prepare_workspace, workspace_diff
+from corral.sandbox.workspace import _check_paths, workspace_diff
 
 logger = logging.getLogger("corral.sandbox")
 
-_SETUP_TIMEOUT = 10.0  # for bwrap to report its sandbox's first process
 _EXIT_TIMEOUT = 5.0
 _PROXY_PORT = 3128
 _INSIDE_RUN = "/run/corral"
 _CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
-Strategy = Literal["overlay", "copy"]
 _HOST_NETWORK_WARNING = "bubblewrap sandbox %s: network 'host': commands can reach any address this machine can"
 
 
@@ -163,7 +171,7 @@ class BubblewrapSandbox(Sandbox):
             self._rlimits = []
         if privileged():
             # setpriv drops to the sandbox uid; Popen(user=...) would do it too, but only with a full fork.
-            self._launcher = [*_setpriv(state.uid, state.gid), *self._launcher]
+            self._launcher = [*setpriv_argv(state.uid, state.gid), *self._launcher]
         self._proxy = proxy
         self._secret_values = tuple(value for value in secret_values if value)
         self._inits: dict[int, int] = {}  # bwrap pid -> pidfd of the sandbox's init
@@ -177,7 +185,7 @@ class BubblewrapSandbox(Sandbox):
         dirs, network = self._dirs, self._state.network.mode
         extra: list[str] = []
         if self._proxy is not None:
-            socket, ca = _egress_sources(dirs, self._proxy)
+            socket, ca = egress_sources(dirs, self._proxy)
             extra += ["--ro-bind", str(socket), f"{_INSIDE_RUN}/egress.sock"]
             if ca is not None:
                 extra += ["--ro-bind", str(ca), f"{_INSIDE_RUN}/ca.pem"]
@@ -271,7 +279,7 @@ class BubblewrapSandbox(Sandbox):
 
     async def _release(self, record: _ExecRecord, info_r: int, block_w: int) -> None:
         """Put the sandbox's init into the cgroups and under the rlimits, then let it start the command."""
-        child = await _read_child_pid(info_r)
+        child = await read_child_pid(info_r)
         if child is None:  # bwrap failed before cloning; its exit status and stderr say why
             return
         try:
@@ -326,7 +334,7 @@ class BubblewrapSandbox(Sandbox):
                 os.close(record.init_pidfd)
         after = self._cgroup.counters() if self._cgroup else LimitCounters()
         notes = limit_notes(self._state.limits, before, after, result.exit_code, disk_killed=record.disk_killed)
-        if self._state.disk_image and _nearly_full(self._dirs.disk):
+        if self._state.disk_image and nearly_full(self._dirs.disk):
             notes.append(
                 f"corral: workspace disk limit ({self._state.limits.disk_mb} MB) reached; delete files to go on"
             )
@@ -405,40 +413,6 @@ class BubblewrapSandbox(Sandbox):
         await teardown(self._dirs, uid=self._state.uid)
 
 
-async def _read_child_pid(fd: int) -> int | None:
-    """Read bwrap's --info-fd JSON (written right after it clones the sandbox) until EOF."""
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
-    data = bytearray()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        try:
-            chunk = os.read(fd, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if chunk:
-            data.extend(chunk)
-        elif not done.done():
-            done.set_result(None)
-
-    loop.add_reader(fd, readable)
-    try:
-        await asyncio.wait_for(done, _SETUP_TIMEOUT)
-    except TimeoutError:
-        raise SandboxError(f"bwrap did not start its sandbox within {_SETUP_TIMEOUT:.0f}s") from None
-    finally:
-        loop.remove_reader(fd)
-    if not data:
-        return None
-    try:
-        return int(json.loads(data)["child-pid"])
-    except (ValueError, KeyError, TypeError):
-        raise SandboxError(f"bwrap reported an unreadable status: {bytes(data)[:200]!r}") from None
-
-
 class BubblewrapSandboxBackend(SandboxBackend):
     """Isolated sandboxes with bubblewrap: the default backend wherever ``bubblewrap_available()`` holds."""
 
@@ -462,22 +436,22 @@ class BubblewrapSandboxBackend(SandboxBackend):
         proxy: Any = None
         try:
             write_identity(dirs, uid)
-            shift = IdShift(*_repo_owner(repo), uid, uid)
-            disk_image = await _make_disk(dirs, request.limits, overlay_possible=_overlay_possible(dirs, repo))
-            strategy, snapshot, baseline = await _make_workspace(dirs, repo, shift)
+            shift = IdShift(*repo_owner(repo), uid, uid)
+            disk_image = await make_disk(dirs, request.limits, overlay_possible=overlay_possible(dirs, repo))
+            strategy, snapshot, baseline = await make_workspace(dirs, repo, shift)
             if strategy == "copy" and disk_image:  # the copy is not on the image: fall back to polling
                 overlay.unmount_all(dirs.disk)
                 dirs.image.unlink()
                 disk_image = False
             dirs.home.mkdir()
             os.chown(dirs.home, uid, uid)
-            tmp_mb = _tmp_mb(request.limits)
+            tmp_mb = tmp_size_mb(request.limits)
             ensure_mounted(dirs, repo=repo, strategy=strategy, shift=shift, tmp_mb=tmp_mb, disk_image=disk_image)
             cgroup = dirs.cgroup()
             if cgroup is not None:
                 cgroup.create(request.limits)
             if proxy_class is not None:
-                proxy = await _start_proxy(proxy_class, request, dirs, uid)
+                proxy = await start_proxy(proxy_class, request, dirs, uid)
             state = BubblewrapState(
                 backend=self.name,
                 run_dir=dirs.run_dir,
@@ -521,14 +495,14 @@ class BubblewrapSandboxBackend(SandboxBackend):
             raise SandboxError(f"sandbox is gone: {dirs.state} no longer exists")
         if not reclaim_uid(parsed.uid, dirs.run_dir, state_dirname=STATE_DIRNAME):
             raise SandboxError(f"sandbox uid {parsed.uid} is now held by another sandbox; cannot re-open it")
-        shift = IdShift(*_repo_owner(parsed.repo), parsed.uid, parsed.gid)
+        shift = IdShift(*repo_owner(parsed.repo), parsed.uid, parsed.gid)
         try:
             ensure_mounted(
                 dirs,
                 repo=parsed.repo,
                 strategy=parsed.strategy,
                 shift=shift,
-                tmp_mb=_tmp_mb(parsed.limits),
+                tmp_mb=tmp_size_mb(parsed.limits),
                 disk_image=parsed.disk_image,
             )
         except OSError as exc:
@@ -547,106 +521,8 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 secrets=secrets,
                 on_egress=state.get("on_egress"),
             )
-            proxy = await _start_proxy(_egress_proxy_class(), request, dirs, parsed.uid)
+            proxy = await start_proxy(_egress_proxy_class(), request, dirs, parsed.uid)
         elif parsed.network.mode == "host":
             logger.warning(_HOST_NETWORK_WARNING, parsed.snapshot.workspace)
         values = [secret.value.get_secret_value() for secret in secrets]
         return BubblewrapSandbox(state=parsed, env=parsed.env, proxy=proxy, secret_values=values)
-
-
-def _nearly_full(mount_point: Path) -> bool:
-    try:
-        info = os.statvfs(mount_point)
-    except OSError:
-        return False
-    free = info.f_bavail * info.f_frsize
-    return free < max(1024 * 1024, info.f_blocks * info.f_frsize // 100)
-
-
-def _setpriv(uid: int, gid: int) -> list[str]:
-    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
-
-
-def _repo_owner(repo: Path) -> tuple[int, int]:
-    try:
-        info = repo.stat()
-    except OSError:  # only a re-mount needs it, and that fails with a clear message
-        return 0, 0
-    return info.st_uid, info.st_gid
-
-
-def _tmp_mb(limits: Limits) -> int:
-    return min(TMP_SIZE_MB, limits.memory_mb) if limits.memory_mb else TMP_SIZE_MB
-
-
-async def _make_workspace(dirs: SandboxDirs, repo: Path, shift: IdShift) -> tuple[Strategy, WorkspaceSnapshot, int]:
-    """An overlay over the repo when possible (root, idmapped mounts), else a copy; with the disk baseline."""
-    layers = dirs.layers(repo)
-    if _overlay_possible(dirs, repo):
-        try:
-            overlay.prepare_layers(layers, shift)
-            overlay.mount_overlay(layers, shift)
-        except OSError as exc:
-            logger.info("overlay workspace unavailable (%s); copying the repository instead", exc)
-            overlay.unmount_all(dirs.workspace)
-            for leftover in (layers.upper, layers.work, layers.merged):
-                shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            dirs.git_dir.mkdir()
-            return "overlay", WorkspaceSnapshot(workspace=dirs.workspace, git_dir=dirs.git_dir, commit=""), 0
-    snapshot = await prepare_workspace(repo, dirs.run_dir)
-    if privileged() and shift.sandbox_uid != os.geteuid():
-        # -h: a symlink in the repo must not make chown change its target on the host.
-        owner = f"{shift.sandbox_uid}:{shift.sandbox_gid}"
-        await _run(["chown", "-R", "-h", owner, "--", str(snapshot.workspace)], seconds=600)
-    baseline = await disk_usage([snapshot.workspace])
-    return "copy", snapshot, baseline
-
-
-def _overlay_possible(dirs: SandboxDirs, repo: Path) -> bool:
-    return privileged() and dirs.layers(repo).usable()
-
-
-async def _make_disk(dirs: SandboxDirs, limits: Limits, *, overlay_possible: bool) -> bool:
-    """Make ``dirs.disk``: a mounted ext4 image of ``disk_mb`` where that is possible, else a plain directory."""
-    dirs.disk.mkdir()
-    if limits.disk_mb is None or not overlay_possible or not loop_images_available():
-        return False
-    try:
-        await create_image(dirs.image, limits.disk_mb)
-        mount_image(dirs.image, dirs.disk)
-    except (OSError, SandboxError) as exc:
-        logger.warning("no disk image for %s (%s); the disk limit is checked by polling instead", dirs.run_dir, exc)
-        dirs.image.unlink(missing_ok=True)
-        return False
-    return True
-
-
-async def _start_proxy(proxy_class: Any, request: SandboxRequest, dirs: SandboxDirs, uid: int) -> Any:
-    """Start the sandbox's egress proxy and expose its socket (and CA) to the sandbox's uid."""
-    proxy = proxy_class(
-        allow=request.network.allow,
-        secrets=request.secrets,
-        on_event=request.on_egress,
-        state_dir=dirs.state / "egress",
-    )
-    await asyncio.wait_for(proxy.start(), _SETUP_TIMEOUT)
-    if dirs.portal is not None:
-        # bwrap, running as the sandbox uid, reaches the socket and CA through the portal only.
-        os.chown(proxy.socket_path, uid, uid)
-        socket, ca = _egress_sources(dirs, proxy)
-        overlay.unmount_all(socket)
-        socket.touch()
-        overlay.bind_mount(proxy.socket_path, socket)
-        if ca is not None:
-            shutil.copyfile(proxy.ca_cert_path, ca)
-    return proxy
-
-
-def _egress_sources(dirs: SandboxDirs, proxy: Any) -> tuple[Path, Path | None]:
-    """Host paths bwrap binds as /run/corral/egress.sock and /run/corral/ca.pem."""
-    ca = proxy.ca_cert_path
-    if dirs.portal is None:
-        return Path(proxy.socket_path), Path(ca) if ca is not None else None
-    return dirs.portal / "egress.sock", dirs.portal / "egress-ca.pem" if ca is not None else None

@@ -352,6 +352,15 @@ def enforced_limits() -> dict[str, str]:
         "cpu_time": f"RLIMIT_CPU per process (SIGXCPU at the limit, SIGKILL {CPU_GRACE_S} s later)",
         "wall_clock": "exec timeout: SIGKILL to the command's pid-namespace init, which takes the whole tree",
         "output": "exec output_limit per stream; the command is killed at the cap",
-        "disk": f"RLIMIT_FSIZE per file, plus workspace use checked every {DISK_POLL_INTERVAL:g} s during a command",
+        "disk": _disk_enforcement(),
         "tmp": f"/tmp is a private tmpfs of at most {TMP_SIZE_MB} MB per sandbox",
     }
+
+
+def _disk_enforcement() -> str:
+    from corral.sandbox.diskimage import loop_images_available
+
+    polled = f"RLIMIT_FSIZE per file, plus workspace use checked every {DISK_POLL_INTERVAL:g} s during a command"
+    if loop_images_available():
+        return f"per-sandbox ext4 image of disk_mb on a loop device (ENOSPC at the limit); copies: {polled}"
+    return polled + " (no loop devices: run as root with /dev/loop-control for a hard limit)"

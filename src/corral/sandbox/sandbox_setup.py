@@ -1,0 +1,157 @@
+"""Setting up a bubblewrap sandbox on the host: its workspace, disk, egress proxy, and talking to bwrap."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from corral.errors import SandboxError
+from corral.sandbox import overlay
+from corral.sandbox.base import Limits, SandboxRequest
+from corral.sandbox.diskimage import create_image, loop_images_available, mount_image
+from corral.sandbox.limits import TMP_SIZE_MB, disk_usage
+from corral.sandbox.overlay import IdShift
+from corral.sandbox.sandbox_dirs import SandboxDirs, privileged
+from corral.sandbox.workspace import WorkspaceSnapshot, _run, prepare_workspace
+
+logger = logging.getLogger("corral.sandbox")
+
+Strategy = Literal["overlay", "copy"]
+SETUP_TIMEOUT = 10.0  # for bwrap to report its sandbox's first process, and for the proxy to start
+
+
+async def read_child_pid(fd: int) -> int | None:
+    """Read bwrap's --info-fd JSON (written right after it clones the sandbox) until EOF."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    data = bytearray()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            data.extend(chunk)
+        elif not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await asyncio.wait_for(done, SETUP_TIMEOUT)
+    except TimeoutError:
+        raise SandboxError(f"bwrap did not start its sandbox within {SETUP_TIMEOUT:.0f}s") from None
+    finally:
+        loop.remove_reader(fd)
+    if not data:
+        return None
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        raise SandboxError(f"bwrap reported an unreadable status: {bytes(data)[:200]!r}") from None
+
+
+def nearly_full(mount_point: Path) -> bool:
+    try:
+        info = os.statvfs(mount_point)
+    except OSError:
+        return False
+    free = info.f_bavail * info.f_frsize
+    return free < max(1024 * 1024, info.f_blocks * info.f_frsize // 100)
+
+
+def setpriv_argv(uid: int, gid: int) -> list[str]:
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+
+
+def repo_owner(repo: Path) -> tuple[int, int]:
+    try:
+        info = repo.stat()
+    except OSError:  # only a re-mount needs it, and that fails with a clear message
+        return 0, 0
+    return info.st_uid, info.st_gid
+
+
+def tmp_size_mb(limits: Limits) -> int:
+    return min(TMP_SIZE_MB, limits.memory_mb) if limits.memory_mb else TMP_SIZE_MB
+
+
+async def make_workspace(dirs: SandboxDirs, repo: Path, shift: IdShift) -> tuple[Strategy, WorkspaceSnapshot, int]:
+    """An overlay over the repo when possible (root, idmapped mounts), else a copy; with the disk baseline."""
+    layers = dirs.layers(repo)
+    if overlay_possible(dirs, repo):
+        try:
+            overlay.prepare_layers(layers, shift)
+            overlay.mount_overlay(layers, shift)
+        except OSError as exc:
+            logger.info("overlay workspace unavailable (%s); copying the repository instead", exc)
+            overlay.unmount_all(dirs.workspace)
+            for leftover in (layers.upper, layers.work, layers.merged):
+                shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            dirs.git_dir.mkdir()
+            return "overlay", WorkspaceSnapshot(workspace=dirs.workspace, git_dir=dirs.git_dir, commit=""), 0
+    snapshot = await prepare_workspace(repo, dirs.run_dir)
+    if privileged() and shift.sandbox_uid != os.geteuid():
+        # -h: a symlink in the repo must not make chown change its target on the host.
+        owner = f"{shift.sandbox_uid}:{shift.sandbox_gid}"
+        await _run(["chown", "-R", "-h", owner, "--", str(snapshot.workspace)], seconds=600)
+    baseline = await disk_usage([snapshot.workspace])
+    return "copy", snapshot, baseline
+
+
+def overlay_possible(dirs: SandboxDirs, repo: Path) -> bool:
+    return privileged() and dirs.layers(repo).usable()
+
+
+async def make_disk(dirs: SandboxDirs, limits: Limits, *, overlay_possible: bool) -> bool:
+    """Make ``dirs.disk``: a mounted ext4 image of ``disk_mb`` where that is possible, else a plain directory."""
+    dirs.disk.mkdir()
+    if limits.disk_mb is None or not overlay_possible or not loop_images_available():
+        return False
+    try:
+        await create_image(dirs.image, limits.disk_mb)
+        mount_image(dirs.image, dirs.disk)
+    except (OSError, SandboxError) as exc:
+        logger.warning("no disk image for %s (%s); the disk limit is checked by polling instead", dirs.run_dir, exc)
+        dirs.image.unlink(missing_ok=True)
+        return False
+    return True
+
+
+async def start_proxy(proxy_class: Any, request: SandboxRequest, dirs: SandboxDirs, uid: int) -> Any:
+    """Start the sandbox's egress proxy and expose its socket (and CA) to the sandbox's uid."""
+    proxy = proxy_class(
+        allow=request.network.allow,
+        secrets=request.secrets,
+        on_event=request.on_egress,
+        state_dir=dirs.state / "egress",
+    )
+    await asyncio.wait_for(proxy.start(), SETUP_TIMEOUT)
+    if dirs.portal is not None:
+        # bwrap, running as the sandbox uid, reaches the socket and CA through the portal only.
+        os.chown(proxy.socket_path, uid, uid)
+        socket, ca = egress_sources(dirs, proxy)
+        overlay.unmount_all(socket)
+        socket.touch()
+        overlay.bind_mount(proxy.socket_path, socket)
+        if ca is not None:
+            shutil.copyfile(proxy.ca_cert_path, ca)
+    return proxy
+
+
+def egress_sources(dirs: SandboxDirs, proxy: Any) -> tuple[Path, Path | None]:
+    """Host paths bwrap binds as /run/corral/egress.sock and /run/corral/ca.pem."""
+    ca = proxy.ca_cert_path
+    if dirs.portal is None:
+        return Path(proxy.socket_path), Path(ca) if ca is not None else None
+    return dirs.portal / "egress.sock", dirs.portal / "egress-ca.pem" if ca is not None else None
