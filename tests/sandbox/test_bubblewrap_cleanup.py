@@ -12,6 +12,7 @@ import pytest
 
 from corral.sandbox import Limits, SandboxRequest
 from corral.sandbox.bubblewrap import BubblewrapSandboxBackend
+from corral.sandbox.diskimage import loop_devices_for
 from corral.sandbox.identity import REGISTRY_DIR
 from corral.sandbox.limits import cgroup_support
 from corral.sandbox.sandbox_dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
@@ -82,6 +83,8 @@ async def test_many_cycles_with_killed_and_escaping_commands_leave_nothing_behin
         running = asyncio.create_task(sandbox.exec(f"setsid sleep {token}; sleep {token}", timeout=30))
         await asyncio.sleep(0.1)
         await sandbox.destroy()  # kills the command still running
+        # The kernel detaches an auto-clearing loop device in a work item after the unmount; destroy waits for it.
+        assert loop_devices_for(DISK_ROOT / f"{sandbox_id(run_dir.resolve())}.img") == []
         assert (await asyncio.wait_for(running, 5)).exit_code is None
         assert not run_dir.exists() or not any(run_dir.iterdir())
 
@@ -94,8 +97,7 @@ async def test_many_cycles_with_killed_and_escaping_commands_leave_nothing_behin
             break
         await asyncio.sleep(0.05)
     assert sandbox_processes(token) == []
-    empty = {name: [] for name in host_footprint(tmp_path)}
-    assert host_footprint(tmp_path) == empty
+    assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}
 
 
 async def test_destroy_of_a_sandbox_that_failed_half_way_cleans_up(

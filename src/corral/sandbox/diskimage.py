@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -128,3 +129,39 @@ def mount_image(image: Path, mount_point: Path) -> None:
         raise OSError(errno.EBUSY, "no free loop device")
     finally:
         os.close(control)
+
+
+_DETACH_WAIT_S = 2.0
+_DELETED_SUFFIX = " (deleted)"
+
+
+def loop_devices_for(image: Path) -> list[str]:
+    """The loop devices (``loopN``) still backed by ``image``, even after it was unlinked."""
+    wanted = os.fsdecode(image)
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            name = backing.read_text().rstrip("\n")
+        except OSError:  # detached between the glob and the read
+            continue
+        if name.removesuffix(_DELETED_SUFFIX) == wanted:
+            found.append(backing.parent.parent.name)
+    return sorted(found)
+
+
+async def wait_detached(image: Path, *, seconds: float = _DETACH_WAIT_S) -> list[str]:
+    """Wait until no loop device is backed by ``image``; return the ones still attached after ``seconds``.
+
+    The image's device was configured with LO_FLAGS_AUTOCLEAR, so unmounting its filesystem detaches
+    it, but the kernel does that in a work item after umount(2) returns; until then the device still
+    holds the image (shown as ``(deleted)`` once it is unlinked).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    delay = 0.005
+    while True:
+        attached = loop_devices_for(image)
+        if not attached or loop.time() >= deadline:
+            return attached
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from corral.errors import SandboxError
 from corral.sandbox import overlay
-from corral.sandbox.diskimage import mount_image
+from corral.sandbox.diskimage import loop_devices_for, mount_image, wait_detached
 from corral.sandbox.identity import release_uid, runs_as_root
 from corral.sandbox.limits import SandboxCgroup, cgroup_support
 from corral.sandbox.overlay import IdShift, OverlayPaths
@@ -165,10 +165,24 @@ async def teardown(dirs: SandboxDirs, *, uid: int | None) -> None:
         shutil.rmtree(dirs.portal)
     for directory in (dirs.workspace, dirs.git_dir, dirs.state):
         await remove_quickly(directory)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(dirs.image)
+    await _release_image(dirs.image)
     if uid is not None:
         release_uid(uid, dirs.run_dir)
+
+
+async def _release_image(image: Path) -> None:
+    """Delete the disk image once its loop device has let go of it, so destroy returns with nothing attached."""
+    if loop_devices_for(image):
+        held = await wait_detached(image)
+        if held:
+            logger.warning(
+                "sandbox disk image %s is still attached to %s 2 s after unmount; unlinking it anyway (its "
+                "space is freed when the kernel detaches the device)",
+                image,
+                ", ".join(f"/dev/{name}" for name in held),
+            )
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(image)
 
 
 async def remove_quickly(path: Path) -> None:
