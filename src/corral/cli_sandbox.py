@@ -1,4 +1,4 @@
-"""``corral sandbox exec`` and ``corral doctor``: run one command as an agent's would, and say what works here."""
+"""``corral sandbox exec|prune`` and ``corral doctor``: run a command as an agent's would, clean up, say what works."""
 
 from __future__ import annotations
 
@@ -106,6 +106,26 @@ async def _exec(
         return EXIT_KILLED
     err_console.print(f"[dim]corral: exit {result.exit_code} · {result.duration_ms:.0f} ms · {chosen.name}[/dim]")
     return result.exit_code
+
+
+@sandbox_app.command("prune")
+def sandbox_prune() -> None:
+    """Remove what sandboxes of dead processes left on this machine; resumable sandboxes stay."""
+    from corral.sandbox.identity import runs_as_root
+    from corral.sandbox.sweep import sweep_orphans
+
+    if not runs_as_root():
+        console.print("nothing to prune: unprivileged sandboxes keep everything in their run directories")
+        return
+    report = asyncio.run(sweep_orphans())
+    for line in report.removed:
+        console.print(f"removed {line}")
+    for line in report.failed:
+        err_console.print(f"[red]could not remove[/red] {line}")
+    if not report.removed and not report.failed:
+        console.print("nothing to prune")
+    if report.failed:
+        raise typer.Exit(1)
 
 
 def doctor_report() -> list[tuple[str, bool, str]]:

@@ -68,6 +68,7 @@ from corral.sandbox.sandbox_setup import (
     tmp_size_mb,
 )
 from corral.sandbox.seccomp import seccomp_available, seccomp_filter
+from corral.sandbox.sweep import sweep_once
 from corral.sandbox.workspace import _check_paths, workspace_diff
 
 logger = logging.getLogger("corral.sandbox")
@@ -426,6 +427,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 f"the bubblewrap sandbox cannot run here: {detail}",
                 hint="fix the cause above, or choose the `local` backend explicitly (no isolation)",
             )
+        await sweep_once()  # what sandboxes of dead processes left behind, once per process
         repo, workspace, _git_dir = _check_paths(Path(request.repo), Path(request.run_dir))
         refuse_system_path(workspace)
         dirs = SandboxDirs(workspace.parent, privileged=privileged())
@@ -442,6 +444,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
             if strategy == "copy" and disk_image:  # the copy is not on the image: fall back to polling
                 overlay.unmount_all(dirs.disk)
                 dirs.image.unlink()
+                dirs.image_owner.unlink(missing_ok=True)
                 disk_image = False
             dirs.home.mkdir()
             os.chown(dirs.home, uid, uid)

@@ -95,6 +95,19 @@ def release_uid(uid: int, owner: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def claims() -> dict[int, Path]:
+    """Every claimed sandbox uid and the run dir it names (root only; empty otherwise)."""
+    if not runs_as_root() or not REGISTRY_DIR.is_dir():
+        return {}
+    found: dict[int, Path] = {}
+    with _registry_lock():
+        for path in REGISTRY_DIR.iterdir():
+            holder = _read(path) if path.name.isdigit() else None
+            if holder is not None:
+                found[int(path.name)] = Path(os.fsdecode(holder))
+    return found
+
+
 def _read(path: Path) -> bytes | None:
     try:
         return path.read_bytes()

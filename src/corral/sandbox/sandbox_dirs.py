@@ -69,6 +69,11 @@ class SandboxDirs:
         return DISK_ROOT / f"{self.id}.img"
 
     @property
+    def image_owner(self) -> Path:
+        """Names the run dir an image belongs to, so a sweep can tell a resumable image from a leftover."""
+        return DISK_ROOT / f"{self.id}.owner"
+
+    @property
     def home(self) -> Path:
         return self.disk / "home"
 
@@ -183,6 +188,8 @@ async def _release_image(image: Path) -> None:
             )
     with contextlib.suppress(FileNotFoundError):
         os.unlink(image)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(image.with_suffix(".owner"))
 
 
 async def remove_quickly(path: Path) -> None:

@@ -16,7 +16,7 @@ from corral.sandbox.base import Limits, SandboxRequest
 from corral.sandbox.diskimage import create_image, loop_images_available, mount_image
 from corral.sandbox.limits import TMP_SIZE_MB, disk_usage
 from corral.sandbox.overlay import IdShift
-from corral.sandbox.sandbox_dirs import SandboxDirs, privileged
+from corral.sandbox.sandbox_dirs import DISK_ROOT, SandboxDirs, privileged
 from corral.sandbox.workspace import WorkspaceSnapshot, _run, prepare_workspace
 
 logger = logging.getLogger("corral.sandbox")
@@ -119,11 +119,14 @@ async def make_disk(dirs: SandboxDirs, limits: Limits, *, overlay_possible: bool
     if limits.disk_mb is None or not overlay_possible or not loop_images_available():
         return False
     try:
+        DISK_ROOT.mkdir(parents=True, exist_ok=True, mode=0o700)
+        dirs.image_owner.write_text(str(dirs.run_dir))
         await create_image(dirs.image, limits.disk_mb)
         mount_image(dirs.image, dirs.disk)
     except (OSError, SandboxError) as exc:
         logger.warning("no disk image for %s (%s); the disk limit is checked by polling instead", dirs.run_dir, exc)
         dirs.image.unlink(missing_ok=True)
+        dirs.image_owner.unlink(missing_ok=True)
         return False
     return True
 

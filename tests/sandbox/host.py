@@ -1,0 +1,56 @@
+"""What sandboxes hold on the host, for tests that check destroy and the sweep leave nothing behind."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from corral.sandbox.identity import REGISTRY_DIR
+from corral.sandbox.limits import cgroup_support
+from corral.sandbox.sandbox_dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
+
+
+def sandbox_processes(token: str) -> list[int]:
+    """Live processes carrying this test's token (bwrap and setpriv carry the command line too)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path("/proc", entry, "cmdline").read_bytes()
+            state = Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if token.encode() in cmdline and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+def host_footprint(root: Path) -> dict[str, list[str]]:
+    """What sandboxes whose run dirs are under ``root`` hold on the host (other tests may run beside us)."""
+    run_dirs = [path for path in [*root.glob("run*"), *root.glob("runs/*")] if path.is_dir() and path.name != "runs"]
+    ids = {sandbox_id(path.resolve()) for path in run_dirs}
+    support = cgroup_support()
+    bases = support.bases.values() if support else ()
+    owners = {str(path.resolve()) for path in run_dirs}
+    claims = [p for p in glob.glob(f"{REGISTRY_DIR}/[0-9]*") if Path(p).read_text(errors="replace") in owners]
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    backing = [Path(p).read_text().strip() for p in glob.glob("/sys/block/loop*/loop/backing_file")]
+    return {
+        "mounts": sorted(m for m in mounts if m.startswith(str(root)) or any(i in m for i in ids)),
+        "cgroups": sorted(
+            str(Path(base, f"sandbox-{i}")) for base in bases for i in ids if Path(base, f"sandbox-{i}").exists()
+        ),
+        "portals": sorted(str(PORTAL_ROOT / i) for i in ids if (PORTAL_ROOT / i).exists()),
+        "disk images": sorted(
+            str(DISK_ROOT / f"{i}{suffix}")
+            for i in ids
+            for suffix in (".img", ".owner")
+            if (DISK_ROOT / f"{i}{suffix}").exists()
+        ),
+        "loop devices": sorted(b for b in backing if any(i in b for i in ids)),
+        "uid claims": sorted(claims),
+        "run dir contents": sorted(str(p) for d in run_dirs for p in d.iterdir()),
+        "bwrap dirs": sorted(glob.glob("/tmp/.bubblewrap-*")),
+    }

@@ -1,0 +1,153 @@
+"""Sandboxes of processes that died: resumable ones survive a sweep, leftovers are removed.
+
+Each test starts a real process that makes a bubblewrap sandbox and then SIGKILLs itself at a chosen
+point, so what is left on the host is what a crash leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corral.sandbox.bubblewrap import BubblewrapSandboxBackend
+from corral.sandbox.identity import claims
+from corral.sandbox.limits import cgroup_support
+from corral.sandbox.sandbox_dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
+from corral.sandbox.sweep import sweep_orphans
+from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
+from tests.sandbox.host import host_footprint, sandbox_processes
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Makes a sandbox, starts `sleep TOKEN` in it, prints the sandbox's state, then dies (SIGKILL) either
+# at once ("running") or inside destroy() just after the run dir's state is gone ("in-destroy").
+CRASHER = r"""
+import asyncio, json, os, signal, sys
+from pathlib import Path
+from corral.sandbox import Limits, SandboxRequest
+from corral.sandbox import sandbox_dirs
+from corral.sandbox.bubblewrap import BubblewrapSandboxBackend
+
+repo, run_dir, token, mode = sys.argv[1:5]
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+async def main():
+    sandbox = await BubblewrapSandboxBackend().create(
+        SandboxRequest(repo=Path(repo), run_dir=Path(run_dir), limits=Limits(disk_mb=64))
+    )
+    await sandbox.write_file("made-before-the-crash.txt", b"kept\n")
+    asyncio.create_task(sandbox.exec(f"sleep {token}", timeout=60))
+    await asyncio.sleep(0.3)
+    print(json.dumps(sandbox.state()), flush=True)
+    if mode == "in-destroy":
+        sandbox_dirs._release_image = die  # destroy has unmounted everything and removed the state
+        await sandbox.destroy()
+    die()
+
+asyncio.run(main())
+"""
+
+
+def crash(repo: Path, run_dir: Path, token: str, mode: str) -> dict[str, object]:
+    completed = subprocess.run(
+        [sys.executable, "-c", CRASHER, str(repo), str(run_dir), token, mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == -9, completed.stderr
+    return json.loads(completed.stdout)
+
+
+def require_root_sandboxes() -> None:
+    skip_unless_bubblewrap_runs()
+    if os.geteuid() != 0:
+        pytest.skip("sandboxes of an unprivileged user keep everything in their run dir; nothing to sweep")
+
+
+async def wait_until_gone(token: str) -> list[int]:
+    for _ in range(100):
+        if not sandbox_processes(token):
+            break
+        await asyncio.sleep(0.05)
+    return sandbox_processes(token)
+
+
+async def test_a_crashed_runs_sandbox_survives_the_sweep_and_can_be_resumed(tmp_path: Path) -> None:
+    require_root_sandboxes()
+    repo, run_dir = build_repo(tmp_path / "repo", with_git=False), tmp_path / "run"
+    token = f"71.{secrets.randbelow(10**6):06d}"
+    state = crash(repo, run_dir, token, "running")
+    ident = sandbox_id(run_dir.resolve())
+
+    # bwrap --die-with-parent: the command went with its process.
+    assert await wait_until_gone(token) == []
+    report = await sweep_orphans()
+    assert not [line for line in report.removed if ident in line or str(run_dir) in line]
+    assert (PORTAL_ROOT / ident).is_dir() and (DISK_ROOT / f"{ident}.img").exists()
+
+    sandbox = await BubblewrapSandboxBackend().attach(state)
+    assert (await sandbox.read_file("made-before-the-crash.txt")) == b"kept\n"
+    assert (await sandbox.exec("cat made-before-the-crash.txt", timeout=10)).stdout == "kept\n"
+    await sandbox.destroy()
+    assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}
+
+
+async def test_the_sweep_removes_what_a_process_killed_inside_destroy_left(tmp_path: Path) -> None:
+    require_root_sandboxes()
+    repo, run_dir = build_repo(tmp_path / "repo", with_git=False), tmp_path / "run"
+    token = f"72.{secrets.randbelow(10**6):06d}"
+    crash(repo, run_dir, token, "in-destroy")
+    ident = sandbox_id(run_dir.resolve())
+    assert (DISK_ROOT / f"{ident}.img").exists(), "the crash left the disk image"
+    assert str(run_dir.resolve()) in map(str, claims().values()), "and the uid claim"
+
+    # `corral sandbox prune` is the sweep from the command line; a new sandbox's first create runs it too.
+    pruned = subprocess.run(
+        [sys.executable, "-m", "corral", "sandbox", "prune"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    assert f"disk image {DISK_ROOT / (ident + '.img')}" in pruned.stdout
+    assert "uid claim" in pruned.stdout
+    assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}
+    assert await wait_until_gone(token) == []
+
+
+async def test_the_sweep_removes_a_sandbox_whose_run_dir_was_deleted(tmp_path: Path) -> None:
+    """After a reboot (mounts, /run and cgroups gone, the disk image kept) the store is deleted."""
+    require_root_sandboxes()
+    repo, run_dir = build_repo(tmp_path / "repo", with_git=False), tmp_path / "run"
+    token = f"73.{secrets.randbelow(10**6):06d}"
+    crash(repo, run_dir, token, "running")
+    ident = sandbox_id(run_dir.resolve())
+    # What a reboot takes: every mount (deepest first), the portal in /run, the claim in /run.
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for point in sorted((m for m in mounts if str(tmp_path) in m or ident in m), key=len, reverse=True):
+        subprocess.run(["umount", point], check=True)
+    subprocess.run(["rm", "-rf", str(PORTAL_ROOT / ident), str(run_dir)], check=True)
+    assert (DISK_ROOT / f"{ident}.img").exists()
+    support = cgroup_support()
+    if support is not None:
+        assert any((base / f"sandbox-{ident}").exists() for base in support.bases.values())
+
+    report = await sweep_orphans()
+    assert f"disk image {DISK_ROOT / (ident + '.img')}" in report.removed
+    assert not report.failed
+    assert not (DISK_ROOT / f"{ident}.owner").exists()
+    if support is not None:
+        assert not any((base / f"sandbox-{ident}").exists() for base in support.bases.values())
+    assert str(run_dir.resolve()) not in map(str, claims().values())
+    assert await wait_until_gone(token) == []
