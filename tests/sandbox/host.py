@@ -11,8 +11,8 @@ from corral.sandbox.limits import cgroup_support
 from corral.sandbox.sandbox_dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
 
 
-def sandbox_processes(token: str) -> list[int]:
-    """Live processes carrying this test's token (bwrap and setpriv carry the command line too)."""
+def processes_with(token: str) -> list[int]:
+    """Live (non-zombie) host processes whose command line contains ``token`` (bwrap and setpriv carry it too)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -20,7 +20,7 @@ def sandbox_processes(token: str) -> list[int]:
         try:
             cmdline = Path("/proc", entry, "cmdline").read_bytes()
             state = Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+        except (OSError, IndexError):
             continue
         if token.encode() in cmdline and state not in ("Z", "X"):
             found.append(int(entry))

@@ -22,6 +22,7 @@ from corral.sandbox.limits import cgroup_support, enforced_limits
 from corral.sandbox.overlay import unmount_all
 from corral.sandbox.sandbox_dirs import SandboxDirs
 from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
+from tests.sandbox.host import processes_with
 
 pytestmark = pytest.mark.anyio
 
@@ -102,7 +103,7 @@ async def test_commands_run_as_an_unprivileged_host_uid(make: MakeBwrap) -> None
     task = asyncio.create_task(sandbox.exec(f"id -u; sleep {token}", timeout=10))
     uids: set[int] = set()
     for _ in range(200):
-        pids = _pids_with(token)
+        pids = processes_with(token)
         sleeping = [pid for pid in pids if _cmdline(pid).startswith(b"sleep")]
         uids = {uid for pid in pids if (uid := _real_uid(pid)) is not None}
         if sleeping:  # the command itself is running, and with it every process on the way (setpriv, bwrap)
@@ -262,7 +263,7 @@ async def test_wall_timeout_kills_setsid_and_double_forked_children(make: MakeBw
     result = await sandbox.exec(command, timeout=1)
     assert result.timed_out and result.exit_code is None
     await asyncio.sleep(0.2)
-    assert _pids_with(token) == []
+    assert processes_with(token) == []
 
 
 async def test_left_behind_daemons_die_when_the_command_exits(make: MakeBwrap) -> None:
@@ -271,7 +272,7 @@ async def test_left_behind_daemons_die_when_the_command_exits(make: MakeBwrap) -
     result = await sandbox.exec(f"setsid sh -c 'sleep {token}' & echo started", timeout=10)
     assert (result.exit_code, result.stdout) == (0, "started\n")
     await asyncio.sleep(0.2)
-    assert _pids_with(token) == []
+    assert processes_with(token) == []
 
 
 # -- network -----------------------------------------------------------------------------------
@@ -422,21 +423,6 @@ async def test_attach_after_a_reboot_mounts_everything_again(make: MakeBwrap) ->
 def _cgroup_controllers() -> set[str]:
     support = cgroup_support()
     return set(support.bases) if support else set()
-
-
-def _pids_with(token: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path("/proc", entry, "cmdline").read_bytes()
-            state = Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if token.encode() in cmdline and state not in ("Z", "X"):
-            found.append(int(entry))
-    return found
 
 
 def _cmdline(pid: int) -> bytes:

@@ -13,7 +13,7 @@ from corral.sandbox.bubblewrap import BubblewrapSandboxBackend
 from corral.sandbox.diskimage import loop_devices_for
 from corral.sandbox.sandbox_dirs import DISK_ROOT, sandbox_id
 from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
-from tests.sandbox.host import host_footprint, sandbox_processes
+from tests.sandbox.host import host_footprint, processes_with
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +25,7 @@ async def test_many_cycles_with_killed_and_escaping_commands_leave_nothing_behin
     repo = build_repo(tmp_path / "repo", with_git=True)
     token = f"81.{secrets.randbelow(10**6):06d}"
     backend = BubblewrapSandboxBackend()
-    assert sandbox_processes(token) == []
+    assert processes_with(token) == []
 
     async def cycle(index: int) -> None:
         run_dir = tmp_path / "runs" / f"run-{index}"
@@ -50,10 +50,10 @@ async def test_many_cycles_with_killed_and_escaping_commands_leave_nothing_behin
         await asyncio.gather(cycle(first), cycle(first + 1))
 
     for _ in range(100):
-        if not sandbox_processes(token):
+        if not processes_with(token):
             break
         await asyncio.sleep(0.05)
-    assert sandbox_processes(token) == []
+    assert processes_with(token) == []
     assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from corral.errors import PathEscapeError, SandboxError
 from corral.sandbox import Sandbox, SandboxBackend, SandboxRequest
+from tests.sandbox.host import processes_with
 
 pytestmark = pytest.mark.anyio
 
@@ -24,22 +25,6 @@ both_repo_kinds = pytest.mark.parametrize("repo", ["plain-dir", "git-repo"], ind
 
 MakeSandbox = Callable[..., Awaitable[Sandbox]]
 Digest = Callable[[Path], str]
-
-
-def processes_with(token: str) -> list[int]:
-    """Live (non-zombie) host processes whose command line contains token."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path("/proc", entry, "cmdline").read_bytes()
-            state = Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if token.encode() in cmdline and state not in ("Z", "X"):
-            found.append(int(entry))
-    return found
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> bool:

@@ -22,7 +22,7 @@ from corral.sandbox.limits import cgroup_support
 from corral.sandbox.sandbox_dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
 from corral.sandbox.sweep import sweep_orphans
 from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
-from tests.sandbox.host import host_footprint, sandbox_processes
+from tests.sandbox.host import host_footprint, processes_with
 
 pytestmark = pytest.mark.anyio
 
@@ -80,10 +80,10 @@ def require_root_sandboxes() -> None:
 
 async def wait_until_gone(token: str) -> list[int]:
     for _ in range(100):
-        if not sandbox_processes(token):
+        if not processes_with(token):
             break
         await asyncio.sleep(0.05)
-    return sandbox_processes(token)
+    return processes_with(token)
 
 
 async def test_a_crashed_runs_sandbox_survives_the_sweep_and_can_be_resumed(tmp_path: Path) -> None:

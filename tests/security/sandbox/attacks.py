@@ -288,23 +288,6 @@ async def run_attack(
     return attack
 
 
-def processes_with(token: str) -> list[int]:
-    """Live (non-zombie) host processes whose command line contains ``token``."""
-    found = []
-    needle = token.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path("/proc", entry, "cmdline").read_bytes()
-            state = Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if needle in cmdline and state not in ("Z", "X"):
-            found.append(int(entry))
-    return found
-
-
 def describe_processes(pids: Sequence[int]) -> str:
     described = []
     for pid in pids:

@@ -13,7 +13,8 @@ import tty
 import pytest
 
 from corral.sandbox import Sandbox
-from tests.security.sandbox.attacks import describe_processes, processes_with, run_attack, wait_until
+from tests.sandbox.host import processes_with
+from tests.security.sandbox.attacks import describe_processes, run_attack, wait_until
 from tests.security.sandbox.conftest import HostProcess, SandboxFactory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from corral.sandbox import Limits
-from tests.security.sandbox.attacks import SANDBOX_PYTHON, describe_processes, processes_with, tree_size, wait_until
+from tests.sandbox.host import processes_with
+from tests.security.sandbox.attacks import SANDBOX_PYTHON, describe_processes, tree_size, wait_until
 from tests.security.sandbox.conftest import SandboxFactory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
