@@ -51,7 +51,7 @@ async def main():
     await asyncio.sleep(0.3)
     print(json.dumps(sandbox.state()), flush=True)
     if mode == "in-destroy":
-        sandbox_dirs._release_image = die  # destroy has unmounted everything and removed the state
+        sandbox_dirs.release_image = die  # destroy has unmounted everything and removed the state
         await sandbox.destroy()
     die()
 

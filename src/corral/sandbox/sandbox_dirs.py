@@ -170,13 +170,17 @@ async def teardown(dirs: SandboxDirs, *, uid: int | None) -> None:
         shutil.rmtree(dirs.portal)
     for directory in (dirs.workspace, dirs.git_dir, dirs.state):
         await remove_quickly(directory)
-    await _release_image(dirs.image)
+    await release_image(dirs.image, dirs.image_owner)
     if uid is not None:
         release_uid(uid, dirs.run_dir)
 
 
-async def _release_image(image: Path) -> None:
-    """Delete the disk image once its loop device has let go of it, so destroy returns with nothing attached."""
+async def release_image(image: Path, owner_note: Path) -> list[str]:
+    """Delete a disk image once its loop device has let go of it, so destroy returns with nothing attached.
+
+    Returns the loop devices that still held it after the wait (normally none).
+    """
+    held: list[str] = []
     if loop_devices_for(image):
         held = await wait_detached(image)
         if held:
@@ -189,7 +193,8 @@ async def _release_image(image: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(image)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(image.with_suffix(".owner"))
+        os.unlink(owner_note)
+    return held
 
 
 async def remove_quickly(path: Path) -> None:

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.sandbox import overlay
-from corral.sandbox.diskimage import loop_devices_for, wait_detached
 from corral.sandbox.identity import claims, release_uid, runs_as_root
 from corral.sandbox.limits import SandboxCgroup, cgroup_support
-from corral.sandbox.sandbox_dirs import DISK_ROOT, PORTAL_ROOT, STATE_DIRNAME, sandbox_id
+from corral.sandbox.sandbox_dirs import DISK_ROOT, PORTAL_ROOT, STATE_DIRNAME, release_image, sandbox_id
 from corral.sandbox.workspace import WORKSPACE_DIRNAME
 
 logger = logging.getLogger("corral.sandbox")
@@ -132,11 +131,9 @@ async def _remove_sandbox(ident: str, owner: Path | None, paths: list[Path], rep
         except Exception as exc:
             report.failed.append(f"portal {portal}: {exc}")
     image = DISK_ROOT / f"{ident}.img"
+    held = await release_image(image, DISK_ROOT / f"{ident}.owner")
     if image in paths:
-        held = await wait_detached(image) if loop_devices_for(image) else []
-        image.unlink(missing_ok=True)
         report.removed.append(f"disk image {image}" + (f" (still attached to {', '.join(held)})" if held else ""))
-    (DISK_ROOT / f"{ident}.owner").unlink(missing_ok=True)
 
 
 def _mounts_of(ident: str, owner: Path | None) -> list[Path]:
