@@ -72,6 +72,14 @@ def crash(repo: Path, run_dir: Path, token: str, mode: str) -> dict[str, object]
     return json.loads(completed.stdout)
 
 
+def crashed_sandbox(tmp_path: Path, mode: str) -> tuple[Path, str, str, dict[str, object]]:
+    """A sandbox whose process SIGKILLed itself (see CRASHER): its run dir, id, sleep token and state."""
+    repo, run_dir = build_repo(tmp_path / "repo", with_git=False), tmp_path / "run"
+    token = f"71.{secrets.randbelow(10**6):06d}"
+    state = crash(repo, run_dir, token, mode)
+    return run_dir, sandbox_id(run_dir.resolve()), token, state
+
+
 def require_root_sandboxes() -> None:
     skip_unless_bubblewrap_runs()
     if os.geteuid() != 0:
@@ -88,10 +96,7 @@ async def wait_until_gone(token: str) -> list[int]:
 
 async def test_a_crashed_runs_sandbox_survives_the_sweep_and_can_be_resumed(tmp_path: Path) -> None:
     require_root_sandboxes()
-    repo, run_dir = build_repo(tmp_path / "repo", with_git=False), tmp_path / "run"
-    token = f"71.{secrets.randbelow(10**6):06d}"
-    state = crash(repo, run_dir, token, "running")
-    ident = sandbox_id(run_dir.resolve())
+    run_dir, ident, token, state = crashed_sandbox(tmp_path, "running")
 
     # bwrap --die-with-parent: the command went with its process.
     assert await wait_until_gone(token) == []
@@ -108,10 +113,7 @@ async def test_a_crashed_runs_sandbox_survives_the_sweep_and_can_be_resumed(tmp_
 
 async def test_the_sweep_removes_what_a_process_killed_inside_destroy_left(tmp_path: Path) -> None:
     require_root_sandboxes()
-    repo, run_dir = build_repo(tmp_path / "repo", with_git=False), tmp_path / "run"
-    token = f"72.{secrets.randbelow(10**6):06d}"
-    crash(repo, run_dir, token, "in-destroy")
-    ident = sandbox_id(run_dir.resolve())
+    run_dir, ident, token, _state = crashed_sandbox(tmp_path, "in-destroy")
     assert (DISK_ROOT / f"{ident}.img").exists(), "the crash left the disk image"
     assert str(run_dir.resolve()) in map(str, claims().values()), "and the uid claim"
 
@@ -129,10 +131,7 @@ async def test_the_sweep_removes_what_a_process_killed_inside_destroy_left(tmp_p
 async def test_the_sweep_removes_a_sandbox_whose_run_dir_was_deleted(tmp_path: Path) -> None:
     """After a reboot (mounts, /run and cgroups gone, the disk image kept) the store is deleted."""
     require_root_sandboxes()
-    repo, run_dir = build_repo(tmp_path / "repo", with_git=False), tmp_path / "run"
-    token = f"73.{secrets.randbelow(10**6):06d}"
-    crash(repo, run_dir, token, "running")
-    ident = sandbox_id(run_dir.resolve())
+    run_dir, ident, token, _state = crashed_sandbox(tmp_path, "running")
     # What a reboot takes: every mount (deepest first), the portal in /run, the claim in /run.
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
     for point in sorted((m for m in mounts if str(tmp_path) in m or ident in m), key=len, reverse=True):

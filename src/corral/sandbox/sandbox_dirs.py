@@ -31,8 +31,29 @@ DISK_ROOT = Path(os.environ.get("CORRAL_SANDBOX_DISK_DIR", "/var/lib/corral/sand
 _QUICK_REMOVE_ENTRIES = 2_000  # trees smaller than this are removed inline, larger ones by `rm -rf`
 
 
+CGROUP_PREFIX = "sandbox-"
+
+
 def sandbox_id(run_dir: Path) -> str:
     return hashlib.sha256(os.fsencode(run_dir)).hexdigest()[:16]
+
+
+# Where a sandbox's host-wide pieces live, by its id: SandboxDirs and the sweep (which knows only ids) share these.
+def image_path(ident: str) -> Path:
+    return DISK_ROOT / f"{ident}.img"
+
+
+def image_owner_path(ident: str) -> Path:
+    return DISK_ROOT / f"{ident}.owner"
+
+
+def portal_path(ident: str) -> Path:
+    return PORTAL_ROOT / ident
+
+
+def cgroup_for(ident: str) -> SandboxCgroup | None:
+    support = cgroup_support()
+    return SandboxCgroup(support, CGROUP_PREFIX + ident) if support else None
 
 
 @dataclass(frozen=True)
@@ -66,12 +87,12 @@ class SandboxDirs:
     @property
     def image(self) -> Path:
         """The disk image: outside the run dir, so that tools walking a run dir do not read 10 GB of holes."""
-        return DISK_ROOT / f"{self.id}.img"
+        return image_path(self.id)
 
     @property
     def image_owner(self) -> Path:
         """Names the run dir an image belongs to, so a sweep can tell a resumable image from a leftover."""
-        return DISK_ROOT / f"{self.id}.owner"
+        return image_owner_path(self.id)
 
     @property
     def home(self) -> Path:
@@ -83,7 +104,7 @@ class SandboxDirs:
 
     @property
     def portal(self) -> Path | None:
-        return PORTAL_ROOT / self.id if self.privileged else None
+        return portal_path(self.id) if self.privileged else None
 
     def _visible(self, name: str, fallback: Path) -> Path:
         return self.portal / name if self.portal is not None else fallback
@@ -106,8 +127,7 @@ class SandboxDirs:
         return OverlayPaths(lower=repo, upper=self.disk / "upper", work=self.disk / "work", merged=self.workspace)
 
     def cgroup(self) -> SandboxCgroup | None:
-        support = cgroup_support()
-        return SandboxCgroup(support, f"sandbox-{self.id}") if support else None
+        return cgroup_for(self.id)
 
 
 def write_identity(dirs: SandboxDirs, uid: int) -> None:

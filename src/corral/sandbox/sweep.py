@@ -15,7 +15,6 @@ anyone's, even while other processes create and destroy sandboxes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import shutil
@@ -24,14 +23,24 @@ from pathlib import Path
 
 from corral.sandbox import overlay
 from corral.sandbox.identity import claims, release_uid, runs_as_root
-from corral.sandbox.limits import SandboxCgroup, cgroup_support
-from corral.sandbox.sandbox_dirs import DISK_ROOT, PORTAL_ROOT, STATE_DIRNAME, release_image, sandbox_id
+from corral.sandbox.limits import cgroup_support
+from corral.sandbox.sandbox_dirs import (
+    CGROUP_PREFIX,
+    DISK_ROOT,
+    PORTAL_ROOT,
+    STATE_DIRNAME,
+    cgroup_for,
+    image_owner_path,
+    image_path,
+    portal_path,
+    release_image,
+    sandbox_id,
+)
 from corral.sandbox.workspace import WORKSPACE_DIRNAME
 
 logger = logging.getLogger("corral.sandbox")
 
 _ID_LENGTH = 16
-_CGROUP_PREFIX = "sandbox-"
 
 
 @dataclass
@@ -69,14 +78,14 @@ def _found_on_host() -> dict[str, list[Path]]:
     for base in support.bases.values() if support else ():
         with contextlib.suppress(OSError):
             for entry in base.iterdir():
-                if entry.name.startswith(_CGROUP_PREFIX):
-                    add(entry.name.removeprefix(_CGROUP_PREFIX), entry)
+                if entry.name.startswith(CGROUP_PREFIX):
+                    add(entry.name.removeprefix(CGROUP_PREFIX), entry)
     return found
 
 
 def _image_owner(ident: str) -> Path | None:
     with contextlib.suppress(OSError):
-        return Path((DISK_ROOT / f"{ident}.owner").read_text())
+        return Path(image_owner_path(ident).read_text())
     return None
 
 
@@ -107,22 +116,21 @@ async def sweep_orphans() -> SweepReport:
 
 
 async def _remove_sandbox(ident: str, owner: Path | None, paths: list[Path], report: SweepReport) -> None:
-    support = cgroup_support()
-    if support is not None and any(path.name == _CGROUP_PREFIX + ident for path in paths):
-        group = SandboxCgroup(support, _CGROUP_PREFIX + ident)
+    group = cgroup_for(ident)
+    if group is not None and any(path.name == CGROUP_PREFIX + ident for path in paths):
         left = len(group.processes())
         await group.remove()
         if any(directory.exists() for directory in group.dirs.values()):
-            report.failed.append(f"cgroup {_CGROUP_PREFIX}{ident}")
+            report.failed.append(f"cgroup {CGROUP_PREFIX}{ident}")
         else:
-            report.removed.append(f"cgroup {_CGROUP_PREFIX}{ident}" + (f" ({left} processes killed)" if left else ""))
+            report.removed.append(f"cgroup {CGROUP_PREFIX}{ident}" + (f" ({left} processes killed)" if left else ""))
     for mounted in _mounts_of(ident, owner):
         try:
             overlay.unmount_all(mounted)
             report.removed.append(f"mount {mounted}")
         except Exception as exc:  # SandboxError or OSError: reported, and the sweep goes on
             report.failed.append(f"mount {mounted}: {exc}")
-    portal = PORTAL_ROOT / ident
+    portal = portal_path(ident)
     if portal.exists():
         try:
             overlay.unmount_all(portal)
@@ -130,8 +138,8 @@ async def _remove_sandbox(ident: str, owner: Path | None, paths: list[Path], rep
             report.removed.append(f"portal {portal}")
         except Exception as exc:
             report.failed.append(f"portal {portal}: {exc}")
-    image = DISK_ROOT / f"{ident}.img"
-    held = await release_image(image, DISK_ROOT / f"{ident}.owner")
+    image = image_path(ident)
+    held = await release_image(image, image_owner_path(ident))
     if image in paths:
         report.removed.append(f"disk image {image}" + (f" (still attached to {', '.join(held)})" if held else ""))
 
@@ -149,21 +157,19 @@ def _mounts_of(ident: str, owner: Path | None) -> list[Path]:
     return sorted(found, key=lambda path: path.name != WORKSPACE_DIRNAME)
 
 
-_swept: asyncio.Lock | None = None
-_sweep_done = False
+_swept = False
 
 
 async def sweep_once() -> None:
-    """Sweep the first time this process makes a sandbox; later calls return at once."""
-    global _swept, _sweep_done
-    if _sweep_done or not runs_as_root():
+    """Sweep the first time this process makes a sandbox; later calls return at once.
+
+    Sandboxes created meanwhile need not wait: the sweep never removes a sandbox being created.
+    """
+    global _swept
+    if _swept or not runs_as_root():
         return
-    _swept = _swept or asyncio.Lock()
-    async with _swept:
-        if _sweep_done:
-            return
-        try:
-            await sweep_orphans()
-        except Exception:  # a sweep must never stop a run from starting
-            logger.exception("sweeping leftover sandboxes failed")
-        _sweep_done = True
+    _swept = True
+    try:
+        await sweep_orphans()
+    except Exception:  # a sweep must never stop a run from starting
+        logger.exception("sweeping leftover sandboxes failed")
