@@ -21,6 +21,7 @@ from pydantic import SecretStr
 # pydantic-ai prints a promotional banner on first use unless told not to; corral has its own views.
 os.environ.setdefault("PYDANTIC_AI_NO_BANNER", "1")
 
+from corral import events as ev
 from corral.engines.base import EngineContext, EngineResult
 from corral.errors import (
     BudgetExceededError,
@@ -29,6 +30,7 @@ from corral.errors import (
     SpecError,
     UsageError,
 )
+from corral.events import BaseEvent, Usage
 from corral.sandbox.base import (
     EgressEvent,
     Limits,
@@ -38,13 +40,9 @@ from corral.sandbox.base import (
     ScopedSecret,
     get_backend,
 )
-from corral.secrets.redact import REDACTOR
+from corral.secrets.redact import REDACTOR, redact_data
 from corral.spec import AgentSpec, unknown_tools
 from corral.store import RunRecord, RunStatus, Store
-from corral.store import events as ev
-from corral.store.events import _Event
-from corral.store.journal import redact_data
-from corral.store.records import Usage
 from corral.tools.base import ToolDef
 from corral.tools.builtin import BUILTIN_TOOLS
 
@@ -133,8 +131,8 @@ class Runtime:
         self.executor_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._launched = False
         self._heartbeat: asyncio.Task[None] | None = None
-        self._listeners: list[Callable[[str, _Event], None]] = []
-        store.journal.set_redactor(REDACTOR)
+        self._listeners: list[Callable[[str, BaseEvent], None]] = []
+        store.journal.set_redactor(REDACTOR.data)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -187,7 +185,7 @@ class Runtime:
             except Exception:
                 log.exception("executor heartbeat failed")
 
-    def subscribe(self, listener: Callable[[str, _Event], None]) -> None:
+    def subscribe(self, listener: Callable[[str, BaseEvent], None]) -> None:
         """Receive every event this process emits, as it is emitted (for live views)."""
         self._listeners.append(listener)
 
@@ -316,7 +314,7 @@ class Runtime:
 
     # -- executing one run (inside its workflow) --------------------------------------------------
 
-    def _emit(self, run_id: str, event: _Event) -> None:
+    def _emit(self, run_id: str, event: BaseEvent) -> None:
         self.store.journal.append(run_id, event)
         for listener in self._listeners:
             try:
@@ -387,7 +385,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
 
         def on_egress(attempt: EgressEvent) -> None:  # called from the proxy's thread or task
-            event = ev.EgressAttempt(
+            event = ev.EgressAttempted(
                 key=f"egress:{uuid.uuid4().hex}",
                 host=attempt.host,
                 port=attempt.port,

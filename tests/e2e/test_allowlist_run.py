@@ -19,7 +19,7 @@ import pytest
 
 from corral.models.scripted import ScriptedServer, load_script
 from corral.runtime import Runtime
-from corral.sandbox.egress import EgressProxy
+from corral.sandbox.egress.proxy import EgressProxy
 from corral.spec import AgentSpec
 from corral.store import RunStatus, Store
 from tests.sandbox import test_egress_support as support
@@ -68,7 +68,7 @@ async def test_an_allowlist_run_sends_the_real_secret_only_to_its_host_and_journ
     skip_unless_bubblewrap_runs()
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    from corral.sandbox import bubblewrap
+    from corral.sandbox.bubblewrap import backend as bubblewrap
 
     monkeypatch.setattr(
         bubblewrap, "_egress_proxy_class", lambda: functools.partial(EgressProxy, upstream_ca_file=fresh.test_ca)

@@ -25,7 +25,7 @@ def anyio_backend() -> str:
 
 def skip_unless_bubblewrap_runs() -> None:
     """Skip (with bwrap's own reason) on machines where bubblewrap sandboxes cannot start."""
-    from corral.sandbox.bubblewrap import bubblewrap_available
+    from corral.sandbox.bubblewrap.backend import bubblewrap_available
 
     ok, detail = bubblewrap_available()
     if not ok:

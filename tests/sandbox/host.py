@@ -6,9 +6,9 @@ import glob
 import os
 from pathlib import Path
 
-from corral.sandbox.identity import REGISTRY_DIR
-from corral.sandbox.limits import cgroup_support
-from corral.sandbox.sandbox_dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
+from corral.sandbox.bubblewrap.dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
+from corral.sandbox.bubblewrap.identity import REGISTRY_DIR
+from corral.sandbox.bubblewrap.limits import cgroup_support
 
 
 def processes_with(token: str) -> list[int]:

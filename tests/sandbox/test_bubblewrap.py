@@ -17,10 +17,10 @@ from pydantic import SecretStr
 
 from corral.errors import SandboxError
 from corral.sandbox import Limits, NetworkProfile, Sandbox, SandboxRequest, ScopedSecret, get_backend
-from corral.sandbox.bubblewrap import BubblewrapSandbox, BubblewrapSandboxBackend, bubblewrap_available
-from corral.sandbox.limits import cgroup_support, enforced_limits
-from corral.sandbox.overlay import unmount_all
-from corral.sandbox.sandbox_dirs import SandboxDirs
+from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapSandboxBackend, bubblewrap_available
+from corral.sandbox.bubblewrap.dirs import SandboxDirs
+from corral.sandbox.bubblewrap.limits import cgroup_support, enforced_limits
+from corral.sandbox.bubblewrap.overlay import unmount_all
 from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
 from tests.sandbox.host import processes_with
 
@@ -326,7 +326,7 @@ async def test_network_host_shares_the_hosts_network_and_warns(
 async def test_allowlist_without_the_egress_proxy_is_a_clear_error(
     make: MakeBwrap, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "corral.sandbox.egress", None)  # as if egress.py were not installed
+    monkeypatch.setitem(sys.modules, "corral.sandbox.egress.proxy", None)  # as if egress.py were not installed
     with pytest.raises(SandboxError, match="allowlist needs the egress proxy"):
         await make(network=NetworkProfile(mode="allowlist", allow=("example.com",)))
 

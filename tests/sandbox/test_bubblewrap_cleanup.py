@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from corral.sandbox import Limits, SandboxRequest
-from corral.sandbox.bubblewrap import BubblewrapSandboxBackend
-from corral.sandbox.diskimage import loop_devices_for
-from corral.sandbox.sandbox_dirs import DISK_ROOT, sandbox_id
+from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend
+from corral.sandbox.bubblewrap.dirs import DISK_ROOT, sandbox_id
+from corral.sandbox.bubblewrap.diskimage import loop_devices_for
 from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
 from tests.sandbox.host import host_footprint, processes_with
 
@@ -61,7 +61,7 @@ async def test_destroy_of_a_sandbox_that_failed_half_way_cleans_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     skip_unless_bubblewrap_runs()
-    from corral.sandbox import bubblewrap
+    from corral.sandbox.bubblewrap import backend as bubblewrap
 
     repo = build_repo(tmp_path / "repo", with_git=False)
 

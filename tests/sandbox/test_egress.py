@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from corral.sandbox.base import EgressEvent
-from corral.sandbox.egress import EgressProxy
+from corral.sandbox.egress.proxy import EgressProxy
 from tests.sandbox import test_egress_support as support
 from tests.sandbox.test_egress_support import (
     PLACEHOLDER,
@@ -237,7 +237,7 @@ async def test_nothing_on_the_host_side_holds_the_value(
     proxy: Proxy, fresh: Upstreams, caplog: pytest.LogCaptureFixture
 ) -> None:
     egress, events = proxy
-    with caplog.at_level(logging.DEBUG, logger="corral.sandbox.egress"):
+    with caplog.at_level(logging.DEBUG, logger="corral.sandbox.egress.proxy"):
         run = await curl(egress, "-H", f"X-Key: {PLACEHOLDER}", f"https://localhost:{fresh.https.port}/log")
         denied = await curl(egress, "-H", f"X-Key: {PLACEHOLDER}", f"https://127.0.0.1:{fresh.other_https.port}/")
     assert status_and_body(run)[0] == 200 and status_and_body(denied)[0] == 403

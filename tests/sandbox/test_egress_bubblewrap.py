@@ -12,7 +12,7 @@ import pytest
 from corral.errors import SandboxError
 from corral.sandbox import NetworkProfile, Sandbox, SandboxRequest, get_backend
 from corral.sandbox.base import EgressEvent
-from corral.sandbox.egress import EgressProxy
+from corral.sandbox.egress.proxy import EgressProxy
 from tests.sandbox import test_egress_support as support
 from tests.sandbox.test_egress_support import PLACEHOLDER, SECRET_VALUE, Upstreams, allowlist, scoped_secret
 
@@ -30,7 +30,7 @@ async def sandboxed(
 ) -> AsyncIterator[tuple[Sandbox, list[EgressEvent]]]:
     if shutil.which("bwrap") is None:
         pytest.skip("bubblewrap (bwrap) is not installed")
-    from corral.sandbox import bubblewrap
+    from corral.sandbox.bubblewrap import backend as bubblewrap
 
     # The upstreams' certificates come from a test CA, which the proxy must trust on top of the system store.
     proxy_class = functools.partial(EgressProxy, upstream_ca_file=fresh.test_ca)

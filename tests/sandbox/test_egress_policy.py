@@ -15,10 +15,10 @@ from pydantic import SecretStr
 
 from corral.errors import SandboxError
 from corral.sandbox.base import ScopedSecret
-from corral.sandbox.egress import EgressProxy
-from corral.sandbox.egress_ca import SandboxCA
-from corral.sandbox.egress_policy import HostPattern, first_match, is_public_address, parse_patterns, split_authority
-from corral.sandbox.egress_secrets import Blocked, RewrittenRequest, Scrubber, SecretGuard, is_text_body
+from corral.sandbox.egress.ca import SandboxCA
+from corral.sandbox.egress.policy import HostPattern, first_match, is_public_address, parse_patterns, split_authority
+from corral.sandbox.egress.proxy import EgressProxy
+from corral.sandbox.egress.secrets import Blocked, RewrittenRequest, Scrubber, SecretGuard, is_text_body
 
 VALUE = 'v&l"ue/+=x'  # characters that need escaping in URLs and JSON
 PLACEHOLDER = "PH_TOKEN_123"

@@ -21,8 +21,8 @@ import pytest
 from pydantic import SecretStr
 
 from corral.sandbox.base import EgressEvent, ScopedSecret
-from corral.sandbox.egress import EgressProxy, relay_argv
-from corral.sandbox.egress_ca import SandboxCA
+from corral.sandbox.egress.ca import SandboxCA
+from corral.sandbox.egress.proxy import EgressProxy, relay_argv
 
 SECRET_VALUE = "sk-live-9f8e7d6c5b4a-REAL"
 PLACEHOLDER = "corral-placeholder-API_TOKEN-0b1c2d"

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from corral.sandbox.bubblewrap import BubblewrapSandboxBackend
-from corral.sandbox.identity import claims
-from corral.sandbox.limits import cgroup_support
-from corral.sandbox.sandbox_dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
-from corral.sandbox.sweep import sweep_orphans
+from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend
+from corral.sandbox.bubblewrap.dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
+from corral.sandbox.bubblewrap.identity import claims
+from corral.sandbox.bubblewrap.limits import cgroup_support
+from corral.sandbox.bubblewrap.sweep import sweep_orphans
 from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
 from tests.sandbox.host import host_footprint, processes_with
 
@@ -34,8 +34,8 @@ CRASHER = r"""
 import asyncio, json, os, signal, sys
 from pathlib import Path
 from corral.sandbox import Limits, SandboxRequest
-from corral.sandbox import sandbox_dirs
-from corral.sandbox.bubblewrap import BubblewrapSandboxBackend
+from corral.sandbox.bubblewrap import dirs as sandbox_dirs
+from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend
 
 repo, run_dir, token, mode = sys.argv[1:5]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from corral.events import ToolReturned, parse_event
 from corral.secrets.redact import Redactor
 from corral.store import Store
-from corral.store.events import ToolResult, parse_event
 
 
 def make_store(tmp_path: Path) -> Store:
@@ -27,8 +27,8 @@ def make_store(tmp_path: Path) -> Store:
     return store
 
 
-def result(key: str, text: str = "ok") -> ToolResult:
-    return ToolResult(key=key, call_id="c", tool="execute", ok=True, text=text, duration_ms=1.5)
+def result(key: str, text: str = "ok") -> ToolReturned:
+    return ToolReturned(key=key, call_id="c", tool="execute", ok=True, text=text, duration_ms=1.5)
 
 
 def test_events_round_trip_as_typed_models(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_events_round_trip_as_typed_models(tmp_path: Path) -> None:
     store.journal.append("r1", result("tool:0:result", "hello"))
     (record,) = store.events("r1")
     event = parse_event(record.type, record.key, record.ts, record.duration_ms, record.data)
-    assert isinstance(event, ToolResult)
+    assert isinstance(event, ToolReturned)
     assert event.text == "hello"
     assert event.duration_ms == 1.5
 
@@ -80,7 +80,7 @@ def test_redaction_happens_before_anything_is_queued(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     redactor = Redactor()
     redactor.add("TOKEN", "s3cr3t-value-123")
-    store.journal.set_redactor(redactor)
+    store.journal.set_redactor(redactor.data)
     store.journal.append("r1", result("k", "token=s3cr3t-value-123 end"))
     (record,) = store.events("r1")
     assert record.data["text"] == "token=[secret:TOKEN] end"

@@ -7,10 +7,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from corral.events import BaseEvent, Usage
 from corral.sandbox.base import Sandbox
 from corral.spec import AgentSpec
-from corral.store.events import _Event
-from corral.store.records import Usage
 from corral.tools.base import ToolDef
 
 T = TypeVar("T")
@@ -38,7 +37,7 @@ class EngineContext:
     task: str
     sandbox: Sandbox
     steps: Steps
-    emit: Callable[[_Event], None]
+    emit: Callable[[BaseEvent], None]
     redact: Callable[[str], str]
     tools: dict[str, ToolDef]
     started_at: float

@@ -35,13 +35,13 @@ from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import UsageLimits
 
+from corral import events
 from corral.engines.base import Engine, EngineContext, EngineResult
 from corral.errors import BudgetExceededError, ModelCallError
+from corral.events import Usage
 from corral.models.pricing import Price, price_call
 from corral.models.providers import ModelTarget, api_key_for, build_model, context_window, resolve_target
-from corral.store import events
-from corral.store.journal import redact_data
-from corral.store.records import Usage
+from corral.secrets.redact import redact_data
 from corral.tools.base import ToolContext, ToolDef, run_tool
 
 AGENTS_FILE = "AGENTS.md"
@@ -109,7 +109,7 @@ class DurableModel(WrapperModel):
             t.name for t in model_request_parameters.output_tools
         ]
         ctx.emit(
-            events.ModelRequest(
+            events.ModelRequested(
                 key=f"model:{call}:request",
                 call=call,
                 model=self._target.ref,
@@ -128,7 +128,7 @@ class DurableModel(WrapperModel):
             payload = await ctx.steps.model_call(attempt_call)
         except ModelCallError as err:
             ctx.emit(
-                events.ModelError(
+                events.ModelFailed(
                     key=f"model:{call}:error",
                     call=call,
                     error=str(err.message),
@@ -143,7 +143,7 @@ class DurableModel(WrapperModel):
         self.usage = self.usage + usage
         self.last_input_tokens = usage.input_tokens
         ctx.emit(
-            events.ModelResponse(
+            events.ModelResponded(
                 key=f"model:{call}:response",
                 ts=payload["ts"],
                 duration_ms=payload["duration_ms"],
@@ -239,7 +239,7 @@ class DurableModel(WrapperModel):
                 else:
                     wait = backoff * (0.5 + random.random() / 2)
                 self._ctx.emit(
-                    events.ModelRetry(
+                    events.ModelRetried(
                         key=f"model:{call}:retry:{attempt}",
                         call=call,
                         attempt=attempt,
@@ -301,7 +301,7 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> T
     async def call_tool(run_ctx: RunContext[Any], **kwargs: Any) -> str:
         n = next(counter)
         call_id = run_ctx.tool_call_id or f"call-{n}"
-        ctx.emit(events.ToolCall(key=f"tool:{n}:call", call_id=call_id, tool=tooldef.name, args=kwargs))
+        ctx.emit(events.ToolCalled(key=f"tool:{n}:call", call_id=call_id, tool=tooldef.name, args=kwargs))
 
         async def execute(idempotency_key: str) -> dict[str, Any]:
             tool_ctx = ToolContext(
@@ -318,7 +318,7 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> T
 
         result = await ctx.steps.tool_call(execute)
         ctx.emit(
-            events.ToolResult(
+            events.ToolReturned(
                 key=f"tool:{n}:result",
                 ts=result["ts"],
                 duration_ms=result["duration_ms"],

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from corral.store.records import Usage
+from corral.events import Usage
 
 log = logging.getLogger("corral.pricing")
 

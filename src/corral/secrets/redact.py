@@ -6,6 +6,8 @@ import base64
 import re
 import threading
 import urllib.parse
+from collections.abc import Callable
+from typing import Any
 
 from corral.errors import UsageError
 
@@ -56,8 +58,23 @@ class Redactor:
             return text
         return pattern.sub(lambda m: self._forms[m.group(0)], text)
 
+    def data(self, value: Any) -> Any:
+        """Scrub every string inside a JSON-like value (keys included)."""
+        return redact_data(value, self)
+
     def __len__(self) -> int:
         return len(self._forms)
+
+
+def redact_data(value: Any, redact: Callable[[str], str]) -> Any:
+    """Apply ``redact`` to every string inside a JSON-like value."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_data(k, redact): redact_data(v, redact) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(v, redact) for v in value]
+    return value
 
 
 #: The process-wide redactor: the journal, the model step and every tool result pass through it.

@@ -18,25 +18,15 @@ from typing import Any
 from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from corral.store.events import _Event, event_payload
+from corral.events import BaseEvent, event_payload
 from corral.store.models import EventRow
 from corral.store.records import EventRecord
 
 log = logging.getLogger("corral.journal")
 
-Redact = Callable[[str], str]
+Redact = Callable[[Any], Any]
+"""Scrubs secrets from a JSON-like value (``corral.secrets.Redactor.data``)."""
 Listener = Callable[[EventRecord], None]
-
-
-def redact_data(value: Any, redact: Redact) -> Any:
-    """Apply ``redact`` to every string inside a JSON-like value."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {redact_data(k, redact): redact_data(v, redact) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact_data(v, redact) for v in value]
-    return value
 
 
 @dataclass
@@ -91,9 +81,9 @@ class Journal:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def append(self, run_id: str, event: _Event) -> None:
+    def append(self, run_id: str, event: BaseEvent) -> None:
         """Queue one event; it is redacted now, so no secret value ever sits in memory queues."""
-        data = redact_data(event_payload(event), self._redact)
+        data = self._redact(event_payload(event))
         event_type = str(event.type)  # type: ignore[attr-defined]  # every concrete event has one
         item = _Pending(run_id, self._redact(event.key), event_type, event.ts, event.duration_ms, data)
         with self._cond:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import h11
 
 from corral.sandbox.base import EgressEvent
-from corral.sandbox.egress_http import (
+from corral.sandbox.egress.http import (
     BodyTooLarge,
     Peer,
     PeerClosed,
@@ -22,11 +22,11 @@ from corral.sandbox.egress_http import (
     read_body,
     relay_response,
 )
-from corral.sandbox.egress_net import UpstreamDenied, UpstreamUnreachable, open_upstream
-from corral.sandbox.egress_policy import HostPattern, first_match
-from corral.sandbox.egress_secrets import Blocked, RewrittenRequest, SecretGuard, is_text_body
+from corral.sandbox.egress.net import UpstreamDenied, UpstreamUnreachable, open_upstream
+from corral.sandbox.egress.policy import HostPattern, first_match
+from corral.sandbox.egress.secrets import Blocked, RewrittenRequest, SecretGuard, is_text_body
 
-logger = logging.getLogger("corral.sandbox.egress")
+logger = logging.getLogger("corral.sandbox.egress.proxy")
 
 _MAX_PATH_SHOWN = 2048
 # Requests that may be sent again when a kept-alive upstream turns out to be closed (Go's net/http rule).

@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from corral.errors import SandboxError
-from corral.sandbox import overlay, rootfs
 from corral.sandbox.base import (
     MINIMAL_PATH,
     ExecResult,
@@ -32,19 +31,8 @@ from corral.sandbox.base import (
     ScopedSecret,
     start_process,
 )
-from corral.sandbox.identity import INSIDE_HOME, INSIDE_USER, claim_uid, reclaim_uid
-from corral.sandbox.limits import (
-    DISK_POLL_INTERVAL,
-    LimitCounters,
-    apply_rlimits,
-    can_limit_other_users,
-    disk_usage,
-    limit_notes,
-    rlimit_wrapper,
-    rlimits,
-)
-from corral.sandbox.overlay import IdShift
-from corral.sandbox.sandbox_dirs import (
+from corral.sandbox.bubblewrap import overlay, rootfs
+from corral.sandbox.bubblewrap.dirs import (
     STATE_DIRNAME,
     SandboxDirs,
     ensure_mounted,
@@ -54,7 +42,20 @@ from corral.sandbox.sandbox_dirs import (
     teardown,
     write_identity,
 )
-from corral.sandbox.sandbox_setup import (
+from corral.sandbox.bubblewrap.identity import INSIDE_HOME, INSIDE_USER, claim_uid, reclaim_uid
+from corral.sandbox.bubblewrap.limits import (
+    DISK_POLL_INTERVAL,
+    LimitCounters,
+    apply_rlimits,
+    can_limit_other_users,
+    disk_usage,
+    limit_notes,
+    rlimit_wrapper,
+    rlimits,
+)
+from corral.sandbox.bubblewrap.overlay import IdShift
+from corral.sandbox.bubblewrap.seccomp import seccomp_available, seccomp_filter
+from corral.sandbox.bubblewrap.setup import (
     Strategy,
     egress_sources,
     make_disk,
@@ -67,8 +68,7 @@ from corral.sandbox.sandbox_setup import (
     start_proxy,
     tmp_size_mb,
 )
-from corral.sandbox.seccomp import seccomp_available, seccomp_filter
-from corral.sandbox.sweep import sweep_once
+from corral.sandbox.bubblewrap.sweep import sweep_once
 from corral.sandbox.workspace import _check_paths, workspace_diff
 
 logger = logging.getLogger("corral.sandbox")
@@ -134,11 +134,11 @@ def bubblewrap_available() -> tuple[bool, str]:
 
 def _egress_proxy_class() -> Any:
     try:
-        from corral.sandbox.egress import EgressProxy  # type: ignore[import-not-found]
+        from corral.sandbox.egress.proxy import EgressProxy  # type: ignore[import-not-found]
     except ImportError as exc:
         raise SandboxError(
             "allowlist needs the egress proxy",
-            hint=f"the egress proxy (corral.sandbox.egress) is not available: {exc}",
+            hint=f"the egress proxy (corral.sandbox.egress.proxy) is not available: {exc}",
         ) from None
     return EgressProxy
 

@@ -11,7 +11,7 @@ from http import HTTPStatus
 
 import h11
 
-from corral.sandbox.egress_secrets import Headers, Scrubber
+from corral.sandbox.egress.secrets import Headers, Scrubber
 
 CHUNK = 65_536
 MAX_HEAD = 65_536

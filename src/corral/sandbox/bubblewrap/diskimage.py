@@ -14,7 +14,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-from corral.sandbox.overlay import _check, _libc
+from corral.sandbox.bubblewrap.overlay import _check, _libc
 from corral.sandbox.workspace import _run
 
 _LOOP_CTL_GET_FREE = 0x4C82

@@ -358,7 +358,7 @@ def enforced_limits() -> dict[str, str]:
 
 
 def _disk_enforcement() -> str:
-    from corral.sandbox.diskimage import loop_images_available
+    from corral.sandbox.bubblewrap.diskimage import loop_images_available
 
     polled = f"RLIMIT_FSIZE per file, plus workspace use checked every {DISK_POLL_INTERVAL:g} s during a command"
     if loop_images_available():

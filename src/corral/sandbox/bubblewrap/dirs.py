@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import SandboxError
-from corral.sandbox import overlay
-from corral.sandbox.diskimage import loop_devices_for, mount_image, wait_detached
-from corral.sandbox.identity import release_uid, runs_as_root
-from corral.sandbox.limits import SandboxCgroup, cgroup_support
-from corral.sandbox.overlay import IdShift, OverlayPaths
+from corral.sandbox.bubblewrap import overlay
+from corral.sandbox.bubblewrap.diskimage import loop_devices_for, mount_image, wait_detached
+from corral.sandbox.bubblewrap.identity import release_uid, runs_as_root
+from corral.sandbox.bubblewrap.limits import SandboxCgroup, cgroup_support
+from corral.sandbox.bubblewrap.overlay import IdShift, OverlayPaths
 from corral.sandbox.workspace import BASELINE_DIRNAME, WORKSPACE_DIRNAME, _remove_now, remove_tree
 
 logger = logging.getLogger("corral.sandbox")

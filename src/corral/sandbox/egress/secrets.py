@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from corral.errors import SandboxError
 from corral.sandbox.base import ScopedSecret
-from corral.sandbox.egress_policy import HostPattern, first_match, parse_patterns
+from corral.sandbox.egress.policy import HostPattern, first_match, parse_patterns
 
 Headers = list[tuple[bytes, bytes]]
 

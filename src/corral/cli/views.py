@@ -16,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from corral.events import BaseEvent, event_payload
 from corral.store import EventRecord, RunRecord
-from corral.store.events import _Event, event_payload
 
 
 def fmt_cost(usd: float) -> str:
@@ -88,7 +88,7 @@ class LiveRunView:
             self._live.__exit__(None, None, None)
         logging.root.handlers = self._saved_handlers
 
-    def on_event(self, run_id: str, event: _Event) -> None:
+    def on_event(self, run_id: str, event: BaseEvent) -> None:
         if self.run_ids and run_id not in self.run_ids:
             return
         data = event_payload(event)

@@ -21,10 +21,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.sandbox import overlay
-from corral.sandbox.identity import claims, release_uid, runs_as_root
-from corral.sandbox.limits import cgroup_support
-from corral.sandbox.sandbox_dirs import (
+from corral.sandbox.bubblewrap import overlay
+from corral.sandbox.bubblewrap.dirs import (
     CGROUP_PREFIX,
     DISK_ROOT,
     PORTAL_ROOT,
@@ -36,6 +34,8 @@ from corral.sandbox.sandbox_dirs import (
     release_image,
     sandbox_id,
 )
+from corral.sandbox.bubblewrap.identity import claims, release_uid, runs_as_root
+from corral.sandbox.bubblewrap.limits import cgroup_support
 from corral.sandbox.workspace import WORKSPACE_DIRNAME
 
 logger = logging.getLogger("corral.sandbox")

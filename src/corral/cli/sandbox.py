@@ -111,8 +111,8 @@ async def _exec(
 @sandbox_app.command("prune")
 def sandbox_prune() -> None:
     """Remove what sandboxes of dead processes left on this machine; resumable sandboxes stay."""
-    from corral.sandbox.identity import runs_as_root
-    from corral.sandbox.sweep import sweep_orphans
+    from corral.sandbox.bubblewrap.identity import runs_as_root
+    from corral.sandbox.bubblewrap.sweep import sweep_orphans
 
     if not runs_as_root():
         console.print("nothing to prune: unprivileged sandboxes keep everything in their run directories")
@@ -140,21 +140,21 @@ def doctor_report() -> list[tuple[str, bool, str]]:
         ("git", shutil.which("git") is not None, shutil.which("git") or "not found: apt-get install git"),
     ]
     try:
-        from corral.sandbox.bubblewrap import bubblewrap_available
+        from corral.sandbox.bubblewrap.backend import bubblewrap_available
 
         ok, detail = bubblewrap_available()
     except ImportError as err:
         ok, detail = False, f"backend not installed ({err})"
     rows.append(("sandbox: bubblewrap", ok, detail))
     try:
-        from corral.sandbox.limits import enforced_limits
+        from corral.sandbox.bubblewrap.limits import enforced_limits
 
         for name, how in enforced_limits().items():
             rows.append((f"limit: {name}", not how.startswith("not "), how))
     except ImportError:
         rows.append(("limits", False, "unknown (bubblewrap backend missing)"))
     try:
-        from corral.sandbox.egress import egress_available
+        from corral.sandbox.egress.proxy import egress_available
 
         ok, detail = egress_available()
     except ImportError as err:

@@ -13,7 +13,34 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
-class _Event(BaseModel):
+class Usage(BaseModel):
+    """Token counts and cost, for one model call or summed over a run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+        )
+
+
+class BaseEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     key: str
@@ -21,7 +48,7 @@ class _Event(BaseModel):
     duration_ms: float | None = None
 
 
-class RunStarted(_Event):
+class RunStarted(BaseEvent):
     type: Literal["run.started"] = "run.started"
     agent: str
     task: str
@@ -32,19 +59,19 @@ class RunStarted(_Event):
     parent_id: str | None = None
 
 
-class RunResumed(_Event):
+class RunResumed(BaseEvent):
     type: Literal["run.resumed"] = "run.resumed"
     executor_id: str
 
 
-class SandboxCreated(_Event):
+class SandboxCreated(BaseEvent):
     type: Literal["sandbox.created"] = "sandbox.created"
     backend: str
     workspace: str
     isolated: bool
 
 
-class ModelRequest(_Event):
+class ModelRequested(BaseEvent):
     type: Literal["model.request"] = "model.request"
     call: int
     model: str
@@ -54,7 +81,7 @@ class ModelRequest(_Event):
     tools: list[str]
 
 
-class ModelRetry(_Event):
+class ModelRetried(BaseEvent):
     type: Literal["model.retry"] = "model.retry"
     call: int
     attempt: int
@@ -63,7 +90,7 @@ class ModelRetry(_Event):
     wait_s: float
 
 
-class ModelResponse(_Event):
+class ModelResponded(BaseEvent):
     type: Literal["model.response"] = "model.response"
     call: int
     model: str
@@ -79,7 +106,7 @@ class ModelResponse(_Event):
     price_source: str = "genai-prices"
 
 
-class ModelError(_Event):
+class ModelFailed(BaseEvent):
     type: Literal["model.error"] = "model.error"
     call: int
     error: str
@@ -87,14 +114,14 @@ class ModelError(_Event):
     attempts: int
 
 
-class ToolCall(_Event):
+class ToolCalled(BaseEvent):
     type: Literal["tool.call"] = "tool.call"
     call_id: str
     tool: str
     args: dict[str, Any] | str
 
 
-class ToolResult(_Event):
+class ToolReturned(BaseEvent):
     type: Literal["tool.result"] = "tool.result"
     call_id: str
     tool: str
@@ -104,7 +131,7 @@ class ToolResult(_Event):
     spilled_to: str | None = None
 
 
-class EgressAttempt(_Event):
+class EgressAttempted(BaseEvent):
     type: Literal["egress"] = "egress"
     host: str
     port: int
@@ -117,7 +144,7 @@ class EgressAttempt(_Event):
     secrets_used: list[str] = []
 
 
-class ContextCompacted(_Event):
+class ContextCompacted(BaseEvent):
     type: Literal["context.compacted"] = "context.compacted"
     evicted_messages: int
     kept_messages: int
@@ -125,14 +152,14 @@ class ContextCompacted(_Event):
     input_tokens_before: int
 
 
-class BudgetExceeded(_Event):
+class BudgetExceeded(BaseEvent):
     type: Literal["budget.exceeded"] = "budget.exceeded"
     limit: str
     value: float
     maximum: float
 
 
-class RunFinished(_Event):
+class RunFinished(BaseEvent):
     type: Literal["run.finished"] = "run.finished"
     status: str
     text: str | None = None
@@ -150,13 +177,13 @@ Event = Annotated[
     RunStarted
     | RunResumed
     | SandboxCreated
-    | ModelRequest
-    | ModelRetry
-    | ModelResponse
-    | ModelError
-    | ToolCall
-    | ToolResult
-    | EgressAttempt
+    | ModelRequested
+    | ModelRetried
+    | ModelResponded
+    | ModelFailed
+    | ToolCalled
+    | ToolReturned
+    | EgressAttempted
     | ContextCompacted
     | BudgetExceeded
     | RunFinished,
@@ -168,7 +195,7 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 _COMMON = {"key", "ts", "duration_ms", "type"}
 
 
-def event_payload(event: _Event) -> dict[str, Any]:
+def event_payload(event: BaseEvent) -> dict[str, Any]:
     """The type-specific fields of an event, as JSON-ready data (what the ``data`` column holds)."""
     return event.model_dump(mode="json", exclude=_COMMON)
 

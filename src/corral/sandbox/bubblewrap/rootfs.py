@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from corral.sandbox.identity import INSIDE_GID, INSIDE_HOME, INSIDE_UID, passwd_entries
+from corral.sandbox.bubblewrap.identity import INSIDE_GID, INSIDE_HOME, INSIDE_UID, passwd_entries
 
 HOSTNAME = "corral"
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from corral.errors import SandboxError
-from corral.sandbox import overlay
 from corral.sandbox.base import Limits, SandboxRequest
-from corral.sandbox.diskimage import create_image, loop_images_available, mount_image
-from corral.sandbox.limits import TMP_SIZE_MB, disk_usage
-from corral.sandbox.overlay import IdShift
-from corral.sandbox.sandbox_dirs import DISK_ROOT, SandboxDirs, privileged
+from corral.sandbox.bubblewrap import overlay
+from corral.sandbox.bubblewrap.dirs import DISK_ROOT, SandboxDirs, privileged
+from corral.sandbox.bubblewrap.diskimage import create_image, loop_images_available, mount_image
+from corral.sandbox.bubblewrap.limits import TMP_SIZE_MB, disk_usage
+from corral.sandbox.bubblewrap.overlay import IdShift
 from corral.sandbox.workspace import WorkspaceSnapshot, _run, prepare_workspace
 
 logger = logging.getLogger("corral.sandbox")

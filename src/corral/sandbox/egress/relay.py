@@ -1,6 +1,6 @@
 """Inside a sandbox: forward 127.0.0.1:PORT to the egress proxy's Unix socket while running one command.
 
-Usage: python3 -I -S egress_relay.py --socket PATH --port N -- COMMAND [ARG...]
+Usage: python3 -I -S relay.py --socket PATH --port N -- COMMAND [ARG...]
 
 Standard library only: it runs under the sandbox's /usr/bin/python3, usually as ``python3 -c SOURCE``.
 It imports the C modules behind ``socket``, ``threading`` and ``signal`` directly, because their
@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-_USAGE = "usage: egress_relay --socket PATH --port N -- COMMAND [ARG...]"
+_USAGE = "usage: relay --socket PATH --port N -- COMMAND [ARG...]"
 _FORWARDED = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
 _CHUNK = 65536
 _CONNECT_TIMEOUT = 10.0

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from corral.sandbox.egress_policy import is_ip_literal
+from corral.sandbox.egress.policy import is_ip_literal
 
 CA_CERT_NAME = "egress-ca.pem"
 CA_KEY_NAME = "egress-ca-key.pem"

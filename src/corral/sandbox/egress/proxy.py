@@ -19,10 +19,10 @@ import h11
 
 from corral.errors import SandboxError
 from corral.sandbox.base import EgressEvent, ScopedSecret
-from corral.sandbox.egress_ca import CA_CERT_NAME, SandboxCA
-from corral.sandbox.egress_exchange import Forwarder, UpstreamSlot
-from corral.sandbox.egress_http import Peer, PeerClosed, close_writer, proxy_response
-from corral.sandbox.egress_net import (
+from corral.sandbox.egress.ca import CA_CERT_NAME, SandboxCA
+from corral.sandbox.egress.exchange import Forwarder, UpstreamSlot
+from corral.sandbox.egress.http import Peer, PeerClosed, close_writer, proxy_response
+from corral.sandbox.egress.net import (
     CONNECT_TIMEOUT,
     TunnelStats,
     UpstreamDenied,
@@ -30,13 +30,13 @@ from corral.sandbox.egress_net import (
     open_upstream,
     tunnel,
 )
-from corral.sandbox.egress_policy import first_match, parse_patterns, split_authority
-from corral.sandbox.egress_secrets import SecretGuard
+from corral.sandbox.egress.policy import first_match, parse_patterns, split_authority
+from corral.sandbox.egress.secrets import SecretGuard
 
-logger = logging.getLogger("corral.sandbox.egress")
+logger = logging.getLogger("corral.sandbox.egress.proxy")
 
 SOCKET_NAME = "egress.sock"
-RELAY_SOURCE = Path(__file__).with_name("egress_relay.py")
+RELAY_SOURCE = Path(__file__).with_name("relay.py")
 SANDBOX_PYTHON = "/usr/bin/python3"
 MAX_BODY = 64 * 1024 * 1024
 """Request bodies are held in memory to be inspected for placeholders; larger ones get 413."""

@@ -9,7 +9,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from corral.sandbox.egress_policy import is_public_address, names_local_target
+from corral.sandbox.egress.policy import is_public_address, names_local_target
 
 CONNECT_TIMEOUT = 10.0
 TUNNEL_IDLE_TIMEOUT = 300.0

@@ -1,0 +1,146 @@
+"""The ``corral`` Typer app: global options, shared helpers, small commands, and ``main`` (errors → exit codes)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from corral.errors import CorralError, UsageError
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="corral",
+    help="Run coding agents in sandboxes, durably, with a journal of every step.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Model helpers: the scripted model server for offline testing.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _State:
+    debug = False
+    home: Path | None = None
+    config: Path | None = None
+
+
+state = _State()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", envvar="CORRAL_HOME", help="Store directory (default: ./.corral)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Spec file (default: nearest corral.toml).")
+    ] = None,
+) -> None:
+    state.debug = debug
+    state.home = home.resolve() if home else None
+    state.config = config
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def open_store() -> Any:
+    from corral.store import Store, default_home
+
+    home = state.home
+    if home is None:
+        config = config_path(required=False)
+        home = default_home(config.parent if config else None)
+    return Store.open(home=home)
+
+
+def config_path(*, required: bool = True) -> Path | None:
+    from corral.spec import SPEC_FILE_NAME, find_config
+
+    if state.config is not None:
+        return state.config
+    found = find_config(Path.cwd())
+    if found is None and required:
+        raise UsageError(f"no {SPEC_FILE_NAME} here or in any parent directory", hint="run `corral init` to write one")
+    return found
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the file.")] = Path("corral.toml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter corral.toml."""
+    from corral.templates import STARTER_SPEC
+
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
+    path.write_text(STARTER_SPEC)
+    console.print(f'wrote {path}; edit it, then: corral run fixer "describe the task" --repo .')
+
+
+@app.command()
+def doctor() -> None:
+    """Say what works on this machine: sandbox backends, isolation, limits, network profiles."""
+    from corral.cli.sandbox import print_doctor
+
+    try:
+        url = open_store().url
+    except CorralError:
+        url = None
+    raise typer.Exit(EXIT_OK if print_doctor(url) else EXIT_RUN_FAILED)
+
+
+@model_app.command("serve")
+def model_serve(
+    script: Annotated[Path, typer.Argument(help="Script file (TOML or JSON).")],
+    port: Annotated[int, typer.Option("--port", "-p", help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
+    record: Annotated[Path | None, typer.Option("--record", help="Append every request as a JSON line here.")] = None,
+) -> None:
+    """Serve a scripted model on 127.0.0.1 (OpenAI Chat, OpenAI Responses, Anthropic Messages)."""
+    from corral.models.scripted import serve
+
+    serve(script, host="127.0.0.1", port=port, record_path=record)
+
+
+def main() -> None:
+    """Entry point: run the app, turning corral's errors into messages and exit codes."""
+    try:
+        code = app(standalone_mode=False)
+    except CorralError as err:
+        if state.debug:
+            raise
+        err_console.print(f"[red]error:[/red] {err.message}")
+        if err.hint:
+            err_console.print(f"[dim]hint: {err.hint}[/dim]")
+        sys.exit(err.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; `corral resume` continues interrupted runs")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(EXIT_USAGE)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if state.debug or os.environ.get("CORRAL_DEBUG"):
+            raise
+        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for details)")
+        sys.exit(70)
+    sys.exit(code if isinstance(code, int) else 0)
