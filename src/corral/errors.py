@@ -1,13 +1,34 @@
-"""The exceptions corral raises: each one says what went wrong and what to do about it."""
+"""The exceptions corral raises: each one says what went wrong and what to do about it.
+
+Every error a user can see derives from :class:`CorralError`; its ``exit_code`` is what the CLI
+exits with, and ``hint`` is an optional next step printed under the message. Errors carry their
+context as typed constructor arguments, never as attributes patched on later::
+
+    CorralError                      exit 1
+    ├── UsageError                   exit 2: the request cannot be done as asked
+    │   ├── SpecError                a broken agent spec (names file, agent, field)
+    │   ├── UnknownAgentError
+    │   ├── UnknownEngineError       spec.engine names no installed engine
+    │   ├── ModelConfigError         a model string or provider setting is unusable
+    │   ├── RunNotFoundError
+    │   └── ScriptError              a scripted-model script is malformed or exhausted
+    ├── StoreError                   the store cannot be opened, migrated or written
+    │   └── JournalError             journal events could not be committed (never silent)
+    ├── SandboxError
+    │   └── PathEscapeError          a tool path resolves outside the workspace
+    ├── ToolError                    fed back to the model; the run goes on
+    ├── ModelCallError               a model call failed for good (attempts, cause_type)
+    ├── BudgetExceededError          a budget limit was reached (limit, value, maximum)
+    ├── RunFailedError
+    ├── RunTimeoutError              waiting for a run gave up (the run itself goes on)
+    └── RuntimeStateError            corral's own invariants (a workflow with no Runtime, ...)
+"""
 
 from __future__ import annotations
 
 
 class CorralError(Exception):
-    """Base class for every error corral reports to a user.
-
-    ``hint`` is an optional next step shown under the message by the CLI.
-    """
+    """Base class for every error corral reports to a user."""
 
     exit_code: int = 1
 
@@ -34,12 +55,33 @@ class UnknownAgentError(UsageError):
     """The requested agent is not defined in any loaded spec file."""
 
 
+class UnknownEngineError(UsageError):
+    """``spec.engine`` names no engine installed in the ``corral.engines`` entry point group."""
+
+    def __init__(self, engine: str, available: tuple[str, ...]) -> None:
+        super().__init__(
+            f"unknown engine {engine!r} (installed: {', '.join(available) or 'none'})",
+            hint="engines are registered in the 'corral.engines' entry point group",
+        )
+        self.engine = engine
+        self.available = available
+
+
 class ModelConfigError(UsageError):
     """A model string or provider setting cannot be turned into a model client."""
 
 
 class StoreError(CorralError):
     """The run store cannot be opened, migrated or written."""
+
+
+class JournalError(StoreError):
+    """Journal events could not be committed after retries; the run must not go on as if they were."""
+
+    def __init__(self, message: str, *, events: int, cause: BaseException | None = None) -> None:
+        super().__init__(message, hint="check the store's database (disk space, permissions, schema)")
+        self.events = events
+        self.cause = cause
 
 
 class RunNotFoundError(UsageError):
@@ -64,13 +106,40 @@ class ToolError(CorralError):
 class ModelCallError(CorralError):
     """A model call failed for good: retries ran out or the response could not be understood."""
 
+    def __init__(self, message: str, *, attempts: int, cause_type: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.attempts = attempts
+        self.cause_type = cause_type
+
 
 class BudgetExceededError(CorralError):
     """A run hit one of its budget limits (tokens, cost, wall time or turns)."""
 
+    def __init__(self, limit: str, value: float, maximum: float, *, message: str | None = None) -> None:
+        super().__init__(
+            message or f"budget exhausted: {limit} = {maximum:g} reached ({value:g})",
+            hint=f"raise budget.{limit} in the agent spec",
+        )
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum
+
 
 class RunFailedError(CorralError):
     """A run ended in the failed state."""
+
+
+class RunTimeoutError(CorralError):
+    """Waiting for a run gave up; the run itself goes on wherever it executes."""
+
+    def __init__(self, run_id: str, timeout_s: float) -> None:
+        super().__init__(f"run {run_id} did not finish within {timeout_s:g}s")
+        self.run_id = run_id
+        self.timeout_s = timeout_s
+
+
+class RuntimeStateError(CorralError):
+    """corral's own invariants do not hold (a run workflow with no Runtime in the process, ...)."""
 
 
 class ScriptError(UsageError):

@@ -487,9 +487,9 @@ class Runtime:
                 run_id,
                 ev.BudgetExceeded(
                     key="budget.exceeded",
-                    limit=getattr(err, "limit", "?"),
-                    value=getattr(err, "value", 0.0),
-                    maximum=getattr(err, "maximum", 0.0),
+                    limit=err.limit,
+                    value=err.value,
+                    maximum=err.maximum,
                 ),
             )
             error, error_type = err.message, type(err).__name__

@@ -132,8 +132,8 @@ class DurableModel(WrapperModel):
                     key=f"model:{call}:error",
                     call=call,
                     error=str(err.message),
-                    error_type=getattr(err, "cause_type", type(err).__name__),
-                    attempts=getattr(err, "attempts", 1),
+                    error_type=err.cause_type,
+                    attempts=err.attempts,
                 )
             )
             raise
@@ -172,12 +172,12 @@ class DurableModel(WrapperModel):
                 continue
             over = value > maximum if limit == "max_turns" else value >= maximum
             if over:
-                err = BudgetExceededError(
-                    f"budget exhausted: {limit} = {maximum} reached ({value:g}) before model call {call + 1}",
-                    hint=f"raise budget.{limit} in the agent spec",
+                raise BudgetExceededError(
+                    limit,
+                    float(value),
+                    float(maximum),
+                    message=f"budget exhausted: {limit} = {maximum:g} reached ({value:g}) before model call {call + 1}",
                 )
-                err.limit, err.value, err.maximum = limit, float(value), float(maximum)  # type: ignore[attr-defined]
-                raise err
 
     async def _call_with_retries(
         self,
@@ -227,10 +227,11 @@ class DurableModel(WrapperModel):
                     failure = ModelCallError(
                         f"model call {call + 1} to {self._target.ref} failed after {attempt} attempt(s): "
                         f"{_describe(err)}",
+                        attempts=attempt,
+                        cause_type=type(err).__name__,
                         hint="check the model server, the API key and the model name; "
                         "`corral trace RUN` shows each attempt",
                     )
-                    failure.attempts, failure.cause_type = attempt, type(err).__name__  # type: ignore[attr-defined]
                     raise failure from None
                 retry_after = getattr(err, "retry_after", None)
                 backoff = min(policy.initial_backoff_s * 2 ** (attempt - 1), policy.max_backoff_s)
