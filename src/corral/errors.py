@@ -26,6 +26,15 @@ context as typed constructor arguments, never as attributes patched on later::
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def _rebuild(cls: type[CorralError], args: tuple[Any, ...], state: dict[str, Any]) -> CorralError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class CorralError(Exception):
     """Base class for every error corral reports to a user."""
@@ -39,6 +48,11 @@ class CorralError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Durable steps record the errors they raise (pickled) and raise them again on replay; the
+        # default reduction would call ``cls(message)`` and lose or reject the typed arguments.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class UsageError(CorralError):

@@ -110,7 +110,7 @@ def test_sigkill_mid_run_then_resume_never_resends_a_completed_model_step(
     store.close()
 
 
-def test_the_next_corral_run_also_continues_an_interrupted_run(tmp_path: Path, repo: Path) -> None:
+def test_corral_run_runs_only_its_own_run_and_names_the_interrupted_one(tmp_path: Path, repo: Path) -> None:
     home = tmp_path / "home"
     with ScriptedServer(load_script(long_script(tmp_path))) as server:
         write_config(tmp_path, base_url=server.openai_base_url)
@@ -126,10 +126,16 @@ def test_the_next_corral_run_also_continues_an_interrupted_run(tmp_path: Path, r
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         second = corral("run", "fixer", "second task", "--repo", str(repo), cwd=tmp_path, home=home, timeout=180)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "also resuming 1 interrupted run" in second.stderr
-    store = Store.open(home=home)
-    runs = {r.task: r for r in store.list_runs()}
-    assert runs["first task"].status is RunStatus.SUCCEEDED
-    assert runs["second task"].status is RunStatus.SUCCEEDED
+        assert second.returncode == 0, second.stdout + second.stderr
+        store = Store.open(home=home)
+        runs = {r.task: r for r in store.list_runs()}
+        first_id = runs["first task"].id
+        # Another process's interrupted run is named with the command that resumes it, not adopted.
+        assert f"1 interrupted run(s) wait for `corral resume`: {first_id}" in second.stderr
+        assert first_id not in second.stdout
+        assert runs["first task"].status is RunStatus.RUNNING
+        assert runs["second task"].status is RunStatus.SUCCEEDED
+        resumed = corral("resume", cwd=tmp_path, home=home, timeout=180)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert store.get_run(first_id).status is RunStatus.SUCCEEDED
     store.close()

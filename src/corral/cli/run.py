@@ -89,16 +89,15 @@ def run(
     store = open_store()
 
     async def start(runtime: Any) -> list[str]:
-        # Like any executing corral process, this one also continues runs whose process died.
-        resumed = await runtime.resume()
-        own = (await runtime.submit(spec, task, repo)).id
-        if resumed:
-            err_console.print(f"also resuming {len(resumed)} interrupted run(s): {', '.join(resumed)}")
-        return [own, *resumed]
+        interrupted = runtime.interrupted_runs()
+        if interrupted:
+            ids = ", ".join(r.id for r in interrupted)
+            err_console.print(
+                f"{len(interrupted)} interrupted run(s) wait for `corral resume`: {ids}", markup=False, highlight=False
+            )
+        return [(await runtime.submit(spec, task, repo)).id]
 
-    record, *others = asyncio.run(execute(store, start, title=f"corral · {spec.name}", json_out=json_out))
-    for other in others:
-        err_console.print(f"resumed run {other.id}: {other.status.value}")
+    (record,) = asyncio.run(execute(store, start, title=f"corral · {spec.name}", json_out=json_out))
     if json_out:
         console.print_json(json.dumps(run_summary(record)))
     else:
@@ -126,11 +125,14 @@ def resume(
 
 @app.command()
 def cancel(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]) -> None:
-    """Cancel a run; it stops at its next step."""
+    """Cancel a run wherever it executes: its command in flight is killed, its patch kept."""
     from corral.runtime import Runtime
 
-    record = Runtime(open_store()).cancel(run_id)
-    console.print(f"run {record.id} {record.status.value}")
+    record = asyncio.run(Runtime(open_store()).cancel(run_id))
+    if record.status.finished:
+        console.print(f"run {record.id} {record.status.value}", markup=False)
+    else:
+        console.print(f"run {record.id}: cancel requested; it stops at its next step", markup=False)
 
 
 @app.command()

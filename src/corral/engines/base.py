@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from corral.errors import UnknownEngineError
 from corral.events import BaseEvent, Usage
+from corral.policy.budgets import BudgetClock
 from corral.sandbox.base import Sandbox
 from corral.spec import AgentSpec
 from corral.tools.base import ToolDef
 
 T = TypeVar("T")
+
+ENTRY_POINT_GROUP = "corral.engines"
 
 
 class Steps(Protocol):
@@ -28,6 +34,27 @@ class Steps(Protocol):
     async def tool_call(self, fn: Callable[[str], Awaitable[T]]) -> T: ...
 
 
+class LocalSteps:
+    """:class:`Steps` that run each function at once and remember nothing: no durability.
+
+    For tests of engines and for embedding an engine where a crash may simply start over.
+    """
+
+    def __init__(self, run_id: str = "local") -> None:
+        self._run_id = run_id
+        self._ids = itertools.count(1)
+        self.model_calls = 0
+        self.tool_calls = 0
+
+    async def model_call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        self.model_calls += 1
+        return await fn()
+
+    async def tool_call(self, fn: Callable[[str], Awaitable[T]]) -> T:
+        self.tool_calls += 1
+        return await fn(f"{self._run_id}:{next(self._ids)}")
+
+
 @dataclass
 class EngineContext:
     """Everything an engine may use: no globals, no store, no DBOS."""
@@ -40,7 +67,8 @@ class EngineContext:
     emit: Callable[[BaseEvent], None]
     redact: Callable[[str], str]
     tools: dict[str, ToolDef]
-    started_at: float
+    budget: BudgetClock
+    """The run's budget and wall-clock deadline (shared with the runtime, which enforces it too)."""
     on_usage: Callable[[Usage, int], None] = field(default=lambda usage, turns: None)
     """Called with the run's running usage and model-call count after every model call."""
 
@@ -59,3 +87,26 @@ class Engine(ABC):
 
     @abstractmethod
     async def run(self, ctx: EngineContext) -> EngineResult: ...
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    found: dict[str, EntryPoint] = {}
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry_point.name, entry_point)
+    return found
+
+
+def available_engines() -> tuple[str, ...]:
+    """Names of the installed engines."""
+    return tuple(sorted(_entry_points()))
+
+
+def get_engine(name: str) -> Engine:
+    """An instance of the engine registered as ``name`` in the ``corral.engines`` entry point group."""
+    found = _entry_points()
+    if name not in found:
+        raise UnknownEngineError(name, tuple(sorted(found)))
+    engine_class = found[name].load()
+    if not (isinstance(engine_class, type) and issubclass(engine_class, Engine)):
+        raise UnknownEngineError(name, tuple(sorted(found)))
+    return engine_class()

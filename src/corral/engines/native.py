@@ -121,7 +121,7 @@ class DurableModel(WrapperModel):
         usage_before = self.usage
 
         async def attempt_call() -> dict[str, Any]:
-            self._check_budget(call, usage_before)
+            ctx.budget.check_model_call(call, usage_before)
             return await self._call_with_retries(call, messages, model_settings, model_request_parameters)
 
         try:
@@ -158,26 +158,6 @@ class DurableModel(WrapperModel):
         )
         ctx.on_usage(self.usage, self.calls)
         return response
-
-    def _check_budget(self, call: int, used: Usage) -> None:
-        budget = self._ctx.spec.budget
-        checks = [
-            ("max_turns", call + 1, budget.max_turns),
-            ("max_tokens", used.total_tokens, budget.max_tokens),
-            ("max_cost_usd", used.cost_usd, budget.max_cost_usd),
-            ("max_wall_time_s", time.time() - self._ctx.started_at, budget.max_wall_time_s),
-        ]
-        for limit, value, maximum in checks:
-            if maximum is None:
-                continue
-            over = value > maximum if limit == "max_turns" else value >= maximum
-            if over:
-                raise BudgetExceededError(
-                    limit,
-                    float(value),
-                    float(maximum),
-                    message=f"budget exhausted: {limit} = {maximum:g} reached ({value:g}) before model call {call + 1}",
-                )
 
     async def _call_with_retries(
         self,
@@ -305,13 +285,14 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> T
         ctx.emit(events.ToolCalled(key=f"tool:{n}:call", call_id=call_id, tool=tooldef.name, args=kwargs))
 
         async def execute(idempotency_key: str) -> dict[str, Any]:
+            ctx.budget.check_wall_time()  # a command must not start once the run is out of time
             tool_ctx = ToolContext(
                 sandbox=ctx.sandbox,
                 run_id=ctx.run_id,
                 idempotency_key=idempotency_key,
                 redact=ctx.redact,
                 output_limit=ctx.spec.sandbox.output_limit,
-                exec_timeout=ctx.spec.sandbox.exec_timeout_s,
+                exec_timeout=ctx.budget.clip(ctx.spec.sandbox.exec_timeout_s),
             )
             started = time.time()
             outcome = await run_tool(tooldef, tool_ctx, kwargs)

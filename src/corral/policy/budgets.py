@@ -1,0 +1,67 @@
+"""Budgets: one checker for turns, tokens, cost and wall time, shared by every engine and the model gateway."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from corral.errors import BudgetExceededError
+from corral.events import Usage
+from corral.spec import Budget
+
+
+@dataclass(frozen=True)
+class BudgetClock:
+    """A run's budget and the wall-clock moment it started.
+
+    ``started_at`` is wall-clock time (``time.time()``) of the run's first start, so a resumed run
+    keeps counting from there: ``max_wall_time_s`` bounds the run, not one process's share of it.
+    """
+
+    budget: Budget
+    started_at: float
+
+    @property
+    def deadline(self) -> float | None:
+        """Wall-clock time at which the run is out of time, or None without a wall-time limit."""
+        limit = self.budget.max_wall_time_s
+        return None if limit is None else self.started_at + limit
+
+    def remaining_s(self) -> float | None:
+        """Seconds left before the deadline (never negative), or None without one."""
+        deadline = self.deadline
+        return None if deadline is None else max(0.0, deadline - time.time())
+
+    def clip(self, timeout_s: float) -> float:
+        """``timeout_s`` shortened so that a wait ends no later than the deadline."""
+        remaining = self.remaining_s()
+        return timeout_s if remaining is None else min(timeout_s, remaining)
+
+    def wall_time_exceeded(self) -> BudgetExceededError:
+        """The error for a run that reached its deadline (raise it where the deadline was found)."""
+        limit = self.budget.max_wall_time_s or 0.0
+        return BudgetExceededError("max_wall_time_s", time.time() - self.started_at, limit)
+
+    def check_wall_time(self) -> None:
+        if self.remaining_s() == 0.0:
+            raise self.wall_time_exceeded()
+
+    def check_model_call(self, call: int, used: Usage) -> None:
+        """Before model call ``call`` (0-based) with ``used`` spent so far: raise if any limit is reached."""
+        budget = self.budget
+        checks: list[tuple[str, float, float | None, bool]] = [
+            ("max_turns", call + 1, budget.max_turns, False),
+            ("max_tokens", used.total_tokens, budget.max_tokens, True),
+            ("max_cost_usd", used.cost_usd, budget.max_cost_usd, True),
+            ("max_wall_time_s", time.time() - self.started_at, budget.max_wall_time_s, True),
+        ]
+        for limit, value, maximum, inclusive in checks:
+            if maximum is None:
+                continue
+            if value >= maximum if inclusive else value > maximum:
+                raise BudgetExceededError(
+                    limit,
+                    float(value),
+                    float(maximum),
+                    message=f"budget exhausted: {limit} = {maximum:g} reached ({value:g}) before model call {call + 1}",
+                )

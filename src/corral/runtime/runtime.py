@@ -1,0 +1,389 @@
+"""The Runtime: submits, executes, resumes and cancels runs; each run is one durable workflow."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import secrets as _random
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# pydantic-ai prints a promotional banner on first use unless told not to; corral has its own views.
+os.environ.setdefault("PYDANTIC_AI_NO_BANNER", "1")
+
+from corral import events as ev
+from corral.engines.base import EngineContext, EngineResult, get_engine
+from corral.errors import BudgetExceededError, CorralError, RunTimeoutError, SpecError, UsageError
+from corral.events import Usage
+from corral.policy.budgets import BudgetClock
+from corral.runtime import recovery, workflow
+from corral.runtime.sandboxing import open_sandbox
+from corral.sandbox.base import Sandbox, get_backend
+from corral.secrets.redact import REDACTOR
+from corral.spec import AgentSpec, unknown_tools
+from corral.store import RunRecord, RunStatus, Store
+from corral.tools.base import ToolDef
+from corral.tools.builtin import BUILTIN_TOOLS
+
+log = logging.getLogger("corral.runtime")
+
+PATCH_FILE = "patch.diff"
+_DIFF_TIMEOUT_S = 60.0
+_CANCEL_WAIT_S = 30.0
+
+Listener = Callable[[str, ev.BaseEvent], None]
+
+
+def new_run_id() -> str:
+    """Sortable by creation time, unique without coordination: 12 chars of time, 8 of randomness."""
+    stamp = int(time.time() * 1000).to_bytes(6, "big") + _random.token_bytes(5)
+    return base64.b32encode(stamp).decode().lower().rstrip("=")
+
+
+@dataclass
+class _Outcome:
+    """How a run ended, filled in as the run unwinds."""
+
+    status: RunStatus = RunStatus.FAILED
+    text: str | None = None
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Runtime:
+    """One per process: owns the DBOS instance and the runs this process executes.
+
+    Use as ``async with Runtime(store) as rt: record = await rt.run(spec, task, repo)``.
+    """
+
+    def __init__(self, store: Store, *, tools: Iterable[ToolDef] = ()) -> None:
+        self.store = store
+        self.tools: dict[str, ToolDef] = {**BUILTIN_TOOLS, **{t.name: t for t in tools}}
+        self.executor_id = recovery.new_executor_id()
+        self._launched = False
+        self._heartbeat: recovery.Heartbeat | None = None
+        self._listeners: list[Listener] = []
+        store.journal.set_redactor(REDACTOR.data)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        self.launch()
+        try:
+            self._heartbeat = await recovery.Heartbeat(self.store, self.executor_id).__aenter__()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self._heartbeat is not None:
+                await self._heartbeat.__aexit__(None, None, None)
+                self._heartbeat = None
+        finally:
+            self.shutdown()
+
+    def launch(self) -> None:
+        workflow.launch(system_database_url=self.store.dbos_url(), executor_id=self.executor_id, execute=self._execute)
+        try:
+            self.store.register_executor(self.executor_id, socket.gethostname(), os.getpid())
+        except BaseException:
+            workflow.destroy()
+            raise
+        self._launched = True
+
+    def shutdown(self) -> None:
+        if not self._launched:
+            return
+        self._launched = False
+        try:
+            self.store.journal.flush()
+            self.store.unregister_executor(self.executor_id)
+        finally:
+            workflow.destroy()
+
+    def subscribe(self, listener: Listener) -> None:
+        """Receive every event this process emits, as it is emitted (for live views)."""
+        self._listeners.append(listener)
+
+    # -- submitting and waiting -------------------------------------------------------------------
+
+    def check_spec(self, spec: AgentSpec) -> None:
+        """Fail before anything is recorded if the run could not start (unknown tool, engine, backend, key)."""
+        unknown = unknown_tools(spec.tools, tuple(self.tools))
+        if unknown:
+            raise SpecError(f"agent '{spec.name}': field 'tools': unknown tool(s) {', '.join(unknown)}")
+        get_engine(spec.engine)
+        get_backend(spec.sandbox.backend)
+        from corral.models.providers import api_key_for, resolve_target
+
+        api_key_for(resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env))
+
+    async def submit(self, spec: AgentSpec, task: str, repo: Path, *, parent_id: str | None = None) -> RunRecord:
+        """Record a run and start its workflow in this process; returns at once."""
+        self.check_spec(spec)
+        repo = repo.expanduser().resolve()  # noqa: ASYNC240 - path arithmetic and one stat
+        if not repo.is_dir():
+            raise UsageError(f"repository {repo} is not a directory")
+        if not task.strip():
+            raise UsageError("the task is empty")
+        run_id = new_run_id()
+        parent = self.store.get_run(parent_id) if parent_id else None
+        record = self.store.create_run(
+            id=run_id,
+            parent_id=parent_id,
+            root_id=parent.root_id if parent else run_id,
+            agent=spec.name,
+            spec=spec.model_dump(mode="json"),
+            spec_hash=spec.content_hash(),
+            task=REDACTOR(task),
+            repo=str(repo),
+            run_dir=str(self.store.runs_dir / run_id),
+            executor_id=self.executor_id,
+        )
+        await workflow.start(run_id)
+        return record
+
+    async def wait(self, run_id: str, *, timeout_s: float | None = None, poll_s: float = 0.1) -> RunRecord:
+        """Wait until the run has finished (whichever process executes it)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            record = self.store.get_run(run_id)
+            if record.status.finished:
+                self.store.journal.flush()
+                return record
+            if deadline is not None and time.monotonic() > deadline:
+                raise RunTimeoutError(run_id, timeout_s or 0.0)
+            await asyncio.sleep(poll_s)
+
+    async def run(self, spec: AgentSpec, task: str, repo: Path) -> RunRecord:
+        record = await self.submit(spec, task, repo)
+        return await self.wait(record.id)
+
+    # -- recovery and cancellation ----------------------------------------------------------------
+
+    def interrupted_runs(self) -> list[RunRecord]:
+        """Unfinished runs whose executing process is gone."""
+        return recovery.interrupted_runs(self.store, exclude=self.executor_id)
+
+    async def resume(self, run_id: str | None = None) -> list[str]:
+        """Continue interrupted runs (all of them, or one) in this process; returns their ids."""
+        interrupted = self.interrupted_runs()
+        if run_id is not None:
+            record = self.store.get_run(run_id)
+            if record.status.finished:
+                raise UsageError(
+                    f"run {record.id} already {record.status.value}; only interrupted runs can be resumed",
+                    hint="start a new run with `corral run`",
+                )
+            if record.id not in {r.id for r in interrupted}:
+                raise UsageError(f"run {record.id} is being executed by {record.executor_id}; it is not interrupted")
+            candidates = [record]
+        else:
+            candidates = interrupted
+        for record in candidates:
+            self.store.update_run(record.id, executor_id=self.executor_id)
+            await workflow.resume(record.id)
+        recovery.forget_dead_executors(self.store, exclude=self.executor_id)
+        return [r.id for r in candidates]
+
+    async def cancel(self, run_id: str, *, wait_s: float = _CANCEL_WAIT_S) -> RunRecord:
+        """Stop a run wherever it executes; returns its record once it has ended (or ``wait_s`` passed).
+
+        The executing process notices within about a second, stops the step in flight (a running
+        command is killed), keeps the patch of the work done so far, removes the sandbox and records
+        the run ``cancelled``. A run whose process is gone is ended here.
+        """
+        record = self.store.get_run(run_id)
+        if record.status.finished:
+            raise UsageError(f"run {record.id} already {record.status.value}")
+        sandbox_state = workflow.request_cancel(self.store.dbos_url(), record.id)
+        if record.id in {r.id for r in self.interrupted_runs()}:
+            await self._end_abandoned(record, sandbox_state)
+            return self.store.get_run(record.id)
+        with contextlib.suppress(RunTimeoutError):
+            return await self.wait(record.id, timeout_s=wait_s)
+        return self.store.get_run(record.id)
+
+    async def _end_abandoned(self, record: RunRecord, sandbox_state: dict[str, Any] | None) -> None:
+        """Finish a cancelled run whose executor is gone: keep its patch, remove its sandbox."""
+        outcome = _Outcome(RunStatus.CANCELLED, error="cancelled by user", error_type="Cancelled")
+        sandbox: Sandbox | None = None
+        if sandbox_state is not None:
+            # Reading the diff and removing the sandbox need no secrets and no network.
+            try:
+                backend = get_backend(AgentSpec.model_validate(record.spec).sandbox.backend)
+                sandbox = await backend.attach({**sandbox_state, "env": {}, "secrets": (), "on_egress": None})
+            except Exception as err:
+                outcome.notes.append(f"the sandbox could not be re-opened to keep its patch: {err}")
+        await self._conclude(record, sandbox, outcome)
+
+    # -- executing one run (inside its workflow) --------------------------------------------------
+
+    def _emit(self, run_id: str, event: ev.BaseEvent) -> None:
+        self.store.journal.append(run_id, event)
+        for listener in self._listeners:
+            try:
+                listener(run_id, event)
+            except Exception:
+                log.exception("event listener failed")
+
+    async def _execute(self, run_id: str) -> dict[str, Any]:
+        record = self.store.get_run(run_id)
+        if record.status.finished:
+            return {"status": record.status.value}
+        spec = AgentSpec.model_validate(record.spec)
+        resumed = record.started_at is not None
+        started_at = record.started_at or time.time()
+        self.store.update_run(run_id, status=RunStatus.RUNNING, started_at=started_at, executor_id=self.executor_id)
+        self._emit(
+            run_id,
+            ev.RunStarted(
+                key="run.started",
+                ts=started_at,
+                agent=spec.name,
+                task=record.task,
+                model=spec.model,
+                engine=spec.engine,
+                spec_hash=record.spec_hash,
+                repo=record.repo,
+                parent_id=record.parent_id,
+            ),
+        )
+        if resumed:
+            self._emit(run_id, ev.RunResumed(key=f"run.resumed:{self.executor_id}", executor_id=self.executor_id))
+        budget = BudgetClock(spec.budget, started_at)
+        outcome = _Outcome()
+        sandbox: Sandbox | None = None
+        try:
+            sandbox = await open_sandbox(record, spec, REDACTOR, lambda event: self._emit(run_id, event))
+            result = await self._run_engine(record, spec, sandbox, budget)
+            outcome.status, outcome.text, outcome.output = RunStatus.SUCCEEDED, result.text, result.output
+        except BudgetExceededError as err:
+            self._emit(
+                run_id, ev.BudgetExceeded(key="budget.exceeded", limit=err.limit, value=err.value, maximum=err.maximum)
+            )
+            outcome.error, outcome.error_type = err.message, type(err).__name__
+        except CorralError as err:
+            outcome.error, outcome.error_type = REDACTOR(err.message), type(err).__name__
+        except Exception as err:
+            log.exception("run %s failed", run_id)
+            outcome.error, outcome.error_type = REDACTOR(f"{type(err).__name__}: {err}"), type(err).__name__
+        except BaseException as exc:
+            if not await workflow.was_cancelled(self.store.dbos_url(), run_id, exc):
+                # The process is going away (Ctrl-C, shutdown): the run is interrupted, not ended.
+                # Its sandbox stays for `corral resume`; the command in flight was killed on cancel.
+                raise
+            outcome.status, outcome.error, outcome.error_type = RunStatus.CANCELLED, "cancelled by user", "Cancelled"
+            await asyncio.shield(self._conclude(record, sandbox, outcome))
+            raise
+        await asyncio.shield(self._conclude(record, sandbox, outcome))
+        return {"status": outcome.status.value}
+
+    async def _run_engine(
+        self, record: RunRecord, spec: AgentSpec, sandbox: Sandbox, budget: BudgetClock
+    ) -> EngineResult:
+        engine = get_engine(spec.engine)
+
+        def on_usage(usage: Usage, turns: int) -> None:
+            self.store.set_usage(record.id, usage, turns)
+
+        ctx = EngineContext(
+            run_id=record.id,
+            spec=spec,
+            task=record.task,
+            sandbox=sandbox,
+            steps=workflow.DbosSteps(),
+            emit=lambda event: self._emit(record.id, event),
+            redact=REDACTOR,
+            tools=self.tools,
+            budget=budget,
+            on_usage=on_usage,
+        )
+        remaining = budget.remaining_s()
+        if remaining is None:
+            return await engine.run(ctx)
+        try:
+            # The deadline bounds everything the engine waits for: model calls, commands, retries.
+            async with asyncio.timeout(remaining):
+                return await engine.run(ctx)
+        except TimeoutError:
+            if budget.remaining_s() == 0.0:
+                raise budget.wall_time_exceeded() from None
+            raise
+
+    async def _conclude(self, record: RunRecord, sandbox: Sandbox | None, outcome: _Outcome) -> None:
+        """End a run on every path: keep its patch, remove its sandbox, then record the outcome.
+
+        The sandbox goes before the status changes: whoever waits for the run must not see it
+        finished while its processes and files are still being removed.
+        """
+        patch = ""
+        if sandbox is not None:
+            try:
+                patch = REDACTOR(await asyncio.wait_for(sandbox.diff(), _DIFF_TIMEOUT_S))
+            except Exception as err:
+                log.exception("run %s: reading the workspace's changes failed", record.id)
+                outcome.notes.append(f"the patch could not be read: {type(err).__name__}: {err}")
+            try:
+                await sandbox.destroy()
+            except Exception:
+                log.exception("destroying the sandbox of run %s failed", record.id)
+                outcome.notes.append("the sandbox could not be removed; `corral sandbox prune` retries")
+        files = sum(1 for line in patch.splitlines() if line.startswith("diff --git "))
+        Path(record.run_dir).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a small local write
+        Path(record.run_dir, PATCH_FILE).write_text(patch)  # noqa: ASYNC240
+        result = REDACTOR.data(
+            {
+                "text": outcome.text,
+                "output": outcome.output,
+                "patch": patch,
+                "files_changed": files,
+                "partial": outcome.status is not RunStatus.SUCCEEDED,
+                "notes": outcome.notes,
+            }
+        )
+        self._finish(record.id, outcome.status, result=result, error=outcome.error, error_type=outcome.error_type)
+
+    def _finish(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        record = self.store.get_run(run_id)
+        if record.status.finished:
+            return
+        self.store.update_run(
+            run_id, status=status, result=result, error=error, error_type=error_type, finished_at=time.time()
+        )
+        self._emit(
+            run_id,
+            ev.RunFinished(
+                key="run.finished",
+                status=status.value,
+                text=(result or {}).get("text"),
+                output=(result or {}).get("output"),
+                patch_files=(result or {}).get("files_changed", 0),
+                error=error,
+                error_type=error_type,
+                turns=record.turns,
+                input_tokens=record.usage.input_tokens,
+                output_tokens=record.usage.output_tokens,
+                cost_usd=record.usage.cost_usd,
+            ),
+        )
+        self.store.journal.flush()

@@ -1,0 +1,181 @@
+"""The only module that imports DBOS: the run workflow, its durable steps, and DBOS's lifecycle.
+
+A run is one DBOS workflow (``corral.run``). Its model calls, tool calls and sandbox creation are
+async DBOS steps, all *preemptible*: cancelling the workflow (from any process) cancels the step in
+flight within DBOS's poll interval, so ``corral cancel`` stops a running command, not just the next one.
+
+DBOS registers workflows and steps as module-level functions, while a step's body is a closure
+that lives only in the process executing the run; the two tables below are the module-level state
+this forces on us. A replayed (already completed) step returns its recorded result without
+looking its body up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from dbos import DBOS, DBOSClient, SetWorkflowID
+from dbos._error import DBOSWorkflowCancelledError, DBOSWorkflowConflictIDError  # not re-exported by dbos 3.4
+
+from corral.errors import RuntimeStateError
+
+T = TypeVar("T")
+
+#: Bump when the sequence of steps a run workflow takes changes, so old runs are not replayed by new code.
+WORKFLOW_VERSION = "corral-run-1"
+
+# token -> step body, for steps in flight in this process.
+_STEP_BODIES: dict[str, Callable[..., Awaitable[Any]]] = {}
+# What the run workflow executes in this process: set by launch(), cleared by destroy().
+_EXECUTE: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+
+
+@DBOS.step(name="corral.model_call", preemptible=True)
+async def _model_call_step(token: str) -> Any:
+    return await _STEP_BODIES[token]()
+
+
+@DBOS.step(name="corral.tool_call", preemptible=True)
+async def _tool_call_step(token: str) -> Any:
+    return await _STEP_BODIES[token](f"{DBOS.workflow_id}:{DBOS.step_id}")
+
+
+@DBOS.step(name="corral.sandbox", preemptible=True)
+async def _sandbox_step(token: str) -> Any:
+    return await _STEP_BODIES[token]()
+
+
+@DBOS.workflow(name="corral.run")
+async def _run_workflow(run_id: str) -> dict[str, Any]:
+    if _EXECUTE is None:
+        raise RuntimeStateError("a corral run workflow started without a launched Runtime in this process")
+    return await _EXECUTE(run_id)
+
+
+async def _in_step(step: Callable[[str], Awaitable[Any]], body: Callable[..., Awaitable[T]]) -> T:
+    token = uuid.uuid4().hex
+    _STEP_BODIES[token] = body
+    try:
+        return await step(token)
+    finally:
+        _STEP_BODIES.pop(token, None)
+
+
+class DbosSteps:
+    """The engines' :class:`~corral.engines.base.Steps`, backed by DBOS steps."""
+
+    async def model_call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        return await _in_step(_model_call_step, fn)
+
+    async def tool_call(self, fn: Callable[[str], Awaitable[T]]) -> T:
+        return await _in_step(_tool_call_step, fn)
+
+
+async def sandbox_step(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``fn`` (creating a run's sandbox) as a durable step of the current run."""
+    return await _in_step(_sandbox_step, fn)
+
+
+async def was_cancelled(system_database_url: str, run_id: str, exc: BaseException) -> bool:
+    """Whether ``exc``, raised inside the run's workflow, means the run was cancelled.
+
+    DBOS says so directly (at a step boundary, or by preempting a step), or indirectly: a step
+    that completes after the cancel cannot record its result and DBOS reports that the execution
+    no longer owns the workflow; then the workflow's status tells a cancel from a takeover by
+    another executor (which will finish the run itself). Concurrent tool calls run in task groups,
+    so the signal may arrive wrapped in an exception group.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        cancelled, _ = exc.split(DBOSWorkflowCancelledError)
+        if cancelled is not None:
+            return True
+        conflict, _ = exc.split(DBOSWorkflowConflictIDError)
+        return conflict is not None and await _status_outside(system_database_url, run_id) == "CANCELLED"
+    if isinstance(exc, DBOSWorkflowCancelledError):
+        return True
+    if isinstance(exc, DBOSWorkflowConflictIDError):
+        return await _status_outside(system_database_url, run_id) == "CANCELLED"
+    return False
+
+
+async def _status_outside(system_database_url: str, run_id: str) -> str | None:
+    """The workflow's status read with a client: inside a workflow, DBOS would make the read a step."""
+
+    def read() -> str | None:
+        client = DBOSClient(system_database_url=system_database_url)
+        try:
+            found = client.list_workflows(workflow_ids=[run_id], load_input=False, load_output=False)
+            return found[0].status if found else None
+        finally:
+            client.destroy()
+
+    return await asyncio.to_thread(read)
+
+
+def launch(*, system_database_url: str, executor_id: str, execute: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+    """Start DBOS in this process; run workflows call ``execute(run_id)``."""
+    global _EXECUTE
+    if _EXECUTE is not None:
+        raise RuntimeStateError("another corral Runtime is already running in this process")
+    dbos_level = "WARNING" if logging.getLogger("corral").isEnabledFor(logging.DEBUG) else "ERROR"
+    DBOS(
+        config={
+            "name": "corral",
+            "system_database_url": system_database_url,
+            "executor_id": executor_id,
+            "application_version": WORKFLOW_VERSION,
+            "log_level": dbos_level,
+        }
+    )
+    _EXECUTE = execute
+    try:
+        DBOS.launch()
+    except BaseException:
+        _EXECUTE = None
+        DBOS.destroy(destroy_registry=False)
+        raise
+
+
+def destroy() -> None:
+    """Stop DBOS in this process (workflows still running are interrupted, to be resumed later)."""
+    global _EXECUTE
+    try:
+        DBOS.destroy(destroy_registry=False)
+    finally:
+        _EXECUTE = None
+
+
+async def start(run_id: str) -> None:
+    """Start the run workflow of ``run_id`` in this process (the run id is the workflow id)."""
+    with SetWorkflowID(run_id):
+        await DBOS.start_workflow_async(_run_workflow, run_id)
+
+
+async def resume(run_id: str) -> None:
+    """Continue an interrupted run's workflow in this process, or start it if it never began."""
+    if await DBOS.get_workflow_status_async(run_id) is None:
+        await start(run_id)
+    else:
+        await DBOS.resume_workflow_async(run_id)
+
+
+def request_cancel(system_database_url: str, run_id: str) -> dict[str, Any] | None:
+    """Mark the run's workflow cancelled, from any process; its executor stops within a second.
+
+    Returns what the run's sandbox step recorded (the sandbox's state), or None if it never
+    completed: whoever ends a run whose executor is gone needs it to re-open and remove the sandbox.
+    """
+    client = DBOSClient(system_database_url=system_database_url)
+    try:
+        client.cancel_workflow(run_id)
+        for step in client.list_workflow_steps(run_id):
+            if step["function_name"] == "corral.sandbox" and step["error"] is None:
+                output = step["output"]
+                return output if isinstance(output, dict) else None
+        return None
+    finally:
+        client.destroy()
