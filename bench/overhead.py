@@ -1264,6 +1264,10 @@ def budget(itemised: list[dict[str, Any]], probed_turn_ms: float | None, plain_t
         ("journal: emit 4 events (model_dump, redaction, queue hand-off)", get(EMIT)),
         ("store.set_usage after each model call (UPDATE + commit on the loop)", get(ON_USAGE)),
         (
+            "journal writer thread: its batches (CPU on another thread; the GIL serialises it with the turn)",
+            get("Journal._write_batch (writer thread)"),
+        ),
+        (
             "DurableModel.request outside its step, emits and usage: dump new messages, validate response",
             get(durable)
             - get(STEP_MODEL)
@@ -1307,7 +1311,7 @@ def targets(rows: dict[str, Result], found_overhead: dict[str, Any]) -> list[dic
             "measured": round(cold, 1) if cold is not None else None,
             "limit": COLD_START_TARGET_MS,
             "met": cold <= COLD_START_TARGET_MS if cold is not None else None,
-            "reason": None if cold is not None else rows["coldstart/corral_run"].reason,
+            "reason": None if cold is not None else getattr(rows.get("coldstart/corral_run"), "reason", "not measured"),
         },
     ]
 
@@ -1380,7 +1384,7 @@ def render_table(report: dict[str, Any], results: list[Result]) -> str:
             lines.append(f"  {item['item']:92} {item['ms_per_turn']:>7.3f}")
         if "overhead_ms" in b:
             lines.append(
-                f"  {'unattributed (pydantic-ai differences, GIL waits on the journal thread, ...)':92} "
+                f"  {'unattributed (pydantic-ai work for corral agent, GIL hand-offs, probes)':92} "
                 f"{b['unattributed_ms']:>7.3f}"
             )
             lines.append(f"  {'= probed turn - plain turn':92} {b['overhead_ms']:>7.3f}")
@@ -1442,6 +1446,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tmpdir", type=Path, default=Path(tempfile.gettempdir()), help="where the stores and repos go"
     )
+    parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start rows (quick experiments)")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval for this process, in seconds (an experiment; default: Python's, 0.005)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout (the table goes to stderr)")
     args = parser.parse_args(argv)
     if args.turns < 2 or args.sessions < 1 or args.instrumented < 1 or args.cold_starts < 1 or args.warmup < 0:
@@ -1454,9 +1465,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("corral").setLevel(logging.ERROR)  # the local backend warns once per sandbox
     started_at = datetime.now(UTC)
     machine = machine_facts(args.tmpdir)  # before the run loads the machine (loadavg)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     with tempfile.TemporaryDirectory(prefix="corral-bench-overhead-", dir=args.tmpdir) as tmp:
         measured = asyncio.run(measure_in_process(args, Path(tmp)))
-        cold_rows, imports = measure_cold_start(args, Path(tmp))
+        cold_rows, imports = ([], {}) if args.no_cold_start else measure_cold_start(args, Path(tmp))
     results = [*measured.rows.values(), *cold_rows]
     by_id = {row.id: row for row in results}
     found_overhead = overhead(by_id)
@@ -1472,7 +1485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sessions": args.sessions,
             "warmup": args.warmup,
             "instrumented": args.instrumented,
-            "cold_starts": args.cold_starts,
+            "cold_starts": 0 if args.no_cold_start else args.cold_starts,
+            "switch_interval_s": sys.getswitchinterval(),
         },
         "model_seam": measured.seam,
         "results": [row.to_json() for row in results],
