@@ -17,9 +17,8 @@ in-process ``FunctionModel`` so no HTTP is measured:
 - cold start: a ``corral run`` process, from its start to the first request reaching a scripted
   model server, with phases taken from its journal, and ``python -X importtime`` of it.
 
-corral builds its model from the spec's model string (``corral.models.providers.build_model``); to
-hand it a ``FunctionModel`` instead, this script replaces ``build_model`` wherever a corral module
-imported it, for the length of the run (a bench-only seam: nothing in ``src/`` changes). Figures are
+corral's native engine runs on a pydantic-ai ``FunctionModel`` handed to it through the public seam
+``Runtime(store, engines={"native": NativeEngine(model=...)})``, so no HTTP is measured. Figures are
 printed as a table, or as JSON with ``--json`` (the table then goes to stderr); docs/BENCHMARKS.md
 records them.
 """
@@ -218,31 +217,11 @@ def patch_everywhere(
     return undo
 
 
-class _NoSdkClient:
-    """What ``ModelClient.aclose`` closes when the model is in-process."""
+def native_engine(session: Session) -> Any:
+    """corral's native engine on ``session``'s FunctionModel instead of a client built from the spec's model string."""
+    from corral.engines.native import NativeEngine
 
-    async def close(self) -> None:
-        return None
-
-
-@contextlib.contextmanager
-def model_seam(session: Session) -> Iterator[list[str]]:
-    """corral's engine gets ``session``'s FunctionModel instead of a client built from the spec's model string."""
-    import corral.engines.native  # noqa: F401 - load the engine (module or package) so its imports can be patched
-    from corral.models import providers
-
-    def build_function_model(target: Any, api_key: str, **_: Any) -> Any:
-        return providers.ModelClient(session.model(), _NoSdkClient())
-
-    undo = patch_everywhere(providers.build_model, build_function_model)
-    patched: list[str] = undo.patched  # type: ignore[attr-defined]
-    if not any(name.startswith("corral.engines") for name in patched):
-        undo()
-        raise BenchError(f"no corral.engines module imports build_model (patched: {patched}): the seam moved")
-    try:
-        yield patched
-    finally:
-        undo()
+    return NativeEngine(model=session.model())
 
 
 def corral_spec(turns: int) -> Any:
@@ -251,7 +230,7 @@ def corral_spec(turns: int) -> Any:
     return AgentSpec.model_validate(
         {
             "name": "bench",
-            # Never contacted: the model seam hands the engine a FunctionModel. A base_url means no API key is needed.
+            # Never contacted: the runtime's native engine runs on a FunctionModel. A base_url: no API key needed.
             "model": "openai-chat:bench",
             "base_url": "http://127.0.0.1:9/v1",
             "sandbox": "local",
@@ -1091,13 +1070,13 @@ async def measure_in_process(args: argparse.Namespace, tmp: Path) -> InProcess:
     spec = corral_spec(args.turns)
     store = Store.open(home=tmp / "home")
     try:
-        with model_seam(session) as out.seam:
-            async with Runtime(store) as runtime:
-                watcher = RunWatcher()
-                runtime.subscribe(watcher.on_event)
-                await _timed_sessions(args, rows, runtime, watcher, spec, repo, session)
-                await _dbos_floors(args, rows)
-                await _instrumented(args, out, runtime, watcher, spec, repo, session)
+        out.seam = ["Runtime(engines={'native': NativeEngine(model=FunctionModel)})"]
+        async with Runtime(store, engines={"native": native_engine(session)}) as runtime:
+            watcher = RunWatcher()
+            runtime.subscribe(watcher.on_event)
+            await _timed_sessions(args, rows, runtime, watcher, spec, repo, session)
+            await _dbos_floors(args, rows)
+            await _instrumented(args, out, runtime, watcher, spec, repo, session)
     finally:
         store.close()
     return out

@@ -30,7 +30,7 @@ from pydantic_ai.messages import (
     TextPart,
     UserPromptPart,
 )
-from pydantic_ai.models import ModelRequestParameters
+from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import UsageLimits
@@ -335,14 +335,24 @@ async def _instructions(ctx: EngineContext) -> str:
 
 
 class NativeEngine(Engine):
-    """corral's own loop on any model API, built on pydantic-ai."""
+    """corral's own loop on any model API, built on pydantic-ai.
+
+    ``model`` replaces the client built from ``spec.model`` with a pydantic-ai model object (for
+    example ``pydantic_ai.models.function.FunctionModel``): the loop, the durable steps, budgets and
+    the journal stay the same, so tests and benchmarks can run the real engine without HTTP.
+    """
 
     name: ClassVar[str] = "native"
+
+    def __init__(self, model: Model | None = None) -> None:
+        self._model = model
 
     async def run(self, ctx: EngineContext) -> EngineResult:
         spec = ctx.spec
         target = resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env)
         prices = {ref: Price(**p.model_dump()) for ref, p in spec.prices.items()}
+        if self._model is not None:
+            return await self._run(ctx, target, self._model, prices)
         client = build_model(target, api_key_for(target))
         try:
             return await self._run(ctx, target, client.model, prices)

@@ -10,7 +10,7 @@ import os
 import secrets as _random
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 os.environ.setdefault("PYDANTIC_AI_NO_BANNER", "1")
 
 from corral import events as ev
-from corral.engines.base import EngineContext, EngineResult, get_engine
+from corral.engines.base import Engine, EngineContext, EngineResult, get_engine
 from corral.errors import BudgetExceededError, CorralError, RunTimeoutError, SpecError, UsageError
 from corral.events import Usage
 from corral.policy.budgets import BudgetClock
@@ -65,9 +65,13 @@ class Runtime:
     Use as ``async with Runtime(store) as rt: record = await rt.run(spec, task, repo)``.
     """
 
-    def __init__(self, store: Store, *, tools: Iterable[ToolDef] = ()) -> None:
+    def __init__(
+        self, store: Store, *, tools: Iterable[ToolDef] = (), engines: Mapping[str, Engine] | None = None
+    ) -> None:
         self.store = store
         self.tools: dict[str, ToolDef] = {**BUILTIN_TOOLS, **{t.name: t for t in tools}}
+        #: Engines by name that take precedence over the installed ones (an engine on an in-process model).
+        self.engines: dict[str, Engine] = dict(engines or {})
         self.executor_id = recovery.new_executor_id()
         self._launched = False
         self._heartbeat: recovery.Heartbeat | None = None
@@ -123,7 +127,7 @@ class Runtime:
         unknown = unknown_tools(spec.tools, tuple(self.tools))
         if unknown:
             raise SpecError(f"agent '{spec.name}': field 'tools': unknown tool(s) {', '.join(unknown)}")
-        get_engine(spec.engine)
+        self._engine(spec.engine)
         get_backend(spec.sandbox.backend)
         from corral.models.providers import api_key_for, resolve_target
 
@@ -290,10 +294,13 @@ class Runtime:
         await asyncio.shield(self._conclude(record, sandbox, outcome))
         return {"status": outcome.status.value}
 
+    def _engine(self, name: str) -> Engine:
+        return self.engines[name] if name in self.engines else get_engine(name)
+
     async def _run_engine(
         self, record: RunRecord, spec: AgentSpec, sandbox: Sandbox, budget: BudgetClock
     ) -> EngineResult:
-        engine = get_engine(spec.engine)
+        engine = self._engine(spec.engine)
 
         def on_usage(usage: Usage, turns: int) -> None:
             self.store.set_usage(record.id, usage, turns)
