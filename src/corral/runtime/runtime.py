@@ -37,6 +37,9 @@ log = logging.getLogger("corral.runtime")
 PATCH_FILE = "patch.diff"
 _DIFF_TIMEOUT_S = 60.0
 _CANCEL_WAIT_S = 30.0
+# A run's usage is written to its row at most this often while it runs (for `corral runs`), and
+# always when it ends; the journal's model.response events hold every call's usage anyway.
+_USAGE_WRITE_EVERY_S = 1.0
 
 Listener = Callable[[str, ev.BaseEvent], None]
 
@@ -52,6 +55,8 @@ class _Outcome:
     """How a run ended, filled in as the run unwinds."""
 
     status: RunStatus = RunStatus.FAILED
+    usage: tuple[Usage, int] | None = None
+    """The run's usage and model-call count, as the engine last reported them (None: none yet)."""
     text: str | None = None
     output: dict[str, Any] | None = None
     error: str | None = None
@@ -271,7 +276,7 @@ class Runtime:
         sandbox: Sandbox | None = None
         try:
             sandbox = await open_sandbox(record, spec, REDACTOR, lambda event: self._emit(run_id, event))
-            result = await self._run_engine(record, spec, sandbox, budget)
+            result = await self._run_engine(record, spec, sandbox, budget, outcome)
             outcome.status, outcome.text, outcome.output = RunStatus.SUCCEEDED, result.text, result.output
         except BudgetExceededError as err:
             self._emit(
@@ -298,12 +303,18 @@ class Runtime:
         return self.engines[name] if name in self.engines else get_engine(name)
 
     async def _run_engine(
-        self, record: RunRecord, spec: AgentSpec, sandbox: Sandbox, budget: BudgetClock
+        self, record: RunRecord, spec: AgentSpec, sandbox: Sandbox, budget: BudgetClock, outcome: _Outcome
     ) -> EngineResult:
         engine = self._engine(spec.engine)
+        written_at = 0.0
 
         def on_usage(usage: Usage, turns: int) -> None:
-            self.store.set_usage(record.id, usage, turns)
+            nonlocal written_at
+            outcome.usage = (usage, turns)
+            now = time.monotonic()
+            if now - written_at >= _USAGE_WRITE_EVERY_S:
+                self.store.set_usage(record.id, usage, turns)
+                written_at = now
 
         ctx = EngineContext(
             run_id=record.id,
@@ -360,6 +371,8 @@ class Runtime:
                 "notes": outcome.notes,
             }
         )
+        if outcome.usage is not None:
+            self.store.set_usage(record.id, *outcome.usage)
         self._finish(record.id, outcome.status, result=result, error=outcome.error, error_type=outcome.error_type)
 
     def _finish(

@@ -13,8 +13,8 @@ looking its body up.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -56,8 +56,12 @@ async def _run_workflow(run_id: str) -> dict[str, Any]:
     return await _EXECUTE(run_id)
 
 
+# Tokens only need to be unique within this process (uuid4 would cost an os.urandom per step).
+_TOKENS = itertools.count()
+
+
 async def _in_step(step: Callable[[str], Awaitable[Any]], body: Callable[..., Awaitable[T]]) -> T:
-    token = uuid.uuid4().hex
+    token = str(next(_TOKENS))
     _STEP_BODIES[token] = body
     try:
         return await step(token)

@@ -60,6 +60,8 @@ class Redactor:
 
     def data(self, value: Any) -> Any:
         """Scrub every string inside a JSON-like value (keys included)."""
+        if self._pattern is None:  # nothing registered: skip the walk (it is on every event's path)
+            return value
         return redact_data(value, self)
 
     def __len__(self) -> int:
