@@ -40,7 +40,10 @@ def session(tmp_path: Path, *turns: str) -> Any:
 
 
 def execute_turn(command: str, timeout: float = 120) -> str:
-    return f"[[turns]]\n[[turns.tool_calls]]\nname = \"execute\"\nargs = {{ command = '{command}', timeout = {timeout} }}\n"
+    return (
+        "[[turns]]\n[[turns.tool_calls]]\n"
+        f"name = \"execute\"\nargs = {{ command = '{command}', timeout = {timeout} }}\n"
+    )
 
 
 WRITE_TURN = (
@@ -56,8 +59,8 @@ def nothing_left(home: Path) -> dict[str, list[str]]:
     return {kind: items for kind, items in footprint.items() if items and kind != "bwrap dirs"}
 
 
-async def wait_until(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate: Any, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
