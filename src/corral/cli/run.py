@@ -43,24 +43,35 @@ async def execute(store: Any, starter: Any, *, title: str, json_out: bool = Fals
 
 
 def print_outcome(record: Any, store: Any) -> None:
+    """The end of a run in a few lines; what the agent or a tool wrote is printed as text, never markup."""
+    from rich.text import Text
+
     from corral.cli.views import fmt_cost
 
     result = record.result or {}
+    files = result.get("files_changed", 0)
     if record.status.value == "succeeded":
         if result.get("text"):
-            console.print(f"\n[bold]result[/bold]: {result['text']}")
+            console.print(Text.assemble("\n", ("result", "bold"), ": ", str(result["text"])))
         if result.get("output") is not None:
             console.print_json(json.dumps(result["output"]))
-        files = result.get("files_changed", 0)
-        console.print(f"[green]✓ run {record.id} succeeded[/green] · {files} file(s) changed")
+        console.print(Text.assemble((f"✓ run {record.id} succeeded", "green"), f" · {files} file(s) changed"))
     else:
-        console.print(f"[red]✗ run {record.id} {record.status.value}[/red]: {record.error}")
+        console.print(Text.assemble((f"✗ run {record.id} {record.status.value}", "red"), f": {record.error}"))
+        if files:
+            console.print(
+                Text(f"partial work kept: {files} file(s) changed (`corral show {record.id}`, patch.diff)", "yellow")
+            )
+    for note in result.get("notes") or ():
+        console.print(Text(f"note: {note}", "yellow"))
     u = record.usage
     console.print(
         f"cost {fmt_cost(u.cost_usd)} · {u.input_tokens} input tokens ({u.cache_read_tokens} cached) · "
-        f"{u.output_tokens} output tokens · {record.turns} turns · {record.elapsed_s or 0:.1f}s"
+        f"{u.output_tokens} output tokens · {record.turns} turns · {record.elapsed_s or 0:.1f}s",
+        markup=False,
+        highlight=False,
     )
-    console.print(f"journal: {store.url} (`corral trace {record.id}`)")
+    console.print(f"journal: {store.url} (`corral trace {record.id}`)", markup=False, highlight=False)
 
 
 @app.command()
