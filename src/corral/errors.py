@@ -14,6 +14,8 @@ context as typed constructor arguments, never as attributes patched on later::
     │   └── ScriptError              a scripted-model script is malformed or exhausted
     ├── StoreError                   the store cannot be opened, migrated or written
     │   └── JournalError             journal events could not be committed (never silent)
+    │       ├── JournalClosedError   an event was appended after the journal was closed
+    │       └── JournalTimeoutError  a flush did not finish in time (events still pending)
     ├── SandboxError
     │   └── PathEscapeError          a tool path resolves outside the workspace
     ├── ToolError                    fed back to the model; the run goes on
@@ -92,10 +94,42 @@ class StoreError(CorralError):
 class JournalError(StoreError):
     """Journal events could not be committed after retries; the run must not go on as if they were."""
 
-    def __init__(self, message: str, *, events: int, cause: BaseException | None = None) -> None:
-        super().__init__(message, hint="check the store's database (disk space, permissions, schema)")
+    def __init__(
+        self,
+        message: str,
+        *,
+        events: int,
+        cause: BaseException | None = None,
+        hint: str | None = "check the store's database (disk space, permissions, schema)",
+    ) -> None:
+        super().__init__(message, hint=hint)
         self.events = events
         self.cause = cause
+
+
+class JournalClosedError(JournalError):
+    """An event was appended to a journal that was already closed; it was not written."""
+
+    def __init__(self, run_id: str, key: str) -> None:
+        super().__init__(
+            f"the journal is closed: event {key!r} of run {run_id} was not written",
+            events=1,
+            hint="append events only while the store is open",
+        )
+        self.run_id = run_id
+        self.key = key
+
+
+class JournalTimeoutError(JournalError):
+    """A journal flush did not finish in time; the events stay queued and may still be committed."""
+
+    def __init__(self, timeout_s: float, events: int) -> None:
+        super().__init__(
+            f"the journal did not commit {events} queued event(s) within {timeout_s:g}s",
+            events=events,
+            hint="the database is slow or locked by another process",
+        )
+        self.timeout_s = timeout_s
 
 
 class RunNotFoundError(UsageError):

@@ -13,15 +13,15 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from corral.events import ToolReturned
 from corral.models.scripted import ScriptedServer, load_script
 from corral.runtime import Runtime
 from corral.sandbox.egress.proxy import EgressProxy
 from corral.spec import AgentSpec
-from corral.store import RunStatus, Store
+from corral.store import EventRecord, RunStatus, Store
 from tests.sandbox import test_egress_support as support
 from tests.sandbox.conftest import skip_unless_bubblewrap_runs
 from tests.sandbox.test_egress_support import SECRET_VALUE, Upstreams
@@ -58,8 +58,8 @@ def script_for(servers: Upstreams) -> str:
     )
 
 
-def tool_results(events: list[Any]) -> list[str]:
-    return [event.data["text"] for event in events if event.type == "tool.result"]
+def tool_results(events: list[EventRecord]) -> list[str]:
+    return [e.event.text for e in events if isinstance(e.event, ToolReturned)]
 
 
 async def test_an_allowlist_run_sends_the_real_secret_only_to_its_host_and_journals_both_attempts(

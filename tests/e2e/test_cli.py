@@ -99,6 +99,7 @@ def test_cancel_stops_a_running_run_from_another_process(tmp_path: Path, repo: P
     import subprocess
     import time
 
+    from corral.events import RunFinished
     from corral.store import RunStatus, Store
     from tests.e2e.cli_helpers import CORRAL
 
@@ -138,8 +139,8 @@ def test_cancel_stops_a_running_run_from_another_process(tmp_path: Path, repo: P
     assert record.status is RunStatus.CANCELLED
     events = store.events(record.id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    finished = [e for e in events if e.type == "run.finished"]
-    assert len(finished) == 1 and finished[0].data["status"] == "cancelled"
+    finished = [e.event for e in events if isinstance(e.event, RunFinished)]
+    assert len(finished) == 1 and finished[0].status == "cancelled"
     store.close()
 
 

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from corral.errors import UsageError
+from corral.events import ContextCompacted, ModelResponded, ModelRetried, RunFinished, ToolReturned
 from corral.models.scripted import ScriptedServer, load_script
 from corral.runtime import Runtime
 from corral.spec import AgentSpec
-from corral.store import RunRecord, RunStatus, Store
+from corral.store import EventRecord, RunRecord, RunStatus, Store
 from corral.tools.base import Capability, ToolContext, tool
 
 pytestmark = pytest.mark.anyio
@@ -54,7 +55,7 @@ async def run_once(home: Path, spec: AgentSpec, repo: Path, task: str = "fix the
         store.close()
 
 
-def events_of(home: Path, run_id: str) -> list[Any]:
+def events_of(home: Path, run_id: str) -> list[EventRecord]:
     store = Store.open(home=home)
     try:
         return store.events(run_id)
@@ -89,8 +90,8 @@ async def test_run_fixes_the_bug_and_journals_every_step(
     assert types[0] == "run.started" and types[-1] == "run.finished"
     assert types.count("model.request") == types.count("model.response") == 6
     assert types.count("tool.call") == types.count("tool.result") == 5
-    results = [e.data for e in events if e.type == "tool.result"]
-    assert "FAILED" in results[1]["text"] and "OK" in results[4]["text"]
+    results = [e.event for e in events if isinstance(e.event, ToolReturned)]
+    assert "FAILED" in results[1].text and "OK" in results[4].text
 
 
 async def test_agents_md_joins_the_instructions(home: Path, repo: Path, fix_script: Path) -> None:
@@ -141,7 +142,7 @@ text = "never"
     types = [e.type for e in events]
     assert types.count("model.retry") == 2
     assert "model.error" in types
-    assert types[-1] == "run.finished" and events[-1].data["status"] == "failed"
+    assert isinstance(events[-1].event, RunFinished) and events[-1].event.status == "failed"
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
 
 
@@ -154,10 +155,10 @@ text = "done"
     with ScriptedServer(script(tmp_path, text)) as server:
         record = await run_once(home, spec_for(server), repo)
     assert record.status is RunStatus.SUCCEEDED, record.error
-    retries = [e.data for e in events_of(home, record.id) if e.type == "model.retry"]
-    assert [r["status_code"] for r in retries] == [429, 503]
-    response = next(e for e in events_of(home, record.id) if e.type == "model.response")
-    assert response.data["attempts"] == 3
+    retries = [e.event for e in events_of(home, record.id) if isinstance(e.event, ModelRetried)]
+    assert [r.status_code for r in retries] == [429, 503]
+    response = next(e.event for e in events_of(home, record.id) if isinstance(e.event, ModelResponded))
+    assert response.attempts == 3
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -201,9 +202,9 @@ text = "the tool crashed; giving up politely"
         record = await run_once(home, spec, repo, tools=[explode])
         second = server.requests[1]
     assert record.status is RunStatus.SUCCEEDED, record.error
-    result = next(e for e in events_of(home, record.id) if e.type == "tool.result")
-    assert result.data["ok"] is False
-    assert "kaboom 7" in result.data["text"]
+    result = next(e.event for e in events_of(home, record.id) if isinstance(e.event, ToolReturned))
+    assert result.ok is False
+    assert "kaboom 7" in result.text
     assert "kaboom 7" in json.dumps(second.body)  # the model was told
 
 
@@ -228,8 +229,8 @@ text = "could not escape"
         record = await run_once(home, spec_for(server), repo)
         second = json.dumps(server.requests[1].body)
     assert record.status is RunStatus.SUCCEEDED, record.error
-    results = [e.data for e in events_of(home, record.id) if e.type == "tool.result"]
-    assert len(results) == 3 and not any(r["ok"] for r in results)
+    results = [e.event for e in events_of(home, record.id) if isinstance(e.event, ToolReturned)]
+    assert len(results) == 3 and not any(r.ok for r in results)
     assert "host secret file" not in second
     assert not (tmp_path / "evil.txt").exists() and not (home / "evil.txt").exists()
 
@@ -260,8 +261,8 @@ text = "saw it"
         record = await run_once(home, spec_for(server, sandbox={"backend": "local", "output_limit": 2000}), repo)
         second = json.dumps(server.requests[1].body)
     assert record.status is RunStatus.SUCCEEDED, record.error
-    result = next(e for e in events_of(home, record.id) if e.type == "tool.result")
-    assert result.data["spilled_to"].startswith(".corral/outputs/")
+    result = next(e.event for e in events_of(home, record.id) if isinstance(e.event, ToolReturned))
+    assert result.spilled_to is not None and result.spilled_to.startswith(".corral/outputs/")
     assert ".corral/outputs/" in second
     assert len(second) < 20_000
     assert record.result is not None and ".corral" not in record.result["patch"]
@@ -286,9 +287,9 @@ output_tokens = 20
         record = await run_once(home, spec_for(server, **spec_kw), repo)
         bodies = [r.body for r in server.requests]
     assert record.status is RunStatus.SUCCEEDED, record.error
-    compactions = [e.data for e in events_of(home, record.id) if e.type == "context.compacted"]
+    compactions = [e.event for e in events_of(home, record.id) if isinstance(e.event, ContextCompacted)]
     assert compactions, "expected at least one compaction"
-    assert compactions[0]["saved_to"].startswith(".corral/history/")
+    assert compactions[0].saved_to.startswith(".corral/history/")
     # The request after the compaction is shorter than the one before it and carries the pointer.
     sizes = [len(json.dumps(b)) for b in bodies]
     after = next(i for i, b in enumerate(bodies) if ".corral/history/" in json.dumps(b))

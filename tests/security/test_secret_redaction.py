@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.events import ToolReturned
 from corral.models.scripted import ScriptedServer, load_script
 from corral.runtime import Runtime
 from corral.secrets import secret
@@ -68,7 +69,7 @@ async def test_secret_never_reaches_the_store_the_journal_or_a_model_request(
     store.close()
 
     assert record.status is RunStatus.SUCCEEDED, record.error
-    by_call = {int(e.key.split(":")[1]): e.data["text"] for e in events if e.type == "tool.result"}
+    by_call = {int(e.key.split(":")[1]): e.event.text for e in events if isinstance(e.event, ToolReturned)}
     results = [by_call[n] for n in sorted(by_call)]
     # The commands really had the value (the placeholder shows where it was), the model saw only that.
     assert "token=[secret:DEPLOY_TOKEN]" in results[0]
@@ -81,7 +82,7 @@ async def test_secret_never_reaches_the_store_the_journal_or_a_model_request(
         FILE_SECRET,
     ]
     sent = json.dumps([r.body for r in requests]) + (tmp_path / "requests.jsonl").read_text()
-    journal = json.dumps([e.model_dump() for e in events])
+    journal = json.dumps([e.to_json() for e in events])
     stored = all_bytes_under(home)
     assert stored, "expected store files"
     for form in forms:

@@ -1,13 +1,25 @@
-"""The journal: typed, redacted, deduplicated by key, gap-free per run, batched."""
+"""The journal: typed, redacted, deduplicated by key, gap-free per run, batched, never silently lossy."""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from corral.events import ToolReturned, parse_event
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from corral.errors import JournalClosedError, JournalError, JournalTimeoutError
+from corral.events import ToolReturned
 from corral.secrets.redact import Redactor
 from corral.store import Store
+from corral.store.journal import Journal
+from corral.store.models import EventRow
 
 
 def make_store(tmp_path: Path) -> Store:
@@ -35,10 +47,22 @@ def test_events_round_trip_as_typed_models(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     store.journal.append("r1", result("tool:0:result", "hello"))
     (record,) = store.events("r1")
-    event = parse_event(record.type, record.key, record.ts, record.duration_ms, record.data)
-    assert isinstance(event, ToolReturned)
-    assert event.text == "hello"
-    assert event.duration_ms == 1.5
+    assert (record.run_id, record.seq, record.key, record.type) == ("r1", 1, "tool:0:result", "tool.result")
+    assert record.event == result("tool:0:result", "hello").model_copy(update={"ts": record.ts})
+    match record.event:
+        case ToolReturned(text=text_, duration_ms=duration_ms):
+            assert (text_, duration_ms) == ("hello", 1.5)
+        case other:
+            pytest.fail(f"not a ToolReturned: {other!r}")
+    assert record.to_json() == {
+        "run_id": "r1",
+        "seq": 1,
+        "key": "tool:0:result",
+        "type": "tool.result",
+        "ts": record.ts,
+        "duration_ms": 1.5,
+        "data": {"call_id": "c", "tool": "execute", "ok": True, "text": "hello", "error": None, "spilled_to": None},
+    }
 
 
 def test_same_key_is_written_once_and_sequence_has_no_gap(tmp_path: Path) -> None:
@@ -83,7 +107,8 @@ def test_redaction_happens_before_anything_is_queued(tmp_path: Path) -> None:
     store.journal.set_redactor(redactor.data)
     store.journal.append("r1", result("k", "token=s3cr3t-value-123 end"))
     (record,) = store.events("r1")
-    assert record.data["text"] == "token=[secret:TOKEN] end"
+    assert isinstance(record.event, ToolReturned)
+    assert record.event.text == "token=[secret:TOKEN] end"
     db = (tmp_path / "home" / "corral.db").read_bytes()
     assert b"s3cr3t-value-123" not in db
 
@@ -122,3 +147,114 @@ def test_listeners_see_committed_events_with_their_sequence(tmp_path: Path) -> N
     store.journal.append("r1", result("b"))
     store.journal.flush()
     assert seen == [1, 2]
+
+
+# -- failures are never silent ----------------------------------------------------------------------
+
+QUICK_RETRIES = (0.01, 0.02, 0.04)
+
+
+def sql(store: Store, statement: str) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text(statement))
+
+
+def test_a_dropped_table_makes_flush_raise_journal_error_with_the_cause(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    journal = store.journal  # with its real retry schedule: a few seconds
+    journal.append("r1", result("before"))
+    journal.flush()
+    sql(store, "DROP TABLE corral_events")
+    journal.append("r1", result("lost-1"))
+    journal.append("r1", result("lost-2"))
+
+    with pytest.raises(JournalError) as raised:
+        journal.flush(timeout_s=10)
+    assert raised.value.events == 2
+    assert isinstance(raised.value.cause, OperationalError)
+    assert "no such table: corral_events" in raised.value.message
+    assert journal.broken
+    # Broken until the cause is fixed: later appends are refused, loudly.
+    with pytest.raises(JournalError) as refused:
+        journal.append("r1", result("refused"))
+    assert refused.value.events == 3
+
+    # Fixed: the queued events (not the refused one) are committed, in order, by the same writer.
+    EventRow.__table__.create(store.engine)
+    journal.flush(timeout_s=10)
+    assert not journal.broken
+    assert [(e.key, e.seq) for e in store.events("r1")] == [("lost-1", 1), ("lost-2", 2)]
+    journal.append("r1", result("after"))
+    journal.flush(timeout_s=10)
+    assert [e.key for e in store.events("r1")] == ["lost-1", "lost-2", "after"]
+    store.close()
+
+
+def test_a_transient_failure_is_retried_and_nothing_is_lost(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = make_store(tmp_path)
+    store.journal.append("r1", result("k0"))
+    store.journal.flush()
+    sql(store, "ALTER TABLE corral_events RENAME TO corral_events_away")
+    back = threading.Timer(0.3, sql, (store, "ALTER TABLE corral_events_away RENAME TO corral_events"))
+    with caplog.at_level(logging.WARNING, logger="corral.journal"):
+        back.start()
+        try:
+            for i in range(1, 6):
+                store.journal.append("r1", result(f"k{i}"))
+            store.journal.flush()
+        finally:
+            back.join()
+    assert any("retry 1" in r.getMessage() for r in caplog.records), "the write never failed: nothing was tested"
+    events = store.events("r1")
+    assert [(e.key, e.seq) for e in events] == [(f"k{i}", i + 1) for i in range(6)]
+    assert not store.journal.broken
+    store.close()
+
+
+@contextmanager
+def write_lock(path: Path) -> Iterator[None]:
+    """Hold SQLite's write lock from another connection, as another process would."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+        other.execute("COMMIT")
+    finally:
+        other.close()
+
+
+def test_a_flush_that_times_out_raises_and_keeps_the_events_queued(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    with write_lock(tmp_path / "home" / "corral.db"):
+        store.journal.append("r1", result("waiting"))
+        started = time.monotonic()
+        with pytest.raises(JournalTimeoutError) as raised:
+            store.journal.flush(timeout_s=0.3)
+        assert time.monotonic() - started < 5
+        assert raised.value.events == 1
+    store.journal.flush()
+    assert [(e.key, e.seq) for e in store.events("r1")] == [("waiting", 1)]
+    store.close()
+
+
+def test_appending_to_a_closed_journal_raises(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.close()
+    with pytest.raises(JournalClosedError) as raised:
+        store.journal.append("r1", result("late"))
+    assert (raised.value.run_id, raised.value.key, raised.value.events) == ("r1", "late", 1)
+
+
+def test_closing_a_broken_journal_reports_what_was_not_committed(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    journal = Journal(store.engine, retry_delays_s=QUICK_RETRIES)
+    sql(store, "DROP TABLE corral_events")
+    journal.append("r1", result("lost"))
+    started = time.monotonic()
+    with pytest.raises(JournalError) as raised:
+        journal.close(timeout_s=10)
+    assert raised.value.events == 1 and "no such table" in raised.value.message
+    assert time.monotonic() - started < 5  # the writer stops: close() does not wait out its timeout
+    with pytest.raises(JournalClosedError):
+        journal.append("r1", result("later"))
+    store.close()

@@ -56,14 +56,20 @@ def _main(
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def open_store() -> Any:
-    from corral.store import Store, default_home
+def store_home() -> Path:
+    """``--home``/``$CORRAL_HOME``, else ``.corral/`` beside the nearest corral.toml (or here)."""
+    from corral.store import default_home
 
-    home = state.home
-    if home is None:
-        config = config_path(required=False)
-        home = default_home(config.parent if config else None)
-    return Store.open(home=home)
+    if state.home is not None:
+        return state.home
+    config = config_path(required=False)
+    return default_home(config.parent if config else None)
+
+
+def open_store() -> Any:
+    from corral.store import Store
+
+    return Store.open(home=store_home())
 
 
 def config_path(*, required: bool = True) -> Path | None:
@@ -92,15 +98,46 @@ def init(
 
 
 @app.command()
-def doctor() -> None:
-    """Say what works on this machine: sandbox backends, isolation, limits, network profiles."""
-    from corral.cli.sandbox import print_doctor
+def doctor(json_out: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
+    """Say what works on this machine: the store, sandbox backends, isolation, limits, network profiles."""
+    from corral.cli.sandbox import doctor_report, print_doctor
+
+    rows = [*doctor_report(), check_store()]
+    raise typer.Exit(EXIT_OK if print_doctor(rows, json_out=json_out) else EXIT_RUN_FAILED)
+
+
+def check_store() -> tuple[str, bool, str]:
+    """The doctor's store row: open the store and query it (a SQLite store not created yet is fine)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from corral.store import Store, store_url
 
     try:
-        url = open_store().url
-    except CorralError:
-        url = None
-    raise typer.Exit(EXIT_OK if print_doctor(url) else EXIT_RUN_FAILED)
+        home = store_home()
+        url = store_url(home)
+        parsed = make_url(url)
+    except (CorralError, ArgumentError) as err:  # a bad --config or database URL
+        return ("store", False, str(err))
+    shown = parsed.render_as_string(hide_password=True)
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if database and database != ":memory:" and not Path(database).exists():
+        # Do not create a store in whatever directory `corral doctor` was run: say where it would go.
+        ancestor = Path(database).parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            return ("store", False, f"{shown}: cannot be created ({ancestor} is not a writable directory)")
+        return ("store", True, f"{shown} (not created yet; the first run creates it)")
+    try:
+        store = Store(url, home=home)
+        try:
+            runs = store.check()
+        finally:
+            store.close()
+    except CorralError as err:
+        return ("store", False, err.message)
+    return ("store", True, f"{shown} ({runs} runs)")
 
 
 @model_app.command("serve")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from corral.errors import UsageError
 
@@ -166,17 +168,19 @@ def doctor_report() -> list[tuple[str, bool, str]]:
     return rows
 
 
-def print_doctor(store_url: str | None) -> bool:
+def print_doctor(rows: list[tuple[str, bool, str]], *, json_out: bool = False) -> bool:
+    """Print the checks (a table, or JSON); whether corral can run here (limits and networks are optional)."""
+    ok_all = all(ok or name.startswith(("limit", "network")) for name, ok, _ in rows)
+    if json_out:
+        checks = [{"check": name, "ok": ok, "detail": str(detail)} for name, ok, detail in rows]
+        sys.stdout.write(json.dumps({"ok": ok_all, "checks": checks}, indent=2) + "\n")
+        return ok_all
     table = Table(box=None, header_style="bold")
     table.add_column("")
     table.add_column("check")
     table.add_column("detail")
-    ok_all = True
-    rows: list[tuple[str, bool, Any]] = list(doctor_report())
-    if store_url:
-        rows.append(("store", True, store_url))
     for name, ok, detail in rows:
-        ok_all &= ok or name.startswith("limit") or name.startswith("network")
-        table.add_row("[green]✓[/green]" if ok else "[red]✗[/red]", name, str(detail))
+        # Details quote the system (paths, database errors): plain text, never markup.
+        table.add_row(Text("✓", style="green") if ok else Text("✗", style="red"), Text(name), Text(str(detail)))
     console.print(table)
     return ok_all

@@ -16,7 +16,22 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from corral.events import BaseEvent, event_payload
+from corral.events import (
+    BaseEvent,
+    BudgetExceeded,
+    ContextCompacted,
+    ModelFailed,
+    ModelRequested,
+    ModelResponded,
+    ModelRetried,
+    RunFinished,
+    RunResumed,
+    RunStarted,
+    SandboxCreated,
+    ToolCalled,
+    ToolReturned,
+    event_payload,
+)
 from corral.store import EventRecord, RunRecord
 
 
@@ -91,64 +106,50 @@ class LiveRunView:
     def on_event(self, run_id: str, event: BaseEvent) -> None:
         if self.run_ids and run_id not in self.run_ids:
             return
-        data = event_payload(event)
-        kind = str(event.type)  # type: ignore[attr-defined]
         line: _Line | None = None
-        if kind == "run.started":
-            self.status = "running"
-        elif kind == "run.resumed":
-            line = _Line("↻", "resumed after interruption", style="yellow")
-        elif kind == "sandbox.created":
-            if data["isolated"]:
-                line = _Line("□", f"sandbox {data['backend']} (isolated)", style="dim")
-            else:
-                line = _Line(
-                    "!",
-                    f"sandbox {data['backend']}: NOT isolated, commands run on this machine",
-                    style="yellow",
-                )
-        elif kind == "model.request":
-            self.status = f"thinking (turn {data['call'] + 1})"
-        elif kind == "model.retry":
-            line = _Line(
-                "!",
-                f"model call failed ({data['error'][:60]}); retry in {data['wait_s']:.1f}s",
-                style="yellow",
-            )
-        elif kind == "model.response":
-            self.turns = data["call"] + 1
-            self.input_tokens += data["input_tokens"]
-            self.output_tokens += data["output_tokens"]
-            self.cost_usd += data["cost_usd"]
-            texts = [p.get("content", "") for p in data["parts"] if p.get("part_kind") == "text"]
-            summary = " ".join(t.strip() for t in texts if t).replace("\n", " ")
-            tokens = f"{fmt_tokens(data['input_tokens'])} in · {fmt_tokens(data['output_tokens'])} out"
-            detail = f"{tokens} · {fmt_ms(event.duration_ms)}"
-            line = _Line("◆", f"turn {self.turns}: {summary[:90] or '(tool calls)'}", detail)
-        elif kind == "model.error":
-            line = _Line("✗", f"model call failed: {data['error'][:100]}", style="red")
-        elif kind == "tool.call":
-            self.status = f"running {data['tool']}"
-            line = _Line("→", f"{data['tool']}({_short_args(data['args'])})", style="cyan")
-            self._pending_tools[data["call_id"]] = len(self.lines)
-        elif kind == "tool.result":
-            index = self._pending_tools.pop(data["call_id"], None)
-            mark = "✓" if data["ok"] else "✗"
-            detail = f"{mark} {fmt_ms(event.duration_ms)}"
-            if index is not None and index < len(self.lines):
-                self.lines[index].detail = detail
-                if not data["ok"]:
-                    self.lines[index].style = "red"
-        elif kind == "context.compacted":
-            line = _Line(
-                "≡",
-                f"context compacted: {data['evicted_messages']} messages → {data['saved_to']}",
-                style="dim",
-            )
-        elif kind == "budget.exceeded":
-            line = _Line("✗", f"budget exhausted: {data['limit']}", style="red")
-        elif kind == "run.finished":
-            self.status = data["status"]
+        match event:
+            case RunStarted():
+                self.status = "running"
+            case RunResumed():
+                line = _Line("↻", "resumed after interruption", style="yellow")
+            case SandboxCreated(backend=backend, isolated=True):
+                line = _Line("□", f"sandbox {backend} (isolated)", style="dim")
+            case SandboxCreated(backend=backend):
+                line = _Line("!", f"sandbox {backend}: NOT isolated, commands run on this machine", style="yellow")
+            case ModelRequested(call=call):
+                self.status = f"thinking (turn {call + 1})"
+            case ModelRetried(error=error, wait_s=wait_s):
+                line = _Line("!", f"model call failed ({error[:60]}); retry in {wait_s:.1f}s", style="yellow")
+            case ModelResponded() as response:
+                self.turns = response.call + 1
+                self.input_tokens += response.input_tokens
+                self.output_tokens += response.output_tokens
+                self.cost_usd += response.cost_usd
+                texts = [p.get("content", "") for p in response.parts if p.get("part_kind") == "text"]
+                summary = " ".join(t.strip() for t in texts if t).replace("\n", " ")
+                tokens = f"{fmt_tokens(response.input_tokens)} in · {fmt_tokens(response.output_tokens)} out"
+                detail = f"{tokens} · {fmt_ms(response.duration_ms)}"
+                line = _Line("◆", f"turn {self.turns}: {summary[:90] or '(tool calls)'}", detail)
+            case ModelFailed(error=error):
+                line = _Line("✗", f"model call failed: {error[:100]}", style="red")
+            case ToolCalled(tool=tool, args=args, call_id=call_id):
+                self.status = f"running {tool}"
+                line = _Line("→", f"{tool}({_short_args(args)})", style="cyan")
+                self._pending_tools[call_id] = len(self.lines)
+            case ToolReturned(call_id=call_id, ok=ok, duration_ms=duration_ms):
+                index = self._pending_tools.pop(call_id, None)
+                if index is not None and index < len(self.lines):
+                    self.lines[index].detail = f"{'✓' if ok else '✗'} {fmt_ms(duration_ms)}"
+                    if not ok:
+                        self.lines[index].style = "red"
+            case ContextCompacted(evicted_messages=evicted, saved_to=saved_to):
+                line = _Line("≡", f"context compacted: {evicted} messages → {saved_to}", style="dim")
+            case BudgetExceeded(limit=limit):
+                line = _Line("✗", f"budget exhausted: {limit}", style="red")
+            case RunFinished(status=status):
+                self.status = status
+            case _:
+                pass  # egress attempts and future events: the trace shows them
         if line is not None:
             self.lines.append(line)
             if self._live is None:
@@ -171,7 +172,16 @@ class LiveRunView:
             f"{fmt_tokens(self.output_tokens)} out · {fmt_cost(self.cost_usd)} · {elapsed:.1f}s",
             style="bold",
         )
-        return Panel(Group(table, Text(""), footer), title=self.title, border_style="blue")
+        return Panel(Group(table, Text(""), footer), title=Text(self.title), border_style="blue")
+
+
+STATUS_STYLES = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "interrupted": "magenta"}
+
+
+def status_text(record: RunRecord) -> Text:
+    """The status a person sees: ``interrupted`` when the run's process is gone (see ``RunRecord``)."""
+    status = record.display_status
+    return Text(status, style=STATUS_STYLES.get(status, "cyan"))
 
 
 def runs_table(runs: list[RunRecord]) -> Table:
@@ -179,31 +189,32 @@ def runs_table(runs: list[RunRecord]) -> Table:
     for col in ("run", "agent", "status", "turns", "tokens", "cost", "elapsed", "task"):
         table.add_column(col, no_wrap=col != "task", overflow="ellipsis")
     for r in runs:
-        style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(r.status.value, "cyan")
         table.add_row(
             r.id,
-            r.agent,
-            Text(r.status.value, style=style),
+            Text(r.agent),
+            status_text(r),
             str(r.turns),
             fmt_tokens(r.usage.total_tokens),
             fmt_cost(r.usage.cost_usd),
             f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else "-",
-            r.task.splitlines()[0][:60] if r.task else "",
+            Text(r.task.splitlines()[0][:60] if r.task else ""),
         )
     return table
 
 
 def run_summary(record: RunRecord) -> dict[str, Any]:
-    """The JSON form of ``corral show``."""
+    """The JSON form of ``corral show`` and ``corral runs``: ``status`` as stored, ``interrupted`` beside it."""
     return {
         "id": record.id,
         "agent": record.agent,
         "status": record.status.value,
+        "interrupted": record.interrupted,
         "task": record.task,
         "model": record.spec.get("model"),
         "parent_id": record.parent_id,
         "root_id": record.root_id,
         "spec_hash": record.spec_hash,
+        "executor_id": record.executor_id,
         "created_at": record.created_at,
         "started_at": record.started_at,
         "finished_at": record.finished_at,
@@ -218,14 +229,17 @@ def run_summary(record: RunRecord) -> dict[str, Any]:
 
 
 def print_show(console: Console, record: RunRecord) -> None:
-    style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(record.status.value, "cyan")
+    style = STATUS_STYLES.get(record.display_status, "cyan")
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
     grid.add_row("run", record.id)
-    grid.add_row("status", Text(record.status.value, style=style))
-    grid.add_row("agent", f"{record.agent} ({record.spec.get('model')})")
-    grid.add_row("task", record.task)
+    status = status_text(record)
+    if record.interrupted:
+        status.append(f" (was {record.status.value}; `corral resume {record.id}` continues it)", style="dim")
+    grid.add_row("status", status)
+    grid.add_row("agent", Text(f"{record.agent} ({record.spec.get('model')})"))
+    grid.add_row("task", Text(record.task))
     grid.add_row("turns", str(record.turns))
     u = record.usage
     grid.add_row("tokens", f"{u.input_tokens} in ({u.cache_read_tokens} cached) · {u.output_tokens} out")
@@ -237,9 +251,9 @@ def print_show(console: Console, record: RunRecord) -> None:
     console.print(grid)
     result = record.result or {}
     if result.get("text"):
-        console.print(Panel(result["text"], title="result", border_style=style))
+        console.print(Panel(Text(result["text"]), title="result", border_style=style))
     if result.get("output") is not None:
-        console.print(Panel(json.dumps(result["output"], indent=2), title="output"))
+        console.print(Panel(Text(json.dumps(result["output"], indent=2)), title="output"))
     if result.get("patch"):
         console.print(
             Panel(
@@ -254,44 +268,37 @@ def trace_data(record: RunRecord, events: list[EventRecord]) -> dict[str, Any]:
     model_calls: dict[int, dict[str, Any]] = {}
     tool_calls: dict[str, dict[str, Any]] = {}
     for e in events:
-        d = e.data
-        if e.type == "model.request":
-            model_calls[d["call"]] = {
-                "call": d["call"],
-                "model": d["model"],
-                "requested_at": e.ts,
-                "seq": e.seq,
-            }
-        elif e.type == "model.response":
-            model_calls.setdefault(d["call"], {"call": d["call"], "model": d["model"]}).update(
-                duration_ms=e.duration_ms,
-                attempts=d["attempts"],
-                input_tokens=d["input_tokens"],
-                output_tokens=d["output_tokens"],
-                cache_read_tokens=d["cache_read_tokens"],
-                cache_write_tokens=d["cache_write_tokens"],
-                reasoning_tokens=d["reasoning_tokens"],
-                cost_usd=d["cost_usd"],
-                finish_reason=d.get("finish_reason"),
-                tool_calls=[p.get("tool_name") for p in d["parts"] if p.get("part_kind") == "tool-call"],
-            )
-        elif e.type == "model.error":
-            model_calls.setdefault(d["call"], {"call": d["call"]}).update(error=d["error"], attempts=d["attempts"])
-        elif e.type == "tool.call":
-            tool_calls[e.key.rsplit(":", 1)[0]] = {
-                "call_id": d["call_id"],
-                "tool": d["tool"],
-                "args": d["args"],
-            }
-        elif e.type == "tool.result":
-            tool_calls.setdefault(e.key.rsplit(":", 1)[0], {"call_id": d["call_id"], "tool": d["tool"]}).update(
-                duration_ms=e.duration_ms, ok=d["ok"], error=d.get("error"), spilled_to=d.get("spilled_to")
-            )
+        match e.event:
+            case ModelRequested(call=call, model=model, ts=ts):
+                model_calls[call] = {"call": call, "model": model, "requested_at": ts, "seq": e.seq}
+            case ModelResponded() as r:
+                model_calls.setdefault(r.call, {"call": r.call, "model": r.model}).update(
+                    duration_ms=r.duration_ms,
+                    attempts=r.attempts,
+                    input_tokens=r.input_tokens,
+                    output_tokens=r.output_tokens,
+                    cache_read_tokens=r.cache_read_tokens,
+                    cache_write_tokens=r.cache_write_tokens,
+                    reasoning_tokens=r.reasoning_tokens,
+                    cost_usd=r.cost_usd,
+                    finish_reason=r.finish_reason,
+                    tool_calls=[p.get("tool_name") for p in r.parts if p.get("part_kind") == "tool-call"],
+                )
+            case ModelFailed(call=call, error=error, attempts=attempts):
+                model_calls.setdefault(call, {"call": call}).update(error=error, attempts=attempts)
+            case ToolCalled(call_id=call_id, tool=tool, args=args):
+                tool_calls[e.key.rsplit(":", 1)[0]] = {"call_id": call_id, "tool": tool, "args": args}
+            case ToolReturned() as r:
+                tool_calls.setdefault(e.key.rsplit(":", 1)[0], {"call_id": r.call_id, "tool": r.tool}).update(
+                    duration_ms=r.duration_ms, ok=r.ok, error=r.error, spilled_to=r.spilled_to
+                )
+            case _:
+                pass
     return {
         "run": run_summary(record),
         "model_calls": [model_calls[k] for k in sorted(model_calls)],
         "tool_calls": list(tool_calls.values()),
-        "events": [e.model_dump() for e in events],
+        "events": [e.to_json() for e in events],
     }
 
 
@@ -299,40 +306,42 @@ def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
     root = Tree(
         Text.assemble(
             (f"run {record.id}", "bold"),
-            f" {record.agent} · {record.status.value} · "
-            f"{fmt_tokens(record.usage.total_tokens)} tokens · {fmt_cost(record.usage.cost_usd)}",
+            f" {record.agent} · ",
+            status_text(record),
+            f" · {fmt_tokens(record.usage.total_tokens)} tokens · {fmt_cost(record.usage.cost_usd)}",
         )
     )
     turn: Tree | None = None
     tools: dict[str, Tree] = {}
     for e in events:
-        d = e.data
-        if e.type == "model.response":
-            turn = root.add(
-                Text.assemble(
-                    (f"#{e.seq} model call {d['call'] + 1}", "magenta"),
-                    f"  {fmt_ms(e.duration_ms)} · {d['input_tokens']} in / {d['output_tokens']} out · "
-                    f"{fmt_cost(d['cost_usd'])}" + (f" · {d['attempts']} attempts" if d["attempts"] > 1 else ""),
+        match e.event:
+            case ModelResponded() as r:
+                turn = root.add(
+                    Text.assemble(
+                        (f"#{e.seq} model call {r.call + 1}", "magenta"),
+                        f"  {fmt_ms(r.duration_ms)} · {r.input_tokens} in / {r.output_tokens} out · "
+                        f"{fmt_cost(r.cost_usd)}" + (f" · {r.attempts} attempts" if r.attempts > 1 else ""),
+                    )
                 )
-            )
-        elif e.type == "tool.call":
-            parent = turn or root
-            tools[d["call_id"]] = parent.add(
-                Text.assemble((f"#{e.seq} {d['tool']}", "cyan"), f"({_short_args(d['args'])})")
-            )
-        elif e.type == "tool.result":
-            node = tools.get(d["call_id"])
-            mark = Text(
-                f"{'✓' if d['ok'] else '✗ ' + (d.get('error') or '')} {fmt_ms(e.duration_ms)}",
-                style="green" if d["ok"] else "red",
-            )
-            if node is not None:
-                node.label = Text.assemble(node.label, "  ", mark)  # type: ignore[arg-type]
-        elif e.type in ("model.request", "tool.result"):
-            continue
-        else:
-            summary = ", ".join(f"{k}={v}" for k, v in d.items() if isinstance(v, str | int | float) and k != "task")
-            root.add(
-                Text.assemble((f"#{e.seq} {e.type}", "yellow" if "retry" in e.type else "dim"), f"  {summary[:100]}")
-            )
+            case ToolCalled(call_id=call_id, tool=tool, args=args):
+                tools[call_id] = (turn or root).add(
+                    Text.assemble((f"#{e.seq} {tool}", "cyan"), f"({_short_args(args)})")
+                )
+            case ToolReturned(call_id=call_id, ok=ok, error=error, duration_ms=duration_ms):
+                node = tools.get(call_id)
+                mark = Text(
+                    f"{'✓' if ok else '✗ ' + (error or '')} {fmt_ms(duration_ms)}",
+                    style="green" if ok else "red",
+                )
+                if node is not None:
+                    node.label = Text.assemble(node.label, "  ", mark)  # type: ignore[arg-type]
+            case ModelRequested():
+                pass  # shown by its response
+            case other:
+                fields = event_payload(other)
+                summary = ", ".join(
+                    f"{k}={v}" for k, v in fields.items() if isinstance(v, str | int | float) and k != "task"
+                )
+                style = "yellow" if isinstance(other, ModelRetried | ModelFailed | BudgetExceeded) else "dim"
+                root.add(Text.assemble((f"#{e.seq} {e.type}", style), f"  {summary[:100]}"))
     return root

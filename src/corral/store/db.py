@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
+from pydantic import ValidationError
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from corral.errors import RunNotFoundError, StoreError, UsageError
-from corral.store.journal import Journal
+from corral.events import parse_event
+from corral.store.journal import Journal, db_error_reason
+from corral.store.liveness import executor_alive
 from corral.store.models import EventRow, ExecutorRow, RunRow
 from corral.store.records import EventRecord, RunRecord, RunStatus, Usage
 
@@ -28,6 +32,11 @@ def default_home(project_dir: Path | None = None) -> Path:
     if env:
         return Path(env).expanduser().resolve()
     return (project_dir or Path.cwd()).resolve() / ".corral"
+
+
+def store_url(home: Path) -> str:
+    """The database of a store: ``$CORRAL_DATABASE_URL``, or the SQLite file ``<home>/corral.db``."""
+    return os.environ.get("CORRAL_DATABASE_URL") or f"sqlite:///{home / 'corral.db'}"
 
 
 def _tune_sqlite(dbapi_conn: Any, _record: Any) -> None:
@@ -50,7 +59,12 @@ def tune_sqlite_engines() -> None:
         _TUNED = True
 
 
-def _row_to_record(row: RunRow) -> RunRecord:
+UNFINISHED = tuple(s.value for s in RunStatus if not s.finished)
+
+
+def _row_to_record(row: RunRow, live_executors: set[str]) -> RunRecord:
+    """``live_executors`` (``Store.live_executor_ids``) decides whether an unfinished run is interrupted."""
+    unfinished = row.status in UNFINISHED
     return RunRecord(
         id=row.id,
         parent_id=row.parent_id,
@@ -78,6 +92,7 @@ def _row_to_record(row: RunRow) -> RunRecord:
             reasoning_tokens=row.reasoning_tokens or 0,
             cost_usd=row.cost_usd or 0.0,
         ),
+        interrupted=unfinished and (row.executor_id is None or row.executor_id not in live_executors),
     )
 
 
@@ -94,21 +109,29 @@ class Store:
             raise UsageError(f"not a database URL: {url!r} ({err})") from None
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite" and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StoreError(f"cannot create the store's directory for {parsed.database}: {err}") from None
         try:
             self.engine = create_engine(url, pool_pre_ping=self.dialect != "sqlite")
             if migrate:
                 self.migrate()
         except SQLAlchemyError as err:
-            raise StoreError(f"cannot open the store at {parsed.render_as_string(hide_password=True)}: {err}") from None
+            where = parsed.render_as_string(hide_password=True)
+            raise StoreError(f"cannot open the store at {where}: {db_error_reason(err)}") from None
+        except ImportError as err:
+            raise StoreError(
+                f"no database driver for {parsed.drivername}: {err}",
+                hint="install the driver the URL names (`pip install psycopg` for postgresql+psycopg)",
+            ) from None
         self.journal = Journal(self.engine)
 
     @classmethod
     def open(cls, home: Path | None = None, url: str | None = None) -> Store:
         """The store of a project: ``$CORRAL_DATABASE_URL`` or ``sqlite:///<home>/corral.db``."""
         home = home or default_home()
-        url = url or os.environ.get("CORRAL_DATABASE_URL") or f"sqlite:///{home / 'corral.db'}"
-        return cls(url, home=home)
+        return cls(url or store_url(home), home=home)
 
     @property
     def runs_dir(self) -> Path:
@@ -138,8 +161,22 @@ class Store:
             command.upgrade(config, "head")
 
     def close(self) -> None:
-        self.journal.close()
-        self.engine.dispose()
+        """Commit what the journal still holds (or raise ``JournalError`` naming what it could not)."""
+        try:
+            self.journal.close()
+        finally:
+            self.engine.dispose()
+
+    def check(self) -> int:
+        """A trivial query over every table; the number of runs. Raises ``StoreError`` naming the reason."""
+        try:
+            with self.engine.connect() as conn:
+                runs = conn.execute(select(func.count()).select_from(RunRow)).scalar_one()
+                conn.execute(select(EventRow.id).limit(1)).all()
+                conn.execute(select(ExecutorRow.id).limit(1)).all()
+        except SQLAlchemyError as err:
+            raise StoreError(f"the store does not answer queries: {db_error_reason(err)}") from err
+        return runs
 
     # -- runs -------------------------------------------------------------------------------------
 
@@ -160,19 +197,36 @@ class Store:
                 row = rows[0] if rows else None
             if row is None:
                 raise RunNotFoundError(f"no run {run_id!r} in this store", hint="`corral runs` lists the runs")
-            return _row_to_record(row)
+            return _row_to_record(row, self.live_executor_ids() if row.status in UNFINISHED else set())
 
     def list_runs(self, *, limit: int = 50, status: RunStatus | None = None) -> list[RunRecord]:
         query = select(RunRow).order_by(RunRow.created_at.desc()).limit(limit)
         if status is not None:
             query = query.where(RunRow.status == status.value)
-        with Session(self.engine) as session:
-            return [_row_to_record(r) for r in session.scalars(query)]
+        return self._records(query)
 
     def children(self, run_id: str) -> list[RunRecord]:
+        return self._records(select(RunRow).where(RunRow.parent_id == run_id).order_by(RunRow.created_at))
+
+    def interrupted_runs(self, exclude_executor: str | None = None) -> list[RunRecord]:
+        """Unfinished runs whose executor is gone (or that never had one), oldest first.
+
+        ``exclude_executor`` is the caller's own executor: alive by definition, even before it is
+        registered, so its runs are never reported.
+        """
+        live = self.live_executor_ids()
+        if exclude_executor is not None:
+            live.add(exclude_executor)
+        query = select(RunRow).where(RunRow.status.in_(UNFINISHED)).order_by(RunRow.created_at)
         with Session(self.engine) as session:
-            rows = session.scalars(select(RunRow).where(RunRow.parent_id == run_id).order_by(RunRow.created_at))
-            return [_row_to_record(r) for r in rows]
+            records = [_row_to_record(r, live) for r in session.scalars(query)]
+        return [r for r in records if r.interrupted]
+
+    def _records(self, query: Any) -> list[RunRecord]:
+        with Session(self.engine) as session:
+            rows = list(session.scalars(query))
+            live = self.live_executor_ids() if any(r.status in UNFINISHED for r in rows) else set()
+            return [_row_to_record(r, live) for r in rows]
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         if isinstance(fields.get("status"), RunStatus):
@@ -195,23 +249,28 @@ class Store:
     # -- events -----------------------------------------------------------------------------------
 
     def events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]:
-        """A run's journal in sequence order (pending writes of this process are flushed first)."""
+        """A run's journal in sequence order; this process's pending writes are flushed first.
+
+        Raises ``JournalError`` if they cannot be committed: a reader never gets a journal that
+        silently lacks events this process appended.
+        """
         self.journal.flush()
         return list(self.iter_events(run_id, after_seq=after_seq))
 
     def iter_events(self, run_id: str, *, after_seq: int = 0) -> Iterator[EventRecord]:
-        query = select(EventRow).where(EventRow.run_id == run_id, EventRow.seq > after_seq).order_by(EventRow.seq)
-        with Session(self.engine) as session:
-            for row in session.scalars(query):
-                yield EventRecord(
-                    run_id=row.run_id,
-                    seq=row.seq,
-                    key=row.key,
-                    type=row.type,
-                    ts=row.ts,
-                    duration_ms=row.duration_ms,
-                    data=row.data,
-                )
+        """A run's committed journal entries with ``seq > after_seq``, each with its typed event."""
+        columns = (EventRow.seq, EventRow.type, EventRow.key, EventRow.ts, EventRow.duration_ms, EventRow.data)
+        query = select(*columns).where(EventRow.run_id == run_id, EventRow.seq > after_seq).order_by(EventRow.seq)
+        with self.engine.connect() as conn:
+            for seq, type_, key, ts, duration_ms, data in conn.execute(query):
+                try:
+                    event = parse_event(type_, key, ts, duration_ms, data)
+                except ValidationError as err:
+                    raise StoreError(
+                        f"event {seq} ({type_}) of run {run_id} is not a valid event: {err}",
+                        hint="was it written by another version of corral?",
+                    ) from None
+                yield EventRecord(run_id=run_id, seq=seq, event=event)
 
     # -- executors (the processes running workflows) ----------------------------------------------
 
@@ -229,6 +288,15 @@ class Store:
     def unregister_executor(self, executor_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(ExecutorRow).where(ExecutorRow.id == executor_id))
+
+    def live_executor_ids(self) -> set[str]:
+        """Executors whose process is alive: on this host its pid runs, elsewhere it beat within 30 s."""
+        this_host, now = socket.gethostname(), time.time()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(ExecutorRow.id, ExecutorRow.host, ExecutorRow.pid, ExecutorRow.heartbeat_at))
+            return {
+                id_ for id_, host, pid, beat in rows if executor_alive(host, pid, beat, this_host=this_host, now=now)
+            }
 
     def executors(self) -> list[ExecutorRow]:
         with Session(self.engine, expire_on_commit=False) as session:

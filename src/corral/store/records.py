@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from corral.events import Usage
+from corral.events import Event, Usage, event_payload
 
 
 class RunStatus(StrEnum):
@@ -47,25 +49,61 @@ class RunRecord(BaseModel):
     error_type: str | None
     turns: int
     usage: Usage
+    interrupted: bool = False
+    """Unfinished, and the process executing it is gone (see ``Store.interrupted_runs``)."""
+
+    @property
+    def display_status(self) -> str:
+        """What to show a person: the stored status, or ``interrupted`` when its process is gone."""
+        return "interrupted" if self.interrupted else self.status.value
 
     @property
     def elapsed_s(self) -> float | None:
         if self.started_at is None:
             return None
-        import time
-
         return (self.finished_at or time.time()) - self.started_at
 
 
-class EventRecord(BaseModel):
-    """One journal entry as stored: ``data`` holds the typed event's fields."""
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One journal entry: its place in the run's journal, and the typed event it records.
 
-    model_config = ConfigDict(frozen=True)
+    Read it by matching on the event: ``match record.event: case ToolReturned(ok=False): ...``.
+    """
 
     run_id: str
     seq: int
-    key: str
-    type: str
-    ts: float
-    duration_ms: float | None
-    data: dict[str, Any]
+    event: Event
+
+    @property
+    def type(self) -> str:
+        return self.event.type
+
+    @property
+    def key(self) -> str:
+        return self.event.key
+
+    @property
+    def ts(self) -> float:
+        return self.event.ts
+
+    @property
+    def duration_ms(self) -> float | None:
+        return self.event.duration_ms
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The event's type-specific fields as JSON-ready data (the stored ``data`` column)."""
+        return event_payload(self.event)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form (``corral trace --json``): run_id, seq, key, type, ts, duration_ms, data."""
+        return {
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "key": self.key,
+            "type": self.type,
+            "ts": self.ts,
+            "duration_ms": self.duration_ms,
+            "data": self.data,
+        }
