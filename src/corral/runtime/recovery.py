@@ -1,4 +1,4 @@
-"""The executor registry: which processes execute runs, whether they are alive, which runs they left behind."""
+"""Executors: this process's id and heartbeat, and the registry's housekeeping (liveness itself is the store's)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import contextlib
 import logging
 import os
 import socket
-import time
 import uuid
 
-from corral.store import RunRecord, RunStatus, Store
+from corral.store import Store
 
 log = logging.getLogger("corral.runtime")
 
-STALE_HEARTBEAT_S = 30.0
 HEARTBEAT_EVERY_S = 5.0
 
 
@@ -22,47 +20,13 @@ def new_executor_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def dead_executors(store: Store, *, exclude: str | None = None) -> set[str]:
-    """Executors whose process is gone: a dead pid on this host, or a stale heartbeat elsewhere."""
-    host, now = socket.gethostname(), time.time()
-    dead = set()
-    for ex in store.executors():
-        if ex.id == exclude:
-            continue
-        gone = not pid_alive(ex.pid) if ex.host == host else now - ex.heartbeat_at > STALE_HEARTBEAT_S
-        if gone:
-            dead.add(ex.id)
-    return dead
-
-
-def interrupted_runs(store: Store, *, exclude: str | None = None) -> list[RunRecord]:
-    """Unfinished runs whose executing process is gone (``exclude``: this process's executor id)."""
-    dead = dead_executors(store, exclude=exclude)
-    live = {ex.id for ex in store.executors()} - dead
-    unfinished = [
-        r
-        for status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING_APPROVAL)
-        for r in store.list_runs(limit=10_000, status=status)
-    ]
-    return [r for r in unfinished if r.executor_id is None or r.executor_id not in live]
-
-
-def forget_dead_executors(store: Store, *, exclude: str | None = None) -> None:
-    """Unregister dead executors that no longer own an interrupted run."""
-    owners = {r.executor_id for r in interrupted_runs(store, exclude=exclude)}
-    for dead in dead_executors(store, exclude=exclude):
-        if dead not in owners:
-            store.unregister_executor(dead)
+def forget_dead_executors(store: Store, *, exclude: str) -> None:
+    """Unregister executors that are gone and no longer own an interrupted run."""
+    live = store.live_executor_ids() | {exclude}
+    owners = {r.executor_id for r in store.interrupted_runs(exclude_executor=exclude)}
+    for executor in store.executors():
+        if executor.id not in live and executor.id not in owners:
+            store.unregister_executor(executor.id)
 
 
 class Heartbeat:

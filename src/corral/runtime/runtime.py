@@ -183,7 +183,7 @@ class Runtime:
 
     def interrupted_runs(self) -> list[RunRecord]:
         """Unfinished runs whose executing process is gone."""
-        return recovery.interrupted_runs(self.store, exclude=self.executor_id)
+        return self.store.interrupted_runs(exclude_executor=self.executor_id)
 
     async def resume(self, run_id: str | None = None) -> list[str]:
         """Continue interrupted runs (all of them, or one) in this process; returns their ids."""
