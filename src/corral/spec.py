@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from corral.errors import SpecError, UnknownAgentError
 
@@ -115,7 +115,7 @@ class AgentSpec(_Strict):
     instructions: str = "You are a careful software engineer working in a repository."
     model: str
     """``openai:<model>`` (Responses API), ``openai-chat:<model>`` (Chat Completions, also for any
-    OpenAI-compatible server), ``anthropic:<model>``."""
+    OpenAI-compatible server), ``anthropic:<model>``, ``scripted:<bundled name or script file>``."""
     base_url: str | None = None
     """Send model requests here instead of the provider's default (vLLM, Ollama, llama.cpp, a gateway)."""
     api_key_env: str | None = None
@@ -149,10 +149,14 @@ class AgentSpec(_Strict):
 
     @field_validator("model")
     @classmethod
-    def _model_has_provider(cls, value: str) -> str:
+    def _model_has_provider(cls, value: str, info: ValidationInfo) -> str:
         provider, sep, name = value.partition(":")
         if not sep or not provider or not name:
             raise ValueError(f"expected 'provider:model' (for example 'anthropic:claude-sonnet-4-5'), got {value!r}")
+        if provider == "scripted" and name.endswith((".toml", ".json")):
+            # The run records the script's absolute path, so `corral resume` from anywhere finds it.
+            base = Path((info.context or {}).get("spec_dir") or Path.cwd())
+            return f"scripted:{(base / Path(name).expanduser()).resolve()}"
         return value
 
     @field_validator("tools")
@@ -246,7 +250,7 @@ def parse_config(data: dict[str, Any], path: Path) -> ProjectConfig:
         if prices_raw:
             merged["prices"] = {**prices_raw, **table.get("prices", {})}
         try:
-            agents[name] = AgentSpec.model_validate(merged)
+            agents[name] = AgentSpec.model_validate(merged, context={"spec_dir": path.parent.absolute()})
         except ValidationError as err:
             raise SpecError(_format_validation_error(path, name, err)) from None
         unknown = unknown_tools(agents[name].tools)

@@ -173,7 +173,7 @@ def test_demo_runs_offline_and_its_patch_fixes_the_sample(tmp_path: Path) -> Non
     assert "journal: sqlite:///" in proc.stdout
 
     home = tmp_path / ".corral" / "demo"
-    sample = home / "sample_repo"
+    sample = home / "demo" / "sample_repo"
     failing = subprocess.run(["python3", "-m", "unittest", "-q"], cwd=sample, capture_output=True, text=True)
     assert failing.returncode != 0  # the demo never touches the sample itself
     (patch,) = (home / "runs").glob("*/patch.diff")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -148,53 +147,53 @@ def cancel(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefi
 
 @app.command()
 def demo(
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's store from earlier demos.")] = False,
     sandbox: Annotated[
         str, typer.Option("--sandbox", help="Sandbox backend; 'local' (no isolation) only when named.")
     ] = "bubblewrap",
 ) -> None:
     """Fix a bug in a bundled sample repository, offline, on the scripted model."""
-    from corral.demo import DEMO_SCRIPT, SAMPLE_REPO
-    from corral.models.scripted import ScriptedServer, load_script
-    from corral.spec import AgentSpec
-
-    home = state.home or Path.cwd() / ".corral" / "demo"
-    if home.exists() and not keep:
-        shutil.rmtree(home)
-    repo = home / "sample_repo"
-    shutil.copytree(SAMPLE_REPO, repo, dirs_exist_ok=True)
-    console.print(
-        "[bold]corral demo[/bold]: an agent fixes a failing test in a sample repository.\n"
-        "The model is corral's scripted model server on 127.0.0.1 (no network, no API key).\n"
-    )
-    from corral.store import Store
-
-    store = Store.open(home=home)
-    with ScriptedServer(load_script(DEMO_SCRIPT)) as server:
-        spec = AgentSpec.model_validate(
-            {
-                "name": "demo-fixer",
-                "instructions": "Find why the test suite fails, fix the bug with the smallest change, "
-                "and rerun the tests.",
-                "model": "openai:gpt-5-mini",
-                "base_url": server.openai_base_url,
-                "sandbox": sandbox,
-                "retry": {"initial_backoff_s": 0.2},
-            }
-        )
-
-        async def start(runtime: Any) -> list[str]:
-            task = "The test suite fails. Find the bug and fix it."
-            return [(await runtime.submit(spec, task, repo)).id]
-
-        (record,) = asyncio.run(execute(store, start, title="corral demo"))
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.syntax import Syntax
 
+    from corral.demo import prepare_demo_dir
+    from corral.errors import UsageError
+    from corral.models.providers import resolve_target
+    from corral.sandbox import available_backends
+    from corral.spec import AgentSpec
+    from corral.store import Store
+
+    # Everything that can be wrong with the request is checked before anything is written.
+    if sandbox not in available_backends():
+        raise UsageError(f"unknown sandbox backend {sandbox!r}; available: {', '.join(available_backends())}")
+    spec = AgentSpec.model_validate(
+        {
+            "name": "demo-fixer",
+            "instructions": "Find why the test suite fails, fix the bug with the smallest change, and rerun the tests.",
+            "model": "scripted:demo",
+            "sandbox": sandbox,
+            "retry": {"initial_backoff_s": 0.2},
+        }
+    )
+    resolve_target(spec.model)
+    home = state.home or Path.cwd() / ".corral" / "demo"
+    repo = prepare_demo_dir(home)
+    console.print(
+        "[bold]corral demo[/bold]: an agent fixes a failing test in a sample repository.\n"
+        "The model is corral's scripted model (scripted:demo), served on 127.0.0.1 by this process "
+        "(no network, no API key).\n"
+    )
+    store = Store.open(home=home)
+
+    async def start(runtime: Any) -> list[str]:
+        task = "The test suite fails. Find the bug and fix it."
+        return [(await runtime.submit(spec, task, repo)).id]
+
+    (record,) = asyncio.run(execute(store, start, title="corral demo"))
     patch = (record.result or {}).get("patch")
     if patch:
         console.print(Panel(Syntax(patch, "diff"), title="patch"))
     print_outcome(record, store)
-    console.print(f"sample repository: {repo} (unchanged; the patch applies to it)")
-    console.print(f"see the whole session: corral --home {home} trace {record.id}")
+    console.print(f"sample repository: {escape(str(repo))} (unchanged; the patch applies to it)")
+    console.print(f"see the whole session: corral --home {escape(str(home))} trace {record.id}")
     raise typer.Exit(exit_for(record))

@@ -15,14 +15,12 @@ import socket
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Self, TextIO
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -30,152 +28,24 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
 from corral.errors import ScriptError
-from corral.models import _scripted_wire as wire
-from corral.models._scripted_wire import Api
-from corral.models._scripted_wire import HistoryToolCall as HistoryToolCall
-from corral.models._scripted_wire import Message as Message
-from corral.models._scripted_wire import ScriptedRequest as ScriptedRequest
-from corral.models._scripted_wire import ToolResult as ToolResult
-from corral.models._scripted_wire import ToolSpec as ToolSpec
+from corral.models.scripted import anthropic, openai_chat, openai_responses
+from corral.models.scripted.script import Script, ScriptUsage, Turn, load_script
+from corral.models.scripted.wire import (
+    MALFORMED_BODY,
+    Answer,
+    AnswerCall,
+    Api,
+    ScriptedRequest,
+    TokenUsage,
+    WireError,
+    WireFormat,
+    parse_request,
+)
+
+WIRES: dict[Api, WireFormat] = {w.api: w for w in (openai_chat.WIRE, openai_responses.WIRE, anthropic.WIRE)}
+"""The APIs the server speaks, each on its own path."""
 
 log = logging.getLogger("corral.models.scripted")
-
-# --- the script -------------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ScriptUsage(_Strict):
-    """Token figures reported for a turn; a figure left out is estimated at about four characters a token.
-
-    ``input_tokens`` counts every input token, cached ones included (as OpenAI reports it); on the
-    Anthropic wire the cache reads and writes are subtracted from it, as Anthropic reports it.
-    """
-
-    input_tokens: int | None = Field(default=None, ge=0)
-    output_tokens: int | None = Field(default=None, ge=0)
-    cache_read_tokens: int = Field(default=0, ge=0)
-    cache_write_tokens: int = Field(default=0, ge=0)
-    reasoning_tokens: int = Field(default=0, ge=0)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.input_tokens is not None and self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
-            raise ValueError("cache_read_tokens + cache_write_tokens cannot exceed input_tokens")
-        if self.output_tokens is not None and self.reasoning_tokens > self.output_tokens:
-            raise ValueError("reasoning_tokens cannot exceed output_tokens (they are part of them)")
-        return self
-
-
-class ToolCall(_Strict):
-    """A tool call the scripted model makes; ``id`` defaults to ``call_<n>`` (``toolu_<n>`` on Anthropic)."""
-
-    name: str = Field(min_length=1)
-    args: dict[str, Any] = Field(default_factory=dict)
-    id: str | None = None
-
-
-class Failure(_Strict):
-    """An error answer returned for ``times`` attempts at a turn before it answers normally."""
-
-    status: int = Field(ge=400, le=599)
-    retry_after: float | None = Field(default=None, ge=0)
-    times: int = Field(default=1, ge=1)
-    message: str | None = None
-
-
-class Turn(_Strict):
-    """One answer of the scripted model."""
-
-    text: str | None = None
-    reasoning: str | None = None
-    tool_calls: list[ToolCall] = Field(default_factory=list)
-    output: Any = None
-    output_tool: str | None = None
-    delay: float = Field(default=0.0, ge=0)
-    fail: list[Failure] = Field(default_factory=list)
-    malformed: bool = False
-    usage: ScriptUsage | None = None
-
-    @model_validator(mode="after")
-    def _answers_something(self) -> Self:
-        if self.text is None and self.output is None and not (self.tool_calls or self.fail or self.malformed):
-            raise ValueError("a turn needs at least one of text, tool_calls, output, fail or malformed")
-        return self
-
-    def failure_at(self, attempt: int) -> Failure | None:
-        """The failure answering the ``attempt``-th (0-based) request for this turn, if any."""
-        for failure in self.fail:
-            if attempt < failure.times:
-                return failure
-            attempt -= failure.times
-        return None
-
-
-class Route(_Strict):
-    """Turns for the conversations whose system prompt or first user message contains ``match``."""
-
-    match: str = Field(min_length=1)
-    turns: list[Turn] = Field(min_length=1)
-
-
-class Script(_Strict):
-    """A scripted model session: the turns answered in order, and optional per-conversation routes."""
-
-    model: str = "scripted"
-    turns: list[Turn] = Field(default_factory=list)
-    routes: list[Route] = Field(default_factory=list)
-    _source: str | None = PrivateAttr(default=None)
-
-    @model_validator(mode="after")
-    def _has_turns(self) -> Self:
-        if not self.turns and not self.routes:
-            raise ValueError("a script needs at least one turn ([[turns]]) or route ([[routes]])")
-        return self
-
-    @property
-    def name(self) -> str:
-        """The file the script came from, for error messages."""
-        return self._source or "<inline script>"
-
-    def turns_for(self, system: str, first_user: str) -> tuple[list[Turn], str]:
-        """The turns answering a conversation, and where they sit in the script."""
-        for index, route in enumerate(self.routes):
-            if route.match in system or route.match in first_user:
-                return route.turns, f"routes[{index}].turns"
-        return self.turns, "turns"
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".") or "script"
-
-
-def load_script(path: Path | str) -> Script:
-    """Read and validate a TOML or JSON script; raises :class:`ScriptError` naming the file and field."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
-    try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(raw.decode())
-        elif path.suffix == ".json":
-            data = json.loads(raw)
-        else:
-            raise ScriptError(f"script {path} must end in .toml or .json")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ScriptError(f"script {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
-    try:
-        script = Script.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ScriptError(f"invalid script {path}: {problems}", hint="see docs/scripted-model.md") from exc
-    script._source = str(path)
-    return script
-
 
 # --- what the policy sees, and what gets recorded ---------------------------------------------
 
@@ -287,9 +157,7 @@ class ScriptedServer:
         self._thread: threading.Thread | None = None
         self.app = Starlette(
             routes=[
-                HttpRoute("/v1/chat/completions", self._endpoint("openai-chat"), methods=["POST"]),
-                HttpRoute("/v1/responses", self._endpoint("openai-responses"), methods=["POST"]),
-                HttpRoute("/v1/messages", self._endpoint("anthropic"), methods=["POST"]),
+                *(HttpRoute(w.path, self._endpoint(w), methods=["POST"]) for w in WIRES.values()),
                 HttpRoute("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
                 HttpRoute("/v1/models", self._models, methods=["GET"]),
             ]
@@ -397,15 +265,17 @@ class ScriptedServer:
 
     # endpoints
 
-    def _endpoint(self, api: Api) -> Callable[[Request], Awaitable[Response]]:
+    def _endpoint(self, wire: WireFormat) -> Callable[[Request], Awaitable[Response]]:
+        api = wire.api
+
         async def endpoint(request: Request) -> Response:
             ts, body, position = time.time(), None, None
             try:
                 body = json.loads(await request.body())
                 if not isinstance(body, dict):
-                    raise wire.WireError("the request body must be a JSON object")
-                parsed = wire.parse_request(api, body)
-            except (ValueError, wire.WireError) as exc:
+                    raise WireError("the request body must be a JSON object")
+                parsed = parse_request(wire, body)
+            except (ValueError, WireError) as exc:
                 response = self._error(api, 400, f"invalid request: {exc}")
             else:
                 try:
@@ -419,7 +289,7 @@ class ScriptedServer:
         return endpoint
 
     def _error(self, api: Api, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-        return JSONResponse(wire.error_body(api, status, message), status_code=status, headers=headers)
+        return JSONResponse(WIRES[api].error_body(status, message), status_code=status, headers=headers)
 
     def _conversation(self, request: ScriptedRequest) -> _Conversation | None:
         """Where the request's conversation stands, or None for an unknown ``previous_response_id``."""
@@ -435,7 +305,7 @@ class ScriptedServer:
         return here
 
     async def _answer(self, request: ScriptedRequest) -> tuple[Response, int | None]:
-        api = request.api
+        api, wire = request.api, WIRES[request.api]
         conversation = self._conversation(request)
         if conversation is None:
             message = f"Previous response with id '{request.previous_response_id}' not found."
@@ -460,8 +330,8 @@ class ScriptedServer:
             return self._error(api, failure.status, message, headers), position
         if turn.malformed:
             if request.stream:
-                return StreamingResponse(wire.malformed_stream(api), media_type="text/event-stream"), position
-            return Response(wire.MALFORMED_BODY, media_type="application/json"), position
+                return StreamingResponse(wire.malformed_stream(), media_type="text/event-stream"), position
+            return Response(MALFORMED_BODY, media_type="application/json"), position
         answer = self._render_answer(turn, request, conversation)
         if api == "openai-responses":
             self._continuations[answer.id] = conversation
@@ -493,7 +363,7 @@ class ScriptedServer:
             )
         return turns[request.position]
 
-    def _render_answer(self, turn: Turn, request: ScriptedRequest, conversation: _Conversation) -> wire.Answer:
+    def _render_answer(self, turn: Turn, request: ScriptedRequest, conversation: _Conversation) -> Answer:
         calls = [(c.id, c.name, c.args) for c in turn.tool_calls]
         text, reasoning = turn.text or "", turn.reasoning or ""
         if turn.output is not None:
@@ -502,16 +372,18 @@ class ScriptedServer:
                 text = json.dumps(turn.output, default=str)
             else:
                 calls.append((None, tool, turn.output if isinstance(turn.output, dict) else {"response": turn.output}))
-        prefix = wire.call_id_prefix(request.api)
+        wire = WIRES[request.api]
         answer_calls = [
-            wire.AnswerCall(call_id or f"{prefix}{conversation.tool_calls + n}", name, json.dumps(args, default=str))
+            AnswerCall(
+                call_id or f"{wire.call_id_prefix}{conversation.tool_calls + n}", name, json.dumps(args, default=str)
+            )
             for n, (call_id, name, args) in enumerate(calls, start=1)
         ]
         conversation.tool_calls += len(answer_calls)
         usage = turn.usage or ScriptUsage()
         output_chars = len(text) + len(reasoning) + sum(len(c.arguments) + len(c.name) for c in answer_calls)
         request_chars = len(json.dumps(request.body))
-        tokens = wire.TokenUsage(
+        tokens = TokenUsage(
             input=_or(usage.input_tokens, request_chars // 4, usage.cache_read_tokens + usage.cache_write_tokens),
             output=_or(usage.output_tokens, output_chars // 4, usage.reasoning_tokens),
             cache_read=usage.cache_read_tokens,
@@ -519,7 +391,7 @@ class ScriptedServer:
             reasoning=usage.reasoning_tokens,
         )
         model = self.script.model if self.script is not None else request.model
-        return wire.Answer(wire.answer_id(request.api), model, text, reasoning, answer_calls, tokens)
+        return Answer(wire.answer_id(), model, text, reasoning, answer_calls, tokens)
 
     async def _count_tokens(self, request: Request) -> Response:
         ts, raw = time.time(), await request.body()
@@ -574,7 +446,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
