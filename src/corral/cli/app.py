@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from corral.errors import CorralError, UsageError
 
@@ -94,7 +95,7 @@ def init(
     if path.exists() and not force:
         raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
     path.write_text(STARTER_SPEC)
-    console.print(f'wrote {path}; edit it, then: corral run fixer "describe the task" --repo .')
+    console.print(f'wrote {path}; edit it, then: corral run fixer "describe the task" --repo .', markup=False)
 
 
 @app.command()
@@ -159,9 +160,9 @@ def main() -> None:
     except CorralError as err:
         if state.debug:
             raise
-        err_console.print(f"[red]error:[/red] {err.message}")
+        err_console.print(Text.assemble(("error:", "red"), " ", err.message))
         if err.hint:
-            err_console.print(f"[dim]hint: {err.hint}[/dim]")
+            err_console.print(Text(f"hint: {err.hint}", "dim"))
         sys.exit(err.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -178,6 +179,8 @@ def main() -> None:
             sys.exit(130)
         if state.debug or os.environ.get("CORRAL_DEBUG"):
             raise
-        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for details)")
+        err_console.print(
+            Text.assemble(("internal error:", "red"), f" {type(exc).__name__}: {exc} (rerun with --debug for details)")
+        )
         sys.exit(70)
     sys.exit(code if isinstance(code, int) else 0)

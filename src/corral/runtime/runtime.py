@@ -119,7 +119,14 @@ class Runtime:
             self.store.journal.flush()
             self.store.unregister_executor(self.executor_id)
         finally:
-            workflow.destroy()
+            try:
+                workflow.destroy()
+            finally:
+                # Scripted models this process served for its runs (imported late: the providers
+                # module brings the model SDKs, which commands like `corral cancel` never need).
+                from corral.models.providers import close_served_models
+
+                close_served_models()
 
     def subscribe(self, listener: Listener) -> None:
         """Receive every event this process emits, as it is emitted (for live views)."""
