@@ -20,7 +20,6 @@ LAYERS: dict[str, int] = {
     "cli": 6,
     "server": 6,
     "deploy": 6,
-    "demo": 6,
     "runtime": 5,
     "engines": 4,
     "orchestration": 4,
@@ -34,6 +33,7 @@ LAYERS: dict[str, int] = {
     "errors": 1,
     "spec": 1,
     "templates": 1,
+    "demo": 1,  # bundled assets (the sample repository, the demo's script) and their marker files
 }
 
 
