@@ -258,3 +258,14 @@ def test_closing_a_broken_journal_reports_what_was_not_committed(tmp_path: Path)
     with pytest.raises(JournalClosedError):
         journal.append("r1", result("later"))
     store.close()
+
+
+def test_the_recorded_head_revision_is_alembics_head() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from corral.store.db import HEAD_REVISION, MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
