@@ -28,6 +28,8 @@ T = TypeVar("T")
 #: Bump when the sequence of steps a run workflow takes changes, so old runs are not replayed by new code.
 WORKFLOW_VERSION = "corral-run-1"
 
+NOTIFICATION_POLL_S = 0.2
+
 # token -> step body, for steps in flight in this process.
 _STEP_BODIES: dict[str, Callable[..., Awaitable[Any]]] = {}
 # What the run workflow executes in this process: set by launch(), cleared by destroy().
@@ -133,6 +135,9 @@ def launch(*, system_database_url: str, executor_id: str, execute: Callable[[str
             "executor_id": executor_id,
             "application_version": WORKFLOW_VERSION,
             "log_level": dbos_level,
+            # DBOS's listener polls the database for notifications and is joined at shutdown, so
+            # its interval is how long every corral command waits to exit (1 s by default).
+            "notification_listener_polling_interval_sec": NOTIFICATION_POLL_S,
         }
     )
     _EXECUTE = execute
