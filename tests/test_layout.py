@@ -82,7 +82,7 @@ def test_the_tree_has_a_folder_per_concept() -> None:
 
 def test_no_module_imports_another_modules_private_name() -> None:
     offences = []
-    for name, path in modules():
+    for _name, path in modules():
         for line, module, names in imports(path):
             if not module.startswith("corral"):
                 continue

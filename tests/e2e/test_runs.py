@@ -17,7 +17,8 @@ from corral.spec import AgentSpec
 from corral.store import EventRecord, RunRecord, RunStatus, Store
 from corral.tools.base import Capability, ToolContext, tool
 
-pytestmark = pytest.mark.anyio
+# Whole runs (DBOS, the scripted server, a sandbox): the engine's logic is covered in ms by tests/engines.
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 PROVIDERS = {
     "openai": ("openai:gpt-5-mini", "openai_base_url"),

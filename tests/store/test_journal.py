@@ -159,6 +159,7 @@ def sql(store: Store, statement: str) -> None:
         conn.execute(text(statement))
 
 
+@pytest.mark.slow  # waits out the writer's retries (about 4 s)
 def test_a_dropped_table_makes_flush_raise_journal_error_with_the_cause(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     journal = store.journal  # with its real retry schedule: a few seconds
