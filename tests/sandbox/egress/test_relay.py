@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from corral.sandbox.egress.proxy import SANDBOX_PYTHON, _bind_unix, relay_argv
-from tests.sandbox.test_egress_support import free_port, run_relayed
+from tests.sandbox.egress.support import free_port, run_relayed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

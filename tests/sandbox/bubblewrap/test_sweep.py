@@ -26,7 +26,7 @@ from tests.sandbox.host import host_footprint, processes_with
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # Makes a sandbox, starts `sleep TOKEN` in it, prints the sandbox's state, then dies (SIGKILL) either
 # at once ("running") or inside destroy() just after the run dir's state is gone ("in-destroy").

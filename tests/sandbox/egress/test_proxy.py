@@ -19,8 +19,8 @@ import pytest
 
 from corral.sandbox.base import EgressEvent
 from corral.sandbox.egress.proxy import EgressProxy
-from tests.sandbox import test_egress_support as support
-from tests.sandbox.test_egress_support import (
+from tests.sandbox.egress import support
+from tests.sandbox.egress.support import (
     PLACEHOLDER,
     SECRET_VALUE,
     Upstreams,
@@ -34,7 +34,6 @@ from tests.sandbox.test_egress_support import (
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 Proxy = tuple[EgressProxy, list[EgressEvent]]
-upstreams, fresh, proxy = support.upstreams, support.fresh, support.proxy  # the fixtures
 
 
 def assert_value_absent(*texts: object) -> None:

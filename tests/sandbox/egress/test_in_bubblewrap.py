@@ -13,11 +13,9 @@ from corral.errors import SandboxError
 from corral.sandbox import NetworkProfile, Sandbox, SandboxRequest, get_backend
 from corral.sandbox.base import EgressEvent
 from corral.sandbox.egress.proxy import EgressProxy
-from tests.sandbox import test_egress_support as support
-from tests.sandbox.test_egress_support import PLACEHOLDER, SECRET_VALUE, Upstreams, allowlist, scoped_secret
+from tests.sandbox.egress.support import PLACEHOLDER, SECRET_VALUE, Upstreams, allowlist, scoped_secret
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-upstreams, fresh = support.upstreams, support.fresh  # the fixtures
 
 CURL = "curl -sS --max-time 20 -w '\\n%{http_code}'"
 # The test upstreams live on the host's loopback, which the sandbox's own NO_PROXY list would skip.
