@@ -69,7 +69,7 @@ from corral.sandbox.bubblewrap.setup import (
     tmp_size_mb,
 )
 from corral.sandbox.bubblewrap.sweep import sweep_once
-from corral.sandbox.workspace import _check_paths, workspace_diff
+from corral.sandbox.workspace import check_paths, workspace_diff
 
 logger = logging.getLogger("corral.sandbox")
 
@@ -354,7 +354,7 @@ class BubblewrapSandbox(Sandbox):
             await asyncio.sleep(DISK_POLL_INTERVAL)
             try:
                 used = await self._disk_used()
-            except (OSError, ValueError, TimeoutError) as exc:
+            except (SandboxError, OSError, ValueError) as exc:
                 logger.warning("cannot measure the disk use of %s (%s); not checking it now", self.workspace, exc)
                 return
             self._last_disk_usage = used
@@ -428,7 +428,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 hint="fix the cause above, or choose the `local` backend explicitly (no isolation)",
             )
         await sweep_once()  # what sandboxes of dead processes left behind, once per process
-        repo, workspace, _git_dir = _check_paths(Path(request.repo), Path(request.run_dir))
+        repo, workspace, _git_dir = check_paths(Path(request.repo), Path(request.run_dir))
         refuse_system_path(workspace)
         dirs = SandboxDirs(workspace.parent, privileged=privileged())
         proxy_class = _egress_proxy_class() if request.network.mode == "allowlist" else None

@@ -17,7 +17,7 @@ from corral.sandbox.bubblewrap.diskimage import loop_devices_for, mount_image, w
 from corral.sandbox.bubblewrap.identity import release_uid, runs_as_root
 from corral.sandbox.bubblewrap.limits import SandboxCgroup, cgroup_support
 from corral.sandbox.bubblewrap.overlay import IdShift, OverlayPaths
-from corral.sandbox.workspace import BASELINE_DIRNAME, WORKSPACE_DIRNAME, _remove_now, remove_tree
+from corral.sandbox.workspace import BASELINE_DIRNAME, WORKSPACE_DIRNAME, remove_now, remove_tree
 
 logger = logging.getLogger("corral.sandbox")
 
@@ -223,7 +223,7 @@ async def remove_quickly(path: Path) -> None:
     if size is None:
         return
     if size <= _QUICK_REMOVE_ENTRIES:
-        _remove_now(path)
+        remove_now(path)
     else:
         await remove_tree(path)
 
