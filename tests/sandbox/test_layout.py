@@ -1,8 +1,12 @@
-"""How the sandbox package is put together: no module reaches into another's private names."""
+"""How the sandbox package is put together: no module reaches into another's private names, and the
+types agent specs embed load without the rest of the sandbox."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import corral
@@ -40,3 +44,17 @@ def private_uses(path: Path) -> list[str]:
 def test_no_sandbox_module_uses_another_modules_private_names() -> None:
     found = [use for path in sorted((SRC / "sandbox").rglob("*.py")) for use in private_uses(path)]
     assert found == []
+
+
+def test_the_spec_loads_the_sandbox_types_and_nothing_else_of_the_sandbox() -> None:
+    code = "import json, sys, corral.spec; print(json.dumps(sorted(m for m in sys.modules if m.startswith('corral'))))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
+    assert loaded == [
+        "corral",
+        "corral.errors",
+        "corral.sandbox",
+        "corral.sandbox.egress",
+        "corral.sandbox.egress.policy",
+        "corral.sandbox.types",
+        "corral.spec",
+    ]

@@ -8,13 +8,17 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from corral.errors import UsageError
+
+if TYPE_CHECKING:
+    from corral.sandbox import NetworkProfile
 
 sandbox_app = typer.Typer(help="Sandboxes: run a command exactly as an agent's command runs.", no_args_is_help=True)
 console = Console()
@@ -49,6 +53,14 @@ def sandbox_exec(
         raise UsageError(f"--network must be none, allowlist or host, not {network!r}")
     if allow and network != "allowlist":
         raise UsageError("--allow needs --network allowlist")
+    from pydantic import ValidationError
+
+    from corral.sandbox import NetworkProfile
+
+    try:
+        profile = NetworkProfile.model_validate({"mode": network, "allow": allow or []})
+    except ValidationError as err:
+        raise UsageError(f"--allow: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     if network == "host":
         err_console.print(
             "[yellow]warning:[/yellow] --network host: the command can reach any address this machine can"
@@ -56,29 +68,29 @@ def sandbox_exec(
     if backend == "local":
         err_console.print("[yellow]warning:[/yellow] the local backend runs the command on this machine, unisolated")
     source = repo.resolve() if repo else None
-    options = {"network": network, "allow": tuple(allow or ()), "repo": source, "memory": memory, "backend": backend}
-    code = asyncio.run(_exec(command, wall_s=timeout, **options))
+    code = asyncio.run(_exec(command, network=profile, repo=source, memory=memory, wall_s=timeout, backend=backend))
     raise typer.Exit(code)
 
 
 async def _exec(
     command: list[str],
     *,
-    network: str,
-    allow: tuple[str, ...],
+    network: NetworkProfile,
     repo: Path | None,
     memory: str | None,
     wall_s: float,
     backend: str,
 ) -> int:
-    from corral.sandbox.base import EgressEvent, Limits, NetworkProfile, SandboxRequest, get_backend
+    from corral.events import EgressAttempted
+    from corral.sandbox import Limits, SandboxRequest, get_backend
 
     chosen = get_backend(backend)
     limits = Limits(memory_mb=parse_size_mb(memory)) if memory else Limits()
 
-    def on_egress(event: EgressEvent) -> None:
-        verdict = "[green]allowed[/green]" if event.allowed else "[red]denied[/red]"
-        err_console.print(f"egress {verdict} {event.host}:{event.port} ({event.reason})")
+    def on_egress(event: EgressAttempted) -> None:
+        # Host and reason come from the sandboxed command: plain text, never markup.
+        verdict = Text("allowed", style="green") if event.allowed else Text("denied", style="red")
+        err_console.print(Text.assemble("egress ", verdict, f" {event.host}:{event.port} ({event.reason})"))
 
     with tempfile.TemporaryDirectory(prefix="corral-exec-") as tmp:
         source = repo or Path(tmp, "empty")
@@ -86,7 +98,7 @@ async def _exec(
         request = SandboxRequest(
             repo=source,
             run_dir=Path(tmp, "run"),
-            network=NetworkProfile(mode=network, allow=allow),  # type: ignore[arg-type]
+            network=network,
             limits=limits,
             on_egress=on_egress,
         )

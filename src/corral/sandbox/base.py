@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from corral.errors import PathEscapeError, SandboxError
+from corral.events import EgressAttempted
+from corral.sandbox.types import HostPatternText, Limits, NetworkProfile
 from corral.sandbox.workspace import (
     SCRATCH_DIRNAME,
     WorkspaceSnapshot,
@@ -46,30 +48,6 @@ class ExecResult:
     duration_ms: float
 
 
-class NetworkProfile(BaseModel):
-    """What a sandbox may reach. ``none``: loopback only; ``allowlist``: the listed hosts, through the
-    host's egress proxy; ``host``: the host's network, unfiltered (explicit opt-in)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    mode: Literal["none", "allowlist", "host"] = "none"
-    allow: tuple[str, ...] = ()
-    """``host``, ``host:port`` or ``*.domain`` (any subdomain); a host without a port allows 80 and 443."""
-
-
-class Limits(BaseModel):
-    """Resource limits of one sandbox; ``None`` leaves a limit off. Backends say which they enforce."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    memory_mb: int | None = 4096
-    pids: int | None = 512
-    cpu_s: int | None = None
-    """CPU seconds per command."""
-    disk_mb: int | None = 10_240
-    """Space the workspace may grow by."""
-
-
 class ScopedSecret(BaseModel):
     """A secret the sandbox sees only as ``placeholder``; the egress proxy swaps in the value for ``hosts``."""
 
@@ -77,24 +55,12 @@ class ScopedSecret(BaseModel):
 
     name: str
     value: SecretStr
-    hosts: tuple[str, ...]
+    hosts: tuple[HostPatternText, ...]
     placeholder: str
 
 
-@dataclass(frozen=True)
-class EgressEvent:
-    """One attempt by a sandboxed process to reach the network, allowed or denied."""
-
-    host: str
-    port: int
-    allowed: bool
-    reason: str
-    method: str | None = None
-    path: str | None = None
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    secrets_used: tuple[str, ...] = ()
-    """Names of the secrets whose placeholders were replaced in this request."""
+EgressEvent = EgressAttempted
+"""The name the runtime still imports; the same class as ``corral.events.EgressAttempted``."""
 
 
 class SandboxRequest(BaseModel):
@@ -112,8 +78,8 @@ class SandboxRequest(BaseModel):
     limits: Limits = Limits()
     secrets: tuple[ScopedSecret, ...] = ()
     """Host-scoped secrets: inside the sandbox only their placeholders exist (in ``env`` under ``name``)."""
-    on_egress: Callable[[EgressEvent], None] | None = None
-    """Called (from any thread) with every egress attempt."""
+    on_egress: Callable[[EgressAttempted], None] | None = None
+    """Called (from any thread) with every egress attempt, as the journal event that records it."""
 
 
 class SandboxState(BaseModel):

@@ -22,8 +22,6 @@ from corral.errors import SandboxError
 from corral.sandbox.base import (
     MINIMAL_PATH,
     ExecResult,
-    Limits,
-    NetworkProfile,
     Sandbox,
     SandboxBackend,
     SandboxRequest,
@@ -69,6 +67,7 @@ from corral.sandbox.bubblewrap.setup import (
     tmp_size_mb,
 )
 from corral.sandbox.bubblewrap.sweep import sweep_once
+from corral.sandbox.types import Limits, NetworkProfile
 from corral.sandbox.workspace import check_paths, workspace_diff
 
 logger = logging.getLogger("corral.sandbox")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import SandboxError
-from corral.sandbox.base import Limits
 from corral.sandbox.proc import run_process
+from corral.sandbox.types import Limits
 
 logger = logging.getLogger("corral.sandbox")
 

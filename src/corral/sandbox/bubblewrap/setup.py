@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from corral.errors import SandboxError
-from corral.sandbox.base import Limits, SandboxRequest
+from corral.sandbox.base import SandboxRequest
 from corral.sandbox.bubblewrap import overlay
 from corral.sandbox.bubblewrap.dirs import DISK_ROOT, SandboxDirs, privileged
 from corral.sandbox.bubblewrap.diskimage import create_image, loop_images_available, mount_image
 from corral.sandbox.bubblewrap.limits import TMP_SIZE_MB, disk_usage
 from corral.sandbox.bubblewrap.overlay import IdShift
 from corral.sandbox.proc import run_process
+from corral.sandbox.types import Limits
 from corral.sandbox.workspace import WorkspaceSnapshot, prepare_workspace
 
 logger = logging.getLogger("corral.sandbox")

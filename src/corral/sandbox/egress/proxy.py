@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 import h11
 
 from corral.errors import SandboxError
-from corral.sandbox.base import EgressEvent, ScopedSecret
+from corral.events import EgressAttempted
+from corral.sandbox.base import ScopedSecret
 from corral.sandbox.egress.ca import CA_CERT_NAME, SandboxCA
 from corral.sandbox.egress.exchange import Forwarder, UpstreamSlot
 from corral.sandbox.egress.http import Peer, PeerClosed, close_writer, proxy_response
@@ -86,7 +87,7 @@ class EgressProxy:
         *,
         allow: tuple[str, ...],
         secrets: tuple[ScopedSecret, ...],
-        on_event: Callable[[EgressEvent], None] | None,
+        on_event: Callable[[EgressAttempted], None] | None,
         state_dir: Path,
         upstream_ca_file: Path | None = None,
         intercept: bool | None = None,
