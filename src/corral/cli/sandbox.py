@@ -122,7 +122,7 @@ async def _exec(
 
 @sandbox_app.command("prune")
 def sandbox_prune() -> None:
-    """Remove what sandboxes of dead processes left on this machine; resumable sandboxes stay."""
+    """Remove what sandboxes of dead processes and ended runs left on this machine; resumable sandboxes stay."""
     from corral.sandbox.bubblewrap.identity import runs_as_root
     from corral.sandbox.bubblewrap.sweep import sweep_orphans
 
@@ -130,12 +130,19 @@ def sandbox_prune() -> None:
         console.print("nothing to prune: unprivileged sandboxes keep everything in their run directories")
         return
     report = asyncio.run(sweep_orphans())
+    # Paths are file names: printed as plain text, never as markup.
     for line in report.removed:
-        console.print(f"removed {line}")
+        console.print(f"removed {line}", markup=False, highlight=False, soft_wrap=True)
     for line in report.failed:
-        err_console.print(f"[red]could not remove[/red] {line}")
+        err_console.print(Text.assemble(("could not remove", "red"), f" {line}"), soft_wrap=True)
     if not report.removed and not report.failed:
         console.print("nothing to prune")
+    if report.resumable:
+        console.print(f"kept {len(report.resumable)} resumable sandbox(es) (their runs may still resume):")
+        for run_dir in report.resumable:
+            console.print(f"  {run_dir}", markup=False, highlight=False, soft_wrap=True)
+    if report.in_use:
+        console.print(f"kept {len(report.in_use)} sandbox(es) in use by a running process")
     if report.failed:
         raise typer.Exit(1)
 

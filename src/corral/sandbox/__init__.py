@@ -16,6 +16,8 @@ __all__ = [
     "ScopedSecret",
     "available_backends",
     "get_backend",
+    "mark_run_ended",
+    "run_ended",
 ]
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
         ScopedSecret,
         available_backends,
         get_backend,
+        mark_run_ended,
+        run_ended,
     )
     from corral.sandbox.types import Limits, NetworkProfile
 
@@ -49,6 +53,8 @@ _LAZY = {
             "ScopedSecret",
             "available_backends",
             "get_backend",
+            "mark_run_ended",
+            "run_ended",
         )
     },
 }

@@ -62,6 +62,26 @@ class ScopedSecret(BaseModel):
 EgressEvent = EgressAttempted
 """The name the runtime still imports; the same class as ``corral.events.EgressAttempted``."""
 
+RUN_ENDED_MARKER = "run-ended"
+"""``run_dir/run-ended``: written by the runtime once a run can never resume; its sandbox is then garbage."""
+
+
+def mark_run_ended(run_dir: Path) -> None:
+    """Record that the run owning ``run_dir`` is over (finished, failed or cancelled) and will never resume.
+
+    Call it once the run's outcome is decided, before ``destroy()``: if the process dies before
+    destroy completes, a sweep (``corral sandbox prune``, or the next process's first sandbox) then
+    removes what is left instead of keeping it for a resume that will never come. Safe to call twice,
+    and for a run dir that was never made or is already gone.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir / RUN_ENDED_MARKER).touch()
+
+
+def run_ended(run_dir: Path) -> bool:
+    """Whether ``mark_run_ended`` was called for ``run_dir``."""
+    return (run_dir / RUN_ENDED_MARKER).exists()
+
 
 class SandboxRequest(BaseModel):
     """What a backend needs to create a sandbox. Never recorded: it may carry secret values."""
@@ -425,6 +445,8 @@ class SandboxBackend(ABC):
             raise SandboxError(f"not a sandbox state: {exc.error_count()} invalid field(s)") from exc
         if parsed.backend != self.name:
             raise SandboxError(f"state belongs to the {parsed.backend!r} backend, not {self.name!r}")
+        if run_ended(parsed.run_dir):  # a sweep may be removing it: an ended run's sandbox is garbage
+            raise SandboxError(f"sandbox is gone: the run of {parsed.run_dir} has ended")
         for directory in (parsed.snapshot.workspace, parsed.snapshot.git_dir):
             if not directory.is_dir():
                 raise SandboxError(f"sandbox is gone: {directory} no longer exists")
