@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from corral.errors import SpecError, UnknownAgentError
+from corral.sandbox.types import HostPatternText, Limits, NetworkProfile
 
 SPEC_FILE_NAME = "corral.toml"
 
@@ -41,26 +42,16 @@ class RetryPolicy(_Strict):
     max_backoff_s: Annotated[float, Field(ge=0)] = 30.0
 
 
-class NetworkPolicy(_Strict):
-    """What the agent's commands may reach: ``none`` (loopback only), ``allowlist`` or ``host``."""
-
-    mode: Literal["none", "allowlist", "host"] = "none"
-    allow: tuple[str, ...] = ()
-    """For ``allowlist``: ``host``, ``host:port`` or ``*.domain``; without a port, 80 and 443."""
-
-    @model_validator(mode="after")
-    def _allow_needs_allowlist(self) -> NetworkPolicy:
-        if self.allow and self.mode != "allowlist":
-            raise ValueError(f'allow is only used with mode = "allowlist" (mode is {self.mode!r})')
-        for entry in self.allow:
-            host, _, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
-            if not host or (port and not port.isdigit()) or " " in entry or "/" in entry:
-                raise ValueError(f"allow entry {entry!r} is not host, host:port or *.domain")
-        return self
+_LIMIT_KEYS = tuple(Limits.model_fields)
 
 
 class SandboxProfile(_Strict):
-    """Where and how the agent's commands run."""
+    """Where and how the agent's commands run: the backend, and the sandbox's own network and limits types.
+
+    In TOML the limits sit flat in ``[agents.NAME.sandbox]`` (``memory_mb = 2048``), and an allowlist
+    may be written ``network = "allowlist"`` with ``allow = [...]`` beside it, or as
+    ``network = { mode = "allowlist", allow = [...] }``.
+    """
 
     backend: str = "bubblewrap"
     """``bubblewrap`` (isolated, the default) or ``local`` (no isolation; must be named explicitly)."""
@@ -68,25 +59,55 @@ class SandboxProfile(_Strict):
     """Default and maximum wall time of one ``execute`` call."""
     output_limit: Annotated[int, Field(gt=0)] = 20_000
     """Characters of a tool result the model sees; larger results are saved to a workspace file."""
-    network: NetworkPolicy = NetworkPolicy()
-    memory_mb: Annotated[int, Field(gt=0)] | None = 4096
-    pids: Annotated[int, Field(gt=0)] | None = 512
-    cpu_s: Annotated[int, Field(gt=0)] | None = None
-    """CPU seconds per command."""
-    disk_mb: Annotated[int, Field(gt=0)] | None = 10_240
-    """How much the workspace may grow."""
+    network: NetworkProfile = NetworkProfile()
+    limits: Limits = Limits()
 
-    @field_validator("network", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _network_shorthand(cls, value: Any) -> Any:
-        return {"mode": value} if isinstance(value, str) else value
+    def _toml_shape(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        data = dict(value)
+        network = data.get("network")
+        if isinstance(network, str):
+            network = data["network"] = {"mode": network}
+        if "allow" in data:
+            if network is None:
+                network = {"mode": "none"}  # so the error says allow needs the allowlist mode
+            if not isinstance(network, dict) or "allow" in network:
+                raise ValueError("allow is given twice: beside network and inside it")
+            data["network"] = {**network, "allow": data.pop("allow")}
+        flat = {key: data.pop(key) for key in _LIMIT_KEYS if key in data}
+        if flat:
+            if "limits" in data:
+                raise ValueError(f"limits are given twice: as {', '.join(flat)} and as a limits table")
+            data["limits"] = flat
+        return data
+
+    # Until the runtime passes ``limits`` through: the flat names it reads today.
+    @property
+    def memory_mb(self) -> int | None:
+        return self.limits.memory_mb
+
+    @property
+    def pids(self) -> int | None:
+        return self.limits.pids
+
+    @property
+    def cpu_s(self) -> int | None:
+        return self.limits.cpu_s
+
+    @property
+    def disk_mb(self) -> int | None:
+        return self.limits.disk_mb
 
 
 class SecretScope(_Strict):
     """Where a secret may be used. With ``hosts``, commands see only a placeholder and the egress
     proxy puts the value into requests to those hosts; without, commands get the value itself."""
 
-    hosts: tuple[str, ...] = ()
+    hosts: tuple[HostPatternText, ...] = ()
+    """``host``, ``host:port`` or ``*.domain``, as in the network allowlist."""
 
 
 class ContextPolicy(_Strict):
@@ -226,7 +247,7 @@ def _format_validation_error(path: Path, agent: str | None, err: ValidationError
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(table)"
-        lines.append(f"  field '{field}': {e['msg']}")
+        lines.append(f"  field '{field}': {e['msg'].removeprefix('Value error, ')}")
     where = f"{path}: agent '{agent}'" if agent else f"{path}"
     return f"{where}: invalid spec\n" + "\n".join(lines)
 

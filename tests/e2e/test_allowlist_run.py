@@ -22,9 +22,9 @@ from corral.runtime import Runtime
 from corral.sandbox.egress.proxy import EgressProxy
 from corral.spec import AgentSpec
 from corral.store import EventRecord, RunStatus, Store
-from tests.sandbox import test_egress_support as support
 from tests.sandbox.conftest import skip_unless_bubblewrap_runs
-from tests.sandbox.test_egress_support import SECRET_VALUE, Upstreams
+from tests.sandbox.egress import support
+from tests.sandbox.egress.support import SECRET_VALUE, Upstreams
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 upstreams, fresh = support.upstreams, support.fresh  # the fixtures

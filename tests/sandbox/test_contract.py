@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from corral.errors import PathEscapeError, SandboxError
-from corral.sandbox import Sandbox, SandboxBackend, SandboxRequest
+from corral.sandbox import Sandbox, SandboxBackend, SandboxRequest, mark_run_ended, run_ended
 from tests.sandbox.host import processes_with
 
 pytestmark = pytest.mark.anyio
@@ -398,6 +398,21 @@ async def test_attach_fails_when_the_sandbox_is_gone(make_sandbox: MakeSandbox, 
         await backend.attach(state)
     with pytest.raises(SandboxError):
         await backend.attach({"backend": backend.name})
+
+
+async def test_attach_refuses_the_sandbox_of_an_ended_run(
+    make_sandbox: MakeSandbox, backend: SandboxBackend, tmp_path: Path
+) -> None:
+    sandbox = await make_sandbox()
+    state = sandbox.state()
+    assert not run_ended(sandbox.run_dir)
+    mark_run_ended(sandbox.run_dir)
+    mark_run_ended(sandbox.run_dir)
+    assert run_ended(sandbox.run_dir)
+    with pytest.raises(SandboxError, match="has ended"):  # a sweep may be removing it
+        await backend.attach(state)
+    mark_run_ended(tmp_path / "never-made")  # nothing to mark: no error, nothing created
+    assert not (tmp_path / "never-made").exists()
 
 
 async def test_destroy_is_idempotent_and_removes_everything(make_sandbox: MakeSandbox) -> None:

@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from corral.errors import UsageError
+
+if TYPE_CHECKING:
+    from corral.sandbox import NetworkProfile
 
 sandbox_app = typer.Typer(help="Sandboxes: run a command exactly as an agent's command runs.", no_args_is_help=True)
 console = Console()
@@ -51,6 +54,14 @@ def sandbox_exec(
         raise UsageError(f"--network must be none, allowlist or host, not {network!r}")
     if allow and network != "allowlist":
         raise UsageError("--allow needs --network allowlist")
+    from pydantic import ValidationError
+
+    from corral.sandbox import NetworkProfile
+
+    try:
+        profile = NetworkProfile.model_validate({"mode": network, "allow": allow or []})
+    except ValidationError as err:
+        raise UsageError(f"--allow: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     if network == "host":
         err_console.print(
             "[yellow]warning:[/yellow] --network host: the command can reach any address this machine can"
@@ -58,29 +69,29 @@ def sandbox_exec(
     if backend == "local":
         err_console.print("[yellow]warning:[/yellow] the local backend runs the command on this machine, unisolated")
     source = repo.resolve() if repo else None
-    options = {"network": network, "allow": tuple(allow or ()), "repo": source, "memory": memory, "backend": backend}
-    code = asyncio.run(_exec(command, wall_s=timeout, **options))
+    code = asyncio.run(_exec(command, network=profile, repo=source, memory=memory, wall_s=timeout, backend=backend))
     raise typer.Exit(code)
 
 
 async def _exec(
     command: list[str],
     *,
-    network: str,
-    allow: tuple[str, ...],
+    network: NetworkProfile,
     repo: Path | None,
     memory: str | None,
     wall_s: float,
     backend: str,
 ) -> int:
-    from corral.sandbox.base import EgressEvent, Limits, NetworkProfile, SandboxRequest, get_backend
+    from corral.events import EgressAttempted
+    from corral.sandbox import Limits, SandboxRequest, get_backend
 
     chosen = get_backend(backend)
     limits = Limits(memory_mb=parse_size_mb(memory)) if memory else Limits()
 
-    def on_egress(event: EgressEvent) -> None:
-        verdict = "[green]allowed[/green]" if event.allowed else "[red]denied[/red]"
-        err_console.print(f"egress {verdict} {event.host}:{event.port} ({event.reason})")
+    def on_egress(event: EgressAttempted) -> None:
+        # Host and reason come from the sandboxed command: plain text, never markup.
+        verdict = Text("allowed", style="green") if event.allowed else Text("denied", style="red")
+        err_console.print(Text.assemble("egress ", verdict, f" {event.host}:{event.port} ({event.reason})"))
 
     with tempfile.TemporaryDirectory(prefix="corral-exec-") as tmp:
         source = repo or Path(tmp, "empty")
@@ -88,7 +99,7 @@ async def _exec(
         request = SandboxRequest(
             repo=source,
             run_dir=Path(tmp, "run"),
-            network=NetworkProfile(mode=network, allow=allow),  # type: ignore[arg-type]
+            network=network,
             limits=limits,
             on_egress=on_egress,
         )
@@ -112,7 +123,7 @@ async def _exec(
 
 @sandbox_app.command("prune")
 def sandbox_prune() -> None:
-    """Remove what sandboxes of dead processes left on this machine; resumable sandboxes stay."""
+    """Remove what sandboxes of dead processes and ended runs left on this machine; resumable sandboxes stay."""
     from corral.sandbox.bubblewrap.identity import runs_as_root
     from corral.sandbox.bubblewrap.sweep import sweep_orphans
 
@@ -120,12 +131,19 @@ def sandbox_prune() -> None:
         console.print("nothing to prune: unprivileged sandboxes keep everything in their run directories")
         return
     report = asyncio.run(sweep_orphans())
+    # Paths are file names: printed as plain text, never as markup.
     for line in report.removed:
-        console.print(f"removed {line}")
+        console.print(f"removed {line}", markup=False, highlight=False, soft_wrap=True)
     for line in report.failed:
-        err_console.print(f"[red]could not remove[/red] {line}")
+        err_console.print(Text.assemble(("could not remove", "red"), f" {line}"), soft_wrap=True)
     if not report.removed and not report.failed:
         console.print("nothing to prune")
+    if report.resumable:
+        console.print(f"kept {len(report.resumable)} resumable sandbox(es) (their runs may still resume):")
+        for run_dir in report.resumable:
+            console.print(f"  {run_dir}", markup=False, highlight=False, soft_wrap=True)
+    if report.in_use:
+        console.print(f"kept {len(report.in_use)} sandbox(es) in use by a running process")
     if report.failed:
         raise typer.Exit(1)
 

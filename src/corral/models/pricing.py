@@ -7,18 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from corral.events import Usage
+from corral.spec import ModelPrice
 
 log = logging.getLogger("corral.pricing")
 
 
-@dataclass(frozen=True)
-class Price:
-    """USD per million tokens."""
-
-    input_mtok: float
-    output_mtok: float
-    cache_read_mtok: float | None = None
-    cache_write_mtok: float | None = None
+Price = ModelPrice
+"""The name engines/native.py imports; the same class as ``corral.spec.ModelPrice``, so a spec's
+``prices`` can be passed as ``overrides`` as they are."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +27,7 @@ class _GenaiUsage:
 
 
 def price_call(
-    usage: Usage, *, model: str, provider: str, overrides: Mapping[str, Price] | None = None, ref: str = ""
+    usage: Usage, *, model: str, provider: str, overrides: Mapping[str, ModelPrice] | None = None, ref: str = ""
 ) -> tuple[float, str]:
     """(cost in USD, where the price came from: "override", "genai-prices" or "unknown")."""
     override = (overrides or {}).get(ref) or (overrides or {}).get(model)

@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from corral.errors import PathEscapeError, SandboxError
+from corral.events import EgressAttempted
+from corral.sandbox.types import HostPatternText, Limits, NetworkProfile
 from corral.sandbox.workspace import (
     SCRATCH_DIRNAME,
     WorkspaceSnapshot,
@@ -46,30 +48,6 @@ class ExecResult:
     duration_ms: float
 
 
-class NetworkProfile(BaseModel):
-    """What a sandbox may reach. ``none``: loopback only; ``allowlist``: the listed hosts, through the
-    host's egress proxy; ``host``: the host's network, unfiltered (explicit opt-in)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    mode: Literal["none", "allowlist", "host"] = "none"
-    allow: tuple[str, ...] = ()
-    """``host``, ``host:port`` or ``*.domain`` (any subdomain); a host without a port allows 80 and 443."""
-
-
-class Limits(BaseModel):
-    """Resource limits of one sandbox; ``None`` leaves a limit off. Backends say which they enforce."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    memory_mb: int | None = 4096
-    pids: int | None = 512
-    cpu_s: int | None = None
-    """CPU seconds per command."""
-    disk_mb: int | None = 10_240
-    """Space the workspace may grow by."""
-
-
 class ScopedSecret(BaseModel):
     """A secret the sandbox sees only as ``placeholder``; the egress proxy swaps in the value for ``hosts``."""
 
@@ -77,24 +55,32 @@ class ScopedSecret(BaseModel):
 
     name: str
     value: SecretStr
-    hosts: tuple[str, ...]
+    hosts: tuple[HostPatternText, ...]
     placeholder: str
 
 
-@dataclass(frozen=True)
-class EgressEvent:
-    """One attempt by a sandboxed process to reach the network, allowed or denied."""
+EgressEvent = EgressAttempted
+"""The name the runtime still imports; the same class as ``corral.events.EgressAttempted``."""
 
-    host: str
-    port: int
-    allowed: bool
-    reason: str
-    method: str | None = None
-    path: str | None = None
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    secrets_used: tuple[str, ...] = ()
-    """Names of the secrets whose placeholders were replaced in this request."""
+RUN_ENDED_MARKER = "run-ended"
+"""``run_dir/run-ended``: written by the runtime once a run can never resume; its sandbox is then garbage."""
+
+
+def mark_run_ended(run_dir: Path) -> None:
+    """Record that the run owning ``run_dir`` is over (finished, failed or cancelled) and will never resume.
+
+    Call it once the run's outcome is decided, before ``destroy()``: if the process dies before
+    destroy completes, a sweep (``corral sandbox prune``, or the next process's first sandbox) then
+    removes what is left instead of keeping it for a resume that will never come. Safe to call twice,
+    and for a run dir that was never made or is already gone.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir / RUN_ENDED_MARKER).touch()
+
+
+def run_ended(run_dir: Path) -> bool:
+    """Whether ``mark_run_ended`` was called for ``run_dir``."""
+    return (run_dir / RUN_ENDED_MARKER).exists()
 
 
 class SandboxRequest(BaseModel):
@@ -112,8 +98,8 @@ class SandboxRequest(BaseModel):
     limits: Limits = Limits()
     secrets: tuple[ScopedSecret, ...] = ()
     """Host-scoped secrets: inside the sandbox only their placeholders exist (in ``env`` under ``name``)."""
-    on_egress: Callable[[EgressEvent], None] | None = None
-    """Called (from any thread) with every egress attempt."""
+    on_egress: Callable[[EgressAttempted], None] | None = None
+    """Called (from any thread) with every egress attempt, as the journal event that records it."""
 
 
 class SandboxState(BaseModel):
@@ -459,6 +445,8 @@ class SandboxBackend(ABC):
             raise SandboxError(f"not a sandbox state: {exc.error_count()} invalid field(s)") from exc
         if parsed.backend != self.name:
             raise SandboxError(f"state belongs to the {parsed.backend!r} backend, not {self.name!r}")
+        if run_ended(parsed.run_dir):  # a sweep may be removing it: an ended run's sandbox is garbage
+            raise SandboxError(f"sandbox is gone: the run of {parsed.run_dir} has ended")
         for directory in (parsed.snapshot.workspace, parsed.snapshot.git_dir):
             if not directory.is_dir():
                 raise SandboxError(f"sandbox is gone: {directory} no longer exists")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -17,6 +16,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from corral.errors import SandboxError
+from corral.sandbox.git import git_binary, init_bare, run_git
+from corral.sandbox.proc import run_process
 
 logger = logging.getLogger("corral.sandbox")
 
@@ -37,7 +38,6 @@ BASELINE_EXCLUDES = (
 )
 """Never snapshotted or diffed, on top of whatever the repo's own .gitignore files ignore."""
 
-_GIT_TIMEOUT = 300.0
 _COPY_TIMEOUT = 600.0
 # Fixed identity and date make the baseline commit reproducible and independent of the host's git config.
 _BASELINE_IDENTITY = {
@@ -48,17 +48,6 @@ _BASELINE_IDENTITY = {
     "GIT_COMMITTER_EMAIL": "corral@localhost",
     "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000",
 }
-_GIT_CONFIG = (
-    "core.hooksPath=/dev/null",
-    "core.fileMode=true",
-    "core.symlinks=true",
-    "core.autocrlf=false",
-    "core.quotePath=true",
-    "commit.gpgSign=false",
-    "diff.noprefix=false",
-    "safe.directory=*",
-    "gc.auto=0",
-)
 
 
 class WorkspaceSnapshot(BaseModel):
@@ -71,62 +60,8 @@ class WorkspaceSnapshot(BaseModel):
     commit: str
 
 
-def _git_binary() -> str:
-    git = shutil.which("git")
-    if git is None:
-        raise SandboxError(
-            "the git binary is required to snapshot and diff sandbox workspaces",
-            hint="install git (e.g. `apt-get install git` or `brew install git`) and make sure it is on PATH",
-        )
-    return git
-
-
-def _git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    # Built from scratch: no host GIT_* variables and no user/system config may change the snapshot or diff.
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "LANG": "C",
-        "LC_ALL": "C",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_OPTIONAL_LOCKS": "0",
-    }
-    return env | (extra or {})
-
-
-async def _run(argv: list[str], *, seconds: float, env: dict[str, str] | None = None) -> str:
-    """Run a host helper command; return stdout, raise SandboxError with stderr on failure or timeout."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), seconds)
-    except TimeoutError:
-        command = " ".join([Path(argv[0]).name, *argv[1:4]])
-        raise SandboxError(f"{command} ... timed out after {seconds:.0f}s") from None
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5)
-    if proc.returncode != 0:
-        message = stderr.decode("utf-8", errors="replace").strip()
-        raise SandboxError(f"{Path(argv[0]).name} failed (exit {proc.returncode}): {message}")
-    return stdout.decode("utf-8", errors="replace")
-
-
-async def _git(snapshot_git_dir: Path, workspace: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    argv = [_git_binary(), f"--git-dir={snapshot_git_dir}", f"--work-tree={workspace}"]
-    for setting in _GIT_CONFIG:
-        argv += ["-c", setting]
-    return await _run([*argv, *args], seconds=_GIT_TIMEOUT, env=_git_env(env))
+async def _git(git_dir: Path, workspace: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    return await run_git(git_dir, workspace, args, env=env)
 
 
 async def _copy_tree(repo: Path, workspace: Path) -> None:
@@ -136,7 +71,7 @@ async def _copy_tree(repo: Path, workspace: Path) -> None:
     if entries and sys.platform.startswith("linux") and cp is not None:
         # GNU cp: reflinks make the copy nearly free on btrfs/xfs; -a keeps symlinks, modes and times.
         sources = [str(repo / entry) for entry in entries]
-        await _run([cp, "-a", "--reflink=auto", "--", *sources, str(workspace)], seconds=_COPY_TIMEOUT)
+        await run_process([cp, "-a", "--reflink=auto", "--", *sources, str(workspace)], timeout=_COPY_TIMEOUT)
         return
     for entry in entries:
         source, target = repo / entry, workspace / entry
@@ -159,8 +94,8 @@ async def prepare_workspace(repo: Path, run_dir: Path) -> WorkspaceSnapshot:
     Files ignored by the repo's ``.gitignore`` (or BASELINE_EXCLUDES) are in neither the baseline
     nor later diffs. Leftovers of an earlier attempt in the same ``run_dir`` are replaced.
     """
-    _git_binary()
-    repo, workspace, git_dir = _check_paths(Path(repo), Path(run_dir))
+    git_binary()
+    repo, workspace, git_dir = check_paths(Path(repo), Path(run_dir))
     for leftover in (workspace, git_dir):
         # Creation runs at least once (a durable step): a crash can leave a half-made workspace behind.
         if _lexists(leftover):
@@ -168,12 +103,7 @@ async def prepare_workspace(repo: Path, run_dir: Path) -> WorkspaceSnapshot:
             await remove_tree(leftover)
     try:
         await _copy_tree(repo, workspace)
-        await _run(
-            [_git_binary(), "init", "--quiet", "--bare", "--template=", str(git_dir)],
-            seconds=_GIT_TIMEOUT,
-            env=_git_env(),
-        )
-        _write_excludes(git_dir)
+        await init_bare(git_dir, excludes=BASELINE_EXCLUDES)
         await _git(git_dir, workspace, "add", "--all", "--", ".")
         await _git(
             git_dir,
@@ -193,7 +123,7 @@ async def prepare_workspace(repo: Path, run_dir: Path) -> WorkspaceSnapshot:
     return WorkspaceSnapshot(workspace=workspace, git_dir=git_dir, commit=commit)
 
 
-def _check_paths(repo: Path, run_dir: Path) -> tuple[Path, Path, Path]:
+def check_paths(repo: Path, run_dir: Path) -> tuple[Path, Path, Path]:
     """Validate the request's directories; return the real repo, workspace and baseline git dir paths."""
     if not repo.is_dir():
         raise SandboxError(f"repository to start from is not a directory: {repo}")
@@ -206,11 +136,6 @@ def _check_paths(repo: Path, run_dir: Path) -> tuple[Path, Path, Path]:
             hint=f"put run directories outside the repository or under its {SCRATCH_DIRNAME}/ directory",
         )
     return repo, run_dir / WORKSPACE_DIRNAME, run_dir / BASELINE_DIRNAME
-
-
-def _write_excludes(git_dir: Path) -> None:
-    (git_dir / "info").mkdir(exist_ok=True)
-    (git_dir / "info" / "exclude").write_text("\n".join(BASELINE_EXCLUDES) + "\n")
 
 
 async def workspace_diff(snapshot: WorkspaceSnapshot) -> str:
@@ -255,12 +180,12 @@ async def remove_tree(path: Path) -> None:
         return
     chmod, rm = shutil.which("chmod"), shutil.which("rm")
     if chmod is None or rm is None or _is_file_or_link(path):
-        _remove_now(path)
+        remove_now(path)
         return
     # Subprocesses keep a large tree's removal off the event loop. chmod -R ignores symlinks it meets.
     with contextlib.suppress(SandboxError):
-        await _run([chmod, "-R", "u+rwX", "--", str(path)], seconds=_COPY_TIMEOUT)
-    await _run([rm, "-rf", "--", str(path)], seconds=_COPY_TIMEOUT)
+        await run_process([chmod, "-R", "u+rwX", "--", str(path)], timeout=_COPY_TIMEOUT)
+    await run_process([rm, "-rf", "--", str(path)], timeout=_COPY_TIMEOUT)
 
 
 def _lexists(path: Path) -> bool:
@@ -271,7 +196,8 @@ def _is_file_or_link(path: Path) -> bool:
     return path.is_symlink() or not path.is_dir()
 
 
-def _remove_now(path: Path) -> None:
+def remove_now(path: Path) -> None:
+    """Delete a file or tree inline (no subprocess), making read-only directories writable first."""
     if _is_file_or_link(path):
         path.unlink()
         return

@@ -22,8 +22,6 @@ from corral.errors import SandboxError
 from corral.sandbox.base import (
     MINIMAL_PATH,
     ExecResult,
-    Limits,
-    NetworkProfile,
     Sandbox,
     SandboxBackend,
     SandboxRequest,
@@ -36,6 +34,7 @@ from corral.sandbox.bubblewrap.dirs import (
     STATE_DIRNAME,
     SandboxDirs,
     ensure_mounted,
+    hold,
     privileged,
     read_identity,
     refuse_system_path,
@@ -69,7 +68,8 @@ from corral.sandbox.bubblewrap.setup import (
     tmp_size_mb,
 )
 from corral.sandbox.bubblewrap.sweep import sweep_once
-from corral.sandbox.workspace import _check_paths, workspace_diff
+from corral.sandbox.types import Limits, NetworkProfile
+from corral.sandbox.workspace import check_paths, workspace_diff
 
 logger = logging.getLogger("corral.sandbox")
 
@@ -159,6 +159,7 @@ class BubblewrapSandbox(Sandbox):
         env: Mapping[str, str],
         proxy: Any = None,
         secret_values: Sequence[str] = (),
+        lock_fd: int | None = None,
     ) -> None:
         super().__init__(run_dir=state.run_dir, snapshot=state.snapshot, env=env)
         self._state = state
@@ -179,6 +180,9 @@ class BubblewrapSandbox(Sandbox):
         self._prefix = self._bwrap_prefix()
         self._seccomp = seccomp_filter()
         self._last_disk_usage: int | None = None
+        # Held until destroy: while it is, no sweep touches this sandbox. Taken over last, so that
+        # if anything above raises, the caller still owns (and closes) the fd.
+        self._lock_fd = lock_fd
 
     # -- starting commands ----------------------------------------------------------------
 
@@ -354,7 +358,7 @@ class BubblewrapSandbox(Sandbox):
             await asyncio.sleep(DISK_POLL_INTERVAL)
             try:
                 used = await self._disk_used()
-            except (OSError, ValueError, TimeoutError) as exc:
+            except (SandboxError, OSError, ValueError) as exc:
                 logger.warning("cannot measure the disk use of %s (%s); not checking it now", self.workspace, exc)
                 return
             self._last_disk_usage = used
@@ -401,6 +405,12 @@ class BubblewrapSandbox(Sandbox):
     def state(self) -> dict[str, Any]:
         return self._state.model_dump(mode="json", exclude={"env"})
 
+    def __del__(self) -> None:
+        # Dropped without destroy(): the sandbox stays on the host (resumable), but no longer in use here.
+        lock_fd = getattr(self, "_lock_fd", None)
+        if lock_fd is not None:
+            os.close(lock_fd)
+
     async def destroy(self) -> None:
         """Kill every process, stop the proxy, unmount, remove the run's files and give back the uid."""
         self._destroyed = True
@@ -412,6 +422,9 @@ class BubblewrapSandbox(Sandbox):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proxy.stop(), _EXIT_TIMEOUT)
         await teardown(self._dirs, uid=self._state.uid)
+        if self._lock_fd is not None:
+            lock_fd, self._lock_fd = self._lock_fd, None
+            os.close(lock_fd)
 
 
 class BubblewrapSandboxBackend(SandboxBackend):
@@ -428,12 +441,13 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 hint="fix the cause above, or choose the `local` backend explicitly (no isolation)",
             )
         await sweep_once()  # what sandboxes of dead processes left behind, once per process
-        repo, workspace, _git_dir = _check_paths(Path(request.repo), Path(request.run_dir))
+        repo, workspace, _git_dir = check_paths(Path(request.repo), Path(request.run_dir))
         refuse_system_path(workspace)
         dirs = SandboxDirs(workspace.parent, privileged=privileged())
         proxy_class = _egress_proxy_class() if request.network.mode == "allowlist" else None
         await teardown(dirs, uid=read_identity(dirs))  # creation is a durable step: it may run again
         dirs.state.mkdir()
+        lock_fd = hold(dirs)
         uid = claim_uid(dirs.run_dir, state_dirname=STATE_DIRNAME)
         proxy: Any = None
         try:
@@ -470,12 +484,17 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 disk_baseline=baseline,
             )
             values = [secret.value.get_secret_value() for secret in request.secrets]
-            sandbox = BubblewrapSandbox(state=state, env=request.env, proxy=proxy, secret_values=values)
+            sandbox = BubblewrapSandbox(
+                state=state, env=request.env, proxy=proxy, secret_values=values, lock_fd=lock_fd
+            )
         except BaseException:
-            if proxy is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(proxy.stop(), _EXIT_TIMEOUT)
-            await teardown(dirs, uid=uid)
+            try:
+                if proxy is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(proxy.stop(), _EXIT_TIMEOUT)
+                await teardown(dirs, uid=uid)
+            finally:
+                os.close(lock_fd)
             raise
         if request.network.mode == "host":
             logger.warning(_HOST_NETWORK_WARNING, sandbox.workspace)
@@ -494,8 +513,19 @@ class BubblewrapSandboxBackend(SandboxBackend):
         except ValidationError as exc:
             raise SandboxError(f"not a bubblewrap sandbox state: {exc.error_count()} invalid field(s)") from exc
         dirs = SandboxDirs(parsed.run_dir, privileged=privileged())
-        if not dirs.state.is_dir():
-            raise SandboxError(f"sandbox is gone: {dirs.state} no longer exists")
+        try:
+            lock_fd = hold(dirs)
+        except (FileNotFoundError, NotADirectoryError):
+            raise SandboxError(f"sandbox is gone: {dirs.state} no longer exists") from None
+        try:
+            return await self._reopen(parsed, dirs, state, lock_fd)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    async def _reopen(
+        self, parsed: BubblewrapState, dirs: SandboxDirs, state: dict[str, Any], lock_fd: int
+    ) -> BubblewrapSandbox:
         if not reclaim_uid(parsed.uid, dirs.run_dir, state_dirname=STATE_DIRNAME):
             raise SandboxError(f"sandbox uid {parsed.uid} is now held by another sandbox; cannot re-open it")
         shift = IdShift(*repo_owner(parsed.repo), parsed.uid, parsed.gid)
@@ -528,4 +558,4 @@ class BubblewrapSandboxBackend(SandboxBackend):
         elif parsed.network.mode == "host":
             logger.warning(_HOST_NETWORK_WARNING, parsed.snapshot.workspace)
         values = [secret.value.get_secret_value() for secret in secrets]
-        return BubblewrapSandbox(state=parsed, env=parsed.env, proxy=proxy, secret_values=values)
+        return BubblewrapSandbox(state=parsed, env=parsed.env, proxy=proxy, secret_values=values, lock_fd=lock_fd)

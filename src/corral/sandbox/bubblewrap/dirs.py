@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ from corral.sandbox.bubblewrap.diskimage import loop_devices_for, mount_image, w
 from corral.sandbox.bubblewrap.identity import release_uid, runs_as_root
 from corral.sandbox.bubblewrap.limits import SandboxCgroup, cgroup_support
 from corral.sandbox.bubblewrap.overlay import IdShift, OverlayPaths
-from corral.sandbox.workspace import BASELINE_DIRNAME, WORKSPACE_DIRNAME, _remove_now, remove_tree
+from corral.sandbox.workspace import BASELINE_DIRNAME, WORKSPACE_DIRNAME, remove_now, remove_tree
 
 logger = logging.getLogger("corral.sandbox")
 
@@ -49,6 +50,10 @@ def image_owner_path(ident: str) -> Path:
 
 def portal_path(ident: str) -> Path:
     return PORTAL_ROOT / ident
+
+
+def lock_path(run_dir: Path) -> Path:
+    return run_dir / STATE_DIRNAME / "in-use.lock"
 
 
 def cgroup_for(ident: str) -> SandboxCgroup | None:
@@ -103,6 +108,11 @@ class SandboxDirs:
         return self.state / "identity.json"
 
     @property
+    def lock(self) -> Path:
+        """Share-locked by every process that has the sandbox open; a sweep leaves a locked sandbox alone."""
+        return lock_path(self.run_dir)
+
+    @property
     def portal(self) -> Path | None:
         return portal_path(self.id) if self.privileged else None
 
@@ -128,6 +138,38 @@ class SandboxDirs:
 
     def cgroup(self) -> SandboxCgroup | None:
         return cgroup_for(self.id)
+
+
+def hold(dirs: SandboxDirs) -> int:
+    """Take a shared lock on the sandbox for as long as this process has it open; returns the fd to close.
+
+    The kernel drops the lock when the process dies, however it dies: that is how a sweep tells a
+    sandbox some process is using (or destroying) from one whose process is gone.
+    """
+    fd = os.open(dirs.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def in_use(run_dir: Path) -> bool:
+    """Whether a live process holds the sandbox of ``run_dir`` open (see ``hold``)."""
+    try:
+        fd = os.open(lock_path(run_dir), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:  # cannot tell: keep the sandbox
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it the lock, if we got it
+    return False
 
 
 def write_identity(dirs: SandboxDirs, uid: int) -> None:
@@ -223,7 +265,7 @@ async def remove_quickly(path: Path) -> None:
     if size is None:
         return
     if size <= _QUICK_REMOVE_ENTRIES:
-        _remove_now(path)
+        remove_now(path)
     else:
         await remove_tree(path)
 

@@ -14,8 +14,8 @@ import struct
 import tempfile
 from pathlib import Path
 
-from corral.sandbox.bubblewrap.overlay import _check, _libc
-from corral.sandbox.workspace import _run
+from corral.sandbox.bubblewrap.syscalls import check, libc
+from corral.sandbox.proc import run_process
 
 _LOOP_CTL_GET_FREE = 0x4C82
 _LOOP_CONFIGURE = 0x4C0A  # Linux 5.8+
@@ -50,7 +50,8 @@ async def _template(size_mb: int) -> Path:
         mkfs = shutil.which("mkfs.ext4") or "/usr/sbin/mkfs.ext4"
         # Lazy init: nothing is zeroed now, so the image stays sparse; 0% reserved for root.
         options = "lazy_itable_init=1,lazy_journal_init=1,nodiscard"
-        await _run([mkfs, "-q", "-F", "-m", "0", "-L", "corral", "-E", options, str(building)], seconds=_MKFS_TIMEOUT)
+        argv = [mkfs, "-q", "-F", "-m", "0", "-L", "corral", "-E", options, str(building)]
+        await run_process(argv, timeout=_MKFS_TIMEOUT)
         os.rename(building, target)
     finally:
         _discard(building)
@@ -119,8 +120,8 @@ def mount_image(image: Path, mount_point: Path) -> None:
                 finally:
                     os.close(image_fd)
                 flags = _MS_NOSUID | _MS_NODEV
-                _check(
-                    _libc().mount(os.fsencode(device), os.fsencode(mount_point), b"ext4", flags, b"discard"),
+                check(
+                    libc().mount(os.fsencode(device), os.fsencode(mount_point), b"ext4", flags, b"discard"),
                     "mount disk image",
                 )
                 return

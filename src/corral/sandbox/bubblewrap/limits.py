@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import SandboxError
-from corral.sandbox.base import Limits
+from corral.sandbox.proc import run_process
+from corral.sandbox.types import Limits
 
 logger = logging.getLogger("corral.sandbox")
 
@@ -307,21 +308,9 @@ def limit_notes(
 async def disk_usage(paths: Sequence[Path]) -> int:
     """Bytes used on disk under ``paths`` (not following mounts), measured by ``du``."""
     du = shutil.which("du") or "/usr/bin/du"
-    proc = await asyncio.create_subprocess_exec(
-        du, "-s", "-x", "-B1", "--", *map(str, paths),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        stdout, _ = await asyncio.wait_for(proc.communicate(), _DU_TIMEOUT)
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5)
-    return sum(int(line.split()[0]) for line in stdout.decode().splitlines() if line.strip())
+    # du exits non-zero when an entry vanished or is unreadable, and still prints the totals it has.
+    done = await run_process([du, "-s", "-x", "-B1", "--", *map(str, paths)], timeout=_DU_TIMEOUT, check=False)
+    return sum(int(line.split()[0]) for line in done.stdout.decode().splitlines() if line.strip())
 
 
 def enforced_limits() -> dict[str, str]:

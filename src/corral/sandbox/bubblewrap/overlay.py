@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
-import functools
 import os
 import shutil
 import stat
@@ -15,14 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import SandboxError
-from corral.sandbox.workspace import (
-    _GIT_CONFIG,
-    SCRATCH_DIRNAME,
-    _git_binary,
-    _git_env,
-    _run,
-    _write_excludes,
-)
+from corral.sandbox.bubblewrap.syscalls import check, libc
+from corral.sandbox.git import init_bare, run_git
+from corral.sandbox.workspace import BASELINE_EXCLUDES, SCRATCH_DIRNAME
 
 _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC = 0x2, 0x4, 0x1000, 0x4000
 _MNT_DETACH, _UMOUNT_NOFOLLOW = 0x2, 0x8
@@ -32,7 +25,6 @@ _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV, _MOUNT_ATTR_IDMAP = 0
 _CLONE_NEWUSER = 0x10000000
 _OPAQUE_XATTR = "trusted.overlay.opaque"
 _UNSAFE_IN_OPTIONS = frozenset(",:\\\n\t ")  # mount(2) option strings cannot carry these in a path
-_GIT_TIMEOUT = 300.0
 _PATHSPEC_BUDGET = 100_000  # bytes of pathspecs on one command line before diffing falls back to the whole tree
 _USERNS_CACHE_SIZE = 64
 
@@ -46,23 +38,6 @@ class _MountAttr(ctypes.Structure):
         ("propagation", ctypes.c_uint64),
         ("userns_fd", ctypes.c_uint64),
     ]
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    libc.unshare.argtypes = [ctypes.c_int]
-    libc.syscall.restype = ctypes.c_long
-    return libc
-
-
-def _check(result: int, what: str) -> int:
-    if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"{what}: {os.strerror(code)}")
-    return result
 
 
 @dataclass(frozen=True)
@@ -82,7 +57,7 @@ def _idmap_userns(shift: IdShift) -> int:
     """A user namespace fd describing ``shift``, made once per shift by a short-lived forked child."""
     if shift in _userns_fds:
         return _userns_fds[shift]
-    libc = _libc()
+    lib = libc()
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
     pid = os.fork()
@@ -90,7 +65,7 @@ def _idmap_userns(shift: IdShift) -> int:
         try:
             os.close(ready_r)
             os.close(done_w)
-            os.write(ready_w, b"1" if libc.unshare(_CLONE_NEWUSER) == 0 else b"0")
+            os.write(ready_w, b"1" if lib.unshare(_CLONE_NEWUSER) == 0 else b"0")
             os.read(done_r, 1)
         finally:
             os._exit(0)
@@ -116,16 +91,16 @@ def _idmap_userns(shift: IdShift) -> int:
 
 def _idmapped_view(source: Path, shift: IdShift) -> int:
     """A detached, read-only, idmapped clone of the mount at ``source``, as an fd."""
-    libc = _libc()
-    fd = _check(
-        libc.syscall(_SYS_OPEN_TREE, -100, os.fsencode(source), _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC), "open_tree"
+    lib = libc()
+    fd = check(
+        lib.syscall(_SYS_OPEN_TREE, -100, os.fsencode(source), _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC), "open_tree"
     )
     try:
         attrs = _MountAttr(
             _MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, 0, 0, _idmap_userns(shift)
         )
-        _check(
-            libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH, ctypes.byref(attrs), ctypes.sizeof(attrs)),
+        check(
+            lib.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH, ctypes.byref(attrs), ctypes.sizeof(attrs)),
             "mount_setattr(MOUNT_ATTR_IDMAP)",
         )
     except BaseException:
@@ -170,8 +145,8 @@ def mount_overlay(paths: OverlayPaths, shift: IdShift) -> None:
             f"lowerdir=/proc/self/fd/{lower_fd},upperdir={paths.upper},workdir={paths.work},"
             "redirect_dir=off,metacopy=off,index=off"
         )
-        _check(
-            _libc().mount(b"overlay", os.fsencode(paths.merged), b"overlay", _MS_NOSUID | _MS_NODEV, options.encode()),
+        check(
+            libc().mount(b"overlay", os.fsencode(paths.merged), b"overlay", _MS_NOSUID | _MS_NODEV, options.encode()),
             "mount overlay",
         )
     finally:
@@ -181,12 +156,12 @@ def mount_overlay(paths: OverlayPaths, shift: IdShift) -> None:
 def mount_tmpfs(target: Path, *, size_mb: int, uid: int, gid: int) -> None:
     """A size-capped tmpfs owned by the sandbox user (its /tmp)."""
     options = f"size={size_mb}m,mode=1777,uid={uid},gid={gid}".encode()
-    _check(_libc().mount(b"tmpfs", os.fsencode(target), b"tmpfs", _MS_NOSUID | _MS_NODEV, options), "mount tmpfs")
+    check(libc().mount(b"tmpfs", os.fsencode(target), b"tmpfs", _MS_NOSUID | _MS_NODEV, options), "mount tmpfs")
 
 
 def bind_mount(source: Path, target: Path) -> None:
     """Bind ``source`` (with the mounts below it) at ``target``."""
-    _check(_libc().mount(os.fsencode(source), os.fsencode(target), None, _MS_BIND | _MS_REC, None), "bind mount")
+    check(libc().mount(os.fsencode(source), os.fsencode(target), None, _MS_BIND | _MS_REC, None), "bind mount")
 
 
 def mount_points() -> set[str]:
@@ -217,14 +192,14 @@ def _unescape(field: str) -> str:
 
 def unmount_all(path: Path) -> None:
     """Unmount everything at or below ``path`` (detaching what is busy); raise if something stays."""
-    libc = _libc()
+    lib = libc()
     points = mount_points_under(path)
     if not points:
         return
     for point in points:
         target = os.fsencode(point)
-        if libc.umount2(target, _UMOUNT_NOFOLLOW) != 0:
-            _check(libc.umount2(target, _UMOUNT_NOFOLLOW | _MNT_DETACH), f"umount {point}")
+        if lib.umount2(target, _UMOUNT_NOFOLLOW) != 0:
+            check(lib.umount2(target, _UMOUNT_NOFOLLOW | _MNT_DETACH), f"umount {point}")
     left = mount_points_under(path)
     if left:
         raise SandboxError(f"could not unmount {', '.join(left)}")
@@ -287,32 +262,17 @@ async def _git_run(
     stdin: bytes | None = None,
     errors: str = "surrogateescape",
 ) -> str:
-    argv = [_git_binary(), f"--git-dir={git_dir}", f"--work-tree={work_tree}", "--literal-pathspecs"]
-    for setting in _GIT_CONFIG:
-        argv += ["-c", setting]
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        *args,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_git_env({"GIT_INDEX_FILE": str(index)}),
-        start_new_session=True,
+    env = {"GIT_INDEX_FILE": str(index)}
+    return await run_git(
+        git_dir,
+        work_tree,
+        args,
+        env=env,
+        stdin=stdin,
+        literal_pathspecs=True,
+        errors=errors,
+        purpose="while diffing the workspace",
     )
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), _GIT_TIMEOUT)
-    except TimeoutError:
-        raise SandboxError(f"git {args[0]} timed out after {_GIT_TIMEOUT:.0f}s while diffing the workspace") from None
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5)
-    if proc.returncode != 0:
-        message = stderr.decode("utf-8", errors="replace").strip()
-        raise SandboxError(f"git {args[0]} failed (exit {proc.returncode}) while diffing the workspace: {message}")
-    return stdout.decode("utf-8", errors=errors)
 
 
 async def _unignored_files(git_dir: Path, tree: Path, index: Path, specs: Sequence[str]) -> list[str]:
@@ -338,9 +298,7 @@ async def overlay_diff(paths: OverlayPaths, git_dir: Path) -> str:
     if not specs:
         return ""
     if not (git_dir / "HEAD").exists():
-        init = [_git_binary(), "init", "--quiet", "--bare", "--template=", str(git_dir)]
-        await _run(init, seconds=_GIT_TIMEOUT, env=_git_env())
-        _write_excludes(git_dir)
+        await init_bare(git_dir, excludes=BASELINE_EXCLUDES)
     token = uuid.uuid4().hex
     before, after = git_dir / f"index.before-{token}", git_dir / f"index.after-{token}"
     try:

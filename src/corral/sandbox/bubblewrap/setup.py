@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from corral.errors import SandboxError
-from corral.sandbox.base import Limits, SandboxRequest
+from corral.sandbox.base import SandboxRequest
 from corral.sandbox.bubblewrap import overlay
 from corral.sandbox.bubblewrap.dirs import DISK_ROOT, SandboxDirs, privileged
 from corral.sandbox.bubblewrap.diskimage import create_image, loop_images_available, mount_image
 from corral.sandbox.bubblewrap.limits import TMP_SIZE_MB, disk_usage
 from corral.sandbox.bubblewrap.overlay import IdShift
-from corral.sandbox.workspace import WorkspaceSnapshot, _run, prepare_workspace
+from corral.sandbox.proc import run_process
+from corral.sandbox.types import Limits
+from corral.sandbox.workspace import WorkspaceSnapshot, prepare_workspace
 
 logger = logging.getLogger("corral.sandbox")
 
@@ -104,7 +106,7 @@ async def make_workspace(dirs: SandboxDirs, repo: Path, shift: IdShift) -> tuple
     if privileged() and shift.sandbox_uid != os.geteuid():
         # -h: a symlink in the repo must not make chown change its target on the host.
         owner = f"{shift.sandbox_uid}:{shift.sandbox_gid}"
-        await _run(["chown", "-R", "-h", owner, "--", str(snapshot.workspace)], seconds=600)
+        await run_process(["chown", "-R", "-h", owner, "--", str(snapshot.workspace)], timeout=600)
     baseline = await disk_usage([snapshot.workspace])
     return "copy", snapshot, baseline
 

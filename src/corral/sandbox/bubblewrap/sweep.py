@@ -1,11 +1,18 @@
-"""Find and remove what bubblewrap sandboxes of dead processes left on the host.
+"""Find and remove what bubblewrap sandboxes left on the host once no run can use them again.
 
-A sandbox is *resumable* while its run dir still holds ``sandbox/`` (its state): ``attach()`` mounts
-again whatever is missing and kills commands left running, so a sweep never touches it, whatever
-became of the process that made it. Everything else that carries a sandbox id is a leftover: the
-portal in ``/run/corral/sandboxes``, the cgroups, the disk image (and any mount of it), and uid
-claims whose run dir is gone. That happens when a process dies half-way through ``destroy()``, or
-when a run dir is deleted while its sandbox exists (after a reboot, say, with the image still in
+A sandbox is kept while
+
+- a live process has it open (creating, using or destroying it): the process holds a lock on the
+  sandbox's state (``dirs.hold``) that the kernel drops when the process dies, however it dies; or
+- it is *resumable*: its run dir still holds ``sandbox/`` (its state) and the run was not marked
+  ended (``corral.sandbox.mark_run_ended``). ``attach()`` mounts again whatever is missing and kills
+  commands left running, so a crashed run can go on.
+
+Everything else that carries a sandbox id is removed: the portal in ``/run/corral/sandboxes``, the
+cgroups, the disk image (and any mount of it), the workspace, baseline and state of an ended run,
+and uid claims whose sandbox state is gone. That is what a process leaves when it dies during
+``destroy()``, or before it with its run already ended (a cancelled run whose process was killed),
+or when a run dir is deleted while its sandbox exists (after a reboot, say, with the image still in
 ``/var/lib/corral``).
 
 The sweep lists the leftovers *before* it reads the claims: everything a sandbox makes on the host
@@ -21,17 +28,21 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corral.sandbox.base import run_ended
 from corral.sandbox.bubblewrap import overlay
 from corral.sandbox.bubblewrap.dirs import (
     CGROUP_PREFIX,
     DISK_ROOT,
     PORTAL_ROOT,
     STATE_DIRNAME,
+    SandboxDirs,
     cgroup_for,
     image_owner_path,
     image_path,
+    in_use,
     portal_path,
     release_image,
+    remove_quickly,
     sandbox_id,
 )
 from corral.sandbox.bubblewrap.identity import claims, release_uid, runs_as_root
@@ -45,17 +56,21 @@ _ID_LENGTH = 16
 
 @dataclass
 class SweepReport:
-    """What a sweep removed, one line per item, and what it could not."""
+    """What a sweep removed (one line per item), what it could not, and the sandboxes it kept."""
 
     removed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    resumable: list[Path] = field(default_factory=list)
+    """Run dirs whose sandboxes were kept because their runs may still resume."""
+    in_use: list[Path] = field(default_factory=list)
+    """Run dirs whose sandboxes a live process has open."""
 
 
 def _is_id(name: str) -> bool:
     return len(name) == _ID_LENGTH and all(c in "0123456789abcdef" for c in name)
 
 
-def _resumable(run_dir: Path) -> bool:
+def _has_state(run_dir: Path) -> bool:
     return (run_dir / STATE_DIRNAME).is_dir()
 
 
@@ -90,7 +105,7 @@ def _image_owner(ident: str) -> Path | None:
 
 
 async def sweep_orphans() -> SweepReport:
-    """Remove what sandboxes that can no longer be resumed left behind; resumable sandboxes stay."""
+    """Remove what sandboxes that can no longer be used left behind; open and resumable sandboxes stay."""
     report = SweepReport()
     found = _found_on_host()
     claimed = claims()
@@ -99,13 +114,18 @@ async def sweep_orphans() -> SweepReport:
         owner = _image_owner(ident)
         if owner is not None:
             owners.setdefault(ident, owner)
-    for ident, paths in sorted(found.items()):
+    for ident in sorted(found.keys() | owners.keys()):
         owner = owners.get(ident)
-        if owner is not None and _resumable(owner):
-            continue
-        await _remove_sandbox(ident, owner, paths, report)
+        if owner is not None and _has_state(owner):
+            if in_use(owner):
+                report.in_use.append(owner)
+                continue
+            if not run_ended(owner):
+                report.resumable.append(owner)
+                continue
+        await _remove_sandbox(ident, owner, found.get(ident, []), report)
     for uid, run_dir in sorted(claimed.items()):
-        if not _resumable(run_dir):
+        if not _has_state(run_dir):
             release_uid(uid, run_dir)
             report.removed.append(f"uid claim {uid} (run dir {run_dir})")
     for line in report.removed:
@@ -117,18 +137,20 @@ async def sweep_orphans() -> SweepReport:
 
 async def _remove_sandbox(ident: str, owner: Path | None, paths: list[Path], report: SweepReport) -> None:
     group = cgroup_for(ident)
-    if group is not None and any(path.name == CGROUP_PREFIX + ident for path in paths):
+    if group is not None and any(directory.exists() for directory in group.dirs.values()):
         left = len(group.processes())
         await group.remove()
         if any(directory.exists() for directory in group.dirs.values()):
             report.failed.append(f"cgroup {CGROUP_PREFIX}{ident}")
         else:
             report.removed.append(f"cgroup {CGROUP_PREFIX}{ident}" + (f" ({left} processes killed)" if left else ""))
+    mounts_left = False
     for mounted in _mounts_of(ident, owner):
         try:
             overlay.unmount_all(mounted)
             report.removed.append(f"mount {mounted}")
         except Exception as exc:  # SandboxError or OSError: reported, and the sweep goes on
+            mounts_left = True
             report.failed.append(f"mount {mounted}: {exc}")
     portal = portal_path(ident)
     if portal.exists():
@@ -139,9 +161,28 @@ async def _remove_sandbox(ident: str, owner: Path | None, paths: list[Path], rep
         except Exception as exc:
             report.failed.append(f"portal {portal}: {exc}")
     image = image_path(ident)
+    had_image = image.exists()
     held = await release_image(image, image_owner_path(ident))
-    if image in paths:
+    if had_image:
         report.removed.append(f"disk image {image}" + (f" (still attached to {', '.join(held)})" if held else ""))
+    if owner is not None and _has_state(owner) and not mounts_left:
+        await _remove_run_files(owner, report)
+
+
+async def _remove_run_files(run_dir: Path, report: SweepReport) -> None:
+    """The workspace, baseline and state of an ended run: what its sandbox's destroy() would have removed."""
+    dirs = SandboxDirs(run_dir, privileged=True)
+    mounted = overlay.mount_points_under(run_dir)
+    if mounted:  # never delete through a mount (the repository's view, say)
+        report.failed.append(f"files of ended run {run_dir}: still mounted: {', '.join(mounted)}")
+        return
+    try:
+        for directory in (dirs.workspace, dirs.git_dir, dirs.state):
+            await remove_quickly(directory)
+    except Exception as exc:
+        report.failed.append(f"files of ended run {run_dir}: {exc}")
+    else:
+        report.removed.append(f"workspace, baseline and state of ended run {run_dir}")
 
 
 def _mounts_of(ident: str, owner: Path | None) -> list[Path]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import ssl
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import h11
 
-from corral.sandbox.base import EgressEvent
+from corral.events import EgressAttempted
 from corral.sandbox.egress.http import (
     BodyTooLarge,
     Peer,
@@ -66,7 +67,7 @@ class Forwarder:
     max_body: int
     allow_private: bool
     upstream_tls: Callable[[], ssl.SSLContext]
-    on_event: Callable[[EgressEvent], None] | None
+    on_event: Callable[[EgressAttempted], None] | None
 
     async def exchange(
         self, client: Peer, request: h11.Request, host: str, port: int, *, tls: bool, target: bytes, slot: UpstreamSlot
@@ -193,7 +194,8 @@ class Forwarder:
     ) -> None:
         """Journal one attempt; every text is redacted, so no secret value can reach the journal or the log."""
         redact = self.guard.redact
-        event = EgressEvent(
+        event = EgressAttempted(
+            key=f"egress:{uuid.uuid4().hex}",
             host=host,
             port=port,
             allowed=allowed,
@@ -202,7 +204,7 @@ class Forwarder:
             path=redact(path)[:_MAX_PATH_SHOWN] if path is not None else None,
             bytes_sent=sent,
             bytes_received=received,
-            secrets_used=tuple(used),
+            secrets_used=list(used),
         )
         verdict = "allowed" if allowed else "denied"
         logger.info("egress %s %s:%s %s (%s)", verdict, host, port, method or "-", event.reason)

@@ -73,7 +73,7 @@ class HostPattern:
         if not raw or "/" in raw or "@" in raw or any(ch.isspace() for ch in raw):
             raise SandboxError(
                 f"not a host pattern: {text!r}",
-                hint="write 'example.com', 'example.com:8443' or '*.example.com' (no scheme, no path)",
+                hint="write 'example.com', 'example.com:8443' or '*.example.com' (no scheme, user or path)",
             )
         wildcard = raw.startswith("*.")
         body = raw[2:] if wildcard else raw
@@ -81,7 +81,12 @@ class HostPattern:
             host, port = split_authority(body, default_port=0)
         except ValueError as exc:
             raise SandboxError(f"not a host pattern: {text!r} ({exc})") from exc
-        if not host or "*" in host or (wildcard and is_ip_literal(host)):
+        if wildcard and is_ip_literal(host):
+            raise SandboxError(
+                f"not a host pattern: {text!r}",
+                hint="'*.' needs a domain after it; list an IP address as it is, without '*.'",
+            )
+        if not host or "*" in host:
             raise SandboxError(
                 f"not a host pattern: {text!r}",
                 hint="'*' may only start a pattern, as in '*.example.com'; to allow every host use network mode 'host'",

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 import h11
 
 from corral.errors import SandboxError
-from corral.sandbox.base import EgressEvent, ScopedSecret
+from corral.events import EgressAttempted
+from corral.sandbox.base import ScopedSecret
 from corral.sandbox.egress.ca import CA_CERT_NAME, SandboxCA
 from corral.sandbox.egress.exchange import Forwarder, UpstreamSlot
 from corral.sandbox.egress.http import Peer, PeerClosed, close_writer, proxy_response
@@ -86,7 +87,7 @@ class EgressProxy:
         *,
         allow: tuple[str, ...],
         secrets: tuple[ScopedSecret, ...],
-        on_event: Callable[[EgressEvent], None] | None,
+        on_event: Callable[[EgressAttempted], None] | None,
         state_dir: Path,
         upstream_ca_file: Path | None = None,
         intercept: bool | None = None,
@@ -125,7 +126,7 @@ class EgressProxy:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self._intercept:
             self._ca = SandboxCA.load_or_create(self.state_dir)
-        sock = _bind_unix(self.socket_path)
+        sock = bind_unix(self.socket_path)
         try:
             self._server = await asyncio.start_unix_server(self._on_client, sock=sock)
         except BaseException:
@@ -359,7 +360,7 @@ def _origin_form(path: str, query: str) -> str:
     return (path or "/") + (f"?{query}" if query else "")
 
 
-def _bind_unix(path: Path) -> socket.socket:
+def bind_unix(path: Path) -> socket.socket:
     """A listening Unix socket at ``path``, mode 0600; paths past the 108-byte limit go via /proc/self/fd."""
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(path.lstat().st_mode):

@@ -1,4 +1,4 @@
-"""Sandboxes of processes that died: resumable ones survive a sweep, leftovers are removed.
+"""Sandboxes of processes that died: resumable ones survive a sweep, those of ended runs and leftovers go.
 
 Each test starts a real process that makes a bubblewrap sandbox and then SIGKILLs itself at a chosen
 point, so what is left on the host is what a crash leaves.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -16,8 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from corral.errors import SandboxError
+from corral.sandbox import SandboxRequest, mark_run_ended
+from corral.sandbox.base import RUN_ENDED_MARKER
+from corral.sandbox.bubblewrap import overlay
 from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend
 from corral.sandbox.bubblewrap.dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
+from corral.sandbox.bubblewrap.diskimage import loop_devices_for
 from corral.sandbox.bubblewrap.identity import claims
 from corral.sandbox.bubblewrap.limits import cgroup_support
 from corral.sandbox.bubblewrap.sweep import sweep_orphans
@@ -26,14 +32,15 @@ from tests.sandbox.host import host_footprint, processes_with
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # Makes a sandbox, starts `sleep TOKEN` in it, prints the sandbox's state, then dies (SIGKILL) either
-# at once ("running") or inside destroy() just after the run dir's state is gone ("in-destroy").
+# at once ("running"), after marking its run ended as the runtime does before destroy ("ended"), or
+# inside destroy() just after the run dir's state is gone ("in-destroy").
 CRASHER = r"""
 import asyncio, json, os, signal, sys
 from pathlib import Path
-from corral.sandbox import Limits, SandboxRequest
+from corral.sandbox import Limits, SandboxRequest, mark_run_ended
 from corral.sandbox.bubblewrap import dirs as sandbox_dirs
 from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend
 
@@ -50,6 +57,8 @@ async def main():
     asyncio.create_task(sandbox.exec(f"sleep {token}", timeout=60))
     await asyncio.sleep(0.3)
     print(json.dumps(sandbox.state()), flush=True)
+    if mode == "ended":
+        mark_run_ended(Path(run_dir))
     if mode == "in-destroy":
         sandbox_dirs.release_image = die  # destroy has unmounted everything and removed the state
         await sandbox.destroy()
@@ -80,6 +89,15 @@ def crashed_sandbox(tmp_path: Path, mode: str) -> tuple[Path, str, str, dict[str
     return run_dir, sandbox_id(run_dir.resolve()), token, state
 
 
+def prune() -> subprocess.CompletedProcess[str]:
+    """``corral sandbox prune`` in a process of its own, as a user runs it."""
+    pruned = subprocess.run(
+        [sys.executable, "-m", "corral", "sandbox", "prune"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    return pruned
+
+
 def require_root_sandboxes() -> None:
     skip_unless_bubblewrap_runs()
     if os.geteuid() != 0:
@@ -102,7 +120,11 @@ async def test_a_crashed_runs_sandbox_survives_the_sweep_and_can_be_resumed(tmp_
     assert await wait_until_gone(token) == []
     report = await sweep_orphans()
     assert not [line for line in report.removed if ident in line or str(run_dir) in line]
+    assert run_dir.resolve() in report.resumable
     assert (PORTAL_ROOT / ident).is_dir() and (DISK_ROOT / f"{ident}.img").exists()
+    pruned = prune()
+    assert re.search(r"^kept \d+ resumable sandbox\(es\)", pruned.stdout, flags=re.MULTILINE), pruned.stdout
+    assert f"  {run_dir.resolve()}\n" in pruned.stdout
 
     sandbox = await BubblewrapSandboxBackend().attach(state)
     assert (await sandbox.read_file("made-before-the-crash.txt")) == b"kept\n"
@@ -118,10 +140,7 @@ async def test_the_sweep_removes_what_a_process_killed_inside_destroy_left(tmp_p
     assert str(run_dir.resolve()) in map(str, claims().values()), "and the uid claim"
 
     # `corral sandbox prune` is the sweep from the command line; a new sandbox's first create runs it too.
-    pruned = subprocess.run(
-        [sys.executable, "-m", "corral", "sandbox", "prune"], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert pruned.returncode == 0, pruned.stderr
+    pruned = prune()
     assert f"disk image {DISK_ROOT / (ident + '.img')}" in pruned.stdout
     assert "uid claim" in pruned.stdout
     assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}
@@ -150,3 +169,47 @@ async def test_the_sweep_removes_a_sandbox_whose_run_dir_was_deleted(tmp_path: P
         assert not any((base / f"sandbox-{ident}").exists() for base in support.bases.values())
     assert str(run_dir.resolve()) not in map(str, claims().values())
     assert await wait_until_gone(token) == []
+
+
+async def test_prune_removes_the_sandbox_of_an_ended_run_whose_process_died(tmp_path: Path) -> None:
+    """A run cancelled (or failed) whose process died before destroy(): its sandbox will never be resumed."""
+    require_root_sandboxes()
+    run_dir, ident, token, state = crashed_sandbox(tmp_path, "ended")
+    owner = str(run_dir.resolve())
+    image = DISK_ROOT / f"{ident}.img"
+    assert image.exists() and loop_devices_for(image), "the crash left the disk image, attached"
+    assert owner in map(str, claims().values()), "and the uid claim"
+    assert any(str(run_dir) in point for point in overlay.mount_points()), "and the mounts"
+
+    pruned = prune()
+    assert f"disk image {image}" in pruned.stdout
+    assert f"workspace, baseline and state of ended run {owner}" in pruned.stdout
+    assert f"(run dir {owner})" in pruned.stdout  # the uid claim
+    assert await wait_until_gone(token) == []
+    footprint = host_footprint(tmp_path)
+    assert footprint["run dir contents"] == [str(run_dir / RUN_ENDED_MARKER)]  # the runtime's, not the sandbox's
+    assert {name: found for name, found in footprint.items() if name != "run dir contents"} == {
+        name: [] for name in footprint if name != "run dir contents"
+    }
+    support = cgroup_support()
+    if support is not None:
+        assert not any((base / f"sandbox-{ident}").exists() for base in support.bases.values())
+    with pytest.raises(SandboxError, match="has ended"):
+        await BubblewrapSandboxBackend().attach(state)
+
+
+async def test_a_sandbox_in_use_is_kept_even_after_its_run_ended(tmp_path: Path) -> None:
+    """The runtime marks a run ended before destroy(): a sweep meanwhile must not pull the sandbox from under it."""
+    require_root_sandboxes()
+    repo, run_dir = build_repo(tmp_path / "repo", with_git=False), tmp_path / "run"
+    sandbox = await BubblewrapSandboxBackend().create(SandboxRequest(repo=repo, run_dir=run_dir))
+    try:
+        mark_run_ended(run_dir)
+        report = await sweep_orphans()
+        assert run_dir.resolve() in report.in_use
+        assert not [line for line in report.removed + report.failed if str(run_dir) in line]
+        assert (await sandbox.exec("echo still here", timeout=10)).stdout == "still here\n"
+    finally:
+        await sandbox.destroy()
+    footprint = host_footprint(tmp_path)
+    assert footprint["run dir contents"] == [str(run_dir / RUN_ENDED_MARKER)]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.sandbox.egress.proxy import SANDBOX_PYTHON, _bind_unix, relay_argv
-from tests.sandbox.test_egress_support import free_port, run_relayed
+from corral.sandbox.egress.proxy import SANDBOX_PYTHON, bind_unix, relay_argv
+from tests.sandbox.egress.support import free_port, run_relayed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -44,7 +44,7 @@ async def echo_server(path: Path) -> AsyncIterator[list[int]]:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_unix_server(handle, sock=_bind_unix(path))
+    server = await asyncio.start_unix_server(handle, sock=bind_unix(path))
     try:
         yield sizes
     finally:

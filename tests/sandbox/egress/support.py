@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from corral.sandbox.base import EgressEvent, ScopedSecret
+from corral.events import EgressAttempted
+from corral.sandbox.base import ScopedSecret
 from corral.sandbox.egress.ca import SandboxCA
 from corral.sandbox.egress.proxy import EgressProxy, relay_argv
 
@@ -154,9 +155,9 @@ def allowlist(upstreams: Upstreams) -> tuple[str, ...]:
 
 
 @pytest.fixture
-async def proxy(fresh: Upstreams, tmp_path: Path) -> AsyncIterator[tuple[EgressProxy, list[EgressEvent]]]:
+async def proxy(fresh: Upstreams, tmp_path: Path) -> AsyncIterator[tuple[EgressProxy, list[EgressAttempted]]]:
     """A started proxy with the API_TOKEN secret scoped to the HTTPS upstream, and the events it emitted."""
-    events: list[EgressEvent] = []
+    events: list[EgressAttempted] = []
     egress = EgressProxy(
         allow=allowlist(fresh),
         secrets=(scoped_secret(fresh),),

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from corral.sandbox.base import EgressEvent
+from corral.events import EgressAttempted
 from corral.sandbox.egress.proxy import EgressProxy
-from tests.sandbox import test_egress_support as support
-from tests.sandbox.test_egress_support import (
+from tests.sandbox.egress import support
+from tests.sandbox.egress.support import (
     PLACEHOLDER,
     SECRET_VALUE,
     Upstreams,
@@ -33,8 +33,7 @@ from tests.sandbox.test_egress_support import (
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-Proxy = tuple[EgressProxy, list[EgressEvent]]
-upstreams, fresh, proxy = support.upstreams, support.fresh, support.proxy  # the fixtures
+Proxy = tuple[EgressProxy, list[EgressAttempted]]
 
 
 def assert_value_absent(*texts: object) -> None:
@@ -71,7 +70,7 @@ async def test_allowed_https_host_receives_the_real_secret_and_the_client_never_
     [event] = events
     assert (event.host, event.port, event.allowed, event.method) == ("localhost", fresh.https.port, True, "POST")
     assert event.path == f"/v1/items?token={PLACEHOLDER}"
-    assert event.secrets_used == ("API_TOKEN",)
+    assert event.secrets_used == ["API_TOKEN"]
     assert event.bytes_sent > len(received.body) and event.bytes_received > len(body)
     assert_value_absent(events)
 
@@ -115,7 +114,7 @@ async def test_placeholder_bound_for_an_unscoped_host_is_blocked(proxy: Proxy, f
 
 async def test_secret_is_never_sent_in_cleartext_even_to_its_host(fresh: Upstreams, tmp_path: Path) -> None:
     secret = scoped_secret(fresh).model_copy(update={"hosts": (f"127.0.0.1:{fresh.http.port}",)})
-    events: list[EgressEvent] = []
+    events: list[EgressAttempted] = []
     async with EgressProxy(
         allow=allowlist(fresh), secrets=(secret,), on_event=events.append, state_dir=tmp_path / "s"
     ) as egress:
@@ -134,8 +133,8 @@ async def test_plain_http_and_requests_without_placeholders_pass(proxy: Proxy, f
     assert [r.path for r in fresh.http.requests] == ["/hello?x=1"]
     assert [r.path for r in fresh.other_https.requests] == ["/fine"]
     assert [(e.host, e.port, e.allowed, e.secrets_used) for e in events] == [
-        ("127.0.0.1", fresh.http.port, True, ()),
-        ("127.0.0.1", fresh.other_https.port, True, ()),
+        ("127.0.0.1", fresh.http.port, True, []),
+        ("127.0.0.1", fresh.other_https.port, True, []),
     ]
     assert all(e.bytes_sent > 0 and e.bytes_received > 0 for e in events)
 
@@ -148,7 +147,7 @@ async def test_basic_credentials_carry_the_secret_like_git_over_https(proxy: Pro
     scheme, encoded = received.headers["authorization"].split()
     assert scheme == "Basic"
     assert base64.b64decode(encoded).decode() == f"x-access-token:{SECRET_VALUE}"
-    assert events[0].secrets_used == ("API_TOKEN",)
+    assert events[0].secrets_used == ["API_TOKEN"]
     assert_value_absent(run.stdout)
 
 
@@ -218,7 +217,7 @@ async def test_python_clients_work_through_https_proxy_and_http_proxy(proxy: Pro
 
 
 async def test_without_secrets_connect_is_tunnelled_blindly_and_journaled(fresh: Upstreams, tmp_path: Path) -> None:
-    events: list[EgressEvent] = []
+    events: list[EgressAttempted] = []
     async with EgressProxy(
         allow=allowlist(fresh), secrets=(), on_event=events.append, state_dir=tmp_path / "s"
     ) as egress:
@@ -289,7 +288,7 @@ async def test_restarted_proxy_reuses_the_ca_a_sandbox_already_trusts(fresh: Ups
 
 
 async def test_a_failing_event_callback_does_not_break_the_proxy(fresh: Upstreams, tmp_path: Path) -> None:
-    def explode(event: EgressEvent) -> None:
+    def explode(event: EgressAttempted) -> None:
         raise RuntimeError("journal is down")
 
     async with EgressProxy(allow=allowlist(fresh), secrets=(), on_event=explode, state_dir=tmp_path / "s") as egress:
@@ -311,7 +310,7 @@ async def test_a_name_that_resolves_to_an_internal_address_is_refused(
 
     monkeypatch.setattr(loop, "getaddrinfo", fake_dns)
     allow = (f"metadata.internal.test:{fresh.http.port}",)
-    events: list[EgressEvent] = []
+    events: list[EgressAttempted] = []
     async with EgressProxy(allow=allow, secrets=(), on_event=events.append, state_dir=tmp_path / "a") as egress:
         refused = await curl(egress, f"http://metadata.internal.test:{fresh.http.port}/latest")
     status, body = status_and_body(refused)
@@ -325,7 +324,7 @@ async def test_a_name_that_resolves_to_an_internal_address_is_refused(
 
 
 async def test_upstream_certificates_are_verified(fresh: Upstreams, tmp_path: Path) -> None:
-    events: list[EgressEvent] = []
+    events: list[EgressAttempted] = []
     async with EgressProxy(  # no upstream_ca_file: the test CA is not in the system trust store
         allow=allowlist(fresh), secrets=(scoped_secret(fresh),), on_event=events.append, state_dir=tmp_path / "s"
     ) as egress:
