@@ -274,3 +274,18 @@ def test_a_spec_stored_with_flat_sandbox_limits_still_validates() -> None:
     sandbox = AgentSpec.model_validate(stored).sandbox
     assert sandbox.limits == Limits(memory_mb=1024)
     assert sandbox.network == NetworkProfile(mode="allowlist", allow=("pypi.org",))
+
+
+def test_the_spec_knows_every_built_in_tool() -> None:
+    from corral.spec import BUILTIN_TOOL_NAMES
+    from corral.tools.builtin import BUILTIN_TOOLS
+
+    assert set(BUILTIN_TOOLS) == BUILTIN_TOOL_NAMES
+
+
+def test_an_unknown_engine_is_an_error_naming_the_installed_ones(tmp_path: Path) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text('[agents.a]\nmodel = "openai:gpt-5"\nengine = "claude-code"\n')
+    with pytest.raises(SpecError) as caught:
+        load_config(path)
+    assert "field 'engine': unknown engine 'claude-code' (installed: native)" in str(caught.value)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -15,8 +15,11 @@ from corral.sandbox.types import HostPatternText, Limits, NetworkProfile
 
 SPEC_FILE_NAME = "corral.toml"
 
-#: Tools an agent gets when its spec does not list any.
+#: Tools an agent gets when its spec does not list any: all the built-in ones (``corral.tools.builtin``
+#: defines them; a test keeps the two lists equal, so the spec need not import the tools layer).
 DEFAULT_TOOLS = ("read_file", "write_file", "edit_file", "glob", "grep", "execute", "diff")
+BUILTIN_TOOL_NAMES = frozenset(DEFAULT_TOOLS)
+ENGINE_ENTRY_POINTS = "corral.engines"
 
 
 class _Strict(BaseModel):
@@ -84,23 +87,6 @@ class SandboxProfile(_Strict):
             data["limits"] = flat
         return data
 
-    # Until the runtime passes ``limits`` through: the flat names it reads today.
-    @property
-    def memory_mb(self) -> int | None:
-        return self.limits.memory_mb
-
-    @property
-    def pids(self) -> int | None:
-        return self.limits.pids
-
-    @property
-    def cpu_s(self) -> int | None:
-        return self.limits.cpu_s
-
-    @property
-    def disk_mb(self) -> int | None:
-        return self.limits.disk_mb
-
 
 class SecretScope(_Strict):
     """Where a secret may be used. With ``hosts``, commands see only a placeholder and the egress
@@ -141,7 +127,8 @@ class AgentSpec(_Strict):
     """Send model requests here instead of the provider's default (vLLM, Ollama, llama.cpp, a gateway)."""
     api_key_env: str | None = None
     """Environment variable holding the API key (default: the provider's usual one)."""
-    engine: Literal["native"] = "native"
+    engine: str = "native"
+    """The loop that drives the agent: an engine installed in the ``corral.engines`` entry point group."""
     tools: tuple[str, ...] = DEFAULT_TOOLS
     secrets: dict[str, SecretScope] = {}
     """Host environment variables that hold secrets (a list of names, or a table of name = scope). Their
@@ -178,6 +165,14 @@ class AgentSpec(_Strict):
             # The run records the script's absolute path, so `corral resume` from anywhere finds it.
             base = Path((info.context or {}).get("spec_dir") or Path.cwd())
             return f"scripted:{(base / Path(name).expanduser()).resolve()}"
+        return value
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_installed(cls, value: str) -> str:
+        installed = installed_engines()
+        if value not in installed:
+            raise ValueError(f"unknown engine {value!r} (installed: {', '.join(installed) or 'none'})")
         return value
 
     @field_validator("tools")
@@ -285,9 +280,14 @@ def parse_config(data: dict[str, Any], path: Path) -> ProjectConfig:
 
 def unknown_tools(names: tuple[str, ...], extra: tuple[str, ...] = ()) -> list[str]:
     """The names that are neither built-in tools nor in ``extra``."""
-    from corral.tools.builtin import BUILTIN_TOOLS
+    return [t for t in names if t not in BUILTIN_TOOL_NAMES and t not in extra]
 
-    return [t for t in names if t not in BUILTIN_TOOLS and t not in extra]
+
+def installed_engines() -> tuple[str, ...]:
+    """Names in the ``corral.engines`` entry point group (read from package metadata, nothing imported)."""
+    from importlib.metadata import entry_points
+
+    return tuple(sorted({ep.name for ep in entry_points(group=ENGINE_ENTRY_POINTS)}))
 
 
 def load_config(path: Path) -> ProjectConfig:

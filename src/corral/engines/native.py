@@ -7,7 +7,7 @@ import itertools
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from typing import Any, ClassVar
 
@@ -39,9 +39,10 @@ from corral import events
 from corral.engines.base import Engine, EngineContext, EngineResult
 from corral.errors import BudgetExceededError, ModelCallError
 from corral.events import Usage
-from corral.models.pricing import Price, price_call
+from corral.models.pricing import price_call
 from corral.models.providers import ModelTarget, api_key_for, build_model, context_window, resolve_target
 from corral.secrets.redact import redact_data
+from corral.spec import ModelPrice
 from corral.tools.base import ToolContext, ToolDef, run_tool
 
 AGENTS_FILE = "AGENTS.md"
@@ -87,7 +88,9 @@ def _usage_of(response: ModelResponse) -> Usage:
 class DurableModel(WrapperModel):
     """Wraps a pydantic-ai model: budget checks, journaled retries, pricing, one durable step per call."""
 
-    def __init__(self, wrapped: Any, *, ctx: EngineContext, target: ModelTarget, prices: dict[str, Price]) -> None:
+    def __init__(
+        self, wrapped: Any, *, ctx: EngineContext, target: ModelTarget, prices: Mapping[str, ModelPrice]
+    ) -> None:
         super().__init__(wrapped)
         self._ctx = ctx
         self._target = target
@@ -350,7 +353,7 @@ class NativeEngine(Engine):
     async def run(self, ctx: EngineContext) -> EngineResult:
         spec = ctx.spec
         target = resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env)
-        prices = {ref: Price(**p.model_dump()) for ref, p in spec.prices.items()}
+        prices = spec.prices
         if self._model is not None:
             return await self._run(ctx, target, self._model, prices)
         client = build_model(target, api_key_for(target))
@@ -359,7 +362,9 @@ class NativeEngine(Engine):
         finally:
             await client.aclose()  # on this loop: its connections belong to it
 
-    async def _run(self, ctx: EngineContext, target: ModelTarget, inner: Any, prices: dict[str, Price]) -> EngineResult:
+    async def _run(
+        self, ctx: EngineContext, target: ModelTarget, inner: Any, prices: Mapping[str, ModelPrice]
+    ) -> EngineResult:
         spec = ctx.spec
         model = DurableModel(inner, ctx=ctx, target=target, prices=prices)
         window = spec.context.window_tokens or context_window(target) or DEFAULT_WINDOW_TOKENS

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from corral.events import Usage
 from corral.spec import ModelPrice
 
 log = logging.getLogger("corral.pricing")
 
-
-Price = ModelPrice
-"""The name engines/native.py imports; the same class as ``corral.spec.ModelPrice``, so a spec's
-``prices`` can be passed as ``overrides`` as they are."""
+#: Models of this provider are corral's scripted test doubles: free, whatever model name a script gives.
+SCRIPTED_PROVIDER = "scripted"
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class _GenaiUsage:
 def price_call(
     usage: Usage, *, model: str, provider: str, overrides: Mapping[str, ModelPrice] | None = None, ref: str = ""
 ) -> tuple[float, str]:
-    """(cost in USD, where the price came from: "override", "genai-prices" or "unknown")."""
+    """(cost in USD, where the price came from: "override", "scripted", "genai-prices" or "unknown")."""
     override = (overrides or {}).get(ref) or (overrides or {}).get(model)
     if override is not None:
         uncached = max(usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens, 0)
@@ -42,15 +42,26 @@ def price_call(
             * (override.cache_write_mtok if override.cache_write_mtok is not None else override.input_mtok)
         ) / 1_000_000
         return cost, "override"
-    try:
-        from genai_prices import calc_price
+    if provider == SCRIPTED_PROVIDER:
+        return 0.0, SCRIPTED_PROVIDER
+    table = _table_price(model, provider)
+    if table is None:
+        return 0.0, "unknown"
+    calc = table.calc_price(
+        _GenaiUsage(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
+    )
+    return float(calc["total_price"]), "genai-prices"
 
-        calc = calc_price(
-            _GenaiUsage(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens),
-            model,
-            provider_id=provider,
-        )
+
+@functools.lru_cache(maxsize=256)
+def _table_price(model: str, provider: str) -> Any:
+    """genai-prices' price of a model (None when it has none), looked up once per process: a lookup
+    scans its tables, and every model call of a run asks for the same model."""
+    from genai_prices import calc_price
+
+    try:
+        found = calc_price(_GenaiUsage(0, 0, 0, 0), model, provider_id=provider)
     except LookupError:
         log.debug("no price for %s/%s", provider, model)
-        return 0.0, "unknown"
-    return float(calc.total_price), "genai-prices"
+        return None
+    return found.model_price

@@ -25,7 +25,7 @@ from corral.events import Usage
 from corral.policy.budgets import BudgetClock
 from corral.runtime import recovery, workflow
 from corral.runtime.sandboxing import open_sandbox
-from corral.sandbox.base import Sandbox, get_backend
+from corral.sandbox.base import Sandbox, get_backend, mark_run_ended
 from corral.secrets.redact import REDACTOR
 from corral.spec import AgentSpec, unknown_tools
 from corral.store import RunRecord, RunStatus, Store
@@ -360,14 +360,19 @@ class Runtime:
             except Exception as err:
                 log.exception("run %s: reading the workspace's changes failed", record.id)
                 outcome.notes.append(f"the patch could not be read: {type(err).__name__}: {err}")
+        run_dir = Path(record.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - small local writes
+        (run_dir / PATCH_FILE).write_text(patch)
+        # From here the run can never resume: if this process dies before destroy() completes, the
+        # sweep removes what is left instead of keeping it for a resume that will never come.
+        mark_run_ended(run_dir)
+        if sandbox is not None:
             try:
                 await sandbox.destroy()
             except Exception:
                 log.exception("destroying the sandbox of run %s failed", record.id)
                 outcome.notes.append("the sandbox could not be removed; `corral sandbox prune` retries")
         files = sum(1 for line in patch.splitlines() if line.startswith("diff --git "))
-        Path(record.run_dir).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a small local write
-        Path(record.run_dir, PATCH_FILE).write_text(patch)  # noqa: ASYNC240
         result = REDACTOR.data(
             {
                 "text": outcome.text,

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from pydantic import SecretStr
 from corral import events as ev
 from corral.errors import SandboxError, SpecError
 from corral.runtime import workflow
-from corral.sandbox.base import EgressEvent, Limits, NetworkProfile, Sandbox, SandboxRequest, ScopedSecret, get_backend
+from corral.sandbox.base import Sandbox, SandboxRequest, ScopedSecret, get_backend
 from corral.secrets.redact import Redactor
 from corral.spec import AgentSpec
 from corral.store import RunRecord
@@ -55,24 +54,12 @@ def load_secrets(
     return env, tuple(scoped)
 
 
-def egress_sink(emit: Emit) -> Callable[[EgressEvent], None]:
-    """Journal every egress attempt; the proxy calls this from its own thread or task."""
+def egress_sink(emit: Emit) -> Callable[[ev.EgressAttempted], None]:
+    """Journal every egress attempt as the proxy reports it (from its own thread or task)."""
     loop = asyncio.get_running_loop()
 
-    def on_egress(attempt: EgressEvent) -> None:
-        event = ev.EgressAttempted(
-            key=f"egress:{uuid.uuid4().hex}",
-            host=attempt.host,
-            port=attempt.port,
-            allowed=attempt.allowed,
-            reason=attempt.reason,
-            method=attempt.method,
-            path=attempt.path,
-            bytes_sent=attempt.bytes_sent,
-            bytes_received=attempt.bytes_received,
-            secrets_used=list(attempt.secrets_used),
-        )
-        loop.call_soon_threadsafe(emit, event)
+    def on_egress(attempt: ev.EgressAttempted) -> None:
+        loop.call_soon_threadsafe(emit, attempt)
 
     return on_egress
 
@@ -86,8 +73,8 @@ def sandbox_request(record: RunRecord, spec: AgentSpec, redactor: Redactor, emit
         repo=Path(record.repo),
         run_dir=Path(record.run_dir),
         env=env,
-        network=NetworkProfile(mode=profile.network.mode, allow=profile.network.allow),
-        limits=Limits(memory_mb=profile.memory_mb, pids=profile.pids, cpu_s=profile.cpu_s, disk_mb=profile.disk_mb),
+        network=profile.network,
+        limits=profile.limits,
         secrets=scoped,
         on_egress=egress_sink(emit),
     )

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "EgressAttempted",
-    "EgressEvent",
     "ExecResult",
     "Limits",
     "NetworkProfile",
@@ -23,7 +22,6 @@ __all__ = [
 if TYPE_CHECKING:
     from corral.events import EgressAttempted
     from corral.sandbox.base import (
-        EgressEvent,
         ExecResult,
         Sandbox,
         SandboxBackend,
@@ -45,7 +43,6 @@ _LAZY = {
     **{
         name: "corral.sandbox.base"
         for name in (
-            "EgressEvent",
             "ExecResult",
             "Sandbox",
             "SandboxBackend",

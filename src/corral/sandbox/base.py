@@ -59,9 +59,6 @@ class ScopedSecret(BaseModel):
     placeholder: str
 
 
-EgressEvent = EgressAttempted
-"""The name the runtime still imports; the same class as ``corral.events.EgressAttempted``."""
-
 RUN_ENDED_MARKER = "run-ended"
 """``run_dir/run-ended``: written by the runtime once a run can never resume; its sandbox is then garbage."""
 
