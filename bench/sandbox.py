@@ -48,7 +48,6 @@ from bench.support import (
     repeat,
     repeat_async,
 )
-from corral.sandbox import workspace as workspace_module
 from corral.sandbox.base import MINIMAL_PATH, ExecResult, Sandbox, SandboxBackend, SandboxRequest, get_backend
 
 SCHEMA = "corral.bench.sandbox/1"
@@ -150,10 +149,11 @@ def measure_subprocess_run(setup: Setup) -> Result:
 
 
 class HelperTrace:
-    """Times each helper command the sandbox modules run through ``workspace._run`` (cp, git, rm...), by name.
+    """Times each helper command the sandbox modules run through ``corral.sandbox.proc.run_process``
+    (cp, git, rm...), by name.
 
-    It wraps that private function wherever a loaded ``corral.sandbox`` module holds it: the only way
-    to see inside create() and destroy() without changing them. Work done any other way is "other".
+    It wraps that function wherever a loaded ``corral.sandbox`` module holds it: the only way to see
+    inside create() and destroy() without changing them. Work done any other way is "other".
     """
 
     def __init__(self) -> None:
@@ -161,27 +161,29 @@ class HelperTrace:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        original = workspace_module._run
+        from corral.sandbox import proc
 
-        async def traced(argv: list[str], *, seconds: float, env: dict[str, str] | None = None) -> str:
+        original = proc.run_process
+
+        async def traced(argv: Any, **kwargs: Any) -> Any:
             start = now_ms()
             try:
-                return await original(argv, seconds=seconds, env=env)
+                return await original(argv, **kwargs)
             finally:
-                self.calls.append((_helper_name(argv), now_ms() - start))
+                self.calls.append((_helper_name(list(argv)), now_ms() - start))
 
         holders = [
             module
             for name, module in list(sys.modules.items())
-            if name.startswith("corral.sandbox") and getattr(module, "_run", None) is original
+            if name.startswith("corral.sandbox") and getattr(module, "run_process", None) is original
         ]
         for module in holders:
-            vars(module)["_run"] = traced
+            vars(module)["run_process"] = traced
         try:
             yield
         finally:
             for module in holders:
-                vars(module)["_run"] = original
+                vars(module)["run_process"] = original
 
     def take(self, phase: str) -> Phases:
         taken: Phases = {}

@@ -12,6 +12,7 @@ import pytest
 
 from corral.models.scripted import ScriptedServer, load_script
 from corral.runtime import PATCH_FILE, Runtime
+from corral.sandbox.base import RUN_ENDED_MARKER
 from corral.spec import AgentSpec
 from corral.store import RunRecord, RunStatus, Store
 from tests.sandbox.conftest import skip_unless_bubblewrap_runs
@@ -55,7 +56,8 @@ WRITE_TURN = (
 def nothing_left(home: Path) -> dict[str, list[str]]:
     """What the run's sandbox still holds on the host, except the run directory's kept files."""
     footprint = host_footprint(home)
-    footprint["run dir contents"] = [p for p in footprint["run dir contents"] if not p.endswith(PATCH_FILE)]
+    kept = (PATCH_FILE, RUN_ENDED_MARKER)
+    footprint["run dir contents"] = [p for p in footprint["run dir contents"] if not p.endswith(kept)]
     return {kind: items for kind, items in footprint.items() if items and kind != "bwrap dirs"}
 
 
