@@ -163,3 +163,51 @@ async def test_the_wall_time_budget_bounds_a_running_command(tmp_path: Path, hom
             assert [e.data["limit"] for e in budget] == ["max_wall_time_s"]
         finally:
             store.close()
+
+
+def test_cancelling_a_run_whose_process_died_keeps_its_patch_and_leaves_nothing(
+    tmp_path: Path, home: Path, repo: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+
+    from tests.e2e.cli_helpers import CORRAL, corral
+
+    skip_unless_bubblewrap_runs()
+    slow_turn = '[[turns]]\ndelay = 120\ntext = "too late"\n'
+    with ScriptedServer(session(tmp_path, WRITE_TURN, slow_turn)) as server:
+        (tmp_path / "corral.toml").write_text(
+            f'[agents.fixer]\nmodel = "openai:gpt-5-mini"\nbase_url = "{server.openai_base_url}"\n'
+            'sandbox = "bubblewrap"\n'
+        )
+        proc = subprocess.Popen(
+            [*CORRAL, "run", "fixer", "work", "--repo", str(repo)],
+            cwd=tmp_path,
+            env={**os.environ, "CORRAL_HOME": str(home), "OPENAI_API_KEY": "sk-test"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            server.wait_for_requests(1, timeout=60)
+            deadline = time.monotonic() + 30
+            while not any(p.name == "progress.txt" for p in home.glob("runs/*/workspace/*")):
+                assert time.monotonic() < deadline, "the first tool call never wrote its file"
+                time.sleep(0.05)
+            time.sleep(0.5)  # the second model call is in flight
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        store = Store.open(home=home)
+        try:
+            (record,) = store.list_runs()
+            assert record.interrupted
+            cancelled = corral("cancel", record.id, cwd=tmp_path, home=home)
+            assert cancelled.returncode == 0, cancelled.stderr
+            assert f"run {record.id} cancelled" in cancelled.stdout
+            ended = store.get_run(record.id)
+            assert ended.status is RunStatus.CANCELLED
+            assert_partial_patch_kept(ended)
+            assert nothing_left(home) == {}
+        finally:
+            store.close()
