@@ -12,6 +12,7 @@ import pytest
 
 from corral.models.scripted import ScriptedServer, load_script
 from corral.runtime import PATCH_FILE, Runtime
+from corral.runtime.runtime import OUTCOME_FILE
 from corral.sandbox.base import RUN_ENDED_MARKER
 from corral.spec import AgentSpec
 from corral.store import RunRecord, RunStatus, Store
@@ -56,7 +57,7 @@ WRITE_TURN = (
 def nothing_left(home: Path) -> dict[str, list[str]]:
     """What the run's sandbox still holds on the host, except the run directory's kept files."""
     footprint = host_footprint(home)
-    kept = (PATCH_FILE, RUN_ENDED_MARKER)
+    kept = (PATCH_FILE, OUTCOME_FILE, RUN_ENDED_MARKER)
     footprint["run dir contents"] = [p for p in footprint["run dir contents"] if not p.endswith(kept)]
     return {kind: items for kind, items in footprint.items() if items and kind != "bwrap dirs"}
 

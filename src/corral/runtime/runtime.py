@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import secrets as _random
@@ -35,6 +36,9 @@ from corral.tools.builtin import BUILTIN_TOOLS
 log = logging.getLogger("corral.runtime")
 
 PATCH_FILE = "patch.diff"
+#: Written (atomically) once a run's outcome is decided, before its sandbox goes: a process killed
+#: while ending the run leaves it behind, and the replay finishes the run from it.
+OUTCOME_FILE = "outcome.json"
 _DIFF_TIMEOUT_S = 60.0
 _CANCEL_WAIT_S = 30.0
 # A run's usage is written to its row at most this often while it runs (for `corral runs`), and
@@ -233,6 +237,10 @@ class Runtime:
 
     async def _end_abandoned(self, record: RunRecord, sandbox_state: dict[str, Any] | None) -> None:
         """Finish a cancelled run whose executor is gone: keep its patch, remove its sandbox."""
+        decided = _read_outcome(Path(record.run_dir))
+        if decided is not None:  # it had ended before the cancel; its process died recording that
+            self._record_outcome(record.id, *decided)
+            return
         outcome = _Outcome(RunStatus.CANCELLED, error="cancelled by user", error_type="Cancelled")
         sandbox: Sandbox | None = None
         if sandbox_state is not None:
@@ -278,6 +286,10 @@ class Runtime:
         )
         if resumed:
             self._emit(run_id, ev.RunResumed(key=f"run.resumed:{self.executor_id}", executor_id=self.executor_id))
+        decided = _read_outcome(Path(record.run_dir))
+        if decided is not None:  # the run had ended when its process died: only the record is missing
+            self._record_outcome(record.id, *decided)
+            return {"status": decided[0].value}
         budget = BudgetClock(spec.budget, started_at)
         outcome = _Outcome()
         sandbox: Sandbox | None = None
@@ -360,18 +372,6 @@ class Runtime:
             except Exception as err:
                 log.exception("run %s: reading the workspace's changes failed", record.id)
                 outcome.notes.append(f"the patch could not be read: {type(err).__name__}: {err}")
-        run_dir = Path(record.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - small local writes
-        (run_dir / PATCH_FILE).write_text(patch)
-        # From here the run can never resume: if this process dies before destroy() completes, the
-        # sweep removes what is left instead of keeping it for a resume that will never come.
-        mark_run_ended(run_dir)
-        if sandbox is not None:
-            try:
-                await sandbox.destroy()
-            except Exception:
-                log.exception("destroying the sandbox of run %s failed", record.id)
-                outcome.notes.append("the sandbox could not be removed; `corral sandbox prune` retries")
         files = sum(1 for line in patch.splitlines() if line.startswith("diff --git "))
         result = REDACTOR.data(
             {
@@ -383,9 +383,33 @@ class Runtime:
                 "notes": outcome.notes,
             }
         )
-        if outcome.usage is not None:
-            self.store.set_usage(record.id, *outcome.usage)
-        self._finish(record.id, outcome.status, result=result, error=outcome.error, error_type=outcome.error_type)
+        run_dir = Path(record.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - small local writes
+        (run_dir / PATCH_FILE).write_text(patch)
+        _write_outcome(run_dir, outcome, result)
+        # From here the run can never resume: if this process dies before destroy() completes, the
+        # sweep removes what is left, and a replay finishes the run from its outcome file.
+        mark_run_ended(run_dir)
+        if sandbox is not None:
+            try:
+                await sandbox.destroy()
+            except Exception:
+                log.exception("destroying the sandbox of run %s failed", record.id)
+                result["notes"].append("the sandbox could not be removed; `corral sandbox prune` retries")
+        self._record_outcome(record.id, outcome.status, result, outcome.error, outcome.error_type, outcome.usage)
+
+    def _record_outcome(
+        self,
+        run_id: str,
+        status: RunStatus,
+        result: dict[str, Any],
+        error: str | None,
+        error_type: str | None,
+        usage: tuple[Usage, int] | None,
+    ) -> None:
+        if usage is not None:
+            self.store.set_usage(run_id, *usage)
+        self._finish(run_id, status, result=result, error=error, error_type=error_type)
 
     def _finish(
         self,
@@ -419,3 +443,28 @@ class Runtime:
             ),
         )
         self.store.journal.flush()
+
+
+def _write_outcome(run_dir: Path, outcome: _Outcome, result: dict[str, Any]) -> None:
+    usage = None if outcome.usage is None else {"usage": outcome.usage[0].model_dump(), "turns": outcome.usage[1]}
+    data = {
+        "status": outcome.status.value,
+        "result": result,
+        "error": outcome.error,
+        "error_type": outcome.error_type,
+        "usage": usage,
+    }
+    partial = run_dir / f".{OUTCOME_FILE}.tmp"
+    partial.write_text(json.dumps(data))
+    partial.replace(run_dir / OUTCOME_FILE)
+
+
+def _read_outcome(
+    run_dir: Path,
+) -> tuple[RunStatus, dict[str, Any], str | None, str | None, tuple[Usage, int] | None] | None:
+    try:
+        data = json.loads((run_dir / OUTCOME_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    usage = None if data["usage"] is None else (Usage(**data["usage"]["usage"]), data["usage"]["turns"])
+    return RunStatus(data["status"]), data["result"], data["error"], data["error_type"], usage
