@@ -40,8 +40,19 @@ class _State:
 state = _State()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import corral
+
+        console.print(f"corral {corral.__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     home: Annotated[
         Path | None,
@@ -169,14 +180,19 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted; `corral resume` continues interrupted runs")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(EXIT_USAGE)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as exc:
+        # Usage errors (a missing argument, a bad value, an unknown option): click's own message and
+        # exit 2. typer bundles its own click, so these are typer's classes, not the click package's.
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(Text.assemble(("error:", "red"), f" {exc}"))
+        code = getattr(exc, "exit_code", EXIT_USAGE)
+        sys.exit(code if isinstance(code, int) and code > 0 else EXIT_USAGE)
+    except Exception as exc:
         if state.debug or os.environ.get("CORRAL_DEBUG"):
             raise
         err_console.print(

@@ -69,6 +69,8 @@ def sandbox_exec(
     if backend == "local":
         err_console.print("[yellow]warning:[/yellow] the local backend runs the command on this machine, unisolated")
     source = repo.resolve() if repo else None
+    if source is not None and not source.is_dir():
+        raise UsageError(f"--repo {repo}: not a directory", hint="give the repository to start from, or omit --repo")
     code = asyncio.run(_exec(command, network=profile, repo=source, memory=memory, wall_s=timeout, backend=backend))
     raise typer.Exit(code)
 

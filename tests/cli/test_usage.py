@@ -1,0 +1,66 @@
+"""Usage errors exit 2 with click's own message, never 70 "internal error"; run-id prefixes are literal."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.store import Store
+from tests.e2e.cli_helpers import corral
+
+pytestmark = pytest.mark.slow  # each case starts the real `corral` entry point
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run"], "Missing argument 'agent'"),
+        (["runs", "--limit", "abc"], "Invalid value for '--limit'"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+        (["show"], "Missing argument"),
+        (["sandbox", "exec"], "Run one command in a fresh sandbox"),  # no command: its help
+        (["sandbox", "exec", "--repo", "/nonexistent/repo", "--", "true"], "--repo /nonexistent/repo: not a directory"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_message(tmp_path: Path, args: list[str], message: str) -> None:
+    done = corral(*args, cwd=tmp_path, home=tmp_path / "home")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stdout + done.stderr
+    assert "internal error" not in done.stderr
+
+
+def test_version(tmp_path: Path) -> None:
+    import corral as package
+
+    done = corral("--version", cwd=tmp_path, home=tmp_path / "home")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"corral {package.__version__}"
+
+
+def test_run_id_prefixes_are_matched_literally(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = Store.open(home=home)
+    try:
+        for run_id in ("abcjd4dai", "xyzjd4dai"):
+            store.create_run(
+                id=run_id,
+                parent_id=None,
+                root_id=run_id,
+                agent="a",
+                spec={"model": "openai:gpt-5"},
+                spec_hash="h",
+                task="t",
+                repo=str(tmp_path),
+                run_dir=str(home / "runs" / run_id),
+                executor_id=None,
+            )
+        store.update_run("abcjd4dai", finished_at=time.time())
+    finally:
+        store.close()
+    for pattern in ("%jd4dai", "_bcjd4dai", "%"):
+        done = corral("show", pattern, cwd=tmp_path, home=home)
+        assert done.returncode == 2, (pattern, done.stdout)
+        assert "no run" in done.stderr
+    assert corral("show", "abc", cwd=tmp_path, home=home).returncode == 0
