@@ -23,7 +23,7 @@ def runs(
     if json_out:
         console.print_json(json.dumps([run_summary(r) for r in records]))
     elif not records:
-        console.print("no runs yet")
+        console.print("no runs yet" if limit > 0 else "no runs shown (--limit 0)")
     else:
         console.print(runs_table(records))
 

@@ -203,7 +203,9 @@ class Store:
         with Session(self.engine) as session:
             row = session.get(RunRow, run_id)
             if row is None and run_id:
-                rows = session.scalars(select(RunRow).where(RunRow.id.startswith(run_id, autoescape=True)).limit(2)).all()
+                rows = session.scalars(
+                    select(RunRow).where(RunRow.id.startswith(run_id, autoescape=True)).limit(2)
+                ).all()
                 if len(rows) > 1:
                     raise RunNotFoundError(f"run id prefix {run_id!r} is ambiguous; give more characters")
                 row = rows[0] if rows else None
