@@ -63,8 +63,10 @@ def test_overhead_benchmark_writes_well_formed_json(tmp_path: Path) -> None:
     # Each steady-state turn takes two durable steps: DBOS writes and commits for them, the journal for its events.
     corral = report["counts"]["corral"]
     assert corral["by_db"]["dbos"]["commits_per_turn"] >= 2
-    # corral's own writes (the journal, group-committed) cost less per turn than DBOS's two steps.
-    assert corral["by_db"]["corral"]["statements_per_turn"] < corral["by_db"]["dbos"]["statements_per_turn"]
+    # corral's own writes (the journal, group-committed) cost less per turn than DBOS's two steps; in a
+    # session this short the journal may write nothing until the run ends (then no "corral" entry).
+    ours = corral["by_db"].get("corral", {}).get("statements_per_turn", 0.0)
+    assert ours < corral["by_db"]["dbos"]["statements_per_turn"]
     assert report["counts"]["dbos_floor"]["by_db"]["dbos"]["commits_per_turn"] >= 2
     itemised = {row["label"]: row for row in report["itemised"]}
     assert not [row for row in itemised.values() if "missing" in row], "a probe's target moved"
