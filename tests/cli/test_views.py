@@ -8,7 +8,15 @@ from pathlib import Path
 from rich.console import Console
 
 from corral.cli.views import LiveRunView, print_show, runs_table, trace_data, trace_tree
-from corral.events import ModelRequested, ModelResponded, RunFinished, RunStarted, ToolCalled, ToolReturned
+from corral.events import (
+    ModelRequested,
+    ModelResponded,
+    ModelRetried,
+    RunFinished,
+    RunStarted,
+    ToolCalled,
+    ToolReturned,
+)
 from corral.store import RunStatus, Store
 
 MARKUP = "[red]not markup[/red] [/] [link=http://x]y[/link]"
@@ -129,3 +137,34 @@ def test_the_live_view_follows_typed_events() -> None:
     assert [line.icon for line in view.lines] == ["◆", "→"]
     assert view.lines[1].detail.startswith("✗") and view.lines[1].style == "red"
     assert f"turn 1: {MARKUP}" in output(c)
+
+
+def test_trace_shows_what_went_wrong_in_full(home: Path) -> None:
+    store = store_with_a_run(home)
+    reason = "HTTP 503: ModelHTTPError: upstream boom after a long preamble " + "x" * 80 + " (the end matters)"
+    for event in [
+        ModelRetried(key="model:0:retry:1", call=0, attempt=1, error=reason, status_code=503, wait_s=0.1),
+        ToolCalled(key="tool:1:call", call_id="c1", tool="write_file", args={"path": "café.txt"}),
+        ToolReturned(
+            key="tool:1:result",
+            call_id="c1",
+            tool="write_file",
+            ok=False,
+            text="path escapes the workspace: ../outside",
+            error="PathEscapeError",
+            duration_ms=1,
+        ),
+    ]:
+        store.journal.append("r1", event)
+    record = store.get_run("r1")
+    traced = Console(file=io.StringIO(), width=1000, force_terminal=False, color_system=None)
+    traced.print(trace_tree(record, store.events("r1")))
+    text = output(traced)
+    assert "(the end matters)" in text  # retry reasons are not cut to 60 characters
+    assert "✗ PathEscapeError: path escapes the workspace: ../outside" in text
+    assert 'path="café.txt"' in text  # unicode stays unicode, not \\u00e9
+
+    live = LiveRunView(console=Console(file=io.StringIO(), width=1000, color_system=None), title="t")
+    live.on_event("r1", ModelRetried(key="k", call=0, attempt=1, error=reason, status_code=503, wait_s=0.1))
+    assert "(the end matters)" in output(live.console)
+    store.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.errors import SpecError
 from corral.events import ToolReturned
 from corral.models.scripted import ScriptedServer, load_script
 from corral.runtime import Runtime
@@ -93,7 +94,7 @@ async def test_secret_never_reaches_the_store_the_journal_or_a_model_request(
     assert record.result is not None and "[secret:DEPLOY_TOKEN]" in record.result["patch"]
 
 
-async def test_a_missing_secret_fails_the_run_before_any_model_call(
+async def test_a_missing_secret_is_a_usage_error_and_nothing_is_recorded(
     home: Path, repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("NOT_SET_TOKEN", raising=False)
@@ -109,8 +110,9 @@ async def test_a_missing_secret_fails_the_run_before_any_model_call(
             secrets=("NOT_SET_TOKEN",),
         )
         async with Runtime(store) as runtime:
-            record = await runtime.run(spec, "task", repo)
+            with pytest.raises(SpecError) as caught:
+                await runtime.run(spec, "task", repo)
         assert server.requests == []
+    assert caught.value.exit_code == 2 and "NOT_SET_TOKEN" in caught.value.message
+    assert store.list_runs() == []
     store.close()
-    assert record.status is RunStatus.FAILED
-    assert record.error is not None and "NOT_SET_TOKEN" in record.error

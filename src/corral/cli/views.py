@@ -49,9 +49,15 @@ def fmt_ms(ms: float | None) -> str:
     return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, cut with an ellipsis past ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def _short_args(args: Any, limit: int = 70) -> str:
     if isinstance(args, dict):
-        text = ", ".join(f"{k}={json.dumps(v)}" for k, v in args.items())
+        text = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
     else:
         text = str(args)
     text = text.replace("\n", "⏎")
@@ -119,7 +125,7 @@ class LiveRunView:
             case ModelRequested(call=call):
                 self.status = f"thinking (turn {call + 1})"
             case ModelRetried(error=error, wait_s=wait_s):
-                line = _Line("!", f"model call failed ({error[:60]}); retry in {wait_s:.1f}s", style="yellow")
+                line = _Line("!", f"retry in {wait_s:.1f}s: {_one_line(error)}", style="yellow")
             case ModelResponded() as response:
                 self.turns = response.call + 1
                 self.input_tokens += response.input_tokens
@@ -131,7 +137,7 @@ class LiveRunView:
                 detail = f"{tokens} · {fmt_ms(response.duration_ms)}"
                 line = _Line("◆", f"turn {self.turns}: {summary[:90] or '(tool calls)'}", detail)
             case ModelFailed(error=error):
-                line = _Line("✗", f"model call failed: {error[:100]}", style="red")
+                line = _Line("✗", f"model call failed: {_one_line(error)}", style="red")
             case ToolCalled(tool=tool, args=args, call_id=call_id):
                 self.status = f"running {tool}"
                 line = _Line("→", f"{tool}({_short_args(args)})", style="cyan")
@@ -327,10 +333,12 @@ def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
                 tools[call_id] = (turn or root).add(
                     Text.assemble((f"#{e.seq} {tool}", "cyan"), f"({_short_args(args)})")
                 )
-            case ToolReturned(call_id=call_id, ok=ok, error=error, duration_ms=duration_ms):
+            case ToolReturned(call_id=call_id, ok=ok, error=error, text=text, duration_ms=duration_ms):
                 node = tools.get(call_id)
+                # A failed call shows its error class and what the model was told (the message).
+                why = f"{error or 'error'}: {_one_line(text)}" if text else (error or "error")
                 mark = Text(
-                    f"{'✓' if ok else '✗ ' + (error or '')} {fmt_ms(duration_ms)}",
+                    f"✓ {fmt_ms(duration_ms)}" if ok else f"✗ {why} {fmt_ms(duration_ms)}",
                     style="green" if ok else "red",
                 )
                 if node is not None:
@@ -343,5 +351,7 @@ def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
                     f"{k}={v}" for k, v in fields.items() if isinstance(v, str | int | float) and k != "task"
                 )
                 style = "yellow" if isinstance(other, ModelRetried | ModelFailed | BudgetExceeded) else "dim"
-                root.add(Text.assemble((f"#{e.seq} {e.type}", style), f"  {summary[:100]}"))
+                # Errors are shown whole: their end is usually the part that says what went wrong.
+                limit = 500 if isinstance(other, ModelRetried | ModelFailed) else 100
+                root.add(Text.assemble((f"#{e.seq} {e.type}", style), f"  {_one_line(summary, limit)}"))
     return root

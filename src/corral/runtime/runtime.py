@@ -145,6 +145,12 @@ class Runtime:
             raise SpecError(f"agent '{spec.name}': field 'tools': unknown tool(s) {', '.join(unknown)}")
         self._engine(spec.engine)
         get_backend(spec.sandbox.backend)
+        missing = [name for name in spec.secrets if not os.environ.get(name)]
+        if missing:  # like a missing API key: a usage error, before anything is recorded
+            raise SpecError(
+                f"agent '{spec.name}': secret(s) {', '.join(missing)} not set in the environment",
+                hint="export them before starting the run",
+            )
         from corral.models.providers import api_key_for, resolve_target
 
         api_key_for(resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env))
