@@ -245,7 +245,7 @@ class Runtime:
         """Finish a cancelled run whose executor is gone: keep its patch, remove its sandbox."""
         decided = _read_outcome(Path(record.run_dir))
         if decided is not None:  # it had ended before the cancel; its process died recording that
-            self._record_outcome(record.id, *decided)
+            self._finish(record.id, *decided)
             return
         outcome = _Outcome(RunStatus.CANCELLED, error="cancelled by user", error_type="Cancelled")
         sandbox: Sandbox | None = None
@@ -294,8 +294,8 @@ class Runtime:
             self._emit(run_id, ev.RunResumed(key=f"run.resumed:{self.executor_id}", executor_id=self.executor_id))
         decided = _read_outcome(Path(record.run_dir))
         if decided is not None:  # the run had ended when its process died: only the record is missing
-            self._record_outcome(record.id, *decided)
-            return {"status": decided[0].value}
+            self._finish(record.id, *decided)
+            return {"status": decided[0].status.value}
         budget = BudgetClock(spec.budget, started_at)
         outcome = _Outcome()
         sandbox: Sandbox | None = None
@@ -402,50 +402,38 @@ class Runtime:
             except Exception:
                 log.exception("destroying the sandbox of run %s failed", record.id)
                 result["notes"].append("the sandbox could not be removed; `corral sandbox prune` retries")
-        self._record_outcome(record.id, outcome.status, result, outcome.error, outcome.error_type, outcome.usage)
+        self._finish(record.id, outcome, result)
 
-    def _record_outcome(
-        self,
-        run_id: str,
-        status: RunStatus,
-        result: dict[str, Any],
-        error: str | None,
-        error_type: str | None,
-        usage: tuple[Usage, int] | None,
-    ) -> None:
-        if usage is not None:
-            self.store.set_usage(run_id, *usage)
-        self._finish(run_id, status, result=result, error=error, error_type=error_type)
-
-    def _finish(
-        self,
-        run_id: str,
-        status: RunStatus,
-        *,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-        error_type: str | None = None,
-    ) -> None:
+    def _finish(self, run_id: str, outcome: _Outcome, result: dict[str, Any]) -> None:
+        """Record how the run ended: its row (status, result, usage) and the closing ``run.finished`` event."""
         record = self.store.get_run(run_id)
         if record.status.finished:
             return
+        usage, turns = outcome.usage or (record.usage, record.turns)
+        if outcome.usage is not None:
+            self.store.set_usage(run_id, usage, turns)
         self.store.update_run(
-            run_id, status=status, result=result, error=error, error_type=error_type, finished_at=time.time()
+            run_id,
+            status=outcome.status,
+            result=result,
+            error=outcome.error,
+            error_type=outcome.error_type,
+            finished_at=time.time(),
         )
         self._emit(
             run_id,
             ev.RunFinished(
                 key="run.finished",
-                status=status.value,
-                text=(result or {}).get("text"),
-                output=(result or {}).get("output"),
-                patch_files=(result or {}).get("files_changed", 0),
-                error=error,
-                error_type=error_type,
-                turns=record.turns,
-                input_tokens=record.usage.input_tokens,
-                output_tokens=record.usage.output_tokens,
-                cost_usd=record.usage.cost_usd,
+                status=outcome.status.value,
+                text=result.get("text"),
+                output=result.get("output"),
+                patch_files=result.get("files_changed", 0),
+                error=outcome.error,
+                error_type=outcome.error_type,
+                turns=turns,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=usage.cost_usd,
             ),
         )
         self.store.journal.flush()
@@ -465,12 +453,11 @@ def _write_outcome(run_dir: Path, outcome: _Outcome, result: dict[str, Any]) -> 
     partial.replace(run_dir / OUTCOME_FILE)
 
 
-def _read_outcome(
-    run_dir: Path,
-) -> tuple[RunStatus, dict[str, Any], str | None, str | None, tuple[Usage, int] | None] | None:
+def _read_outcome(run_dir: Path) -> tuple[_Outcome, dict[str, Any]] | None:
     try:
         data = json.loads((run_dir / OUTCOME_FILE).read_text())
     except FileNotFoundError:
         return None
     usage = None if data["usage"] is None else (Usage(**data["usage"]["usage"]), data["usage"]["turns"])
-    return RunStatus(data["status"]), data["result"], data["error"], data["error_type"], usage
+    outcome = _Outcome(RunStatus(data["status"]), usage=usage, error=data["error"], error_type=data["error_type"])
+    return outcome, data["result"]
