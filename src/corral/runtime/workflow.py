@@ -95,17 +95,18 @@ async def was_cancelled(system_database_url: str, run_id: str, exc: BaseExceptio
     another executor (which will finish the run itself). Concurrent tool calls run in task groups,
     so the signal may arrive wrapped in an exception group.
     """
-    if isinstance(exc, BaseExceptionGroup):
-        cancelled, _ = exc.split(DBOSWorkflowCancelledError)
-        if cancelled is not None:
-            return True
-        conflict, _ = exc.split(DBOSWorkflowConflictIDError)
-        return conflict is not None and await _status_outside(system_database_url, run_id) == "CANCELLED"
-    if isinstance(exc, DBOSWorkflowCancelledError):
+    if _contains(exc, DBOSWorkflowCancelledError):
         return True
-    if isinstance(exc, DBOSWorkflowConflictIDError):
+    if _contains(exc, DBOSWorkflowConflictIDError):
         return await _status_outside(system_database_url, run_id) == "CANCELLED"
     return False
+
+
+def _contains(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` is a ``kind``, or an exception group holding one."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(kind)[0] is not None
+    return isinstance(exc, kind)
 
 
 async def _status_outside(system_database_url: str, run_id: str) -> str | None:
