@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
-from corral.store import Store
+from corral.store import RunStatus, Store
 from tests.e2e.cli_helpers import corral
+from tests.store.runs import add_run
 
 pytestmark = pytest.mark.slow  # each case starts the real `corral` entry point
 
@@ -43,20 +43,8 @@ def test_run_id_prefixes_are_matched_literally(tmp_path: Path) -> None:
     home = tmp_path / "home"
     store = Store.open(home=home)
     try:
-        for run_id in ("abcjd4dai", "xyzjd4dai"):
-            store.create_run(
-                id=run_id,
-                parent_id=None,
-                root_id=run_id,
-                agent="a",
-                spec={"model": "openai:gpt-5"},
-                spec_hash="h",
-                task="t",
-                repo=str(tmp_path),
-                run_dir=str(home / "runs" / run_id),
-                executor_id=None,
-            )
-        store.update_run("abcjd4dai", finished_at=time.time())
+        add_run(store, "abcjd4dai", status=RunStatus.SUCCEEDED)
+        add_run(store, "xyzjd4dai", status=RunStatus.SUCCEEDED)
     finally:
         store.close()
     for pattern in ("%jd4dai", "_bcjd4dai", "%"):

@@ -14,22 +14,7 @@ from corral.store import RunStatus, Store
 from corral.store.liveness import STALE_HEARTBEAT_S, process_alive
 from corral.store.models import ExecutorRow
 from tests.store.executor_process import executor_process, sigkill
-
-
-def add_run(store: Store, run_id: str, *, executor_id: str | None, status: RunStatus = RunStatus.RUNNING) -> None:
-    store.create_run(
-        id=run_id,
-        parent_id=None,
-        root_id=run_id,
-        agent="a",
-        spec={},
-        spec_hash="h",
-        task="t",
-        repo="/r",
-        run_dir="/d",
-        executor_id=executor_id,
-    )
-    store.update_run(run_id, status=status)
+from tests.store.runs import add_run
 
 
 def test_a_killed_executors_run_is_interrupted_and_a_live_ones_is_not(home: Path) -> None:

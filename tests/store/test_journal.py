@@ -20,22 +20,13 @@ from corral.secrets.redact import Redactor
 from corral.store import Store
 from corral.store.journal import Journal
 from corral.store.models import EventRow
+from tests.store.runs import add_run
 
 
 def make_store(tmp_path: Path) -> Store:
     store = Store.open(home=tmp_path / "home")
     for run_id in ("r1", "r2"):
-        store.create_run(
-            id=run_id,
-            parent_id=None,
-            root_id=run_id,
-            agent="a",
-            spec={},
-            spec_hash="h",
-            task="t",
-            repo="/r",
-            run_dir="/d",
-        )
+        add_run(store, run_id)
     return store
 
 
