@@ -24,6 +24,12 @@ class Usage(BaseModel):
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     cost_usd: float = 0.0
+    unpriced_calls: int = 0
+    """Model calls whose price is unknown (no table entry, no override): their cost is not in ``cost_usd``."""
+
+    @property
+    def cost_known(self) -> bool:
+        return self.unpriced_calls == 0
 
     @property
     def total_tokens(self) -> int:
@@ -37,6 +43,7 @@ class Usage(BaseModel):
             cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
             cost_usd=self.cost_usd + other.cost_usd,
+            unpriced_calls=self.unpriced_calls + other.unpriced_calls,
         )
 
 
@@ -129,6 +136,8 @@ class ToolReturned(BaseEvent):
     text: str
     error: str | None = None
     spilled_to: str | None = None
+    exit_code: int | None = None
+    """The exit code of the command the tool ran (``execute``; None otherwise or when it was killed)."""
 
 
 class EgressAttempted(BaseEvent):

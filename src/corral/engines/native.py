@@ -66,6 +66,10 @@ def _retryable(err: BaseException) -> bool:
     return not isinstance(err, BudgetExceededError | asyncio.CancelledError)
 
 
+def _is_connection_error(err: BaseException) -> bool:
+    return isinstance(err, ModelConnectionError) or "connect" in type(err).__name__.lower()
+
+
 def _describe(err: BaseException) -> str:
     status = getattr(err, "status_code", None)
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -156,11 +160,16 @@ class DurableModel(WrapperModel):
                 finish_reason=response.finish_reason,
                 attempts=payload["attempts"],
                 price_source=payload["price_source"],
-                **usage.model_dump(),
+                **usage.model_dump(exclude={"unpriced_calls"}),
             )
         )
         ctx.on_usage(self.usage, self.calls)
         return response
+
+    def _at(self) -> str:
+        """`` at URL``: the endpoint calls go to (a connection error means nothing without it)."""
+        url = getattr(self.wrapped, "base_url", None) or self._target.base_url
+        return f" at {url}" if url else ""
 
     async def _call_with_retries(
         self,
@@ -181,7 +190,7 @@ class DurableModel(WrapperModel):
             )
             if source != "unknown":
                 break
-        usage = usage.model_copy(update={"cost_usd": cost})
+        usage = usage.model_copy(update={"cost_usd": cost, "unpriced_calls": int(source == "unknown")})
         dumped = redact_data(_dump_messages([response])[0], self._ctx.redact)
         return {
             "response": dumped,
@@ -208,8 +217,8 @@ class DurableModel(WrapperModel):
             except Exception as err:
                 if not _retryable(err) or attempt >= policy.max_attempts:
                     failure = ModelCallError(
-                        f"model call {call + 1} to {self._target.ref} failed after {attempt} attempt(s): "
-                        f"{_describe(err)}",
+                        f"model call {call + 1} to {self._target.ref}{self._at()} failed after {attempt} "
+                        f"attempt(s): {_describe(err)}",
                         attempts=attempt,
                         cause_type=type(err).__name__,
                         hint="check the model server, the API key and the model name; "
@@ -227,7 +236,7 @@ class DurableModel(WrapperModel):
                         key=f"model:{call}:retry:{attempt}",
                         call=call,
                         attempt=attempt,
-                        error=_describe(err),
+                        error=_describe(err) + (self._at() if _is_connection_error(err) else ""),
                         status_code=getattr(err, "status_code", None),
                         wait_s=wait,
                     )
@@ -313,6 +322,7 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> T
                 text=result["text"],
                 error=result["error"],
                 spilled_to=result["spilled_to"],
+                exit_code=result.get("exit_code"),
             )
         )
         return result["text"] if result["ok"] else f"ERROR: {result['text']}"

@@ -1,6 +1,6 @@
 """Tools the model can call: the ``tool`` decorator, ``run_tool`` and the built-in coding tools."""
 
-from corral.tools.base import Capability, ToolContext, ToolDef, ToolOutcome, run_tool, tool
+from corral.tools.base import Capability, ToolContext, ToolDef, ToolOutcome, ToolReply, run_tool, tool
 from corral.tools.builtin import BUILTIN_TOOLS
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "ToolContext",
     "ToolDef",
     "ToolOutcome",
+    "ToolReply",
     "run_tool",
     "tool",
 ]

@@ -56,7 +56,16 @@ class ToolContext:
     """Bytes captured per stream from a command."""
 
 
-ToolFn = Callable[[ToolContext, BaseModel], Awaitable[str]]
+@dataclass(frozen=True)
+class ToolReply:
+    """What a tool may return instead of plain text: the text plus facts the journal records."""
+
+    text: str
+    exit_code: int | None = None
+    """A command's exit code (None: it was killed before it exited)."""
+
+
+ToolFn = Callable[[ToolContext, BaseModel], Awaitable["str | ToolReply"]]
 
 
 @dataclass(frozen=True)
@@ -130,17 +139,23 @@ class ToolOutcome:
     spilled_to: str | None
     """Workspace-relative path of the full output when it was too long to show."""
     duration_ms: float
+    exit_code: int | None = None
+    """The exit code of the command a tool ran (``execute``); None for other tools or a killed command."""
 
 
 async def run_tool(tooldef: ToolDef, ctx: ToolContext, raw_args: dict[str, Any] | str) -> ToolOutcome:
     """Validate arguments, call the tool and shape its result; every failure becomes ok=False."""
     started = time.monotonic()
-    ok, error = True, None
+    ok, error, exit_code = True, None, None
     try:
         args = _validate(tooldef, raw_args)
-        text = await tooldef.fn(ctx, args)
-        if not isinstance(text, str):
-            raise TypeError(f"returned {type(text).__name__}, expected str")
+        reply = await tooldef.fn(ctx, args)
+        if isinstance(reply, ToolReply):
+            text, exit_code = reply.text, reply.exit_code
+        elif isinstance(reply, str):
+            text = reply
+        else:
+            raise TypeError(f"returned {type(reply).__name__}, expected str or ToolReply")
     except _InvalidArguments as exc:
         ok, error, text = False, "ValidationError", str(exc)
     except (ToolError, SandboxError) as exc:  # PathEscapeError is a SandboxError
@@ -155,6 +170,7 @@ async def run_tool(tooldef: ToolDef, ctx: ToolContext, raw_args: dict[str, Any] 
         error=error,
         spilled_to=spilled_to,
         duration_ms=(time.monotonic() - started) * 1000,
+        exit_code=exit_code,
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.errors import PathEscapeError, SandboxError, ToolError
-from corral.tools.base import Capability, ToolContext, ToolDef, tool
+from corral.tools.base import Capability, ToolContext, ToolDef, ToolReply, tool
 
 GLOB_LIMIT = 200
 GREP_MATCH_LIMIT = 200
@@ -276,7 +276,7 @@ class ExecuteParams(_Params):
 
 
 @tool(name="execute", capabilities=[Capability.RUNS_COMMANDS])
-async def execute(ctx: ToolContext, args: ExecuteParams) -> str:
+async def execute(ctx: ToolContext, args: ExecuteParams) -> ToolReply:
     """Run a shell command in the workspace and return its exit code, stdout and stderr.
 
     A non-zero exit code is reported, not treated as a failure. Commands that run too long or print
@@ -294,7 +294,7 @@ async def execute(ctx: ToolContext, args: ExecuteParams) -> str:
         )
     parts.append("--- stdout ---\n" + (result.stdout.rstrip("\n") or "(empty)"))
     parts.append("--- stderr ---\n" + (result.stderr.rstrip("\n") or "(empty)"))
-    return "\n".join(parts)
+    return ToolReply("\n".join(parts), exit_code=result.exit_code)
 
 
 # -- diff ------------------------------------------------------------------------------------------
