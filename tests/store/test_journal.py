@@ -52,7 +52,15 @@ def test_events_round_trip_as_typed_models(tmp_path: Path) -> None:
         "type": "tool.result",
         "ts": record.ts,
         "duration_ms": 1.5,
-        "data": {"call_id": "c", "tool": "execute", "ok": True, "text": "hello", "error": None, "spilled_to": None},
+        "data": {
+            "call_id": "c",
+            "tool": "execute",
+            "ok": True,
+            "text": "hello",
+            "error": None,
+            "spilled_to": None,
+            "exit_code": None,
+        },
     }
 
 

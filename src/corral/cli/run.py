@@ -65,7 +65,7 @@ def print_outcome(record: Any, store: Any) -> None:
         console.print(Text(f"note: {note}", "yellow"))
     u = record.usage
     console.print(
-        f"cost {fmt_cost(u.cost_usd)} · {u.input_tokens} input tokens ({u.cache_read_tokens} cached) · "
+        f"cost {fmt_cost(u)} · {u.input_tokens} input tokens ({u.cache_read_tokens} cached) · "
         f"{u.output_tokens} output tokens · {record.turns} turns · {record.elapsed_s or 0:.1f}s",
         markup=False,
         highlight=False,

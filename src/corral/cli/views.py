@@ -30,13 +30,19 @@ from corral.events import (
     SandboxCreated,
     ToolCalled,
     ToolReturned,
+    Usage,
     event_payload,
 )
 from corral.store import EventRecord, RunRecord
 
 
-def fmt_cost(usd: float) -> str:
-    return f"${usd:.4f}" if usd < 1 else f"${usd:.2f}"
+def fmt_cost(cost: Usage | float) -> str:
+    """Dollars, or ``unknown`` when a model call had no known price (never a misleading $0.0000)."""
+    if isinstance(cost, Usage):
+        if not cost.cost_known:
+            return "unknown" if cost.cost_usd == 0 else f"≥ {fmt_cost(cost.cost_usd)} (some calls unpriced)"
+        cost = cost.cost_usd
+    return f"${cost:.4f}" if cost < 1 else f"${cost:.2f}"
 
 
 def fmt_tokens(n: int) -> str:
@@ -83,6 +89,7 @@ class LiveRunView:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    unpriced_calls: int = 0
     started: float = field(default_factory=time.monotonic)
     status: str = "starting"
     run_ids: set[str] = field(default_factory=set)
@@ -131,6 +138,7 @@ class LiveRunView:
                 self.input_tokens += response.input_tokens
                 self.output_tokens += response.output_tokens
                 self.cost_usd += response.cost_usd
+                self.unpriced_calls += response.price_source == "unknown"
                 texts = [p.get("content", "") for p in response.parts if p.get("part_kind") == "text"]
                 summary = " ".join(t.strip() for t in texts if t).replace("\n", " ")
                 tokens = f"{fmt_tokens(response.input_tokens)} in · {fmt_tokens(response.output_tokens)} out"
@@ -173,9 +181,10 @@ class LiveRunView:
         for line in self.lines[-18:]:
             table.add_row(line.icon, Text(line.text, style=line.style), line.detail)
         elapsed = time.monotonic() - self.started
+        cost = fmt_cost(Usage(cost_usd=self.cost_usd, unpriced_calls=self.unpriced_calls))
         footer = Text(
             f"{self.status} · turns {self.turns} · tokens {fmt_tokens(self.input_tokens)} in / "
-            f"{fmt_tokens(self.output_tokens)} out · {fmt_cost(self.cost_usd)} · {elapsed:.1f}s",
+            f"{fmt_tokens(self.output_tokens)} out · {cost} · {elapsed:.1f}s",
             style="bold",
         )
         return Panel(Group(table, Text(""), footer), title=Text(self.title), border_style="blue")
@@ -201,7 +210,7 @@ def runs_table(runs: list[RunRecord]) -> Table:
             status_text(r),
             str(r.turns),
             fmt_tokens(r.usage.total_tokens),
-            fmt_cost(r.usage.cost_usd),
+            fmt_cost(r.usage),
             f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else "-",
             Text(r.task.splitlines()[0][:60] if r.task else ""),
         )
@@ -249,7 +258,7 @@ def print_show(console: Console, record: RunRecord) -> None:
     grid.add_row("turns", str(record.turns))
     u = record.usage
     grid.add_row("tokens", f"{u.input_tokens} in ({u.cache_read_tokens} cached) · {u.output_tokens} out")
-    grid.add_row("cost", fmt_cost(u.cost_usd))
+    grid.add_row("cost", fmt_cost(u))
     if record.elapsed_s is not None:
         grid.add_row("elapsed", f"{record.elapsed_s:.1f}s")
     if record.error:
@@ -314,7 +323,7 @@ def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
             (f"run {record.id}", "bold"),
             f" {record.agent} · ",
             status_text(record),
-            f" · {fmt_tokens(record.usage.total_tokens)} tokens · {fmt_cost(record.usage.cost_usd)}",
+            f" · {fmt_tokens(record.usage.total_tokens)} tokens · {fmt_cost(record.usage)}",
         )
     )
     turn: Tree | None = None

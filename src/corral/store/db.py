@@ -25,7 +25,7 @@ from corral.store.records import EventRecord, RunRecord, RunStatus, Usage
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: The newest migration's revision id; a test checks it against Alembic's own head.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 def default_home(project_dir: Path | None = None) -> Path:
@@ -71,6 +71,7 @@ def _row_to_record(row: RunRow, live_executors: set[str]) -> RunRecord:
         id=row.id,
         parent_id=row.parent_id,
         root_id=row.root_id,
+        continues_id=row.continues_id,
         agent=row.agent,
         spec=row.spec,
         spec_hash=row.spec_hash,
@@ -93,6 +94,7 @@ def _row_to_record(row: RunRow, live_executors: set[str]) -> RunRecord:
             cache_write_tokens=row.cache_write_tokens or 0,
             reasoning_tokens=row.reasoning_tokens or 0,
             cost_usd=row.cost_usd or 0.0,
+            unpriced_calls=row.unpriced_calls or 0,
         ),
         interrupted=unfinished and (row.executor_id is None or row.executor_id not in live_executors),
     )
@@ -258,6 +260,7 @@ class Store:
             cache_write_tokens=usage.cache_write_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             cost_usd=usage.cost_usd,
+            unpriced_calls=usage.unpriced_calls,
         )
 
     # -- events -----------------------------------------------------------------------------------

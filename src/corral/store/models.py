@@ -18,6 +18,8 @@ class RunRow(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("corral_runs.id"), index=True)
     root_id: Mapped[str] = mapped_column(String(40), index=True)
+    continues_id: Mapped[str | None] = mapped_column(String(40))
+    """The finished run this one follows up (``corral continue``): its conversation and workspace."""
     agent: Mapped[str] = mapped_column(String(64))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     spec_hash: Mapped[str] = mapped_column(String(64))
@@ -39,6 +41,7 @@ class RunRow(Base):
     cache_write_tokens: Mapped[int] = mapped_column(Integer, default=0)
     reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    unpriced_calls: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class EventRow(Base):

@@ -33,6 +33,8 @@ class RunRecord(BaseModel):
     id: str
     parent_id: str | None
     root_id: str
+    continues_id: str | None = None
+    """The finished run this one follows up (``corral continue``), else None."""
     agent: str
     spec: dict[str, Any]
     spec_hash: str

@@ -84,7 +84,7 @@ class ToolDef:
 
 
 class ToolDecorator(Protocol):
-    def __call__(self, fn: Callable[[ToolContext, P], Awaitable[str]], /) -> ToolDef: ...
+    def __call__(self, fn: Callable[[ToolContext, P], Awaitable[str | ToolReply]], /) -> ToolDef: ...
 
 
 def tool(*, name: str | None = None, capabilities: Iterable[Capability] = ()) -> ToolDecorator:
@@ -94,7 +94,7 @@ def tool(*, name: str | None = None, capabilities: Iterable[Capability] = ()) ->
     argument schema. Declare every capability the tool has: policy relies on them.
     """
 
-    def decorate(fn: Callable[[ToolContext, P], Awaitable[str]]) -> ToolDef:
+    def decorate(fn: Callable[[ToolContext, P], Awaitable[str | ToolReply]]) -> ToolDef:
         tool_name = name or fn.__name__
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"tool {tool_name!r} must be an async function")
