@@ -63,7 +63,7 @@ def assert_interrupted(done: subprocess.CompletedProcess[str], home: Path, signu
     assert "Traceback" not in done.stderr
     record, _ = stored(home)
     resume = f"corral --home '{home}' resume {record.id}"  # not the default store, and a space: named and quoted
-    assert f"interrupted by {signum.name}: run {record.id} stopped; the sandbox is kept" in done.stderr
+    assert f"interrupted by {signum.name}: run {record.id} stopped; its sandbox is kept" in done.stderr
     assert f"resume: {resume}\n" in done.stderr
 
     (listed,) = json.loads(run_corral("--home", str(home), "runs", "--json", cwd=home.parent, home=None).stdout)

@@ -433,10 +433,13 @@ def report_interrupted(stop: Interrupted, store: Store, *, home: Path | None, st
     """Say that the runs stopped, and the one command that resumes them; exit 130 (SIGINT) or 143 (SIGTERM)."""
     ids = stop.run_ids
     resume = command_hint("resume", *ids[:1] if len(ids) == 1 else (), home=home)
-    what = f"run {ids[0]}" if len(ids) == 1 else f"{len(ids)} runs" if ids else "the command"
-    err_console.print(
-        safe(f"interrupted by {signal.Signals(stop.signum).name}: {what} stopped; the sandbox is kept"), highlight=False
-    )
+    if len(ids) == 1:
+        what = f"run {ids[0]} stopped; its sandbox is kept"
+    elif ids:
+        what = f"{len(ids)} runs stopped; their sandboxes are kept"
+    else:  # stopped while submitting: a run it recorded is interrupted, and `corral resume` starts it
+        what = "stopped before its run started"
+    print_hint(f"interrupted by {signal.Signals(stop.signum).name}: {what}", err_console)
     print_hint(f"resume: {resume}", err_console)
     if stream is not None:
         for run_id in ids:
