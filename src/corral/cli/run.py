@@ -392,15 +392,16 @@ class Session:
     async def _execute(self, starter: Starter) -> list[RunRecord]:
         from corral.runtime import Runtime
 
-        async with Runtime(self.store) as runtime, self._shown(runtime) as view:
-            self.run_ids += await starter(runtime)
-            if view is not None:
-                view.run_ids.update(self.run_ids)
-                view.title = f"{self.title} · {', '.join(self.run_ids)}" if self.run_ids else self.title
-            return [await runtime.wait(run_id) for run_id in self.run_ids]
+        async with Runtime(self.store) as runtime:
+            with self._shown(runtime) as view:
+                self.run_ids += await starter(runtime)
+                if view is not None:
+                    view.run_ids.update(self.run_ids)
+                    view.title = f"{self.title} · {', '.join(self.run_ids)}" if self.run_ids else self.title
+                return [await runtime.wait(run_id) for run_id in self.run_ids]
 
-    @contextlib.asynccontextmanager
-    async def _shown(self, runtime: Runtime) -> typing.AsyncIterator[Any]:
+    @contextlib.contextmanager
+    def _shown(self, runtime: Runtime) -> Iterator[Any]:
         """The live view and the JSON stream, for as long as the runs execute."""
         from corral.cli.views import LiveRunView
 
@@ -555,7 +556,9 @@ def hand_over(record: RunRecord, store: Store, options: RunOptions, *, home: Pat
             console.print(safe(answer), soft_wrap=True, highlight=False)
         if code != EXIT_OK:
             err_console.print(
-                safe(f"error: run {record.id} {record.status.value}: {record.error}"), soft_wrap=True, highlight=False
+                safe(f"error: run {record.id} {record.status.value}: {record.error or ''}"),
+                soft_wrap=True,
+                highlight=False,
             )
     else:
         print_outcome(record, store, home=home, full_patch=options.patch)
