@@ -31,19 +31,6 @@ _FALLBACK_IDENTITY = {
 }
 
 
-def run_patch(record: RunRecord) -> str:
-    """The patch a run left (its result's, else ``patch.diff`` in its run directory); "" when none."""
-    from corral.runtime.runtime import PATCH_FILE
-
-    patch = (record.result or {}).get("patch")
-    if patch:
-        return str(patch)
-    try:
-        return (Path(record.run_dir) / PATCH_FILE).read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        return ""
-
-
 def _stat(patch: str) -> str:
     """``git apply --stat``: files changed with +/- counts (needs no repository)."""
     from corral.sandbox.git import git_binary, git_env
@@ -65,6 +52,8 @@ def diff(
     stat: Annotated[bool, typer.Option("--stat", help="Only the files changed and their +/- counts.")] = False,
 ) -> None:
     """Print a run's patch: raw when piped (``corral diff RUN | git apply``), coloured in a terminal."""
+    from corral.runtime.runtime import run_patch
+
     record = open_store().get_run(run_id)
     patch = run_patch(record)
     if not patch:
@@ -89,6 +78,7 @@ def apply(
     ] = None,
 ) -> None:
     """Apply a run's patch to its repository, all or nothing (``git apply``), and report any conflicts."""
+    from corral.runtime.runtime import run_patch
     from corral.sandbox.patching import apply_patch, check_patch, patch_files
 
     store = open_store()
@@ -122,6 +112,7 @@ def apply(
 
 def _hint_for(record: RunRecord, store: Store, target: Path) -> str | None:
     """A follow-up's patch holds only its own changes: if its parent's patch is missing, say so."""
+    from corral.runtime.runtime import run_patch
     from corral.sandbox.patching import check_patch
 
     if record.continues_id is None:

@@ -665,7 +665,7 @@ def continue_(
 
     async def start(runtime: Runtime) -> list[str]:
         name_interrupted_runs(runtime, options)
-        return [(await runtime.submit(spec, text, repo, continue_from=parent.id)).id]  # type: ignore[call-arg]
+        return [(await runtime.submit(spec, text, repo, continue_from=parent.id)).id]
 
     run_to_end(store, start, options, title=f"corral · {spec.name} · continues {parent.id}")
 
