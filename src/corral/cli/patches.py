@@ -31,19 +31,15 @@ _FALLBACK_IDENTITY = {
 }
 
 
-def _stat(patch: str) -> str:
-    """``git apply --stat``: files changed with +/- counts (needs no repository)."""
-    from corral.sandbox.git import git_binary, git_env
+def print_stat(patch: str, *, limit: int | None = None) -> None:
+    """Each file the patch changes with its added and removed lines (the first ``limit``), then the total."""
+    from corral.sandbox.patching import diff_stat
 
-    done = subprocess.run(
-        [git_binary(), "apply", "--stat", "-"],
-        input=patch.encode(),
-        capture_output=True,
-        env=git_env(),
-        timeout=_GIT_TIMEOUT_S,
-        check=False,
-    )
-    return done.stdout.decode("utf-8", errors="replace").rstrip("\n")
+    stat = diff_stat(patch)
+    for path, plus, minus in stat[:limit]:
+        console.print(Text.assemble("  ", safe(path), f"  +{plus} -{minus}"), soft_wrap=True, highlight=False)
+    if limit is not None and len(stat) > limit:
+        console.print(f"  … and {len(stat) - limit} more", highlight=False)
 
 
 @app.command()
@@ -60,7 +56,7 @@ def diff(
         err_console.print(safe(f"run {record.id} changed no files"))
         return
     if stat:
-        console.print(safe(_stat(patch)), highlight=False, soft_wrap=True)
+        print_stat(patch)
     elif console.is_terminal:
         console.print(Syntax(clean(patch), "diff", word_wrap=True))
     else:
@@ -79,7 +75,7 @@ def apply(
 ) -> None:
     """Apply a run's patch to its repository, all or nothing (``git apply``), and report any conflicts."""
     from corral.runtime.runtime import run_patch
-    from corral.sandbox.patching import apply_patch, check_patch, patch_files
+    from corral.sandbox.patching import apply_patch, check_patch, diff_stat
 
     store = open_store()
     record = store.get_run(run_id)
@@ -89,13 +85,13 @@ def apply(
     target = (repo or Path(record.repo)).expanduser()
     if not target.is_dir():
         raise UsageError(f"{clean(target)} is not a directory", hint="pass the repository with --repo PATH")
-    files = patch_files(patch)
+    files = diff_stat(patch)
     report = asyncio.run(check_patch(target, patch) if check else apply_patch(target, patch))
     where = clean(target.resolve())
     if report.applies:
         verb = "applies cleanly to" if check else "applied to"
         console.print(safe(f"✓ run {record.id}'s patch {verb} {where} ({len(files)} file(s))", "green"), soft_wrap=True)
-        console.print(safe(_stat(patch)), highlight=False, soft_wrap=True)
+        print_stat(patch)
         raise typer.Exit(EXIT_OK)
     if report.already_applied:
         console.print(safe(f"✓ {where} already holds run {record.id}'s patch; nothing to do", "green"), soft_wrap=True)

@@ -459,26 +459,6 @@ def final_answer(record: RunRecord) -> str | None:
     return result.get("text")
 
 
-def diff_stat(patch: str) -> list[tuple[str, int, int]]:
-    """(path, lines added, lines removed) for each file of a git patch."""
-    files: list[tuple[str, int, int]] = []
-    path, added, removed, in_hunks = "", 0, 0, False
-    for line in patch.splitlines():
-        if line.startswith("diff --git "):
-            if path:
-                files.append((path, added, removed))
-            path, added, removed, in_hunks = line.rpartition(" b/")[2], 0, 0, False
-        elif line.startswith("@@"):
-            in_hunks = True
-        elif in_hunks and line.startswith("+"):
-            added += 1
-        elif in_hunks and line.startswith("-"):
-            removed += 1
-    if path:
-        files.append((path, added, removed))
-    return files
-
-
 _DIFF_STYLES = (("+++", "bold"), ("---", "bold"), ("diff --git", "bold"), ("@@", "cyan"), ("+", "green"), ("-", "red"))
 
 
@@ -488,6 +468,9 @@ def print_patch(record: RunRecord, *, home: Path | None, full: bool) -> None:
     patch = result.get("patch") or ""
     if not patch:
         return
+    from corral.cli.patches import print_stat
+    from corral.sandbox.patching import diff_stat
+
     stat = diff_stat(patch)
     label = "patch" if record.status.value == "succeeded" else "partial work kept"
     added, removed = sum(s[1] for s in stat), sum(s[2] for s in stat)
@@ -497,10 +480,7 @@ def print_patch(record: RunRecord, *, home: Path | None, full: bool) -> None:
             style = next((style for prefix, style in _DIFF_STYLES if line.startswith(prefix)), "")
             console.print(safe(line, style), soft_wrap=True, highlight=False)
     else:
-        for path, plus, minus in stat[:PATCH_FILES_LISTED]:
-            console.print(Text.assemble("  ", safe(path), f"  +{plus} -{minus}"), soft_wrap=True, highlight=False)
-        if len(stat) > PATCH_FILES_LISTED:
-            console.print(f"  … and {len(stat) - PATCH_FILES_LISTED} more", highlight=False)
+        print_stat(patch, limit=PATCH_FILES_LISTED)
     see, apply = command_hint("diff", record.id, home=home), command_hint("apply", record.id, home=home)
     print_hint(f"  see it: {see} · apply it: {apply}")
 

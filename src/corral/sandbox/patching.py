@@ -8,14 +8,11 @@ both, and never touches the index or HEAD here.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.sandbox.git import GIT_TIMEOUT, git_binary, git_env
 from corral.sandbox.proc import run_process
-
-_DIFF_HEADER = re.compile(r"^diff --git a/(.*) b/(.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -30,9 +27,24 @@ class PatchReport:
     """git's own lines saying which file and hunk failed, and why."""
 
 
-def patch_files(patch: str) -> list[str]:
-    """The paths a git-style patch changes, in order."""
-    return [match.group(2) for match in _DIFF_HEADER.finditer(patch)]
+def diff_stat(patch: str) -> list[tuple[str, int, int]]:
+    """(path, lines added, lines removed) for each file of a git patch, in order."""
+    files: list[tuple[str, int, int]] = []
+    path, added, removed, in_hunks = "", 0, 0, False
+    for line in patch.splitlines():
+        if line.startswith("diff --git "):
+            if path:
+                files.append((path, added, removed))
+            path, added, removed, in_hunks = line.rpartition(" b/")[2], 0, 0, False
+        elif line.startswith("@@"):
+            in_hunks = True
+        elif in_hunks and line.startswith("+"):
+            added += 1
+        elif in_hunks and line.startswith("-"):
+            removed += 1
+    if path:
+        files.append((path, added, removed))
+    return files
 
 
 async def _prefix(target: Path) -> str:
