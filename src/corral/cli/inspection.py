@@ -1,60 +1,166 @@
-"""``corral runs|show|trace``: read runs and their journals."""
+"""``corral runs|show|trace``: read runs and their journals, and follow a run as it goes."""
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import Annotated
+import time
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from corral.cli.app import app, console, open_store
+from corral.cli.app import app, console, err_console, open_store
+from corral.cli.text import safe
+from corral.errors import UsageError
+
+if TYPE_CHECKING:
+    from corral.store import EventRecord, RunRecord, Store
+
+RunIdArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON output.")]
+
+
+def write_json(data: object, *, indent: int | None = 2) -> None:
+    from corral.cli.views import json_text
+
+    sys.stdout.write(json_text(data, indent=indent) + "\n")
+    sys.stdout.flush()
 
 
 @app.command()
 def runs(
-    json_out: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
-    limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+    json_out: JsonOption = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many, newest first.")] = 20,
 ) -> None:
-    """List recent runs."""
-    from corral.cli.views import run_summary, runs_table
+    """List recent runs, newest first."""
+    from corral.cli.views import print_runs, run_summary
 
+    if limit < 0:
+        raise UsageError(f"--limit {limit} is negative", hint="--limit 0 shows none; leave it out for 20")
     records = open_store().list_runs(limit=limit)
     if json_out:
-        console.print_json(json.dumps([run_summary(r) for r in records]))
-    elif not records:
-        console.print("no runs yet" if limit > 0 else "no runs shown (--limit 0)")
+        write_json([run_summary(r) for r in records])
+    elif records:
+        print_runs(console, records)
     else:
-        console.print(runs_table(records))
+        console.print("no runs yet" if limit > 0 else "no runs shown (--limit 0)", markup=False, highlight=False)
 
 
 @app.command()
-def show(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
-    json_out: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
-) -> None:
-    """Show a run: status, result, typed output, patch and cost."""
+def show(run_id: RunIdArgument, json_out: JsonOption = False) -> None:
+    """Show a run: status, task, result, typed output, patch and cost."""
     from corral.cli.views import print_show, run_summary
 
     record = open_store().get_run(run_id)
     if json_out:
-        console.print_json(json.dumps(run_summary(record)))
+        write_json(run_summary(record))
     else:
         print_show(console, record)
 
 
 @app.command()
 def trace(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
-    json_out: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    run_id: RunIdArgument,
+    json_out: JsonOption = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Print events as they happen until the run ends (with --json: one per line)."
+        ),
+    ] = False,
 ) -> None:
     """Every event of a run's journal, as a tree with durations, tokens and cost."""
-    from corral.cli.views import trace_data, trace_tree
+    from corral.cli.views import print_trace, trace_data
 
     store = open_store()
     record = store.get_run(run_id)
+    if follow:
+        raise typer.Exit(follow_run(store, record, json_out=json_out))
     events = store.events(record.id)
     if json_out:
-        sys.stdout.write(json.dumps(trace_data(record, events), indent=2) + "\n")
+        write_json(trace_data(record, events))
     else:
-        console.print(trace_tree(record, events))
+        print_trace(console, record, events)
+
+
+# -- trace --follow ---------------------------------------------------------------------------------
+
+FOLLOW_POLL_S = 0.2
+#: A run's status is recorded just before its run.finished event: wait this long for the event.
+FINISH_GRACE_S = 5.0
+EXIT_SIGINT, EXIT_SIGPIPE = 130, 141
+
+
+def follow_run(store: Store, record: RunRecord, *, json_out: bool) -> int:
+    """Print a run's events as its journal commits them, until it ends; the exit code of its status.
+
+    The run may execute in any process: this one only reads the store. Ctrl-C stops following
+    (exit 130), not the run.
+    """
+    try:
+        return _follow(store, record, json_out=json_out)
+    except KeyboardInterrupt:
+        err_console.print(safe(f"stopped following run {record.id}; it goes on"), highlight=False)
+        return EXIT_SIGINT
+    except BrokenPipeError:  # the reader went away (`| head -3`): stop quietly, as a pipe tool does
+        _silence_stdout()
+        return EXIT_SIGPIPE
+
+
+def _follow(store: Store, record: RunRecord, *, json_out: bool) -> int:
+    from corral.events import RunFinished
+
+    if not json_out:
+        _print_header(record)
+    seq, grace_ends, warned = 0, None, False
+    while True:
+        record = store.get_run(record.id)  # before its events: a run.finished event comes after the status
+        if record.interrupted and not warned:
+            warned = True
+            err_console.print(
+                safe(f"run {record.id} is interrupted (its process is gone); following it until it is resumed"),
+                highlight=False,
+            )
+        for entry in store.iter_events(record.id, after_seq=seq):
+            seq = entry.seq
+            _print_event(entry, json_out=json_out)
+            if isinstance(entry.event, RunFinished):
+                return _followed_to_the_end(store, record.id, json_out=json_out)
+        if record.status.finished:  # but no run.finished yet: wait a little, its process may have died
+            grace_ends = grace_ends or time.monotonic() + FINISH_GRACE_S
+            if time.monotonic() > grace_ends:
+                return _followed_to_the_end(store, record.id, json_out=json_out)
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _print_event(entry: EventRecord, *, json_out: bool) -> None:
+    from corral.cli.views import event_lines, print_lines
+
+    if json_out:
+        write_json(entry.to_json(), indent=None)
+    else:
+        print_lines(console, event_lines(entry))
+
+
+def _print_header(record: RunRecord) -> None:
+    from corral.cli.views import print_lines, run_header
+
+    print_lines(console, [run_header(record)])
+
+
+def _followed_to_the_end(store: Store, run_id: str, *, json_out: bool) -> int:
+    """The run's last line (its status, tokens and cost) and its exit code."""
+    from corral.cli.run import exit_for
+
+    record = store.get_run(run_id)
+    if not json_out:
+        _print_header(record)
+    return exit_for(record)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
