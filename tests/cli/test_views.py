@@ -28,15 +28,13 @@ from corral.cli.views import (
 )
 from corral.events import (
     ModelRequested,
-    ModelResponded,
     ModelRetried,
-    RunFinished,
-    RunStarted,
     ToolCalled,
     ToolReturned,
     Usage,
 )
 from corral.store import RunRecord, RunStatus, Store
+from tests.store.runs import finished_run_events
 
 MARKUP = "[red]not markup[/red] [/] [link=http://x]y[/link]"
 
@@ -51,23 +49,7 @@ def output(c: Console) -> str:
 
 
 def turn_events() -> list:
-    return [
-        RunStarted(key="run.started", agent="fixer", task=MARKUP, model="m", engine="native", spec_hash="h", repo="/r"),
-        ModelRequested(key="model:0:request", call=0, model="m", message_count=1, new_messages=[], tools=["execute"]),
-        ModelResponded(
-            key="model:0:response",
-            call=0,
-            model="m",
-            parts=[{"part_kind": "text", "content": MARKUP}, {"part_kind": "tool-call", "tool_name": "execute"}],
-            input_tokens=100,
-            output_tokens=7,
-            cost_usd=0.25,
-            duration_ms=12.0,
-        ),
-        ToolCalled(key="tool:0:call", call_id="c0", tool="execute", args={"command": MARKUP}),
-        ToolReturned(key="tool:0:result", call_id="c0", tool="execute", ok=False, text="", error=MARKUP, duration_ms=3),
-        RunFinished(key="run.finished", status="failed", error=MARKUP),
-    ]
+    return finished_run_events(task=MARKUP, answer=MARKUP, command=MARKUP, tool_error=MARKUP, cost_usd=0.25)
 
 
 def store_with_a_run(home: Path) -> Store:

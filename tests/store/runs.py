@@ -47,8 +47,24 @@ def add_run(
     store.update_run(run_id, status=status, **fields)
 
 
-def finished_run_events(*, task: str = "t", answer: str = "done", tool_text: str = "ok") -> list[BaseEvent]:
-    """The journal of a short finished run: one turn that calls ``execute`` (exit 0), then the answer."""
+def finished_run_events(
+    *,
+    task: str = "t",
+    answer: str = "done",
+    command: str = "true",
+    tool_error: str | None = None,
+    cost_usd: float = 0.0,
+) -> list[BaseEvent]:
+    """The journal of a short run: one turn that runs ``command`` (exit 0, or failing with ``tool_error``), the end."""
+    result = (
+        ToolReturned(
+            key="tool:0:result", call_id="c0", tool="execute", ok=False, text="", error=tool_error, duration_ms=3
+        )
+        if tool_error
+        else ToolReturned(
+            key="tool:0:result", call_id="c0", tool="execute", ok=True, text="ok", exit_code=0, duration_ms=3
+        )
+    )
     return [
         RunStarted(key="run.started", agent="a", task=task, model="m", engine="native", spec_hash="h", repo="/r"),
         ModelRequested(key="model:0:request", call=0, model="m", message_count=1, new_messages=[], tools=["execute"]),
@@ -59,11 +75,12 @@ def finished_run_events(*, task: str = "t", answer: str = "done", tool_text: str
             parts=[{"part_kind": "text", "content": answer}, {"part_kind": "tool-call", "tool_name": "execute"}],
             input_tokens=100,
             output_tokens=7,
+            cost_usd=cost_usd,
             duration_ms=12.0,
         ),
-        ToolCalled(key="tool:0:call", call_id="c0", tool="execute", args={"command": "true"}),
-        ToolReturned(
-            key="tool:0:result", call_id="c0", tool="execute", ok=True, text=tool_text, exit_code=0, duration_ms=3
+        ToolCalled(key="tool:0:call", call_id="c0", tool="execute", args={"command": command}),
+        result,
+        RunFinished(
+            key="run.finished", status="failed" if tool_error else "succeeded", text=answer, error=tool_error, turns=1
         ),
-        RunFinished(key="run.finished", status="succeeded", text=answer, turns=1),
     ]
