@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -19,6 +21,28 @@ RunIdArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
+_AGE = re.compile(r"(\d+)([smhdw])")
+_AGE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def cutoff_time(value: str, option: str, *, now: float | None = None) -> float:
+    """The moment ``value`` names: an age before now (``30m``, ``1h``, ``7d``, ``2w``) or an ISO date.
+
+    A date or date-time without an offset is local time (``2025-12-04``, ``2025-12-04T13:05``).
+    """
+    text = value.strip()
+    age = _AGE.fullmatch(text)
+    if age is not None:
+        return (time.time() if now is None else now) - int(age[1]) * _AGE_UNITS_S[age[2]]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise UsageError(
+            f"{option} {value!r} is neither an age nor a date",
+            hint="an age such as 30m, 1h, 7d or 2w, or a date such as 2025-12-04 or 2025-12-04T13:05",
+        ) from None
+
+
 def write_json(data: object, *, indent: int | None = 2) -> None:
     from corral.cli.views import json_text
 
@@ -30,17 +54,33 @@ def write_json(data: object, *, indent: int | None = 2) -> None:
 def runs(
     json_out: JsonOption = False,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many, newest first.")] = 20,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only runs with this status: queued, running, waiting_approval, succeeded, failed, cancelled "
+            "or interrupted.",
+        ),
+    ] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only runs of this agent.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only runs started since: an age (30m, 1h, 7d, 2w) or a date (2025-12-04)."),
+    ] = None,
 ) -> None:
     """List recent runs, newest first."""
     from corral.cli.views import print_runs, run_summary
 
     if limit < 0:
         raise UsageError(f"--limit {limit} is negative", hint="--limit 0 shows none; leave it out for 20")
-    records = open_store().list_runs(limit=limit)
+    after = cutoff_time(since, "--since") if since is not None else None
+    records = open_store().list_runs(limit=limit, status=status, agent=agent, since=after)
     if json_out:
         write_json([run_summary(r) for r in records])
     elif records:
         print_runs(console, records)
+    elif status or agent or since:
+        console.print("no runs match", markup=False, highlight=False)
     else:
         console.print("no runs yet" if limit > 0 else "no runs shown (--limit 0)", markup=False, highlight=False)
 
