@@ -1,4 +1,4 @@
-"""``corral runs|show|trace``: read runs and their journals, and follow a run as it goes."""
+"""``corral runs|show|trace|rm|prune``: read runs and their journals, follow a run, remove runs."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
-from corral.cli.app import app, console, err_console, open_store
-from corral.cli.text import safe
-from corral.errors import UsageError
+from corral.cli.app import EXIT_OK, EXIT_RUN_FAILED, app, console, err_console, open_store
+from corral.cli.text import clean, safe
+from corral.errors import CorralError, UsageError
 
 if TYPE_CHECKING:
+    from corral.cli.removal import Removal
     from corral.store import EventRecord, RunRecord, Store
 
 RunIdArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
@@ -204,3 +206,143 @@ def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+# -- rm and prune -----------------------------------------------------------------------------------
+
+
+@app.command("rm")
+def rm(
+    run_ids: Annotated[list[str], typer.Argument(help="Run ids (or unique prefixes).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Cancel unfinished runs first (as `corral cancel` does), then remove them.")
+    ] = False,
+) -> None:
+    """Remove runs: their journals, their files and the runs started under them."""
+    from corral.cli.removal import execute_removal, plan_removal, unfinished_error, whole_trees
+
+    store = open_store()
+    records = [store.get_run(run_id) for run_id in run_ids]
+    trees = whole_trees(store, records)
+    unfinished = [r for r in trees if not r.status.finished]
+    if unfinished and not force:
+        raise unfinished_error(unfinished[0])
+    if unfinished:
+        _cancel(store, unfinished)
+        trees = whole_trees(store, [store.get_run(r.id) for r in records])
+    waiting = [f for f in store.followers([r.id for r in trees]) if not f.status.finished]
+    if waiting and not force:
+        follower = waiting[0]
+        status = follower.display_status
+        raise UsageError(
+            f"run {follower.id} ({status}) continues run {follower.continues_id} and may still need it",
+            hint="remove it too, or wait until it ends; `--force` removes the run all the same",
+        )
+    removal = plan_removal(store, trees)
+    removed, events, failed = execute_removal(store, removal)
+    _report_removal(removal, removed, events, failed)
+    raise typer.Exit(EXIT_RUN_FAILED if failed else EXIT_OK)
+
+
+def _cancel(store: Store, runs: list[RunRecord]) -> None:
+    """End unfinished runs as `corral cancel` does (their sandboxes removed); raise if one does not stop."""
+    import asyncio
+
+    from corral.runtime import Runtime
+
+    async def cancel_all() -> None:
+        runtime = Runtime(store)
+        for run in runs:
+            if not store.get_run(run.id).status.finished:  # cancelling its parent may have ended it
+                await runtime.cancel(run.id)
+
+    asyncio.run(cancel_all())
+    still = [r for r in (store.get_run(run.id) for run in runs) if not r.status.finished]
+    if still:
+        raise CorralError(
+            f"run {still[0].id} did not stop when cancelled; nothing was removed",
+            hint="try again once `corral runs` shows it cancelled",
+        )
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than", help="Remove finished runs started before this: an age (7d, 2w) or a date (2025-12-04)."
+        ),
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
+) -> None:
+    """Remove finished runs older than an age, with their journals and files."""
+    from corral.cli.removal import execute_removal, plan_removal
+
+    store = open_store()
+    before = cutoff_time(older_than, "--older-than")
+    trees, kept = _prunable(store, store.list_runs(limit=None, before=before))
+    for record, why in kept:
+        err_console.print(safe(f"kept run {record.id}: {why}"), highlight=False)
+    removal = plan_removal(store, trees)
+    if dry_run:
+        _report_removal(removal, removal.runs, None, [], dry_run=True)
+        return
+    removed, events, failed = execute_removal(store, removal)
+    _report_removal(removal, removed, events, failed)
+    raise typer.Exit(EXIT_RUN_FAILED if failed else EXIT_OK)
+
+
+def _prunable(store: Store, old: list[RunRecord]) -> tuple[list[RunRecord], list[tuple[RunRecord, str]]]:
+    """The whole trees of the finished top-level runs among ``old``; the runs kept, and why."""
+    trees: list[RunRecord] = []
+    kept: list[tuple[RunRecord, str]] = []
+    for root in old:
+        if root.parent_id is not None or not root.status.finished:
+            continue  # sub-runs go with their run; unfinished runs are never pruned
+        tree = store.run_trees([root.id])
+        busy = [r for r in tree if not r.status.finished]
+        busy += [f for f in store.followers([r.id for r in tree]) if not f.status.finished]
+        if busy:
+            kept.append((root, f"run {busy[0].id} ({busy[0].display_status}) belongs to it or continues it"))
+        else:
+            trees += tree
+    return trees, kept
+
+
+def _report_removal(
+    removal: Removal, removed: list[RunRecord], events: int | None, failed: list[str], *, dry_run: bool = False
+) -> None:
+    """One line per run, then the totals and what was kept or unlinked; failures on stderr."""
+    from corral.cli.removal import fmt_bytes
+    from corral.cli.views import fmt_when
+
+    verb = "would remove" if dry_run else "removed"
+    for run in removed:
+        task = run.task.strip().splitlines()
+        line = f"{verb} run {run.id} ({run.agent}, {run.display_status}, {fmt_when(run.created_at)})"
+        console.print(safe(f"{line}: {task[0] if task else ''}"), soft_wrap=True, highlight=False)
+    if not removed:
+        console.print("nothing to remove", markup=False, highlight=False)
+    else:
+        freed = fmt_bytes(sum(removal.sizes.get(r.id, 0) for r in removed))
+        journal = "" if dry_run else f" and {events} journal event(s)"
+        console.print(
+            f"{verb} {len(removed)} run(s){journal}; {'would free' if dry_run else 'freed'} {freed} of files",
+            markup=False,
+            highlight=False,
+        )
+    removed_ids = {r.id for r in removed}
+    notes = [
+        f"kept the files of run {r.id} at {r.run_dir}: not this store's run directory"
+        for r in removal.foreign
+        if r.id in removed_ids
+    ]
+    notes += [
+        f"run {f.id} continues run {f.continues_id}: that link {'would be' if dry_run else 'is'} cleared"
+        for f in removal.unlinked
+        if f.continues_id in removed_ids
+    ]
+    for note in notes:
+        console.print(safe(note), soft_wrap=True, highlight=False)
+    for failure in failed:
+        err_console.print(Text.assemble(("error:", "red"), " ", clean(failure)), soft_wrap=True)
