@@ -21,9 +21,7 @@ pytestmark = pytest.mark.slow
 SLOW_SCRIPT = """
 [[turns]]
 text = "Running the slow suite."
-[[turns.tool_calls]]
-name = "execute"
-args = { command = "sleep 3; echo slow done" }
+tool_calls = [{ name = "execute", args = { command = "sleep 3; echo slow done" } }]
 
 [[turns]]
 text = "All done."
@@ -37,20 +35,20 @@ def start(args: list[str], *, cwd: Path, home: Path) -> subprocess.Popen[str]:
     )
 
 
-def first_run_id(home: Path, timeout: float = 60) -> str:
-    """The id of the first run in the store, once the other process has recorded it."""
+def wait_for_event(home: Path, event_type: str, timeout: float = 60) -> str:
+    """The id of the first run of the store once its journal has an event of ``event_type``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (home / "corral.db").exists():
             store = Store.open(home=home)
             try:
-                runs = store.list_runs()
+                for run in store.list_runs():
+                    if any(e.type == event_type for e in store.events(run.id)):
+                        return run.id
             finally:
                 store.close()
-            if runs:
-                return runs[0].id
         time.sleep(0.1)
-    raise TimeoutError("no run was recorded")
+    raise TimeoutError(f"no {event_type} event")
 
 
 @pytest.fixture
@@ -60,7 +58,7 @@ def slow_run(tmp_path: Path, repo: Path, home: Path):
     (tmp_path / "corral.toml").write_text('[agents.fixer]\nmodel = "scripted:slow.toml"\nsandbox = "local"\n')
     proc = start(["run", "fixer", "run the slow suite", "--repo", str(repo)], cwd=tmp_path, home=home)
     try:
-        yield proc, first_run_id(home)
+        yield proc, wait_for_event(home, "run.started")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from corral.store import RunStatus, Store
-from tests.e2e.cli_helpers import CORRAL, corral, corral_json
+from tests.cli.test_inspection_follow import start, wait_for_event
+from tests.e2e.cli_helpers import corral, corral_json
 from tests.store.runs import add_run, finished_run_events
 
 pytestmark = pytest.mark.slow
@@ -109,19 +109,12 @@ delay = 30
 def test_rm_force_cancels_a_killed_run_then_removes_it(home: Path, tmp_path: Path, repo: Path) -> None:
     (tmp_path / "slow.toml").write_text(SLOW_SCRIPT)
     (tmp_path / "corral.toml").write_text('[agents.fixer]\nmodel = "scripted:slow.toml"\nsandbox = "local"\n')
-    env = {**os.environ, "CORRAL_HOME": str(home)}
-    proc = subprocess.Popen(
-        [*CORRAL, "run", "fixer", "a slow task", "--repo", str(repo)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start(["run", "fixer", "a slow task", "--repo", str(repo)], cwd=tmp_path, home=home)
     try:
         run_id = wait_for_event(home, "tool.result")
     finally:
         proc.kill()
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)
     run_dir = home / "runs" / run_id
     assert (run_dir / "workspace" / "new.txt").exists()
 
@@ -132,22 +125,6 @@ def test_rm_force_cancels_a_killed_run_then_removes_it(home: Path, tmp_path: Pat
     assert f"removed run {run_id} (fixer, cancelled, " in forced.stdout
     assert not run_dir.exists() and run_ids(home, tmp_path) == []
     assert (repo / "calc.py").exists() and not (repo / "new.txt").exists()  # the repository is untouched
-
-
-def wait_for_event(home: Path, event_type: str, timeout: float = 60) -> str:
-    """The id of the first run once its journal has an event of ``event_type``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (home / "corral.db").exists():
-            store = Store.open(home=home)
-            try:
-                for run in store.list_runs():
-                    if any(e.type == event_type for e in store.events(run.id)):
-                        return run.id
-            finally:
-                store.close()
-        time.sleep(0.1)
-    raise TimeoutError(f"no {event_type} event")
 
 
 def test_a_sub_run_goes_with_its_run_and_follow_ups_lose_their_link(home: Path, tmp_path: Path) -> None:
