@@ -357,11 +357,11 @@ class LiveRunView:
         self.cost_usd += response.cost_usd
         self.unpriced_calls += response.price_source == "unknown"
         texts = [str(p.get("content", "")) for p in response.parts if p.get("part_kind") == "text"]
-        summary = _one_line(" ".join(t.strip() for t in texts if t), 90)
+        calls = [str(p.get("tool_name")) for p in response.parts if p.get("part_kind") == "tool-call"]
+        typed = any(name.startswith(OUTPUT_TOOL_PREFIX) for name in calls)
+        summary = _one_line(" ".join(t.strip() for t in texts if t), 90) or ("(output)" if typed else "(tool calls)")
         tokens = f"{fmt_tokens(response.input_tokens)} in · {fmt_tokens(response.output_tokens)} out"
-        return _Line(
-            "◆", f"turn {self.turns}: {summary or '(tool calls)'}", f"{tokens} · {fmt_ms(response.duration_ms)}"
-        )
+        return _Line("◆", f"turn {self.turns}: {summary}", f"{tokens} · {fmt_ms(response.duration_ms)}")
 
     def _render(self) -> Panel:
         table = Table.grid(padding=(0, 1), expand=True)
