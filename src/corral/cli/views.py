@@ -179,8 +179,25 @@ def _rejection(part: dict[str, Any]) -> str:
     return _one_line(f"{what}: {content}", 500)
 
 
+def _answer_summary(parts: list[dict[str, Any]]) -> str:
+    """A model's answer on one line: its text, else whether it called tools or gave its typed output."""
+    texts = [str(p.get("content", "")).strip() for p in parts if p.get("part_kind") == "text"]
+    calls = [str(p.get("tool_name")) for p in parts if p.get("part_kind") == "tool-call"]
+    typed = any(name.startswith(OUTPUT_TOOL_PREFIX) for name in calls)
+    return _one_line(" ".join(t for t in texts if t), 90) or ("(output)" if typed else "(tool calls)")
+
+
 def _seq(seq: int, style: str) -> Text:
     return Text(f"#{seq} ", style=style)
+
+
+#: ``ModelResponded.price_source`` of a call whose model has no known price (``corral.models.pricing``).
+UNPRICED = "unknown"
+
+
+def call_usage(response: ModelResponded) -> Usage:
+    """The cost of one model call, unpriced when no price was known for its model."""
+    return Usage(cost_usd=response.cost_usd, unpriced_calls=int(response.price_source == UNPRICED))
 
 
 def _model_label(seq: int, response: ModelResponded) -> Text:
@@ -188,7 +205,7 @@ def _model_label(seq: int, response: ModelResponded) -> Text:
     return Text.assemble(
         (f"#{seq} model call {response.call + 1}", "magenta"),
         f"  {fmt_ms(response.duration_ms)} · {response.input_tokens} in / {response.output_tokens} out · "
-        f"{fmt_cost(response.cost_usd) if response.price_source != 'unknown' else 'cost unknown'}{attempts}",
+        f"cost {fmt_cost(call_usage(response))}{attempts}",
     )
 
 
@@ -354,13 +371,11 @@ class LiveRunView:
         self.turns = response.call + 1
         self.input_tokens += response.input_tokens
         self.output_tokens += response.output_tokens
-        self.cost_usd += response.cost_usd
-        self.unpriced_calls += response.price_source == "unknown"
-        texts = [str(p.get("content", "")) for p in response.parts if p.get("part_kind") == "text"]
-        calls = [str(p.get("tool_name")) for p in response.parts if p.get("part_kind") == "tool-call"]
-        typed = any(name.startswith(OUTPUT_TOOL_PREFIX) for name in calls)
-        summary = _one_line(" ".join(t.strip() for t in texts if t), 90) or ("(output)" if typed else "(tool calls)")
+        cost = call_usage(response)
+        self.cost_usd += cost.cost_usd
+        self.unpriced_calls += cost.unpriced_calls
         tokens = f"{fmt_tokens(response.input_tokens)} in · {fmt_tokens(response.output_tokens)} out"
+        summary = _answer_summary(response.parts)
         return _Line("◆", f"turn {self.turns}: {summary}", f"{tokens} · {fmt_ms(response.duration_ms)}")
 
     def _render(self) -> Panel:
