@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.cli.removal import own_run_dir
 from corral.store import RunStatus, Store
 from tests.cli.test_inspection_follow import start, wait_for_event
 from tests.e2e.cli_helpers import corral, corral_json
@@ -185,3 +186,15 @@ def test_prune_removes_finished_runs_older_than_an_age(home: Path, tmp_path: Pat
     bad = corral("prune", "--older-than", "a week", cwd=tmp_path, home=home)
     assert bad.returncode == 2 and "--older-than 'a week' is neither an age nor a date" in bad.stderr
     assert corral("prune", cwd=tmp_path, home=home).returncode == 2  # --older-than is required
+
+
+def test_only_a_direct_child_of_the_runs_directory_is_a_runs_own(home: Path) -> None:
+    store = Store.open(home=home)
+    runs_dir = store.runs_dir
+    add_run(store, "..", status=RunStatus.SUCCEEDED, run_dir=str(runs_dir / ".."))
+    add_run(store, "a/b", status=RunStatus.SUCCEEDED, run_dir=str(runs_dir / "a" / "b"))
+    add_run(store, "fine", status=RunStatus.SUCCEEDED, run_dir=str(runs_dir / "fine"))
+    assert own_run_dir(store, store.get_run("..")) is None  # would be the store's home
+    assert own_run_dir(store, store.get_run("a/b")) is None
+    assert own_run_dir(store, store.get_run("fine")) == runs_dir / "fine"
+    store.close()

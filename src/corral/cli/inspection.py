@@ -13,7 +13,7 @@ from rich.text import Text
 
 from corral.cli.app import EXIT_OK, EXIT_RUN_FAILED, app, console, err_console, open_store
 from corral.cli.text import clean, safe
-from corral.errors import CorralError, UsageError
+from corral.errors import UsageError
 
 if TYPE_CHECKING:
     from corral.cli.removal import Removal
@@ -219,7 +219,14 @@ def rm(
     ] = False,
 ) -> None:
     """Remove runs: their journals, their files and the runs started under them."""
-    from corral.cli.removal import execute_removal, plan_removal, unfinished_error, whole_trees
+    from corral.cli.removal import (
+        cancel_unfinished,
+        execute_removal,
+        plan_removal,
+        refuse_busy_followers,
+        unfinished_error,
+        whole_trees,
+    )
 
     store = open_store()
     records = [store.get_run(run_id) for run_id in run_ids]
@@ -228,41 +235,14 @@ def rm(
     if unfinished and not force:
         raise unfinished_error(unfinished[0])
     if unfinished:
-        _cancel(store, unfinished)
+        cancel_unfinished(store, unfinished)
         trees = whole_trees(store, [store.get_run(r.id) for r in records])
-    waiting = [f for f in store.followers([r.id for r in trees]) if not f.status.finished]
-    if waiting and not force:
-        follower = waiting[0]
-        status = follower.display_status
-        raise UsageError(
-            f"run {follower.id} ({status}) continues run {follower.continues_id} and may still need it",
-            hint="remove it too, or wait until it ends; `--force` removes the run all the same",
-        )
+    if not force:
+        refuse_busy_followers(store, trees)
     removal = plan_removal(store, trees)
     removed, events, failed = execute_removal(store, removal)
     _report_removal(removal, removed, events, failed)
     raise typer.Exit(EXIT_RUN_FAILED if failed else EXIT_OK)
-
-
-def _cancel(store: Store, runs: list[RunRecord]) -> None:
-    """End unfinished runs as `corral cancel` does (their sandboxes removed); raise if one does not stop."""
-    import asyncio
-
-    from corral.runtime import Runtime
-
-    async def cancel_all() -> None:
-        runtime = Runtime(store)
-        for run in runs:
-            if not store.get_run(run.id).status.finished:  # cancelling its parent may have ended it
-                await runtime.cancel(run.id)
-
-    asyncio.run(cancel_all())
-    still = [r for r in (store.get_run(run.id) for run in runs) if not r.status.finished]
-    if still:
-        raise CorralError(
-            f"run {still[0].id} did not stop when cancelled; nothing was removed",
-            hint="try again once `corral runs` shows it cancelled",
-        )
 
 
 @app.command()
@@ -276,11 +256,11 @@ def prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
 ) -> None:
     """Remove finished runs older than an age, with their journals and files."""
-    from corral.cli.removal import execute_removal, plan_removal
+    from corral.cli.removal import execute_removal, plan_removal, prunable
 
     store = open_store()
     before = cutoff_time(older_than, "--older-than")
-    trees, kept = _prunable(store, store.list_runs(limit=None, before=before))
+    trees, kept = prunable(store, store.list_runs(limit=None, before=before))
     for record, why in kept:
         err_console.print(safe(f"kept run {record.id}: {why}"), highlight=False)
     removal = plan_removal(store, trees)
@@ -290,23 +270,6 @@ def prune(
     removed, events, failed = execute_removal(store, removal)
     _report_removal(removal, removed, events, failed)
     raise typer.Exit(EXIT_RUN_FAILED if failed else EXIT_OK)
-
-
-def _prunable(store: Store, old: list[RunRecord]) -> tuple[list[RunRecord], list[tuple[RunRecord, str]]]:
-    """The whole trees of the finished top-level runs among ``old``; the runs kept, and why."""
-    trees: list[RunRecord] = []
-    kept: list[tuple[RunRecord, str]] = []
-    for root in old:
-        if root.parent_id is not None or not root.status.finished:
-            continue  # sub-runs go with their run; unfinished runs are never pruned
-        tree = store.run_trees([root.id])
-        busy = [r for r in tree if not r.status.finished]
-        busy += [f for f in store.followers([r.id for r in tree]) if not f.status.finished]
-        if busy:
-            kept.append((root, f"run {busy[0].id} ({busy[0].display_status}) belongs to it or continues it"))
-        else:
-            trees += tree
-    return trees, kept
 
 
 def _report_removal(

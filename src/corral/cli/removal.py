@@ -60,11 +60,69 @@ def unfinished_error(record: RunRecord) -> UsageError:
     )
 
 
+def refuse_busy_followers(store: Store, runs: list[RunRecord]) -> None:
+    """Refuse to remove a run that a follow-up still in progress continues: it may still need it."""
+    waiting = [f for f in store.followers([r.id for r in runs]) if not f.status.finished]
+    if waiting:
+        follower = waiting[0]
+        raise UsageError(
+            f"run {follower.id} ({follower.display_status}) continues run {follower.continues_id} "
+            "and may still need it",
+            hint="remove it too, or wait until it ends; `--force` removes the run all the same",
+        )
+
+
+def cancel_unfinished(store: Store, runs: list[RunRecord]) -> None:
+    """End unfinished runs as `corral cancel` does (their sandboxes removed); raise if one does not stop."""
+    import asyncio
+
+    from corral.runtime import Runtime
+
+    async def cancel_all() -> None:
+        runtime = Runtime(store)
+        for run in runs:
+            if not store.get_run(run.id).status.finished:  # cancelling its parent may have ended it
+                await runtime.cancel(run.id)
+
+    asyncio.run(cancel_all())
+    still = [r for r in (store.get_run(run.id) for run in runs) if not r.status.finished]
+    if still:
+        raise CorralError(
+            f"run {still[0].id} did not stop when cancelled; nothing was removed",
+            hint="try again once `corral runs` shows it cancelled",
+        )
+
+
+def prunable(store: Store, old: list[RunRecord]) -> tuple[list[RunRecord], list[tuple[RunRecord, str]]]:
+    """The whole trees of the finished top-level runs among ``old``; the runs kept, and why.
+
+    A tree is kept whole when one of its runs, or a follow-up of one, has not finished.
+    """
+    trees: list[RunRecord] = []
+    kept: list[tuple[RunRecord, str]] = []
+    for root in old:
+        if root.parent_id is not None or not root.status.finished:
+            continue  # sub-runs go with their run; unfinished runs are never pruned
+        tree = store.run_trees([root.id])
+        busy = [r for r in tree if not r.status.finished]
+        busy += [f for f in store.followers([r.id for r in tree]) if not f.status.finished]
+        if busy:
+            kept.append((root, f"run {busy[0].id} ({busy[0].display_status}) belongs to it or continues it"))
+        else:
+            trees += tree
+    return trees, kept
+
+
 def own_run_dir(store: Store, record: RunRecord) -> Path | None:
-    """The run's directory if it is the one corral made for it in this store (not a link); else None."""
+    """The run's directory if it is the one corral made for it in this store (not a link); else None.
+
+    That is ``<runs dir>/<run id>``, a direct child of the runs directory: an id such as ``..``
+    or ``a/b`` (which corral never makes) names nothing to delete.
+    """
+    if record.id in ("", ".", "..") or "/" in record.id or os.sep in record.id:
+        return None
     path = Path(record.run_dir)
-    expected = store.runs_dir / record.id
-    if path.is_symlink() or path.resolve() != expected.resolve():
+    if path.is_symlink() or path.resolve() != store.runs_dir.resolve() / record.id:
         return None
     return path
 
