@@ -27,6 +27,7 @@ from corral.cli.views import (
     trace_data,
 )
 from corral.events import (
+    EgressAttempted,
     ModelRequested,
     ModelRetried,
     ToolCalled,
@@ -317,3 +318,19 @@ def test_patch_lines_stay_whole_and_file_names_are_made_visible() -> None:
     print_show(shown, record(result={"patch": patch, "files_changed": 1}))
     text = output(shown)
     assert "\n+" + "y" * 300 + "\n" in text and "-␛[2Jold" in text and "\x1b" not in text
+
+
+def test_the_live_view_names_denied_hosts_safely() -> None:
+    live = LiveRunView(console=console(), title="t")
+    for allowed in (True, False):
+        live.on_event(
+            "r1",
+            EgressAttempted(
+                key=f"egress:{allowed}",
+                host="evil\x1b[2J.example",
+                port=443,
+                allowed=allowed,
+                reason="not in the allowlist",
+            ),
+        )
+    assert output(live.console) == "! network denied: evil␛[2J.example:443 (not in the allowlist)\n"

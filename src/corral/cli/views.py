@@ -31,6 +31,7 @@ from corral.events import (
     BaseEvent,
     BudgetExceeded,
     ContextCompacted,
+    EgressAttempted,
     ModelFailed,
     ModelRequested,
     ModelResponded,
@@ -361,10 +362,12 @@ class LiveRunView:
                 return [_Line("≡", f"context compacted: {evicted} messages → {clean(saved_to)}", style="dim")]
             case BudgetExceeded(limit=limit):
                 return [_Line("✗", f"budget exhausted: {clean(limit)}", style="red")]
+            case EgressAttempted(allowed=False, host=host, port=port, reason=reason):
+                return [_Line("!", f"network denied: {clean(host)}:{port} ({_one_line(reason)})", style="yellow")]
             case RunFinished(status=status):
                 self.status = clean(status)
             case _:
-                pass  # egress attempts and future events: the trace shows them
+                pass  # allowed egress and future events: the trace shows them
         return []
 
     def _turn(self, response: ModelResponded) -> _Line:
@@ -524,7 +527,7 @@ def abbreviate_task(task: str, run_id: str) -> str:
 def _show_fields(record: RunRecord) -> list[tuple[str, Text]]:
     status = status_text(record)
     if record.interrupted:
-        status.append(f" (was {record.status.value}; `corral resume {record.id}` continues it)", style="dim")
+        status.append(clean(f" (was {record.status.value}; `corral resume {record.id}` continues it)"), style="dim")
     u = record.usage
     fields = [
         ("run", safe(record.id)),
