@@ -856,7 +856,7 @@ def cold_start_trial(
     requests = server.requests[before:]
     if not requests:
         raise BenchError("corral run finished without a request reaching the scripted model server")
-    run_id = json.loads(proc.stdout)["id"]
+    run_id = json.loads(proc.stdout.splitlines()[-1])["run_id"]  # --json: events, then the result line
     store = Store.open(home=home)
     try:
         record = store.get_run(run_id)

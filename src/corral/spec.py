@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from corral.errors import SpecError, UnknownAgentError
 from corral.sandbox.types import HostPatternText, Limits, NetworkProfile
@@ -211,11 +213,26 @@ class AgentSpec(_Strict):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
-    def with_overrides(self, **changes: Any) -> AgentSpec:
-        """A copy with some fields replaced, validated again."""
+    def with_overrides(
+        self, changes: Mapping[str, Any] | None = None, /, *, names: Mapping[str, str] | None = None, **fields: Any
+    ) -> AgentSpec:
+        """A copy with some fields replaced, validated again exactly as a spec file is.
+
+        ``changes`` maps dotted field paths to values: ``{"budget.max_turns": 5}`` replaces one
+        field of a table and keeps the rest of it; ``fields`` are top-level fields by keyword.
+        ``None`` values are skipped. A value that does not validate raises ``SpecError`` naming
+        each rejected field by its path, or by what ``names`` calls that path (``{"budget.max_turns":
+        "--max-turns"}``), so the message points at what the user typed.
+        """
         data = self.model_dump()
-        data.update({k: v for k, v in changes.items() if v is not None})
-        return AgentSpec.model_validate(data)
+        for path, value in {**(changes or {}), **fields}.items():
+            if value is not None:
+                _set_path(data, path, value)
+        try:
+            return AgentSpec.model_validate(data)
+        except ValidationError as err:
+            problems = [f"{_name_of(e['loc'], names or {})}: {_reason(e)}" for e in err.errors()]
+            raise SpecError(f"agent '{self.name}': invalid override\n  " + "\n  ".join(problems)) from None
 
 
 class ProjectConfig(BaseModel):
@@ -238,11 +255,32 @@ class ProjectConfig(BaseModel):
             ) from None
 
 
+def _reason(error: ErrorDetails) -> str:
+    return error["msg"].removeprefix("Value error, ")
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for the path ``a.b``, copying the tables on the way."""
+    *tables, last = path.split(".")
+    for key in tables:
+        inner = data.get(key)
+        data[key] = dict(inner) if isinstance(inner, Mapping) else {}
+        data = data[key]
+    data[last] = value
+
+
+def _name_of(loc: tuple[int | str, ...], names: Mapping[str, str]) -> str:
+    """What to call the field at ``loc``: the name given for its longest dotted prefix, else ``field 'a.b'``."""
+    parts = [str(p) for p in loc]
+    for end in range(len(parts), 0, -1):
+        name = names.get(".".join(parts[:end]))
+        if name is not None:
+            return name
+    return f"field '{'.'.join(parts) or '(table)'}'"
+
+
 def _format_validation_error(path: Path, agent: str | None, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(table)"
-        lines.append(f"  field '{field}': {e['msg'].removeprefix('Value error, ')}")
+    lines = [f"  {_name_of(e['loc'], {})}: {_reason(e)}" for e in err.errors()]
     where = f"{path}: agent '{agent}'" if agent else f"{path}"
     return f"{where}: invalid spec\n" + "\n".join(lines)
 

@@ -1,13 +1,27 @@
-"""``corral run|resume|cancel|demo``: execute runs in this process with a live view."""
+"""``corral run|continue|resume|cancel|demo``: execute runs in this process, show them, hand over their results."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import functools
+import inspect
 import json
+import logging
+import shlex
+import signal
+import subprocess
+import sys
+import typing
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.console import Console
+from rich.text import Text
 
 from corral.cli.app import (
     EXIT_CANCELLED,
@@ -20,30 +34,460 @@ from corral.cli.app import (
     open_store,
     state,
 )
+from corral.cli.stream import JsonLines, result_line
+from corral.cli.text import clean, safe
+from corral.errors import UsageError
+
+if typing.TYPE_CHECKING:
+    from corral.runtime import Runtime
+    from corral.spec import AgentSpec
+    from corral.store import RunRecord, Store
+
+Starter = Callable[["Runtime"], Awaitable[list[str]]]
+"""Starts a command's runs in the runtime it is given; returns their ids."""
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PATCH_FILES_LISTED = 20
 
 
-def exit_for(record: Any) -> int:
+def exit_for(record: RunRecord) -> int:
     return {"succeeded": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(record.status.value, EXIT_RUN_FAILED)
 
 
-async def execute(store: Any, starter: Any, *, title: str, json_out: bool = False) -> list[Any]:
-    """Launch a runtime, start runs with ``starter(runtime) -> [run ids]``, show them live, wait for all."""
-    from corral.cli.views import LiveRunView
-    from corral.runtime import Runtime
-
-    async with Runtime(store) as runtime:
-        view = LiveRunView(console=err_console if json_out else console, title=title)
-        runtime.subscribe(view.on_event)
-        with view:
-            run_ids = await starter(runtime)
-            view.run_ids.update(run_ids)
-            view.title = f"{title} · {', '.join(run_ids)}" if run_ids else title
-            return [await runtime.wait(run_id) for run_id in run_ids]
+# -- hints: commands a person can paste ------------------------------------------------------------
 
 
-def print_outcome(record: Any, store: Any) -> None:
-    """The end of a run in a few lines; what the agent or a tool wrote is printed as text, never markup."""
-    from rich.text import Text
+def explicit_home() -> Path | None:
+    """The store directory when the commands in hints must name it: given with ``--home``, not the default."""
+    from corral.store import default_home
+
+    if state.home is None:
+        return None
+    config = config_path(required=False)
+    return None if state.home == default_home(config.parent if config else None) else state.home
+
+
+def command_hint(*args: str, home: Path | None) -> str:
+    """A ``corral`` command line, quoted for a POSIX shell, with ``--home`` when ``home`` is given."""
+    return shlex.join(["corral", *(["--home", str(home)] if home else []), *args])
+
+
+def print_hint(text: str, console_: Console | None = None) -> None:
+    """Print a line holding a command: never wrapped (it stays copy-pasteable), never markup."""
+    (console_ or console).print(safe(text), soft_wrap=True, highlight=False)
+
+
+# -- the task ----------------------------------------------------------------------------------------
+
+
+def read_text_file(path: Path, option: str) -> str:
+    """A UTF-8 text file named by ``option``; unreadable is a usage error naming the option and the file."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{option} {clean(path)}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{option} {clean(path)}: is a directory") from None
+    except OSError as err:
+        raise UsageError(f"{option} {clean(path)}: cannot read it ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{option} {clean(path)}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def read_task(argument: str | None, task_file: Path | None) -> str:
+    """The task: the argument, stdin when the argument is ``-``, or ``--task-file`` (exactly one, not empty).
+
+    Files and stdin have no size limit; an argument is limited by the system (128 KB on Linux).
+    """
+    if argument is not None and task_file is not None:
+        raise UsageError("the task is given twice: as an argument and with --task-file", hint="give only one")
+    if task_file is not None:
+        task = read_text_file(task_file, "--task-file")
+    elif argument == "-":
+        try:
+            task = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UsageError(f"the task on stdin is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    elif argument is not None:
+        task = argument
+    else:
+        raise UsageError("no task given", hint="give it as an argument, '-' to read it from stdin, or --task-file PATH")
+    if not task.strip():
+        raise UsageError("the task is empty", hint="say what the agent should do")
+    return task
+
+
+# -- options shared by `run` and `continue` ----------------------------------------------------------
+
+OVERRIDES = "Overrides of the agent's spec (recorded with the run)"
+TASK_AND_OUTPUT = "Task and output"
+
+
+def override_option(*names: str, help: str) -> Any:
+    """An option of :class:`SpecOverrides`, listed under its own heading in ``--help``."""
+    return typer.Option(*names, help=help, rich_help_panel=OVERRIDES)
+
+
+def output_option(*names: str, help: str) -> Any:
+    """An option of :class:`RunOptions`, listed under its own heading in ``--help``."""
+    return typer.Option(*names, help=help, rich_help_panel=TASK_AND_OUTPUT)
+
+
+#: What each spec field overridden on the command line is called there (errors name the option).
+OVERRIDE_OPTIONS = {
+    "model": "--model",
+    "base_url": "--base-url",
+    "budget.max_turns": "--max-turns",
+    "budget.max_cost_usd": "--max-cost",
+    "instructions": "--instructions",
+    "tools": "--tools",
+    "output_schema": "--output-schema",
+    "sandbox.backend": "--sandbox",
+    "sandbox.network": "--network",
+}
+
+
+@dataclass(frozen=True)
+class SpecOverrides:
+    """Changes to the agent's spec for one run; they are part of the spec the run records (and its hash)."""
+
+    model: Annotated[str | None, override_option("--model", "-m", help="Override the spec's model.")] = None
+    base_url: Annotated[str | None, override_option("--base-url", help="Override the model endpoint.")] = None
+    max_turns: Annotated[int | None, override_option("--max-turns", help="Budget: at most this many model calls.")] = (
+        None
+    )
+    max_cost: Annotated[float | None, override_option("--max-cost", help="Budget: at most this many USD.")] = None
+    instructions: Annotated[
+        str | None, override_option("--instructions", help="Replace the instructions; @FILE reads them from FILE.")
+    ] = None
+    tools: Annotated[str | None, override_option("--tools", help="The tools the agent may use, comma-separated.")] = (
+        None
+    )
+    output_schema: Annotated[
+        Path | None, override_option("--output-schema", help="A JSON schema file: the run returns typed output.")
+    ] = None
+    sandbox: Annotated[str | None, override_option("--sandbox", help="Sandbox backend (bubblewrap, local).")] = None
+    network: Annotated[
+        str | None, override_option("--network", help="The sandbox's network: none, allowlist or host.")
+    ] = None
+
+    def apply(self, spec: AgentSpec) -> AgentSpec:
+        """``spec`` with these overrides, validated like a spec file; a bad value is a usage error naming its option."""
+        changes = {
+            "model": self.model,
+            "base_url": self.base_url,
+            "budget.max_turns": self.max_turns,
+            "budget.max_cost_usd": self.max_cost,
+            "instructions": self._instructions(),
+            "tools": self._tools(),
+            "output_schema": self._output_schema(),
+            "sandbox.backend": self._sandbox(),
+            "sandbox.network": self._network(spec),
+        }
+        return spec.with_overrides(changes, names=OVERRIDE_OPTIONS)
+
+    def _instructions(self) -> str | None:
+        if self.instructions is None or not self.instructions.startswith("@"):
+            return self.instructions
+        return read_text_file(Path(self.instructions[1:]).expanduser(), "--instructions")
+
+    def _tools(self) -> tuple[str, ...] | None:
+        from corral.spec import DEFAULT_TOOLS, unknown_tools
+
+        if self.tools is None:
+            return None
+        names = tuple(name.strip() for name in self.tools.split(",") if name.strip())
+        unknown = unknown_tools(names)
+        if unknown:
+            raise UsageError(
+                f"--tools: unknown tool(s) {', '.join(map(clean, unknown))}",
+                hint=f"built-in tools: {', '.join(DEFAULT_TOOLS)}",
+            )
+        return names
+
+    def _output_schema(self) -> Any:
+        if self.output_schema is None:
+            return None
+        text = read_text_file(self.output_schema, "--output-schema")
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--output-schema {clean(self.output_schema)}: not valid JSON ({err})") from None
+
+    def _sandbox(self) -> str | None:
+        from corral.sandbox import available_backends
+
+        if self.sandbox is not None and self.sandbox not in available_backends():
+            raise UsageError(
+                f"--sandbox: unknown sandbox backend {clean(self.sandbox)!r}",
+                hint=f"available: {', '.join(available_backends())}",
+            )
+        return self.sandbox
+
+    def _network(self, spec: AgentSpec) -> dict[str, Any] | None:
+        if self.network is None:
+            return None
+        # Switching to allowlist keeps the hosts the spec allows; other modes take no hosts.
+        allow = spec.sandbox.network.allow if self.network == "allowlist" else ()
+        return {"mode": self.network, "allow": allow}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where the task comes from and how the run's end is handed over (text, JSON lines, a file, a branch)."""
+
+    task_file: Annotated[Path | None, output_option("--task-file", help="Read the task from this file.")] = None
+    json_out: Annotated[
+        bool, output_option("--json", help="Print one JSON event per line as the run goes, then its result.")
+    ] = False
+    quiet: Annotated[
+        bool, output_option("--quiet", "-q", help="Print only the final answer; errors only on stderr.")
+    ] = False
+    last_message: Annotated[
+        Path | None, output_option("--output-last-message", help="Write the final answer (or typed output) here.")
+    ] = None
+    patch: Annotated[bool, output_option("--patch", help="Print the whole patch, not only its stat.")] = False
+    branch: Annotated[
+        str | None, output_option("--branch", help="Commit the patch to this new branch of the repository.")
+    ] = None
+
+    def check(self, repo: Path) -> None:
+        """Refuse now what could only fail after the run: a bad ``--branch`` or ``--output-last-message``."""
+        if self.last_message is not None and not self.last_message.expanduser().absolute().parent.is_dir():
+            raise UsageError(f"--output-last-message {clean(self.last_message)}: its directory does not exist")
+        if self.branch is not None:
+            check_new_branch(repo, self.branch)
+
+
+def option_groups(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the fields of its dataclass-typed parameters as options, and call it with the dataclasses.
+
+    Typer reads a command's options from its signature. ``run`` and ``continue`` share a dozen
+    options; declared once as fields of :class:`SpecOverrides` and :class:`RunOptions`, they reach
+    each command as one object per group.
+    """
+    hints = typing.get_type_hints(command, include_extras=True)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, type[Any]] = {}
+    for param in inspect.signature(command).parameters.values():
+        kind = hints[param.name]
+        if not (isinstance(kind, type) and dataclasses.is_dataclass(kind)):
+            params.append(param.replace(annotation=kind))
+            continue
+        groups[param.name] = kind
+        field_hints = typing.get_type_hints(kind, include_extras=True)
+        params += [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=field_hints[f.name])
+            for f in dataclasses.fields(kind)
+        ]
+
+    @functools.wraps(command)
+    def with_groups(**kwargs: Any) -> None:
+        for name, kind in groups.items():
+            kwargs[name] = kind(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(kind)})
+        command(**kwargs)
+
+    with_groups.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    with_groups.__annotations__ = {p.name: p.annotation for p in params}
+    return with_groups
+
+
+# -- --branch ------------------------------------------------------------------------------------------
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+
+
+def check_new_branch(repo: Path, branch: str) -> None:
+    """``branch`` can be created in ``repo``: a git repository with a commit, a valid name, not taken yet."""
+    if _git(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}").returncode != 0:
+        raise UsageError(
+            f"--branch needs a git repository with a commit: {clean(repo)}",
+            hint="--branch commits the patch on top of the repository's HEAD",
+        )
+    if _git(repo, "check-ref-format", "--branch", branch).returncode != 0:
+        raise UsageError(f"--branch: {clean(branch)!r} is not a valid branch name")
+    if _git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").returncode == 0:
+        raise UsageError(f"--branch: branch {clean(branch)!r} already exists", hint="name a new branch")
+
+
+def commit_branch(record: RunRecord, branch: str) -> dict[str, str] | None:
+    """Commit the run's patch to the new ``branch`` of its repository; None when there is nothing to commit.
+
+    The run must have succeeded, or failed with work kept (partial); a cancelled run's patch is not
+    committed. The checkout, the index and HEAD are never touched.
+    """
+    from corral.cli.patches import commit_to_branch
+
+    patch = (record.result or {}).get("patch") or ""
+    if not patch or record.status.value not in ("succeeded", "failed"):
+        return None
+    title = record.task.strip().splitlines()[0][:72]
+    message = f"{title}\n\ncorral run {record.id} ({record.agent}, {record.status.value})\n"
+    commit = commit_to_branch(Path(record.repo), patch, branch, message=message)
+    return {"name": branch, "commit": commit}
+
+
+# -- executing runs until they end, or until a signal ---------------------------------------------------
+
+
+class Interrupted(Exception):
+    """A SIGINT or SIGTERM stopped the command before its runs ended; they are interrupted, to be resumed."""
+
+    def __init__(self, signum: int, run_ids: list[str]) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.run_ids = run_ids
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # as a shell reports a process the signal ended: 130, 143
+
+
+@dataclass
+class Session:
+    """One command's runs in this process: started, shown while they execute, awaited.
+
+    ``view`` is the console of the live view (None: no view, as with ``--quiet``); ``stream`` receives
+    every event as the journal commits it (``--json``).
+    """
+
+    store: Store
+    title: str
+    view: Console | None = None
+    stream: JsonLines | None = None
+    run_ids: list[str] = field(default_factory=list)
+
+    def execute(self, starter: Starter) -> list[RunRecord]:
+        """Start the runs and wait until they end; a SIGINT or SIGTERM raises :class:`Interrupted`."""
+        return asyncio.run(self._until_signal(starter))
+
+    async def _until_signal(self, starter: Starter) -> list[RunRecord]:
+        # The signal cancels this task: the runtime shuts down as on any exit, its runs are left
+        # interrupted with their sandboxes, and the command says how to resume them. Signals that
+        # arrive while it stops are ignored (a killed process leaves them interrupted all the same).
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        received: list[int] = []
+
+        def stop(signum: int) -> None:
+            if not received:
+                received.append(signum)
+                task.cancel()
+
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await self._execute(starter)
+        except asyncio.CancelledError:
+            if received:
+                raise Interrupted(received[0], list(self.run_ids)) from None
+            raise
+        finally:
+            for signum in STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
+
+    async def _execute(self, starter: Starter) -> list[RunRecord]:
+        from corral.runtime import Runtime
+
+        async with Runtime(self.store) as runtime:
+            with self._shown(runtime) as view:
+                self.run_ids += await starter(runtime)
+                if view is not None:
+                    view.run_ids.update(self.run_ids)
+                    view.title = f"{self.title} · {', '.join(self.run_ids)}" if self.run_ids else self.title
+                return [await runtime.wait(run_id) for run_id in self.run_ids]
+
+    @contextlib.contextmanager
+    def _shown(self, runtime: Runtime) -> Iterator[Any]:
+        """The live view and the JSON stream, for as long as the runs execute."""
+        from corral.cli.views import LiveRunView
+
+        with contextlib.ExitStack() as stack:
+            if self.stream is not None:
+                stack.callback(self.store.journal.subscribe(self.stream.on_event))
+            view = None
+            if self.view is not None:
+                view = stack.enter_context(LiveRunView(console=self.view, title=self.title))
+                runtime.subscribe(view.on_event)
+            else:
+                stack.enter_context(_only_errors_logged())
+            yield view
+
+
+@contextlib.contextmanager
+def _only_errors_logged() -> Iterator[None]:
+    """Without a live view (``--quiet``), warnings such as the local sandbox's do not reach stderr."""
+    root = logging.getLogger()
+    level = root.level
+    if not state.debug:
+        root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def report_interrupted(stop: Interrupted, store: Store, *, home: Path | None, stream: JsonLines | None) -> NoReturn:
+    """Say that the runs stopped, and the one command that resumes them; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    ids = stop.run_ids
+    resume = command_hint("resume", *ids[:1] if len(ids) == 1 else (), home=home)
+    if len(ids) == 1:
+        what = f"run {ids[0]} stopped; its sandbox is kept"
+    elif ids:
+        what = f"{len(ids)} runs stopped; their sandboxes are kept"
+    else:  # stopped while submitting: a run it recorded is interrupted, and `corral resume` starts it
+        what = "stopped before its run started"
+    print_hint(f"interrupted by {signal.Signals(stop.signum).name}: {what}", err_console)
+    print_hint(f"resume: {resume}", err_console)
+    if stream is not None:
+        for run_id in ids:
+            stream.write(result_line(store.get_run(run_id), exit_code=stop.exit_code, resume_command=resume))
+    raise typer.Exit(stop.exit_code)
+
+
+# -- what a run leaves: answer, patch, cost -------------------------------------------------------------
+
+
+def final_answer(record: RunRecord) -> str | None:
+    """The run's answer: its typed output as JSON when it has one, else its text."""
+    result = record.result or {}
+    if result.get("output") is not None:
+        return json.dumps(result["output"], indent=2, ensure_ascii=False)
+    return result.get("text")
+
+
+_DIFF_STYLES = (("+++", "bold"), ("---", "bold"), ("diff --git", "bold"), ("@@", "cyan"), ("+", "green"), ("-", "red"))
+
+
+def print_patch(record: RunRecord, *, home: Path | None, full: bool) -> None:
+    """The patch in hand: its stat (or the whole diff with ``full``) and the commands to see and apply it."""
+    result = record.result or {}
+    patch = result.get("patch") or ""
+    if not patch:
+        return
+    from corral.cli.patches import print_stat
+    from corral.sandbox.patching import diff_stat
+
+    stat = diff_stat(patch)
+    label = "patch" if record.status.value == "succeeded" else "partial work kept"
+    added, removed = sum(s[1] for s in stat), sum(s[2] for s in stat)
+    console.print(Text.assemble((label, "bold"), f": {len(stat)} file(s), +{added} -{removed}"))
+    if full:
+        for line in patch.splitlines():
+            style = next((style for prefix, style in _DIFF_STYLES if line.startswith(prefix)), "")
+            console.print(safe(line, style), soft_wrap=True, highlight=False)
+    else:
+        print_stat(patch, limit=PATCH_FILES_LISTED)
+    see, apply = command_hint("diff", record.id, home=home), command_hint("apply", record.id, home=home)
+    print_hint(f"  see it: {see} · apply it: {apply}")
+
+
+def print_outcome(record: RunRecord, store: Store, *, home: Path | None, full_patch: bool = False) -> None:
+    """The end of a run in a few lines; what the agent, a tool or a file wrote is printed as text, never markup."""
+    from sqlalchemy.engine import make_url
 
     from corral.cli.views import fmt_cost
 
@@ -51,18 +495,17 @@ def print_outcome(record: Any, store: Any) -> None:
     files = result.get("files_changed", 0)
     if record.status.value == "succeeded":
         if result.get("text"):
-            console.print(Text.assemble("\n", ("result", "bold"), ": ", str(result["text"])))
+            console.print(Text.assemble("\n", ("result", "bold"), ": ", safe(result["text"])))
         if result.get("output") is not None:
-            console.print_json(json.dumps(result["output"]))
+            console.print(safe(json.dumps(result["output"], indent=2, ensure_ascii=False)))
         console.print(Text.assemble((f"✓ run {record.id} succeeded", "green"), f" · {files} file(s) changed"))
     else:
-        console.print(Text.assemble((f"✗ run {record.id} {record.status.value}", "red"), f": {record.error}"))
-        if files:
-            console.print(
-                Text(f"partial work kept: {files} file(s) changed (`corral show {record.id}`, patch.diff)", "yellow")
-            )
+        console.print(
+            Text.assemble((f"✗ run {record.id} {record.status.value}", "red"), ": ", safe(record.error or ""))
+        )
+    print_patch(record, home=home, full=full_patch)
     for note in result.get("notes") or ():
-        console.print(Text(f"note: {note}", "yellow"))
+        console.print(safe(f"note: {note}", "yellow"))
     u = record.usage
     console.print(
         f"cost {fmt_cost(u)} · {u.input_tokens} input tokens ({u.cache_read_tokens} cached) · "
@@ -70,49 +513,141 @@ def print_outcome(record: Any, store: Any) -> None:
         markup=False,
         highlight=False,
     )
-    console.print(f"journal: {store.url} (`corral trace {record.id}`)", markup=False, highlight=False)
+    journal = make_url(store.url).render_as_string(hide_password=True)
+    print_hint(f"journal: {journal} · every step: {command_hint('trace', record.id, home=home)}")
+
+
+def hand_over(record: RunRecord, store: Store, options: RunOptions, *, home: Path | None) -> NoReturn:
+    """End ``corral run``/``continue``: the answer file, the branch, the outcome as asked, and the exit code."""
+    code = exit_for(record)
+    if options.last_message is not None:
+        options.last_message.expanduser().write_text(final_answer(record) or "", encoding="utf-8")
+    branch, branch_error = None, None
+    if options.branch is not None:
+        try:
+            branch = commit_branch(record, options.branch)
+        except UsageError as err:  # reported after the outcome, which is recorded whatever happens here
+            branch_error = err
+    if options.json_out:
+        JsonLines().write(result_line(record, exit_code=code, branch=branch))
+    elif options.quiet:
+        answer = final_answer(record)
+        if answer:
+            console.print(safe(answer), soft_wrap=True, highlight=False)
+        if code != EXIT_OK:
+            err_console.print(
+                safe(f"error: run {record.id} {record.status.value}: {record.error or ''}"),
+                soft_wrap=True,
+                highlight=False,
+            )
+    else:
+        print_outcome(record, store, home=home, full_patch=options.patch)
+        if options.branch is not None and branch_error is None:
+            print_branch(record, options.branch, branch, home=home)
+    if branch_error is not None:
+        raise branch_error
+    raise typer.Exit(code)
+
+
+def print_branch(record: RunRecord, name: str, branch: dict[str, str] | None, *, home: Path | None) -> None:
+    if branch is not None:
+        print_hint(f"branch {name}: commit {branch['commit'][:12]} (your checkout is unchanged)")
+    elif record.status.value == "cancelled":
+        see = command_hint("diff", record.id, home=home)
+        print_hint(f"branch {name} not created: the run was cancelled (its patch: {see})")
+    else:
+        print_hint(f"branch {name} not created: the run changed no file")
+
+
+def run_to_end(store: Store, starter: Starter, options: RunOptions, *, title: str) -> NoReturn:
+    """Execute the one run ``starter`` starts, shown as ``options`` ask, and hand it over."""
+    home = explicit_home()
+    session = Session(
+        store,
+        title,
+        view=None if options.quiet else err_console if options.json_out else console,
+        stream=JsonLines() if options.json_out else None,
+    )
+    try:
+        (record,) = session.execute(starter)
+    except Interrupted as stop:
+        report_interrupted(stop, store, home=home, stream=session.stream)
+    hand_over(record, store, options, home=home)
+
+
+def name_interrupted_runs(runtime: Runtime, options: RunOptions) -> None:
+    """``corral run`` never adopts another process's interrupted runs: it names them (on stderr)."""
+    interrupted = runtime.interrupted_runs()
+    if interrupted and not options.quiet:
+        ids = ", ".join(r.id for r in interrupted)
+        print_hint(f"{len(interrupted)} interrupted run(s) wait for `corral resume`: {ids}", err_console)
+
+
+# -- the commands ---------------------------------------------------------------------------------------
+
+TaskArgument = Annotated[
+    str | None, typer.Argument(help="What the agent should do; '-' reads it from stdin.", show_default=False)
+]
 
 
 @app.command()
+@option_groups
 def run(
     agent: Annotated[str, typer.Argument(help="Agent name from corral.toml.")],
-    task: Annotated[str, typer.Argument(help="What the agent should do.")],
+    task: TaskArgument = None,
     repo: Annotated[Path, typer.Option("--repo", "-r", help="Repository to work on (it is never modified).")] = Path(
         "."
     ),
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Override the spec's model.")] = None,
-    base_url: Annotated[str | None, typer.Option("--base-url", help="Override the model endpoint.")] = None,
-    sandbox: Annotated[str | None, typer.Option("--sandbox", help="Sandbox backend (e.g. local).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the final run as JSON.")] = False,
+    *,
+    overrides: SpecOverrides,
+    options: RunOptions,
 ) -> None:
     """Run an agent on a task in a fresh sandbox, with a live view."""
-    from corral.cli.views import run_summary
     from corral.spec import load_config
 
+    text = read_task(task, options.task_file)
     path = config_path()
     assert path is not None
-    spec = load_config(path).agent(agent)
-    overrides: dict[str, Any] = {"model": model, "base_url": base_url}
-    if sandbox:
-        overrides["sandbox"] = {**spec.sandbox.model_dump(), "backend": sandbox}
-    spec = spec.with_overrides(**overrides)
+    spec = overrides.apply(load_config(path).agent(agent))
+    options.check(repo)
+
+    async def start(runtime: Runtime) -> list[str]:
+        name_interrupted_runs(runtime, options)
+        return [(await runtime.submit(spec, text, repo)).id]
+
+    run_to_end(open_store(), start, options, title=f"corral · {spec.name}")
+
+
+@app.command("continue")
+@option_groups
+def continue_(
+    run_id: Annotated[str, typer.Argument(help="The finished run to follow up (or a unique prefix of its id).")],
+    task: TaskArgument = None,
+    *,
+    overrides: SpecOverrides,
+    options: RunOptions,
+) -> None:
+    """Follow up a finished run: a new run that continues its conversation and its workspace."""
+    from corral.spec import AgentSpec
+
+    text = read_task(task, options.task_file)
     store = open_store()
+    parent = store.get_run(run_id)
+    if not parent.status.finished:
+        resume = command_hint("resume", parent.id, home=explicit_home())
+        raise UsageError(
+            f"run {parent.id} has not finished ({parent.display_status}); only a finished run can be continued",
+            hint=f"resume it first: {resume}" if parent.interrupted else "wait until it ends",
+        )
+    spec = overrides.apply(AgentSpec.model_validate(parent.spec))
+    repo = Path(parent.repo)
+    options.check(repo)
 
-    async def start(runtime: Any) -> list[str]:
-        interrupted = runtime.interrupted_runs()
-        if interrupted:
-            ids = ", ".join(r.id for r in interrupted)
-            err_console.print(
-                f"{len(interrupted)} interrupted run(s) wait for `corral resume`: {ids}", markup=False, highlight=False
-            )
-        return [(await runtime.submit(spec, task, repo)).id]
+    async def start(runtime: Runtime) -> list[str]:
+        name_interrupted_runs(runtime, options)
+        return [(await runtime.submit(spec, text, repo, continue_from=parent.id)).id]
 
-    (record,) = asyncio.run(execute(store, start, title=f"corral · {spec.name}", json_out=json_out))
-    if json_out:
-        console.print_json(json.dumps(run_summary(record)))
-    else:
-        print_outcome(record, store)
-    raise typer.Exit(exit_for(record))
+    run_to_end(store, start, options, title=f"corral · {spec.name} · continues {parent.id}")
 
 
 @app.command()
@@ -121,15 +656,20 @@ def resume(
 ) -> None:
     """Continue interrupted runs from their last completed step."""
     store = open_store()
+    home = explicit_home()
 
-    async def start(runtime: Any) -> list[str]:
+    async def start(runtime: Runtime) -> list[str]:
         return await runtime.resume(run_id)
 
-    records = asyncio.run(execute(store, start, title="corral · resume"))
+    session = Session(store, "corral · resume", view=console)
+    try:
+        records = session.execute(start)
+    except Interrupted as stop:
+        report_interrupted(stop, store, home=home, stream=None)
     if not records:
         console.print("no interrupted runs")
     for record in records:
-        print_outcome(record, store)
+        print_outcome(record, store, home=home)
     raise typer.Exit(max((exit_for(r) for r in records), default=EXIT_OK))
 
 
@@ -152,12 +692,7 @@ def demo(
     ] = "bubblewrap",
 ) -> None:
     """Fix a bug in a bundled sample repository, offline, on the scripted model."""
-    from rich.markup import escape
-    from rich.panel import Panel
-    from rich.syntax import Syntax
-
     from corral.demo import prepare_demo_dir
-    from corral.errors import UsageError
     from corral.models.providers import resolve_target
     from corral.sandbox import available_backends
     from corral.spec import AgentSpec
@@ -165,7 +700,7 @@ def demo(
 
     # Everything that can be wrong with the request is checked before anything is written.
     if sandbox not in available_backends():
-        raise UsageError(f"unknown sandbox backend {sandbox!r}; available: {', '.join(available_backends())}")
+        raise UsageError(f"unknown sandbox backend {clean(sandbox)!r}; available: {', '.join(available_backends())}")
     spec = AgentSpec.model_validate(
         {
             "name": "demo-fixer",
@@ -185,15 +720,16 @@ def demo(
     )
     store = Store.open(home=home)
 
-    async def start(runtime: Any) -> list[str]:
+    async def start(runtime: Runtime) -> list[str]:
         task = "The test suite fails. Find the bug and fix it."
         return [(await runtime.submit(spec, task, repo)).id]
 
-    (record,) = asyncio.run(execute(store, start, title="corral demo"))
-    patch = (record.result or {}).get("patch")
-    if patch:
-        console.print(Panel(Syntax(patch, "diff"), title="patch"))
-    print_outcome(record, store)
-    console.print(f"sample repository: {escape(str(repo))} (unchanged; the patch applies to it)")
-    console.print(f"see the whole session: corral --home {escape(str(home))} trace {record.id}")
+    session = Session(store, "corral demo", view=console)
+    try:
+        (record,) = session.execute(start)
+    except Interrupted as stop:
+        report_interrupted(stop, store, home=home, stream=None)
+    print_outcome(record, store, home=home, full_patch=True)
+    console.print(safe(f"sample repository: {repo} (unchanged; the patch applies to it)"), soft_wrap=True)
+    print_hint(f"see the whole session: {command_hint('trace', record.id, home=home)}")
     raise typer.Exit(exit_for(record))

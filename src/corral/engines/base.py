@@ -71,6 +71,13 @@ class EngineContext:
     """The run's budget and wall-clock deadline (shared with the runtime, which enforces it too)."""
     on_usage: Callable[[Usage, int], None] = field(default=lambda usage, turns: None)
     """Called with the run's running usage and model-call count after every model call."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """The conversation this run follows up (``corral continue``), oldest first; empty for a new run.
+
+    The messages as the journal of the runs it continues records them: each ``model.request``
+    event's ``new_messages`` and each ``model.response`` event's parts, which are pydantic-ai's
+    message dicts. Already redacted. An engine that keeps its own session may ignore it.
+    """
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from pydantic_ai.messages import (
     ModelResponse,
     TextPart,
     UserPromptPart,
+    repair_messages,
 )
 from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.models.wrapper import WrapperModel
@@ -336,6 +337,18 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> T
     )
 
 
+def _history(ctx: EngineContext) -> list[ModelMessage]:
+    """The conversation a follow-up continues, made valid to send on.
+
+    A run that ended with typed output, or failed between a tool call and its result, left tool
+    calls without a return: pydantic-ai's ``repair_messages`` answers them (deterministically, so a
+    resumed follow-up sends the same messages) and merges what belongs together.
+    """
+    if not ctx.history:
+        return []
+    return repair_messages(ModelMessagesTypeAdapter.validate_python(ctx.history))
+
+
 async def _instructions(ctx: EngineContext) -> str:
     text = ctx.spec.instructions.strip()
     try:
@@ -413,6 +426,7 @@ class NativeEngine(Engine):
         async with agent:  # closes the provider's HTTP client on the loop that opened it
             result = await agent.run(
                 ctx.redact(ctx.task),
+                message_history=_history(ctx) or None,
                 usage_limits=UsageLimits(request_limit=None),
                 model_settings=settings or None,
             )

@@ -10,6 +10,7 @@ import logging
 import os
 import secrets as _random
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,12 +22,14 @@ os.environ.setdefault("PYDANTIC_AI_NO_BANNER", "1")
 
 from corral import events as ev
 from corral.engines.base import Engine, EngineContext, EngineResult, get_engine
-from corral.errors import BudgetExceededError, CorralError, RunTimeoutError, SpecError, UsageError
+from corral.errors import BudgetExceededError, CorralError, RunTimeoutError, SandboxError, SpecError, UsageError
 from corral.events import Usage
 from corral.policy.budgets import BudgetClock
 from corral.runtime import recovery, workflow
-from corral.runtime.sandboxing import open_sandbox
+from corral.runtime.sandboxing import START_DIRNAME, open_sandbox, prepare_start
 from corral.sandbox.base import Sandbox, get_backend, mark_run_ended
+from corral.sandbox.patching import check_patch
+from corral.sandbox.workspace import remove_tree
 from corral.secrets.redact import REDACTOR
 from corral.spec import AgentSpec, unknown_tools
 from corral.store import RunRecord, RunStatus, Store
@@ -155,19 +158,44 @@ class Runtime:
 
         api_key_for(resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env))
 
-    async def submit(self, spec: AgentSpec, task: str, repo: Path, *, parent_id: str | None = None) -> RunRecord:
-        """Record a run and start its workflow in this process; returns at once."""
+    async def submit(
+        self,
+        spec: AgentSpec,
+        task: str,
+        repo: Path,
+        *,
+        parent_id: str | None = None,
+        continue_from: str | None = None,
+    ) -> RunRecord:
+        """Record a run and start its workflow in this process; returns at once.
+
+        ``continue_from`` names a finished run this one follows up (``corral continue``): the new
+        run is its child, its conversation goes on from where that run's ended, and its workspace
+        starts from ``repo`` plus the patches of that run and of the runs it continued. Its own
+        patch holds only its own changes (it applies on top of theirs).
+        """
         self.check_spec(spec)
         repo = repo.expanduser().resolve()  # noqa: ASYNC240 - path arithmetic and one stat
         if not repo.is_dir():
             raise UsageError(f"repository {repo} is not a directory")
         if not task.strip():
             raise UsageError("the task is empty")
+        continues: RunRecord | None = None
+        if continue_from is not None:
+            continues = self.store.get_run(continue_from)
+            if not continues.status.finished:
+                raise UsageError(
+                    f"run {continues.id} has not finished ({continues.display_status}); "
+                    "only a finished run can be continued"
+                )
+            parent_id = continues.id
+            await _check_start(repo, self._patches_before(continues.id))
         run_id = new_run_id()
         parent = self.store.get_run(parent_id) if parent_id else None
         record = self.store.create_run(
             id=run_id,
             parent_id=parent_id,
+            continues_id=continues.id if continues else None,
             root_id=parent.root_id if parent else run_id,
             agent=spec.name,
             spec=spec.model_dump(mode="json"),
@@ -258,6 +286,35 @@ class Runtime:
                 outcome.notes.append(f"the sandbox could not be re-opened to keep its patch: {err}")
         await self._conclude(record, sandbox, outcome)
 
+    # -- follow-up runs ---------------------------------------------------------------------------
+
+    def _chain(self, run_id: str | None) -> list[RunRecord]:
+        """``run_id`` and the runs it continues, the first run first; [] for None."""
+        chain: list[RunRecord] = []
+        while run_id is not None:
+            record = self.store.get_run(run_id)
+            chain.append(record)
+            run_id = record.continues_id
+        return chain[::-1]
+
+    def _patches_before(self, run_id: str | None) -> list[tuple[str, str]]:
+        """(run id, patch) of ``run_id`` and the runs it continues, in the order they apply."""
+        return [(record.id, run_patch(record)) for record in self._chain(run_id)]
+
+    def _conversation_before(self, run_id: str | None) -> list[dict[str, Any]]:
+        """The messages of ``run_id`` and the runs it continues, from their journals, oldest first."""
+        messages: list[dict[str, Any]] = []
+        for record in self._chain(run_id):
+            for entry in self.store.events(record.id):
+                match entry.event:
+                    case ev.ModelRequested(new_messages=new_messages):
+                        messages.extend(new_messages)
+                    case ev.ModelResponded(parts=parts):
+                        messages.append({"kind": "response", "parts": parts})
+                    case _:
+                        pass
+        return messages
+
     # -- executing one run (inside its workflow) --------------------------------------------------
 
     def _emit(self, run_id: str, event: ev.BaseEvent) -> None:
@@ -300,7 +357,14 @@ class Runtime:
         outcome = _Outcome()
         sandbox: Sandbox | None = None
         try:
-            sandbox = await open_sandbox(record, spec, REDACTOR, lambda event: self._emit(run_id, event))
+            sandbox = await open_sandbox(
+                record,
+                spec,
+                REDACTOR,
+                lambda event: self._emit(run_id, event),
+                start_patches=self._patches_before(record.continues_id),
+                notes=outcome.notes,
+            )
             result = await self._run_engine(record, spec, sandbox, budget, outcome)
             outcome.status, outcome.text, outcome.output = RunStatus.SUCCEEDED, result.text, result.output
         except BudgetExceededError as err:
@@ -352,6 +416,7 @@ class Runtime:
             tools=self.tools,
             budget=budget,
             on_usage=on_usage,
+            history=self._conversation_before(record.continues_id),
         )
         remaining = budget.remaining_s()
         if remaining is None:
@@ -402,6 +467,8 @@ class Runtime:
             except Exception:
                 log.exception("destroying the sandbox of run %s failed", record.id)
                 result["notes"].append("the sandbox could not be removed; `corral sandbox prune` retries")
+            else:
+                await _remove_start(run_dir)
         self._finish(record.id, outcome, result)
 
     def _finish(self, run_id: str, outcome: _Outcome, result: dict[str, Any]) -> None:
@@ -437,6 +504,43 @@ class Runtime:
             ),
         )
         self.store.journal.flush()
+
+
+async def _remove_start(run_dir: Path) -> None:
+    """A follow-up's starting tree (see ``prepare_start``) is not needed once its sandbox is gone."""
+    start = run_dir / START_DIRNAME
+    if start.exists():
+        await remove_tree(start)
+
+
+def run_patch(record: RunRecord) -> str:
+    """The patch a run left: its result's, else ``patch.diff`` in its run directory; "" when none."""
+    patch = (record.result or {}).get("patch")
+    if patch:
+        return str(patch)
+    try:
+        return (Path(record.run_dir) / PATCH_FILE).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+
+
+async def _check_start(repo: Path, patches: list[tuple[str, str]]) -> None:
+    """Refuse a follow-up now (not once it runs) if its starting patches conflict with ``repo``."""
+    applicable = [(run_id, patch) for run_id, patch in patches if patch]
+    if len(applicable) == 1:  # one patch: ask git about the repository itself, no copy needed
+        ((run_id, patch),) = applicable
+        report = await check_patch(repo, patch)
+        if report.applies or report.already_applied:
+            return
+        raise UsageError(
+            f"the changes of run {run_id} do not apply to {repo} any more: {'; '.join(report.problems[:5])}",
+            hint=f"`corral diff {run_id}` shows them; restore the files it changes, or start a new run",
+        )
+    with tempfile.TemporaryDirectory(prefix="corral-start-check-") as scratch:
+        try:
+            await prepare_start(repo, Path(scratch), patches, notes=[])
+        except SandboxError as err:
+            raise UsageError(err.message, hint=err.hint) from None
 
 
 def _write_outcome(run_dir: Path, outcome: _Outcome, result: dict[str, Any]) -> None:

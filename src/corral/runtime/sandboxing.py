@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from corral import events as ev
 from corral.errors import SandboxError, SpecError
 from corral.runtime import workflow
 from corral.sandbox.base import Sandbox, SandboxRequest, ScopedSecret, get_backend
+from corral.sandbox.patching import apply_patch
+from corral.sandbox.workspace import copy_tree, remove_tree
 from corral.secrets.redact import Redactor
 from corral.spec import AgentSpec
 from corral.store import RunRecord
@@ -80,14 +82,62 @@ def sandbox_request(record: RunRecord, spec: AgentSpec, redactor: Redactor, emit
     )
 
 
-async def open_sandbox(record: RunRecord, spec: AgentSpec, redactor: Redactor, emit: Emit) -> Sandbox:
-    """Create the run's sandbox (a durable step), or re-attach the one an earlier process created."""
+START_DIRNAME = "start"
+"""In a follow-up's run directory: the repository with the patches of the runs it continues applied."""
+
+
+async def prepare_start(repo: Path, run_dir: Path, patches: Sequence[tuple[str, str]], *, notes: list[str]) -> Path:
+    """The tree a follow-up's workspace starts from: a copy of ``repo`` with ``patches`` applied in order.
+
+    A patch the repository already holds (the user applied it with ``corral apply``) is skipped
+    with a note; one that neither applies nor is there fails with git's report of the conflict.
+    """
+    start = run_dir / START_DIRNAME
+    if start.exists():  # left by an earlier attempt at this durable step
+        await remove_tree(start)
+    run_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - one local mkdir
+    await copy_tree(repo, start)
+    for run_id, patch in patches:
+        if not patch:
+            continue
+        report = await apply_patch(start, patch)
+        if report.already_applied:
+            notes.append(f"{repo} already holds the changes of run {run_id}; they were not applied again")
+        elif not report.applies:
+            problems = "; ".join(report.problems[:5]) or "git apply failed"
+            raise SandboxError(
+                f"the changes of run {run_id} do not apply to {repo} any more: {problems}",
+                hint=f"`corral diff {run_id}` shows them; restore the files it changes, or start a new run",
+            )
+    return start
+
+
+async def open_sandbox(
+    record: RunRecord,
+    spec: AgentSpec,
+    redactor: Redactor,
+    emit: Emit,
+    *,
+    start_patches: Sequence[tuple[str, str]] = (),
+    notes: list[str] | None = None,
+) -> Sandbox:
+    """Create the run's sandbox (a durable step), or re-attach the one an earlier process created.
+
+    With ``start_patches`` (a follow-up run), the workspace starts from the repository with those
+    runs' patches applied (see :func:`prepare_start`), inside the same step: a resumed run never
+    applies them twice.
+    """
     backend = get_backend(spec.sandbox.backend)
     request = sandbox_request(record, spec, redactor, emit)
     created: list[Sandbox] = []
+    said = [] if notes is None else notes
 
     async def create() -> dict[str, Any]:
-        sandbox = await backend.create(request)
+        start = request
+        if any(patch for _, patch in start_patches):
+            tree = await prepare_start(request.repo, request.run_dir, start_patches, notes=said)
+            start = request.model_copy(update={"repo": tree})
+        sandbox = await backend.create(start)
         created.append(sandbox)
         return sandbox.state()  # no environment in it: secrets are re-read on resume
 

@@ -64,7 +64,7 @@ async def _git(git_dir: Path, workspace: Path, *args: str, env: dict[str, str] |
     return await run_git(git_dir, workspace, args, env=env)
 
 
-async def _copy_tree(repo: Path, workspace: Path) -> None:
+async def copy_tree(repo: Path, workspace: Path) -> None:
     """Copy the repo's contents (minus its own .corral dir) into workspace, keeping symlinks and modes."""
     entries = _top_level_entries(repo, workspace)
     cp = shutil.which("cp")
@@ -102,7 +102,7 @@ async def prepare_workspace(repo: Path, run_dir: Path) -> WorkspaceSnapshot:
             logger.info("replacing %s left by an earlier attempt to create this sandbox", leftover)
             await remove_tree(leftover)
     try:
-        await _copy_tree(repo, workspace)
+        await copy_tree(repo, workspace)
         await init_bare(git_dir, excludes=BASELINE_EXCLUDES)
         await _git(git_dir, workspace, "add", "--all", "--", ".")
         await _git(
