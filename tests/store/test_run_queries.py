@@ -18,6 +18,11 @@ from corral.store import RunStatus, Store
 from corral.store.db import HEAD_REVISION, MIGRATIONS_DIR
 from tests.store.runs import add_run, finished_run_events
 
+#: A process that opens (creating or migrating) the store at ``argv[1]`` and closes it.
+OPEN_STORE = (
+    "import sys; from pathlib import Path; from corral.store import Store; Store.open(home=Path(sys.argv[1])).close()"
+)
+
 
 @pytest.fixture
 def store(tmp_path: Path):
@@ -106,9 +111,18 @@ def test_a_store_at_revision_0001_is_migrated_on_open(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_opening_a_store_at_head_does_not_import_alembic(tmp_path: Path) -> None:
     Store.open(home=tmp_path).close()  # created and migrated
-    probe = (
-        "import sys; from pathlib import Path; from corral.store import Store; "
-        "Store.open(home=Path(sys.argv[1])).close(); print('alembic' in sys.modules)"
-    )
+    probe = OPEN_STORE + "; print('alembic' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.slow
+def test_processes_opening_a_new_store_at_once_take_turns_to_create_it(tmp_path: Path) -> None:
+    for attempt in range(5):
+        home = tmp_path / f"home-{attempt}"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", OPEN_STORE, str(home)], stderr=subprocess.PIPE, text=True)
+            for _ in range(3)
+        ]
+        errors = [proc.communicate(timeout=60)[1] for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0, 0], errors

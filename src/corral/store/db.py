@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import sqlite3
@@ -13,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Engine,
     and_,
     create_engine,
@@ -20,6 +23,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     or_,
     select,
     text,
@@ -75,6 +79,14 @@ def tune_sqlite_engines() -> None:
 
 
 UNFINISHED = tuple(s.value for s in RunStatus if not s.finished)
+_MIGRATION_LOCK_KEY = 0x636F7272616C  # "corral": the Postgres advisory lock that migrations take
+
+
+def _revision(conn: Connection) -> str | None:
+    """The schema's revision, None for a database without corral's tables."""
+    if not inspect(conn).has_table(ALEMBIC_VERSION_TABLE):
+        return None
+    return conn.execute(text(f"SELECT version_num FROM {ALEMBIC_VERSION_TABLE}")).scalar()
 
 
 def _row_to_record(row: RunRow, live_executors: set[str]) -> RunRecord:
@@ -168,7 +180,11 @@ class Store:
         return self.url
 
     def migrate(self) -> None:
-        """Bring the schema to the newest revision (a no-op, without importing Alembic, when it is there)."""
+        """Bring the schema to the newest revision (a no-op, without importing Alembic, when it is there).
+
+        Processes that open a new store at the same time take turns: the first one migrates, the
+        others then find the schema at the newest revision.
+        """
         if self._schema_revision() == HEAD_REVISION:
             return
         from alembic import command
@@ -176,16 +192,36 @@ class Store:
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self.engine.begin() as conn:
+        with self._migration_lock(), self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            if _revision(conn) == HEAD_REVISION:
+                return
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """An exclusive lock on a file beside a SQLite database (Postgres takes an advisory lock instead)."""
+        database = make_url(self.url).database
+        if self.dialect != "sqlite" or not database or database == ":memory:":
+            yield
+            return
+        path = f"{database}.migrate-lock"
+        try:
+            lock = open(path, "a")  # noqa: SIM115 - closed below, after the migration
+        except OSError as err:
+            raise StoreError(f"cannot create {path} to migrate the store: {err.strerror or err}") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     def _schema_revision(self) -> str | None:
         try:
             with self.engine.connect() as conn:
-                return conn.execute(text(f"SELECT version_num FROM {ALEMBIC_VERSION_TABLE}")).scalar()
+                return _revision(conn)
         except SQLAlchemyError:
-            return None  # a new database: no alembic_version table yet
+            return None  # not readable yet: migrating says why, if it cannot either
 
     def close(self) -> None:
         """Commit what the journal still holds (or raise ``JournalError`` naming what it could not)."""
