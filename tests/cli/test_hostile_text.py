@@ -181,7 +181,7 @@ def test_the_live_view_of_a_real_run_shows_hostile_text_visibly(tmp_path: Path, 
     assert "turn 1: answer [/] [bold]x[/bold] ␛]0;title␇ ␛[2J end" in live
     assert 'read_file(path="missing-\\u001b[2J.txt")' in live  # JSON's own escape
     assert re.search(r"← read_file  ✗ \w+Error: .*missing-␛\[2J\.txt", live)
-    run_id = json.loads(proc.stdout.decode())["id"]
+    run_id = json.loads(proc.stdout.decode().splitlines()[-1])["run_id"]  # the stream's result line
 
     shown = corral("show", run_id, cwd=tmp_path, home=home)
     assert "\x1b" not in shown.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.events import RunFinished
+from corral.events import ModelRequested, RunFinished
 from corral.store import RunStatus, Store
 from tests.e2e.cli_helpers import CORRAL, corral, corral_json
 from tests.store.runs import add_run, finished_run_events
@@ -105,10 +106,48 @@ def test_follow_json_prints_one_event_per_line_as_trace_json_has_them(slow_run, 
     follower = start(["trace", run_id[:10], "--follow", "--json"], cwd=tmp_path, home=home)
     out, err = follower.communicate(timeout=90)
     assert follower.returncode == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
-    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-    assert events[-1]["type"] == "run.finished" and events[-1]["data"]["status"] == "succeeded"
-    assert events == corral_json("trace", run_id, cwd=tmp_path, home=home)["events"]
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert {line.pop("v") for line in lines} == {1}  # the event lines of `corral run --json`
+    assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))
+    assert lines[-1]["type"] == "run.finished" and lines[-1]["data"]["status"] == "succeeded"
+    assert lines == corral_json("trace", run_id, cwd=tmp_path, home=home)["events"]
+    assert out.isascii()
+
+
+def test_follow_json_stops_when_its_reader_goes_away(tmp_path: Path, home: Path) -> None:
+    store = Store.open(home=home)
+    add_run(store, "stuck", status=RunStatus.RUNNING)  # interrupted: followed until resumed, or the reader goes
+    store.journal.append("stuck", finished_run_events()[0])
+    store.journal.flush()
+    command = shlex.join([*CORRAL, "trace", "stuck", "--follow", "--json"])
+    pipeline = subprocess.Popen(
+        ["/bin/bash", "-c", f"{command} | head -n 1; exit ${{PIPESTATUS[0]}}"],
+        cwd=tmp_path,
+        env={**os.environ, "CORRAL_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert pipeline.stdout is not None
+        assert json.loads(pipeline.stdout.readline())["type"] == "run.started"  # head has its line
+        # The next event it writes finds nobody reading: it stops.
+        for n in range(100):
+            if pipeline.poll() is not None:
+                break
+            store.journal.append("stuck", ModelRequested(**{**MORE_REQUEST, "key": f"model:{n + 1}:request"}))
+            store.journal.flush()
+            time.sleep(0.2)
+        _, err = pipeline.communicate(timeout=30)
+    finally:
+        store.close()
+        if pipeline.poll() is None:
+            pipeline.kill()
+    assert pipeline.returncode == 141, err
+    assert "Traceback" not in err
+
+
+MORE_REQUEST = {"call": 1, "model": "m", "message_count": 1, "new_messages": [], "tools": []}
 
 
 @pytest.mark.parametrize(("status", "code"), [("succeeded", 0), ("failed", 1), ("cancelled", 3)])

@@ -17,7 +17,7 @@ from corral.errors import UsageError
 
 if TYPE_CHECKING:
     from corral.cli.removal import Removal
-    from corral.store import EventRecord, RunRecord, Store
+    from corral.store import RunRecord, Store
 
 RunIdArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON output.")]
@@ -149,9 +149,12 @@ def follow_run(store: Store, record: RunRecord, *, json_out: bool) -> int:
 
 
 def _follow(store: Store, record: RunRecord, *, json_out: bool) -> int:
+    from corral.cli.stream import JsonLines
+    from corral.cli.views import event_lines, print_lines
     from corral.events import RunFinished
 
-    if not json_out:
+    stream = JsonLines() if json_out else None  # the event lines of `corral run --json`
+    if stream is None:
         _print_header(record)
     seq, grace_ends, warned = 0, None, False
     while True:
@@ -164,7 +167,12 @@ def _follow(store: Store, record: RunRecord, *, json_out: bool) -> int:
             )
         for entry in store.iter_events(record.id, after_seq=seq):
             seq = entry.seq
-            _print_event(entry, json_out=json_out)
+            if stream is None:
+                print_lines(console, event_lines(entry))
+            else:
+                stream.on_event(entry)
+                if stream.reader_gone:  # `| head -n 3`: nobody reads any more
+                    return EXIT_SIGPIPE
             if isinstance(entry.event, RunFinished):
                 return _followed_to_the_end(store, record.id, json_out=json_out)
         if record.status.finished:  # but no run.finished yet: wait a little, its process may have died
@@ -172,15 +180,6 @@ def _follow(store: Store, record: RunRecord, *, json_out: bool) -> int:
             if time.monotonic() > grace_ends:
                 return _followed_to_the_end(store, record.id, json_out=json_out)
         time.sleep(FOLLOW_POLL_S)
-
-
-def _print_event(entry: EventRecord, *, json_out: bool) -> None:
-    from corral.cli.views import event_lines, print_lines
-
-    if json_out:
-        write_json(entry.to_json(), indent=None)
-    else:
-        print_lines(console, event_lines(entry))
 
 
 def _print_header(record: RunRecord) -> None:
