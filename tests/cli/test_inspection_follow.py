@@ -30,10 +30,13 @@ text = "All done."
 
 
 def start(args: list[str], *, cwd: Path, home: Path) -> subprocess.Popen[str]:
+    """``corral ARGS`` in a process of its own, its output piped."""
+    return launch([*CORRAL, *args], cwd=cwd, home=home)
+
+
+def launch(argv: list[str], *, cwd: Path, home: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "CORRAL_HOME": str(home), "COLUMNS": "120"}
-    return subprocess.Popen(
-        [*CORRAL, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_event(home: Path, event_type: str, timeout: float = 60) -> str:
@@ -120,14 +123,7 @@ def test_follow_json_stops_when_its_reader_goes_away(tmp_path: Path, home: Path)
     store.journal.append("stuck", finished_run_events()[0])
     store.journal.flush()
     command = shlex.join([*CORRAL, "trace", "stuck", "--follow", "--json"])
-    pipeline = subprocess.Popen(
-        ["/bin/bash", "-c", f"{command} | head -n 1; exit ${{PIPESTATUS[0]}}"],
-        cwd=tmp_path,
-        env={**os.environ, "CORRAL_HOME": str(home)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    pipeline = launch(["/bin/bash", "-c", f"{command} | head -n 1; exit ${{PIPESTATUS[0]}}"], cwd=tmp_path, home=home)
     try:
         assert pipeline.stdout is not None
         assert json.loads(pipeline.stdout.readline())["type"] == "run.started"  # head has its line
