@@ -45,10 +45,11 @@ def cutoff_time(value: str, option: str, *, now: float | None = None) -> float:
         ) from None
 
 
-def write_json(data: object, *, indent: int | None = 2) -> None:
+def write_json(data: object) -> None:
+    """``--json`` output: indented, unicode readable, nothing a terminal would act on."""
     from corral.cli.views import json_text
 
-    sys.stdout.write(json_text(data, indent=indent) + "\n")
+    sys.stdout.write(json_text(data) + "\n")
     sys.stdout.flush()
 
 
