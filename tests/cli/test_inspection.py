@@ -85,3 +85,4 @@ def test_runs_json_keeps_its_keys(tmp_path: Path, home: Path) -> None:
         proc = corral("runs", "--json", cwd=tmp_path, home=home)
     (run,) = json.loads(proc.stdout)
     assert {"id", "agent", "status", "interrupted", "task", "usage", "cost_usd", "result"} <= set(run)
+    assert (run["continues_id"], run["cost_known"]) == (None, True)  # keys added by issue 8

@@ -1,60 +1,311 @@
-"""``corral runs|show|trace``: read runs and their journals."""
+"""``corral runs|show|trace|rm|prune``: read runs and their journals, follow a run, remove runs."""
 
 from __future__ import annotations
 
-import json
+import re
 import sys
-from typing import Annotated
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
-from corral.cli.app import app, console, open_store
+from corral.cli.app import EXIT_OK, EXIT_RUN_FAILED, app, console, err_console, open_store
+from corral.cli.text import clean, safe
+from corral.errors import UsageError
+
+if TYPE_CHECKING:
+    from corral.cli.removal import Removal
+    from corral.store import RunRecord, Store
+
+RunIdArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON output.")]
+
+
+_AGE = re.compile(r"(\d+)([smhdw])")
+_AGE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def cutoff_time(value: str, option: str, *, now: float | None = None) -> float:
+    """The moment ``value`` names: an age before now (``30m``, ``1h``, ``7d``, ``2w``) or an ISO date.
+
+    A date or date-time without an offset is local time (``2025-12-04``, ``2025-12-04T13:05``).
+    """
+    text = value.strip()
+    age = _AGE.fullmatch(text)
+    if age is not None:
+        return (time.time() if now is None else now) - int(age[1]) * _AGE_UNITS_S[age[2]]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise UsageError(
+            f"{option} {value!r} is neither an age nor a date",
+            hint="an age such as 30m, 1h, 7d or 2w, or a date such as 2025-12-04 or 2025-12-04T13:05",
+        ) from None
+
+
+def write_json(data: object) -> None:
+    """``--json`` output: indented, unicode readable, nothing a terminal would act on."""
+    from corral.cli.views import json_text
+
+    sys.stdout.write(json_text(data) + "\n")
+    sys.stdout.flush()
 
 
 @app.command()
 def runs(
-    json_out: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
-    limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+    json_out: JsonOption = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many, newest first.")] = 20,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only runs with this status: queued, running, waiting_approval, succeeded, failed, cancelled "
+            "or interrupted.",
+        ),
+    ] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only runs of this agent.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only runs started since: an age (30m, 1h, 7d, 2w) or a date (2025-12-04)."),
+    ] = None,
 ) -> None:
-    """List recent runs."""
-    from corral.cli.views import run_summary, runs_table
+    """List recent runs, newest first."""
+    from corral.cli.views import print_runs, run_summary
 
-    records = open_store().list_runs(limit=limit)
+    if limit < 0:
+        raise UsageError(f"--limit {limit} is negative", hint="--limit 0 shows none; leave it out for 20")
+    after = cutoff_time(since, "--since") if since is not None else None
+    records = open_store().list_runs(limit=limit, status=status, agent=agent, since=after)
     if json_out:
-        console.print_json(json.dumps([run_summary(r) for r in records]))
-    elif not records:
-        console.print("no runs yet" if limit > 0 else "no runs shown (--limit 0)")
+        write_json([run_summary(r) for r in records])
+    elif records:
+        print_runs(console, records)
+    elif status or agent or since:
+        console.print("no runs match", markup=False, highlight=False)
     else:
-        console.print(runs_table(records))
+        console.print("no runs yet" if limit > 0 else "no runs shown (--limit 0)", markup=False, highlight=False)
 
 
 @app.command()
-def show(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
-    json_out: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
-) -> None:
-    """Show a run: status, result, typed output, patch and cost."""
+def show(run_id: RunIdArgument, json_out: JsonOption = False) -> None:
+    """Show a run: status, task, result, typed output, patch and cost."""
     from corral.cli.views import print_show, run_summary
 
     record = open_store().get_run(run_id)
     if json_out:
-        console.print_json(json.dumps(run_summary(record)))
+        write_json(run_summary(record))
     else:
         print_show(console, record)
 
 
 @app.command()
 def trace(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
-    json_out: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    run_id: RunIdArgument,
+    json_out: JsonOption = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Print events as they happen until the run ends (with --json: one per line)."
+        ),
+    ] = False,
 ) -> None:
     """Every event of a run's journal, as a tree with durations, tokens and cost."""
-    from corral.cli.views import trace_data, trace_tree
+    from corral.cli.views import print_trace, trace_data
 
     store = open_store()
     record = store.get_run(run_id)
+    if follow:
+        raise typer.Exit(follow_run(store, record, json_out=json_out))
     events = store.events(record.id)
     if json_out:
-        sys.stdout.write(json.dumps(trace_data(record, events), indent=2) + "\n")
+        write_json(trace_data(record, events))
     else:
-        console.print(trace_tree(record, events))
+        print_trace(console, record, events)
+
+
+# -- trace --follow ---------------------------------------------------------------------------------
+
+FOLLOW_POLL_S = 0.2
+#: A run's status is recorded just before its run.finished event: wait this long for the event.
+FINISH_GRACE_S = 5.0
+EXIT_SIGINT, EXIT_SIGPIPE = 130, 141
+
+
+def follow_run(store: Store, record: RunRecord, *, json_out: bool) -> int:
+    """Print a run's events as its journal commits them, until it ends; the exit code of its status.
+
+    The run may execute in any process: this one only reads the store. Ctrl-C stops following
+    (exit 130), not the run.
+    """
+    try:
+        return _follow(store, record, json_out=json_out)
+    except KeyboardInterrupt:
+        err_console.print(safe(f"stopped following run {record.id}; it goes on"), highlight=False)
+        return EXIT_SIGINT
+    except BrokenPipeError:  # the reader went away (`| head -3`): stop quietly, as a pipe tool does
+        _silence_stdout()
+        return EXIT_SIGPIPE
+
+
+def _follow(store: Store, record: RunRecord, *, json_out: bool) -> int:
+    from corral.cli.stream import JsonLines
+    from corral.cli.views import event_lines, print_lines
+    from corral.events import RunFinished
+
+    stream = JsonLines() if json_out else None  # the event lines of `corral run --json`
+    if stream is None:
+        _print_header(record)
+    seq, grace_ends, warned = 0, None, False
+    while True:
+        record = store.get_run(record.id)  # before its events: a run.finished event comes after the status
+        if record.interrupted and not warned:
+            warned = True
+            err_console.print(
+                safe(f"run {record.id} is interrupted (its process is gone); following it until it is resumed"),
+                highlight=False,
+            )
+        for entry in store.iter_events(record.id, after_seq=seq):
+            seq = entry.seq
+            if stream is None:
+                print_lines(console, event_lines(entry))
+            else:
+                stream.on_event(entry)
+                if stream.reader_gone:  # `| head -n 3`: nobody reads any more
+                    return EXIT_SIGPIPE
+            if isinstance(entry.event, RunFinished):
+                return _followed_to_the_end(store, record.id, json_out=json_out)
+        if record.status.finished:  # but no run.finished yet: wait a little, its process may have died
+            grace_ends = grace_ends or time.monotonic() + FINISH_GRACE_S
+            if time.monotonic() > grace_ends:
+                return _followed_to_the_end(store, record.id, json_out=json_out)
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _print_header(record: RunRecord) -> None:
+    from corral.cli.views import print_lines, run_header
+
+    print_lines(console, [run_header(record)])
+
+
+def _followed_to_the_end(store: Store, run_id: str, *, json_out: bool) -> int:
+    """The run's last line (its status, tokens and cost) and its exit code."""
+    from corral.cli.run import exit_for
+
+    record = store.get_run(run_id)
+    if not json_out:
+        _print_header(record)
+    return exit_for(record)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+# -- rm and prune -----------------------------------------------------------------------------------
+
+
+@app.command("rm")
+def rm(
+    run_ids: Annotated[list[str], typer.Argument(help="Run ids (or unique prefixes).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Cancel unfinished runs first (as `corral cancel` does), then remove them.")
+    ] = False,
+) -> None:
+    """Remove runs: their journals, their files and the runs started under them."""
+    from corral.cli.removal import (
+        cancel_unfinished,
+        execute_removal,
+        plan_removal,
+        refuse_busy_followers,
+        unfinished_error,
+        whole_trees,
+    )
+
+    store = open_store()
+    records = [store.get_run(run_id) for run_id in run_ids]
+    trees = whole_trees(store, records)
+    unfinished = [r for r in trees if not r.status.finished]
+    if unfinished and not force:
+        raise unfinished_error(unfinished[0])
+    if unfinished:
+        cancel_unfinished(store, unfinished)
+        trees = whole_trees(store, [store.get_run(r.id) for r in records])
+    if not force:
+        refuse_busy_followers(store, trees)
+    removal = plan_removal(store, trees)
+    removed, events, failed = execute_removal(store, removal)
+    _report_removal(removal, removed, events, failed)
+    raise typer.Exit(EXIT_RUN_FAILED if failed else EXIT_OK)
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than", help="Remove finished runs started before this: an age (7d, 2w) or a date (2025-12-04)."
+        ),
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
+) -> None:
+    """Remove finished runs older than an age, with their journals and files."""
+    from corral.cli.removal import execute_removal, plan_removal, prunable
+
+    store = open_store()
+    before = cutoff_time(older_than, "--older-than")
+    trees, kept = prunable(store, store.list_runs(limit=None, before=before))
+    for record, why in kept:
+        err_console.print(safe(f"kept run {record.id}: {why}"), highlight=False)
+    removal = plan_removal(store, trees)
+    if dry_run:
+        _report_removal(removal, removal.runs, None, [], dry_run=True)
+        return
+    removed, events, failed = execute_removal(store, removal)
+    _report_removal(removal, removed, events, failed)
+    raise typer.Exit(EXIT_RUN_FAILED if failed else EXIT_OK)
+
+
+def _report_removal(
+    removal: Removal, removed: list[RunRecord], events: int | None, failed: list[str], *, dry_run: bool = False
+) -> None:
+    """One line per run, then the totals and what was kept or unlinked; failures on stderr."""
+    from corral.cli.removal import fmt_bytes
+    from corral.cli.views import fmt_when
+
+    verb = "would remove" if dry_run else "removed"
+    for run in removed:
+        task = run.task.strip().splitlines()
+        line = f"{verb} run {run.id} ({run.agent}, {run.display_status}, {fmt_when(run.created_at)})"
+        console.print(safe(f"{line}: {task[0] if task else ''}"), soft_wrap=True, highlight=False)
+    if not removed:
+        console.print("nothing to remove", markup=False, highlight=False)
+    else:
+        freed = fmt_bytes(sum(removal.sizes.get(r.id, 0) for r in removed))
+        journal = "" if dry_run else f" and {events} journal event(s)"
+        console.print(
+            f"{verb} {len(removed)} run(s){journal}; {'would free' if dry_run else 'freed'} {freed} of files",
+            markup=False,
+            highlight=False,
+        )
+    removed_ids = {r.id for r in removed}
+    notes = [
+        f"kept the files of run {r.id} at {r.run_dir}: not this store's run directory"
+        for r in removal.foreign
+        if r.id in removed_ids
+    ]
+    notes += [
+        f"run {f.id} continues run {f.continues_id}: that link {'would be' if dry_run else 'is'} cleared"
+        for f in removal.unlinked
+        if f.continues_id in removed_ids
+    ]
+    for note in notes:
+        console.print(safe(note), soft_wrap=True, highlight=False)
+    for failure in failed:
+        err_console.print(Text.assemble(("error:", "red"), " ", clean(failure)), soft_wrap=True)

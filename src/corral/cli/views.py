@@ -1,25 +1,37 @@
-"""What the CLI shows: the live view of a run, and the renderings behind show, trace and runs."""
+"""What the CLI shows: the live view of a run, and the renderings behind runs, show and trace.
+
+On a terminal the output is laid out for its width (rich tables, panels, trees). When stdout is
+not a terminal (a pipe, a file) it is plain: no boxes or panels, nothing wrapped or cut to a width
+(ids, task lines and patch lines stay whole), and no escape sequences at all. Every piece of text
+corral did not write itself (tasks, agent names, answers, tool arguments and errors, file names,
+hosts) goes through :func:`corral.cli.text.clean` or :func:`~corral.cli.text.safe`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
-from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from corral.cli.text import clean, safe
 from corral.events import (
     BaseEvent,
     BudgetExceeded,
     ContextCompacted,
+    EgressAttempted,
     ModelFailed,
     ModelRequested,
     ModelResponded,
@@ -35,12 +47,19 @@ from corral.events import (
 )
 from corral.store import EventRecord, RunRecord
 
+# -- formatting -------------------------------------------------------------------------------------
 
-def fmt_cost(cost: Usage | float) -> str:
-    """Dollars, or ``unknown`` when a model call had no known price (never a misleading $0.0000)."""
+
+def fmt_cost(cost: Usage | float, *, short: bool = False) -> str:
+    """Dollars, or ``unknown`` when a model call had no known price (never a misleading $0.0000).
+
+    ``short`` leaves out the explanation of a lower bound (``≥ $0.0012``), for table cells.
+    """
     if isinstance(cost, Usage):
         if not cost.cost_known:
-            return "unknown" if cost.cost_usd == 0 else f"≥ {fmt_cost(cost.cost_usd)} (some calls unpriced)"
+            if cost.cost_usd == 0:
+                return "unknown"
+            return f"≥ {fmt_cost(cost.cost_usd)}" + ("" if short else " (some calls unpriced)")
         cost = cost.cost_usd
     return f"${cost:.4f}" if cost < 1 else f"${cost:.2f}"
 
@@ -55,32 +74,208 @@ def fmt_ms(ms: float | None) -> str:
     return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
+def fmt_when(ts: float, now: float | None = None) -> str:
+    """A compact local time: ``13:05`` today, ``12-04 13:05`` this year, ``2024-12-04`` before."""
+    when, today = datetime.fromtimestamp(ts), datetime.fromtimestamp(time.time() if now is None else now)
+    if when.date() == today.date():
+        return when.strftime("%H:%M")
+    return when.strftime("%m-%d %H:%M" if when.year == today.year else "%Y-%m-%d")
+
+
+def _elapsed(record: RunRecord) -> str:
+    return f"{record.elapsed_s:.1f}s" if record.elapsed_s is not None else "-"
+
+
 def _one_line(text: str, limit: int = 300) -> str:
-    """``text`` on one line, cut with an ellipsis past ``limit`` characters."""
-    flat = " ".join(text.split())
+    """``text`` on one line, safe to print, cut with an ellipsis past ``limit`` characters."""
+    flat = clean(" ".join(text.split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _short_args(args: Any, limit: int = 70) -> str:
+    """Tool arguments on one line, safe to print (unicode stays unicode)."""
     if isinstance(args, dict):
         text = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
     else:
         text = str(args)
-    text = text.replace("\n", "⏎")
+    text = clean(text.replace("\n", "⏎"))
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def json_text(data: Any, *, indent: int | None = 2) -> str:
+    """``data`` as JSON: unicode readable, and no character a terminal acts on (json escapes C0 itself)."""
+    dumped = json.dumps(data, indent=indent, ensure_ascii=False)
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", dumped)
+
+
+def plain(console: Console) -> bool:
+    """Whether to print plain output: stdout is not a terminal (see the module docstring)."""
+    return not console.is_terminal
+
+
+def print_lines(console: Console, lines: Iterable[Text]) -> None:
+    """Print whole lines: never wrapped or cut by rich (a terminal may still wrap them visually)."""
+    for line in lines:
+        console.print(line, soft_wrap=True)
+
+
+# -- what happened in a journal event, in words -------------------------------------------------------
+
+#: pydantic-ai names the tools through which a model returns typed output ``final_result…``.
+OUTPUT_TOOL_PREFIX = "final_result"
+#: The tool that runs commands; its result carries the command's exit code.
+COMMAND_TOOL = "execute"
+
+
+def tool_mark(result: ToolReturned) -> tuple[str, bool]:
+    """How a tool call ended, as ``(text, ok)``: ``✓ exit 0 76 ms``, ``✗ exit 2 …``, ``✗ Error: why …``.
+
+    A command that exits non-zero is not a failed tool call (the model reads its output), but it is
+    what a person looks for first, so it is marked ✗ too.
+    """
+    duration = fmt_ms(result.duration_ms)
+    if not result.ok:
+        why = f"{result.error or 'error'}: {_one_line(result.text)}" if result.text else (result.error or "error")
+        return f"✗ {clean(why)} {duration}", False
+    if result.exit_code is not None:
+        ok = result.exit_code == 0
+        return f"{'✓' if ok else '✗'} exit {result.exit_code} {duration}", ok
+    if result.tool == COMMAND_TOOL:  # killed before it exited: a timeout, the output cap
+        return f"✗ exit none (killed) {duration}", False
+    return f"✓ {duration}", True
+
+
+def rejections(request: ModelRequested) -> list[str]:
+    """What the model is told was wrong with its last answer: typed output or a tool call rejected.
+
+    pydantic-ai journals these in the next request's new messages: a ``tool-return`` part with
+    outcome ``retried`` (a call to an output tool or another tool), a ``retry-feedback`` part (an
+    answer no tool call carried), or, from older versions, a ``retry-prompt`` part.
+    """
+    found = []
+    for message in request.new_messages:
+        for part in message.get("parts") or ():
+            kind = part.get("part_kind")
+            if kind in ("retry-prompt", "retry-feedback") or (
+                kind == "tool-return" and part.get("outcome") == "retried"
+            ):
+                found.append(_rejection(part))
+    return found
+
+
+def _rejection(part: dict[str, Any]) -> str:
+    tool = part.get("tool_name")
+    what = "output rejected" if tool is None or str(tool).startswith(OUTPUT_TOOL_PREFIX) else f"{tool} call rejected"
+    content = part.get("content")
+    if isinstance(content, list):  # validation errors: where, and what is wrong there
+        content = "; ".join(
+            f"{'.'.join(map(str, e.get('loc') or ())) or '(root)'}: {e.get('msg', e)}"
+            if isinstance(e, dict)
+            else str(e)
+            for e in content
+        )
+    return _one_line(f"{what}: {content}", 500)
+
+
+def _answer_summary(parts: list[dict[str, Any]]) -> str:
+    """A model's answer on one line: its text, else whether it called tools or gave its typed output."""
+    texts = [str(p.get("content", "")).strip() for p in parts if p.get("part_kind") == "text"]
+    calls = [str(p.get("tool_name")) for p in parts if p.get("part_kind") == "tool-call"]
+    typed = any(name.startswith(OUTPUT_TOOL_PREFIX) for name in calls)
+    return _one_line(" ".join(t for t in texts if t), 90) or ("(output)" if typed else "(tool calls)")
+
+
+def _seq(seq: int, style: str) -> Text:
+    return Text(f"#{seq} ", style=style)
+
+
+#: ``ModelResponded.price_source`` of a call whose model has no known price (``corral.models.pricing``).
+UNPRICED = "unknown"
+
+
+def call_usage(response: ModelResponded) -> Usage:
+    """The cost of one model call, unpriced when no price was known for its model."""
+    return Usage(cost_usd=response.cost_usd, unpriced_calls=int(response.price_source == UNPRICED))
+
+
+def _model_label(seq: int, response: ModelResponded) -> Text:
+    attempts = f" · {response.attempts} attempts" if response.attempts > 1 else ""
+    return Text.assemble(
+        (f"#{seq} model call {response.call + 1}", "magenta"),
+        f"  {fmt_ms(response.duration_ms)} · {response.input_tokens} in / {response.output_tokens} out · "
+        f"cost {fmt_cost(call_usage(response))}{attempts}",
+    )
+
+
+def _tool_label(seq: int, call: ToolCalled) -> Text:
+    return Text.assemble(_seq(seq, "cyan"), safe(call.tool, "cyan"), f"({_short_args(call.args)})")
+
+
+def _mark_text(result: ToolReturned) -> Text:
+    mark, ok = tool_mark(result)
+    return Text(mark, style="green" if ok else "red")
+
+
+def _event_label(record: EventRecord) -> Text:
+    """Any other event: its type and its short fields (errors whole: their end says what went wrong)."""
+    event = record.event
+    fields = event_payload(event)
+    summary = ", ".join(f"{k}={v}" for k, v in fields.items() if isinstance(v, str | int | float) and k != "task")
+    loud = isinstance(event, ModelRetried | ModelFailed | BudgetExceeded)
+    limit = 500 if isinstance(event, ModelRetried | ModelFailed) else 100
+    return Text.assemble(
+        (f"#{record.seq} {record.type}", "yellow" if loud else "dim"), f"  {_one_line(summary, limit)}"
+    )
+
+
+def _rejection_label(seq: int, text: str) -> Text:
+    return Text.assemble(_seq(seq, "yellow"), (text, "yellow"))
+
+
+def event_lines(record: EventRecord) -> list[Text]:
+    """One journal event as lines of its own (``corral trace --follow``), each starting with its time."""
+    event, seq = record.event, record.seq
+    match event:
+        case ModelRequested(call=call) as request:
+            lines = [Text.assemble(_seq(seq, "dim"), (f"model call {call + 1} requested", "dim"))]
+            lines += [_rejection_label(seq, text) for text in rejections(request)]
+        case ModelResponded() as response:
+            lines = [_model_label(seq, response)]
+        case ToolCalled() as call:
+            lines = [_tool_label(seq, call)]
+        case ToolReturned() as result:
+            lines = [Text.assemble(_seq(seq, "cyan"), safe(result.tool, "cyan"), "  ", _mark_text(result))]
+        case _:
+            lines = [_event_label(record)]
+    stamp = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S ")
+    return [Text.assemble((stamp, "dim"), line) for line in lines]
+
+
+# -- the live view of `corral run` ------------------------------------------------------------------
 
 
 @dataclass
 class _Line:
     icon: str
     text: str
+    """Safe to print: made of :func:`clean` text."""
     detail: str = ""
     style: str = ""
+
+    def render(self) -> Text:
+        detail = f"  {self.detail}" if self.detail else ""
+        return Text.assemble((f"{self.icon} ", "bold"), (self.text, self.style), detail)
 
 
 @dataclass
 class LiveRunView:
-    """A rich live panel fed with a run's events as they happen (turns, tool calls, tokens, cost)."""
+    """A rich live panel fed with a run's events as they happen (turns, tool calls, tokens, cost).
+
+    When the console is not a terminal it prints one line per thing that happened instead.
+    """
 
     console: Console
     title: str
@@ -111,67 +306,80 @@ class LiveRunView:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.update(self._render())
-            self._live.__exit__(None, None, None)
-        logging.root.handlers = self._saved_handlers
+        try:
+            if self._live is not None:
+                self._live.update(self._render())
+                self._live.__exit__(None, None, None)
+        finally:
+            logging.root.handlers = self._saved_handlers
 
     def on_event(self, run_id: str, event: BaseEvent) -> None:
         if self.run_ids and run_id not in self.run_ids:
             return
-        line: _Line | None = None
+        for line in self._lines_for(event):
+            self.lines.append(line)
+            if self._live is None:
+                self.console.print(line.render(), soft_wrap=True)
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _lines_for(self, event: BaseEvent) -> list[_Line]:
+        """The lines an event adds; it may also update the counters or an earlier tool call's line."""
         match event:
             case RunStarted():
                 self.status = "running"
             case RunResumed():
-                line = _Line("↻", "resumed after interruption", style="yellow")
+                return [_Line("↻", "resumed after interruption", style="yellow")]
             case SandboxCreated(backend=backend, isolated=True):
-                line = _Line("□", f"sandbox {backend} (isolated)", style="dim")
+                return [_Line("□", f"sandbox {clean(backend)} (isolated)", style="dim")]
             case SandboxCreated(backend=backend):
-                line = _Line("!", f"sandbox {backend}: NOT isolated, commands run on this machine", style="yellow")
-            case ModelRequested(call=call):
+                return [
+                    _Line("!", f"sandbox {clean(backend)}: NOT isolated, commands run on this machine", style="yellow")
+                ]
+            case ModelRequested(call=call) as request:
                 self.status = f"thinking (turn {call + 1})"
+                return [_Line("!", text, style="yellow") for text in rejections(request)]
             case ModelRetried(error=error, wait_s=wait_s):
-                line = _Line("!", f"retry in {wait_s:.1f}s: {_one_line(error)}", style="yellow")
+                return [_Line("!", f"retry in {wait_s:.1f}s: {_one_line(error)}", style="yellow")]
             case ModelResponded() as response:
-                self.turns = response.call + 1
-                self.input_tokens += response.input_tokens
-                self.output_tokens += response.output_tokens
-                self.cost_usd += response.cost_usd
-                self.unpriced_calls += response.price_source == "unknown"
-                texts = [p.get("content", "") for p in response.parts if p.get("part_kind") == "text"]
-                summary = " ".join(t.strip() for t in texts if t).replace("\n", " ")
-                tokens = f"{fmt_tokens(response.input_tokens)} in · {fmt_tokens(response.output_tokens)} out"
-                detail = f"{tokens} · {fmt_ms(response.duration_ms)}"
-                line = _Line("◆", f"turn {self.turns}: {summary[:90] or '(tool calls)'}", detail)
+                return [self._turn(response)]
             case ModelFailed(error=error):
-                line = _Line("✗", f"model call failed: {_one_line(error)}", style="red")
+                return [_Line("✗", f"model call failed: {_one_line(error)}", style="red")]
             case ToolCalled(tool=tool, args=args, call_id=call_id):
-                self.status = f"running {tool}"
-                line = _Line("→", f"{tool}({_short_args(args)})", style="cyan")
+                self.status = f"running {clean(tool)}"
                 self._pending_tools[call_id] = len(self.lines)
-            case ToolReturned(call_id=call_id, ok=ok, duration_ms=duration_ms):
+                return [_Line("→", f"{clean(tool)}({_short_args(args)})", style="cyan")]
+            case ToolReturned(call_id=call_id) as result:
+                mark, ok = tool_mark(result)
                 index = self._pending_tools.pop(call_id, None)
                 if index is not None and index < len(self.lines):
-                    self.lines[index].detail = f"{'✓' if ok else '✗'} {fmt_ms(duration_ms)}"
+                    self.lines[index].detail = mark
                     if not ok:
                         self.lines[index].style = "red"
+                if self._live is None:  # printed lines cannot be updated: say how the call ended
+                    return [_Line("←", clean(result.tool), mark, style="" if ok else "red")]
             case ContextCompacted(evicted_messages=evicted, saved_to=saved_to):
-                line = _Line("≡", f"context compacted: {evicted} messages → {saved_to}", style="dim")
+                return [_Line("≡", f"context compacted: {evicted} messages → {clean(saved_to)}", style="dim")]
             case BudgetExceeded(limit=limit):
-                line = _Line("✗", f"budget exhausted: {limit}", style="red")
+                return [_Line("✗", f"budget exhausted: {clean(limit)}", style="red")]
+            case EgressAttempted(allowed=False, host=host, port=port, reason=reason):
+                return [_Line("!", f"network denied: {clean(host)}:{port} ({_one_line(reason)})", style="yellow")]
             case RunFinished(status=status):
-                self.status = status
+                self.status = clean(status)
             case _:
-                pass  # egress attempts and future events: the trace shows them
-        if line is not None:
-            self.lines.append(line)
-            if self._live is None:
-                self.console.print(
-                    Text.assemble((f"{line.icon} ", "bold"), (line.text, line.style), f"  {line.detail}")
-                )
-        if self._live is not None:
-            self._live.update(self._render())
+                pass  # allowed egress and future events: the trace shows them
+        return []
+
+    def _turn(self, response: ModelResponded) -> _Line:
+        self.turns = response.call + 1
+        self.input_tokens += response.input_tokens
+        self.output_tokens += response.output_tokens
+        cost = call_usage(response)
+        self.cost_usd += cost.cost_usd
+        self.unpriced_calls += cost.unpriced_calls
+        tokens = f"{fmt_tokens(response.input_tokens)} in · {fmt_tokens(response.output_tokens)} out"
+        summary = _answer_summary(response.parts)
+        return _Line("◆", f"turn {self.turns}: {summary}", f"{tokens} · {fmt_ms(response.duration_ms)}")
 
     def _render(self) -> Panel:
         table = Table.grid(padding=(0, 1), expand=True)
@@ -187,8 +395,10 @@ class LiveRunView:
             f"{fmt_tokens(self.output_tokens)} out · {cost} · {elapsed:.1f}s",
             style="bold",
         )
-        return Panel(Group(table, Text(""), footer), title=Text(self.title), border_style="blue")
+        return Panel(Group(table, Text(""), footer), title=safe(self.title), border_style="blue")
 
+
+# -- corral runs ------------------------------------------------------------------------------------
 
 STATUS_STYLES = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "interrupted": "magenta"}
 
@@ -199,22 +409,76 @@ def status_text(record: RunRecord) -> Text:
     return Text(status, style=STATUS_STYLES.get(status, "cyan"))
 
 
-def runs_table(runs: list[RunRecord]) -> Table:
-    table = Table(box=None, header_style="bold")
-    for col in ("run", "agent", "status", "turns", "tokens", "cost", "elapsed", "task"):
-        table.add_column(col, no_wrap=col != "task", overflow="ellipsis")
-    for r in runs:
-        table.add_row(
-            r.id,
-            Text(r.agent),
-            status_text(r),
-            str(r.turns),
-            fmt_tokens(r.usage.total_tokens),
-            fmt_cost(r.usage),
-            f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else "-",
-            Text(r.task.splitlines()[0][:60] if r.task else ""),
-        )
-    return table
+RUN_COLUMNS = ("run", "started", "agent", "status", "turns", "tokens", "cost", "elapsed", "task")
+#: Shown, in this order, while the task column keeps TASK_MIN_WIDTH cells; the others always are.
+OPTIONAL_RUN_COLUMNS = ("agent", "cost", "turns", "tokens", "elapsed")
+TASK_MIN_WIDTH = 24
+_NUMERIC = frozenset({"turns", "tokens", "cost", "elapsed"})
+_GAP = "  "
+
+
+def _run_cells(record: RunRecord, now: float) -> dict[str, Text]:
+    task = record.task.strip().splitlines()
+    return {
+        "run": safe(record.id),
+        "started": Text(fmt_when(record.created_at, now)),
+        "agent": safe(record.agent),
+        "status": status_text(record),
+        "turns": Text(str(record.turns)),
+        "tokens": Text(fmt_tokens(record.usage.total_tokens)),
+        "cost": Text(fmt_cost(record.usage, short=True)),
+        "elapsed": Text(_elapsed(record)),
+        "task": safe(task[0] if task else ""),
+    }
+
+
+def _fit_columns(widths: dict[str, int], width: int) -> tuple[list[str], int]:
+    """The columns that fit ``width`` with room for the task, and the task's width.
+
+    The id, start time and status always show, whole; the task gets what is left, on one line.
+    """
+    task_min = min(TASK_MIN_WIDTH, widths["task"])
+
+    def used(columns: set[str]) -> int:
+        return sum(widths[c] + len(_GAP) for c in columns if c != "task")
+
+    shown = {"run", "started", "status", "task"}
+    for column in OPTIONAL_RUN_COLUMNS:
+        if width - used(shown | {column}) >= task_min:
+            shown.add(column)
+    return [c for c in RUN_COLUMNS if c in shown], max(width - used(shown), 10)
+
+
+def runs_lines(records: list[RunRecord], width: int | None = None) -> list[Text]:
+    """``corral runs`` as aligned lines, a header first; the task is the first line of each run's task.
+
+    ``width`` (a terminal's) drops the least useful columns and cuts the task with an ellipsis to
+    fit; None (a pipe) shows every column and whole tasks.
+    """
+    now = time.time()
+    rows = [{c: Text(c, style="bold") for c in RUN_COLUMNS}, *(_run_cells(r, now) for r in records)]
+    widths = {c: max(cell_len(row[c].plain) for row in rows) for c in RUN_COLUMNS}
+    columns, task_width = (list(RUN_COLUMNS), widths["task"]) if width is None else _fit_columns(widths, width)
+    lines = []
+    for row in rows:
+        cells = []
+        for column in columns:
+            cell = row[column].copy()
+            if column == "task":
+                cell.truncate(task_width, overflow="ellipsis")
+            elif column in _NUMERIC:
+                cell.pad_left(widths[column] - cell.cell_len)
+            else:
+                cell.pad_right(widths[column] - cell.cell_len)
+            cells.append(cell)
+        line = Text(_GAP).join(cells)
+        line.rstrip()
+        lines.append(line)
+    return lines
+
+
+def print_runs(console: Console, records: list[RunRecord]) -> None:
+    print_lines(console, runs_lines(records, None if plain(console) else console.width))
 
 
 def run_summary(record: RunRecord) -> dict[str, Any]:
@@ -228,6 +492,7 @@ def run_summary(record: RunRecord) -> dict[str, Any]:
         "model": record.spec.get("model"),
         "parent_id": record.parent_id,
         "root_id": record.root_id,
+        "continues_id": record.continues_id,
         "spec_hash": record.spec_hash,
         "executor_id": record.executor_id,
         "created_at": record.created_at,
@@ -237,45 +502,116 @@ def run_summary(record: RunRecord) -> dict[str, Any]:
         "turns": record.turns,
         "usage": record.usage.model_dump(),
         "cost_usd": record.usage.cost_usd,
+        "cost_known": record.usage.cost_known,
         "error": record.error,
         "error_type": record.error_type,
         "result": record.result,
     }
 
 
-def print_show(console: Console, record: RunRecord) -> None:
-    style = STATUS_STYLES.get(record.display_status, "cyan")
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    grid.add_row("run", record.id)
+# -- corral show ------------------------------------------------------------------------------------
+
+TASK_SHOWN_LINES = 5
+TASK_SHOWN_CHARS = 500
+
+
+def abbreviate_task(task: str, run_id: str) -> str:
+    """The first lines of a long task, and how much is left out (``show --json`` has it all)."""
+    head = "".join(task.splitlines(keepends=True)[:TASK_SHOWN_LINES])[:TASK_SHOWN_CHARS].rstrip()
+    left = len(task.rstrip()) - len(head)
+    if left <= 0:
+        return task
+    return f"{head}… ({left} more characters; `corral show {run_id} --json` has it all)"
+
+
+def _show_fields(record: RunRecord) -> list[tuple[str, Text]]:
     status = status_text(record)
     if record.interrupted:
-        status.append(f" (was {record.status.value}; `corral resume {record.id}` continues it)", style="dim")
-    grid.add_row("status", status)
-    grid.add_row("agent", Text(f"{record.agent} ({record.spec.get('model')})"))
-    grid.add_row("task", Text(record.task))
-    grid.add_row("turns", str(record.turns))
+        status.append(clean(f" (was {record.status.value}; `corral resume {record.id}` continues it)"), style="dim")
     u = record.usage
-    grid.add_row("tokens", f"{u.input_tokens} in ({u.cache_read_tokens} cached) · {u.output_tokens} out")
-    grid.add_row("cost", fmt_cost(u))
+    fields = [
+        ("run", safe(record.id)),
+        ("status", status),
+        ("agent", safe(f"{record.agent} ({record.spec.get('model')})")),
+        ("task", safe(abbreviate_task(record.task, record.id))),
+        ("started", Text(datetime.fromtimestamp(record.created_at).strftime("%Y-%m-%d %H:%M:%S"))),
+    ]
+    if record.continues_id:
+        fields.append(("continues", safe(record.continues_id)))
+    if record.parent_id:
+        fields.append(("parent", safe(record.parent_id)))
+    fields += [
+        ("turns", Text(str(record.turns))),
+        ("tokens", Text(f"{u.input_tokens} in ({u.cache_read_tokens} cached) · {u.output_tokens} out")),
+        ("cost", Text(fmt_cost(u))),
+    ]
     if record.elapsed_s is not None:
-        grid.add_row("elapsed", f"{record.elapsed_s:.1f}s")
+        fields.append(("elapsed", Text(f"{record.elapsed_s:.1f}s")))
     if record.error:
-        grid.add_row("error", Text(record.error, style="red"))
-    console.print(grid)
+        fields.append(("error", safe(record.error, "red")))
+    return fields
+
+
+def _field_lines(fields: list[tuple[str, Text]]) -> Iterator[Text]:
+    """``name  value`` lines, names aligned; a value's later lines are indented under its first."""
+    indent = max(len(name) for name, _ in fields) + 2
+    for name, value in fields:
+        for n, part in enumerate(value.split("\n")):
+            yield Text.assemble((name.ljust(indent) if n == 0 else " " * indent, "bold"), part)
+
+
+def patch_text(patch: str) -> Text:
+    """A diff, coloured by line; every line whole and safe to print (file names can hold anything)."""
+    text = Text()
+    for line in patch.splitlines():
+        style = ""
+        if line.startswith(("+++", "---", "diff --git", "index ")):
+            style = "bold"
+        elif line.startswith("+"):
+            style = "green"
+        elif line.startswith("-"):
+            style = "red"
+        elif line.startswith("@@"):
+            style = "cyan"
+        text.append(clean(line) + "\n", style=style)
+    text.rstrip()
+    return text
+
+
+def _print_section(console: Console, title: str, body: Text, *, boxed: bool, style: str = "") -> None:
+    """A titled block: a panel on a terminal when ``boxed``, else a title line and the body's lines whole."""
+    if boxed and not plain(console):
+        console.print(Panel(body, title=title, border_style=style, title_align="left"))
+        return
+    console.print(Text(f"{title}:", style="bold"))
+    console.print(body, soft_wrap=True)
+
+
+def print_show(console: Console, record: RunRecord) -> None:
+    fields = _show_fields(record)
+    if plain(console):
+        print_lines(console, _field_lines(fields))
+    else:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column()
+        for name, value in fields:
+            grid.add_row(name, value)
+        console.print(grid)
     result = record.result or {}
+    style = STATUS_STYLES.get(record.display_status, "cyan")
     if result.get("text"):
-        console.print(Panel(Text(result["text"]), title="result", border_style=style))
+        _print_section(console, "result", safe(result["text"]), boxed=True, style=style)
     if result.get("output") is not None:
-        console.print(Panel(Text(json.dumps(result["output"], indent=2)), title="output"))
+        output = json.dumps(result["output"], indent=2, ensure_ascii=False)
+        _print_section(console, "output", safe(output), boxed=True)
     if result.get("patch"):
-        console.print(
-            Panel(
-                Syntax(result["patch"], "diff", word_wrap=True),
-                title=f"patch ({result.get('files_changed', 0)} files)",
-            )
-        )
+        # Never in a panel: a panel cuts or folds the long lines of a patch.
+        title = f"patch ({result.get('files_changed', 0)} files)"
+        _print_section(console, title, patch_text(result["patch"]), boxed=False)
+
+
+# -- corral trace -----------------------------------------------------------------------------------
 
 
 def trace_data(record: RunRecord, events: list[EventRecord]) -> dict[str, Any]:
@@ -305,7 +641,7 @@ def trace_data(record: RunRecord, events: list[EventRecord]) -> dict[str, Any]:
                 tool_calls[e.key.rsplit(":", 1)[0]] = {"call_id": call_id, "tool": tool, "args": args}
             case ToolReturned() as r:
                 tool_calls.setdefault(e.key.rsplit(":", 1)[0], {"call_id": r.call_id, "tool": r.tool}).update(
-                    duration_ms=r.duration_ms, ok=r.ok, error=r.error, spilled_to=r.spilled_to
+                    duration_ms=r.duration_ms, ok=r.ok, error=r.error, spilled_to=r.spilled_to, exit_code=r.exit_code
                 )
             case _:
                 pass
@@ -317,50 +653,51 @@ def trace_data(record: RunRecord, events: list[EventRecord]) -> dict[str, Any]:
     }
 
 
-def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
-    root = Tree(
-        Text.assemble(
-            (f"run {record.id}", "bold"),
-            f" {record.agent} · ",
-            status_text(record),
-            f" · {fmt_tokens(record.usage.total_tokens)} tokens · {fmt_cost(record.usage)}",
-        )
+def run_header(record: RunRecord) -> Text:
+    """``run ID agent · status · tokens · cost``: the first line of a trace."""
+    return Text.assemble(
+        (f"run {clean(record.id)}", "bold"),
+        f" {clean(record.agent)} · ",
+        status_text(record),
+        f" · {fmt_tokens(record.usage.total_tokens)} tokens · cost {fmt_cost(record.usage)}",
     )
+
+
+def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
+    """The journal as a tree: each model call, with the tool calls it made (and their outcome) under it."""
+    root = Tree(run_header(record))
     turn: Tree | None = None
     tools: dict[str, Tree] = {}
     for e in events:
         match e.event:
-            case ModelResponded() as r:
-                turn = root.add(
-                    Text.assemble(
-                        (f"#{e.seq} model call {r.call + 1}", "magenta"),
-                        f"  {fmt_ms(r.duration_ms)} · {r.input_tokens} in / {r.output_tokens} out · "
-                        f"{fmt_cost(r.cost_usd)}" + (f" · {r.attempts} attempts" if r.attempts > 1 else ""),
-                    )
-                )
-            case ToolCalled(call_id=call_id, tool=tool, args=args):
-                tools[call_id] = (turn or root).add(
-                    Text.assemble((f"#{e.seq} {tool}", "cyan"), f"({_short_args(args)})")
-                )
-            case ToolReturned(call_id=call_id, ok=ok, error=error, text=text, duration_ms=duration_ms):
+            case ModelResponded() as response:
+                turn = root.add(_model_label(e.seq, response))
+            case ToolCalled() as call:
+                tools[call.call_id] = (turn or root).add(_tool_label(e.seq, call))
+            case ToolReturned(call_id=call_id) as result:
                 node = tools.get(call_id)
-                # A failed call shows its error class and what the model was told (the message).
-                why = f"{error or 'error'}: {_one_line(text)}" if text else (error or "error")
-                mark = Text(
-                    f"✓ {fmt_ms(duration_ms)}" if ok else f"✗ {why} {fmt_ms(duration_ms)}",
-                    style="green" if ok else "red",
-                )
                 if node is not None:
-                    node.label = Text.assemble(node.label, "  ", mark)  # type: ignore[arg-type]
-            case ModelRequested():
-                pass  # shown by its response
-            case other:
-                fields = event_payload(other)
-                summary = ", ".join(
-                    f"{k}={v}" for k, v in fields.items() if isinstance(v, str | int | float) and k != "task"
-                )
-                style = "yellow" if isinstance(other, ModelRetried | ModelFailed | BudgetExceeded) else "dim"
-                # Errors are shown whole: their end is usually the part that says what went wrong.
-                limit = 500 if isinstance(other, ModelRetried | ModelFailed) else 100
-                root.add(Text.assemble((f"#{e.seq} {e.type}", style), f"  {_one_line(summary, limit)}"))
+                    node.label = Text.assemble(node.label, "  ", _mark_text(result))  # type: ignore[arg-type]
+            case ModelRequested() as request:
+                # The request itself is shown by its response; what it tells the model was wrong, here.
+                for text in rejections(request):
+                    (turn or root).add(_rejection_label(e.seq, text))
+            case _:
+                root.add(_event_label(e))
     return root
+
+
+def _tree_lines(tree: Tree, depth: int = 0) -> Iterator[Text]:
+    label = tree.label if isinstance(tree.label, Text) else Text(str(tree.label))
+    yield Text.assemble("  " * depth, label)
+    for child in tree.children:
+        yield from _tree_lines(child, depth + 1)
+
+
+def print_trace(console: Console, record: RunRecord, events: list[EventRecord]) -> None:
+    """The trace tree; plain, it is indented lines, each whole."""
+    tree = trace_tree(record, events)
+    if plain(console):
+        print_lines(console, _tree_lines(tree))
+    else:
+        console.print(tree)

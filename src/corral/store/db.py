@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -20,8 +37,8 @@ from corral.errors import RunNotFoundError, StoreError, UsageError
 from corral.events import parse_event
 from corral.store.journal import Journal, db_error_reason
 from corral.store.liveness import executor_alive
-from corral.store.models import EventRow, ExecutorRow, RunRow
-from corral.store.records import EventRecord, RunRecord, RunStatus, Usage
+from corral.store.models import ALEMBIC_VERSION_TABLE, EventRow, ExecutorRow, RunRow
+from corral.store.records import DISPLAY_STATUSES, INTERRUPTED, EventRecord, RunRecord, RunStatus, Usage
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: The newest migration's revision id; a test checks it against Alembic's own head.
@@ -62,6 +79,14 @@ def tune_sqlite_engines() -> None:
 
 
 UNFINISHED = tuple(s.value for s in RunStatus if not s.finished)
+_MIGRATION_LOCK_KEY = 0x636F7272616C  # "corral": the Postgres advisory lock that migrations take
+
+
+def _revision(conn: Connection) -> str | None:
+    """The schema's revision, None for a database without corral's tables."""
+    if not inspect(conn).has_table(ALEMBIC_VERSION_TABLE):
+        return None
+    return conn.execute(text(f"SELECT version_num FROM {ALEMBIC_VERSION_TABLE}")).scalar()
 
 
 def _row_to_record(row: RunRow, live_executors: set[str]) -> RunRecord:
@@ -155,7 +180,11 @@ class Store:
         return self.url
 
     def migrate(self) -> None:
-        """Bring the schema to the newest revision (a no-op, without importing Alembic, when it is there)."""
+        """Bring the schema to the newest revision (a no-op, without importing Alembic, when it is there).
+
+        Processes that open a new store at the same time take turns: the first one migrates, the
+        others then find the schema at the newest revision.
+        """
         if self._schema_revision() == HEAD_REVISION:
             return
         from alembic import command
@@ -163,16 +192,36 @@ class Store:
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self.engine.begin() as conn:
+        with self._migration_lock(), self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            if _revision(conn) == HEAD_REVISION:
+                return
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """An exclusive lock on a file beside a SQLite database (Postgres takes an advisory lock instead)."""
+        database = make_url(self.url).database
+        if self.dialect != "sqlite" or not database or database == ":memory:":
+            yield
+            return
+        path = f"{database}.migrate-lock"
+        try:
+            lock = open(path, "a")  # noqa: SIM115 - closed below, after the migration
+        except OSError as err:
+            raise StoreError(f"cannot create {path} to migrate the store: {err.strerror or err}") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     def _schema_revision(self) -> str | None:
         try:
             with self.engine.connect() as conn:
-                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                return _revision(conn)
         except SQLAlchemyError:
-            return None  # a new database: no alembic_version table yet
+            return None  # not readable yet: migrating says why, if it cannot either
 
     def close(self) -> None:
         """Commit what the journal still holds (or raise ``JournalError`` naming what it could not)."""
@@ -215,11 +264,45 @@ class Store:
                 raise RunNotFoundError(f"no run {run_id!r} in this store", hint="`corral runs` lists the runs")
             return _row_to_record(row, self.live_executor_ids() if row.status in UNFINISHED else set())
 
-    def list_runs(self, *, limit: int = 50, status: RunStatus | None = None) -> list[RunRecord]:
-        query = select(RunRow).order_by(RunRow.created_at.desc()).limit(limit)
+    def list_runs(
+        self,
+        *,
+        limit: int | None = 50,
+        status: str | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        before: float | None = None,
+    ) -> list[RunRecord]:
+        """The newest runs first, up to ``limit`` (None: all), filtered in SQL.
+
+        ``status`` is a status as ``corral runs`` shows it (:data:`DISPLAY_STATUSES`): ``running``
+        means running in a live process, ``interrupted`` unfinished with its process gone.
+        ``since`` and ``before`` bound the creation time (a Unix timestamp; ``before`` excluded).
+        """
+        query = select(RunRow).order_by(RunRow.created_at.desc(), RunRow.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
         if status is not None:
-            query = query.where(RunRow.status == status.value)
+            query = query.where(self._status_is(status))
+        if agent is not None:
+            query = query.where(RunRow.agent == agent)
+        if since is not None:
+            query = query.where(RunRow.created_at >= since)
+        if before is not None:
+            query = query.where(RunRow.created_at < before)
         return self._records(query)
+
+    def _status_is(self, status: str) -> ColumnElement[bool]:
+        """The SQL condition for a shown status; whether an unfinished run is interrupted depends on live executors."""
+        if status not in DISPLAY_STATUSES:
+            raise UsageError(f"unknown status {status!r}", hint=f"one of: {', '.join(DISPLAY_STATUSES)}")
+        if status != INTERRUPTED and RunStatus(status).finished:
+            return RunRow.status == status
+        live = self.live_executor_ids()
+        if status == INTERRUPTED:
+            gone = or_(RunRow.executor_id.is_(None), RunRow.executor_id.not_in(live))
+            return and_(RunRow.status.in_(UNFINISHED), gone)
+        return and_(RunRow.status == status, RunRow.executor_id.in_(live))
 
     def children(self, run_id: str) -> list[RunRecord]:
         return self._records(select(RunRow).where(RunRow.parent_id == run_id).order_by(RunRow.created_at))
@@ -262,6 +345,50 @@ class Store:
             cost_usd=usage.cost_usd,
             unpriced_calls=usage.unpriced_calls,
         )
+
+    # -- removing runs ----------------------------------------------------------------------------
+
+    def run_trees(self, run_ids: Collection[str]) -> list[RunRecord]:
+        """The runs ``run_ids`` and every run started under them (by ``parent_id``), parents first."""
+        ids = list(dict.fromkeys(run_ids))
+        frontier, seen = ids, set(ids)
+        with self.engine.connect() as conn:
+            while frontier:
+                children = conn.execute(select(RunRow.id).where(RunRow.parent_id.in_(frontier))).scalars()
+                frontier = [c for c in children if c not in seen]
+                seen.update(frontier)
+                ids += frontier
+        by_id = {r.id: r for r in self._records(select(RunRow).where(RunRow.id.in_(ids)))}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def followers(self, run_ids: Collection[str]) -> list[RunRecord]:
+        """Runs not in ``run_ids`` that continue one of them (``continues_id``, ``corral continue``)."""
+        ids = list(run_ids)
+        query = select(RunRow).where(RunRow.continues_id.in_(ids), RunRow.id.not_in(ids)).order_by(RunRow.created_at)
+        return self._records(query)
+
+    def remove_runs(self, run_ids: Collection[str]) -> int:
+        """Delete runs and their journals in one transaction; the number of events deleted.
+
+        Whole trees only: a run started under one of them (``parent_id``) must be among them. Runs
+        that continue one of them lose that link (``continues_id`` becomes NULL). Files are the
+        caller's (the store does not know what a run dir holds).
+        """
+        ids = list(dict.fromkeys(run_ids))
+        with self.engine.begin() as conn:
+            orphans = conn.execute(
+                select(RunRow.id, RunRow.parent_id).where(RunRow.parent_id.in_(ids), RunRow.id.not_in(ids))
+            ).all()
+            if orphans:
+                child, parent = orphans[0]
+                raise UsageError(f"run {parent} has sub-run {child}, which would be left without it")
+            conn.execute(update(RunRow).where(RunRow.continues_id.in_(ids)).values(continues_id=None))
+            events = conn.execute(delete(EventRow).where(EventRow.run_id.in_(ids))).rowcount
+            # One statement: the parent_id foreign key is checked once it has deleted a whole tree.
+            conn.execute(delete(RunRow).where(RunRow.id.in_(ids)))
+        for run_id in ids:
+            self.journal.forget(run_id)
+        return events
 
     # -- events -----------------------------------------------------------------------------------
 

@@ -7,6 +7,9 @@ from typing import Any
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+#: Where Alembic records the schema's revision (named for corral, so it can share a Postgres database).
+ALEMBIC_VERSION_TABLE = "corral_alembic_version"
+
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON}

@@ -25,6 +25,11 @@ class RunStatus(StrEnum):
         return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
+INTERRUPTED = "interrupted"
+#: The statuses a person sees (``RunRecord.display_status``): the stored ones, and ``interrupted``.
+DISPLAY_STATUSES: tuple[str, ...] = (*(s.value for s in RunStatus), INTERRUPTED)
+
+
 class RunRecord(BaseModel):
     """One run as stored."""
 
@@ -57,7 +62,7 @@ class RunRecord(BaseModel):
     @property
     def display_status(self) -> str:
         """What to show a person: the stored status, or ``interrupted`` when its process is gone."""
-        return "interrupted" if self.interrupted else self.status.value
+        return INTERRUPTED if self.interrupted else self.status.value
 
     @property
     def elapsed_s(self) -> float | None:
