@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from corral.errors import UnknownEngineError
-from corral.events import BaseEvent, Usage
+from corral.events import BaseEvent, ToolReturned, Usage
 from corral.policy.budgets import BudgetClock
 from corral.sandbox.base import Sandbox
 from corral.spec import AgentSpec
@@ -55,6 +55,28 @@ class LocalSteps:
         return await fn(f"{self._run_id}:{next(self._ids)}")
 
 
+@dataclass(frozen=True)
+class Conversation:
+    """What a follow-up run continues: the conversation of the runs before it, oldest first.
+
+    The messages as the journals of the chain of runs record them: each ``model.request`` event's
+    ``new_messages`` and each ``model.response`` event's parts, which are pydantic-ai's message
+    dicts. Already redacted.
+    """
+
+    runs: tuple[str, ...]
+    """The runs the messages come from, the first run first; the last is the run being continued."""
+    messages: tuple[dict[str, Any], ...]
+    ended: str
+    """How the continued run ended (``succeeded``, ``failed``, ``cancelled``): the tool calls its
+    last response left unanswered were its final result (succeeded) or were cut off."""
+    input_tokens: int = 0
+    """The input tokens of the conversation's last model call: how full its context was."""
+    tool_results: Mapping[str, ToolReturned] = field(default_factory=dict)
+    """What tool calls returned, by call id: a call that returned after the run's last model call
+    (it was cancelled before the next one) has its result only here."""
+
+
 @dataclass
 class EngineContext:
     """Everything an engine may use: no globals, no store, no DBOS."""
@@ -71,13 +93,9 @@ class EngineContext:
     """The run's budget and wall-clock deadline (shared with the runtime, which enforces it too)."""
     on_usage: Callable[[Usage, int], None] = field(default=lambda usage, turns: None)
     """Called with the run's running usage and model-call count after every model call."""
-    history: list[dict[str, Any]] = field(default_factory=list)
-    """The conversation this run follows up (``corral continue``), oldest first; empty for a new run.
-
-    The messages as the journal of the runs it continues records them: each ``model.request``
-    event's ``new_messages`` and each ``model.response`` event's parts, which are pydantic-ai's
-    message dicts. Already redacted. An engine that keeps its own session may ignore it.
-    """
+    history: Conversation | None = None
+    """The conversation this run follows up (``corral continue``); None for a new run. ``task`` is
+    the next prompt. An engine that keeps its own session may ignore it."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import json
 import random
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, ClassVar
 
 from pydantic_ai import Agent, ModelRetry, RunContext, StructuredDict, Tool
@@ -23,11 +23,14 @@ from pydantic_ai.exceptions import (
     ModelUnavailableError,
 )
 from pydantic_ai.messages import (
+    SYNTHESIZED_TOOL_RETURN_METADATA_KEY,
     ModelMessage,
     ModelMessagesTypeAdapter,
     ModelRequest,
+    ModelRequestPart,
     ModelResponse,
     TextPart,
+    ToolReturnPart,
     UserPromptPart,
     repair_messages,
 )
@@ -37,7 +40,7 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import UsageLimits
 
 from corral import events
-from corral.engines.base import Engine, EngineContext, EngineResult
+from corral.engines.base import Conversation, Engine, EngineContext, EngineResult
 from corral.errors import BudgetExceededError, ModelCallError
 from corral.events import Usage
 from corral.models.pricing import price_call
@@ -49,6 +52,14 @@ from corral.tools.base import ToolContext, ToolDef, run_tool
 AGENTS_FILE = "AGENTS.md"
 HISTORY_DIR = ".corral/history"
 DEFAULT_WINDOW_TOKENS = 128_000
+
+# How pydantic-ai answers the calls of a response that ended a run with a typed output (the
+# output tool's call is the result; it never gets a reply until the conversation goes on), and
+# the name it gives output tools (``final_result``, or ``final_result_<Name>`` for several).
+_FINAL_RESULT = "Final result processed."
+_OUTPUT_NOT_USED = "Output tool not used - a final result was already processed."
+_TOOL_NOT_RUN = "Tool not executed - a final result was already processed."
+_OUTPUT_TOOL_PREFIX = "final_result"
 
 
 def _dump_messages(messages: list[ModelMessage]) -> list[dict[str, Any]]:
@@ -246,13 +257,18 @@ class DurableModel(WrapperModel):
 
 
 class _Compactor:
-    """A history processor: near the context limit, evict old turns to a workspace file and leave a pointer."""
+    """A history processor: near the context limit, evict old turns to a workspace file and leave a pointer.
 
-    def __init__(self, ctx: EngineContext, model: DurableModel, window: int) -> None:
+    The first request (the conversation's first task) and this run's task always stay: a
+    follow-up's task comes after the conversation it continues, and may be among the evicted.
+    """
+
+    def __init__(self, ctx: EngineContext, model: DurableModel, window: int, *, prompt: str) -> None:
         self._ctx = ctx
         self._model = model
         self._window = window
         self._count = 0
+        self._prompt = prompt
 
     async def __call__(self, messages: list[ModelMessage]) -> list[ModelMessage]:
         policy = self._ctx.spec.context
@@ -287,8 +303,20 @@ class _Compactor:
             f"({turns} model turns removed) were saved to {path} and left out of the conversation. Read that "
             "file (read_file with line ranges) if you need anything from them."
         )
+        task = [
+            part
+            for message in evicted
+            if isinstance(message, ModelRequest)
+            for part in message.parts
+            if isinstance(part, UserPromptPart) and part.content == self._prompt
+        ]
         assert isinstance(first, ModelRequest)
-        return [ModelRequest(parts=[*first.parts, note], instructions=first.instructions), *messages[cut:]]
+        return [ModelRequest(parts=[*first.parts, note, *task], instructions=first.instructions), *messages[cut:]]
+
+
+def reply_text(ok: bool, text: str) -> str:
+    """A tool's result as the model gets it."""
+    return text if ok else f"ERROR: {text}"
 
 
 def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> Tool[Any]:
@@ -326,7 +354,7 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> T
                 exit_code=result.get("exit_code"),
             )
         )
-        return result["text"] if result["ok"] else f"ERROR: {result['text']}"
+        return reply_text(result["ok"], result["text"])
 
     return Tool.from_schema(
         call_tool,
@@ -337,16 +365,52 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> T
     )
 
 
-def _history(ctx: EngineContext) -> list[ModelMessage]:
-    """The conversation a follow-up continues, made valid to send on.
+def message_history(conversation: Conversation) -> list[ModelMessage]:
+    """The continued conversation as pydantic-ai messages, with every tool call answered.
 
-    A run that ended with typed output, or failed between a tool call and its result, left tool
-    calls without a return: pydantic-ai's ``repair_messages`` answers them (deterministically, so a
-    resumed follow-up sends the same messages) and merges what belongs together.
+    pydantic-ai takes a new prompt only after a history whose calls all have replies, and the
+    journal has none for the last calls of a run: the output tool's call that ended it (answered
+    here as pydantic-ai answers it when the conversation goes on in the same run), or the calls a
+    failed or cancelled run never got to (its result when the journal holds one, else a note that
+    the run ended). Everything comes from the journals, so a resumed follow-up sends the same.
     """
-    if not ctx.history:
-        return []
-    return repair_messages(ModelMessagesTypeAdapter.validate_python(ctx.history))
+    messages = ModelMessagesTypeAdapter.validate_python(list(conversation.messages))
+    last = next((m for m in reversed(messages) if isinstance(m, ModelResponse)), None)
+    final_calls = {call.tool_call_id for call in last.tool_calls} if last is not None else set()
+    closing = _ClosingReplies(
+        final_calls=final_calls if conversation.ended == "succeeded" else set(),
+        returned=conversation.tool_results,
+        cut_off=f"[corral] Not run: the run ended ({conversation.ended}) before this call was answered.",
+    )
+    return [
+        replace(message, parts=[closing(part) for part in message.parts])
+        if isinstance(message, ModelRequest)
+        else message
+        for message in repair_messages(messages)
+    ]
+
+
+class _ClosingReplies:
+    """Words for the replies :func:`repair_messages` made up for calls that never got one."""
+
+    def __init__(self, *, final_calls: set[str], returned: Mapping[str, events.ToolReturned], cut_off: str) -> None:
+        self._final_calls = final_calls
+        self._returned = returned
+        self._cut_off = cut_off
+        self._result_given = False
+
+    def __call__(self, part: ModelRequestPart) -> ModelRequestPart:
+        if not (isinstance(part, ToolReturnPart) and (part.metadata or {}).get(SYNTHESIZED_TOOL_RETURN_METADATA_KEY)):
+            return part
+        if (returned := self._returned.get(part.tool_call_id)) is not None:
+            return replace(part, content=reply_text(returned.ok, returned.text), metadata=None, outcome="success")
+        if part.tool_call_id not in self._final_calls:
+            return replace(part, content=self._cut_off)
+        if not part.tool_name.startswith(_OUTPUT_TOOL_PREFIX):
+            return replace(part, content=_TOOL_NOT_RUN, metadata=None, outcome="success")
+        content = _OUTPUT_NOT_USED if self._result_given else _FINAL_RESULT
+        self._result_given = True
+        return replace(part, content=content, metadata=None, outcome="success")
 
 
 async def _instructions(ctx: EngineContext) -> str:
@@ -389,7 +453,13 @@ class NativeEngine(Engine):
         self, ctx: EngineContext, target: ModelTarget, inner: Any, prices: Mapping[str, ModelPrice]
     ) -> EngineResult:
         spec = ctx.spec
+        prompt = ctx.redact(ctx.task)
         model = DurableModel(inner, ctx=ctx, target=target, prices=prices)
+        history: list[ModelMessage] | None = None
+        if ctx.history is not None:
+            history = message_history(ctx.history)
+            # A long continued conversation may need compacting before this run's first call.
+            model.last_input_tokens = ctx.history.input_tokens
         window = spec.context.window_tokens or context_window(target) or DEFAULT_WINDOW_TOKENS
         counter = itertools.count()
         tools = [_tool_for(ctx.tools[name], ctx, counter) for name in spec.tools]
@@ -408,7 +478,7 @@ class NativeEngine(Engine):
             output_type=output_type,
             retries=3,
             name=spec.name,
-            capabilities=[ProcessHistory(processor=_Compactor(ctx, model, window))],
+            capabilities=[ProcessHistory(processor=_Compactor(ctx, model, window, prompt=prompt))],
         )
         if spec.output_schema is not None:
             from jsonschema import Draft202012Validator
@@ -425,8 +495,8 @@ class NativeEngine(Engine):
 
         async with agent:  # closes the provider's HTTP client on the loop that opened it
             result = await agent.run(
-                ctx.redact(ctx.task),
-                message_history=_history(ctx) or None,
+                prompt,
+                message_history=history,
                 usage_limits=UsageLimits(request_limit=None),
                 model_settings=settings or None,
             )

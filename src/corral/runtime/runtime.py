@@ -21,7 +21,7 @@ from typing import Any
 os.environ.setdefault("PYDANTIC_AI_NO_BANNER", "1")
 
 from corral import events as ev
-from corral.engines.base import Engine, EngineContext, EngineResult, get_engine
+from corral.engines.base import Conversation, Engine, EngineContext, EngineResult, get_engine
 from corral.errors import BudgetExceededError, CorralError, RunTimeoutError, SandboxError, SpecError, UsageError
 from corral.events import Usage
 from corral.policy.budgets import BudgetClock
@@ -301,19 +301,33 @@ class Runtime:
         """(run id, patch) of ``run_id`` and the runs it continues, in the order they apply."""
         return [(record.id, run_patch(record)) for record in self._chain(run_id)]
 
-    def _conversation_before(self, run_id: str | None) -> list[dict[str, Any]]:
-        """The messages of ``run_id`` and the runs it continues, from their journals, oldest first."""
+    def _conversation_before(self, run_id: str | None) -> Conversation | None:
+        """The conversation of ``run_id`` and the runs it continues, from their journals; None for None."""
+        chain = self._chain(run_id)
+        if not chain:
+            return None
         messages: list[dict[str, Any]] = []
-        for record in self._chain(run_id):
+        input_tokens = 0
+        tool_results: dict[str, ev.ToolReturned] = {}
+        for record in chain:
             for entry in self.store.events(record.id):
                 match entry.event:
                     case ev.ModelRequested(new_messages=new_messages):
                         messages.extend(new_messages)
-                    case ev.ModelResponded(parts=parts):
-                        messages.append({"kind": "response", "parts": parts})
+                    case ev.ModelResponded(parts=parts, finish_reason=reason, input_tokens=tokens):
+                        messages.append({"kind": "response", "parts": parts, "finish_reason": reason})
+                        input_tokens = tokens
+                    case ev.ToolReturned(call_id=call_id):
+                        tool_results[call_id] = entry.event
                     case _:
                         pass
-        return messages
+        return Conversation(
+            runs=tuple(record.id for record in chain),
+            messages=tuple(messages),
+            ended=chain[-1].status.value,
+            input_tokens=input_tokens,
+            tool_results=tool_results,
+        )
 
     # -- executing one run (inside its workflow) --------------------------------------------------
 
