@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from corral.store import RunStatus, Store
 from corral.store.liveness import STALE_HEARTBEAT_S, process_alive
 from corral.store.models import ExecutorRow
@@ -17,6 +19,7 @@ from tests.store.executor_process import executor_process, sigkill
 from tests.store.runs import add_run
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 def test_a_killed_executors_run_is_interrupted_and_a_live_ones_is_not(home: Path) -> None:
     store = Store.open(home=home)
     with (

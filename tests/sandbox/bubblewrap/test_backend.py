@@ -230,6 +230,7 @@ async def test_memory_bomb_hits_the_memory_limit(make: MakeBwrap) -> None:
         assert "MemoryError" in result.stderr
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_fork_bomb_hits_the_process_limit_and_the_timeout_ends_it(make: MakeBwrap) -> None:
     sandbox = await make(limits=Limits(pids=24))
     result = await sandbox.exec("bomb() { bomb | bomb & }; bomb; sleep 2", timeout=3)
@@ -240,6 +241,7 @@ async def test_fork_bomb_hits_the_process_limit_and_the_timeout_ends_it(make: Ma
     assert (await sh(sandbox, "echo alive"))[1] == "alive\n"
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_cpu_loop_hits_the_cpu_time_limit(make: MakeBwrap) -> None:
     sandbox = await make(limits=Limits(cpu_s=1))
     result = await sandbox.exec([PY, "-c", "while True: pass"], timeout=20)
@@ -256,6 +258,7 @@ async def test_disk_fill_hits_the_disk_limit(make: MakeBwrap) -> None:
     assert (await sh(sandbox, "rm -f big && echo freed"))[1] == "freed\n"
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_wall_timeout_kills_setsid_and_double_forked_children(make: MakeBwrap) -> None:
     sandbox = await make()
     token = f"72.{secrets.randbelow(10**6):06d}"

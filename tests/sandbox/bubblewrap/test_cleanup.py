@@ -20,6 +20,7 @@ pytestmark = pytest.mark.anyio
 CYCLES = 6
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_many_cycles_with_killed_and_escaping_commands_leave_nothing_behind(tmp_path: Path) -> None:
     skip_unless_bubblewrap_runs()
     repo = build_repo(tmp_path / "repo", with_git=True)

@@ -112,6 +112,7 @@ async def wait_until_gone(token: str) -> list[int]:
     return processes_with(token)
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_a_crashed_runs_sandbox_survives_the_sweep_and_can_be_resumed(tmp_path: Path) -> None:
     require_root_sandboxes()
     run_dir, ident, token, state = crashed_sandbox(tmp_path, "running")
@@ -133,6 +134,7 @@ async def test_a_crashed_runs_sandbox_survives_the_sweep_and_can_be_resumed(tmp_
     assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_the_sweep_removes_what_a_process_killed_inside_destroy_left(tmp_path: Path) -> None:
     require_root_sandboxes()
     run_dir, ident, token, _state = crashed_sandbox(tmp_path, "in-destroy")
@@ -171,6 +173,7 @@ async def test_the_sweep_removes_a_sandbox_whose_run_dir_was_deleted(tmp_path: P
     assert await wait_until_gone(token) == []
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_prune_removes_the_sandbox_of_an_ended_run_whose_process_died(tmp_path: Path) -> None:
     """A run cancelled (or failed) whose process died before destroy(): its sandbox will never be resumed."""
     require_root_sandboxes()

@@ -519,6 +519,7 @@ async def test_symlinks_made_during_the_run_lead_nowhere(
     assert sorted(p.name for p in canaries.outside_dir.iterdir()) == ["secret.txt"]
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_symlink_swap_race_cannot_redirect_host_file_operations(
     make_sandbox: SandboxFactory, canaries: HostCanaries, token: str
 ) -> None:

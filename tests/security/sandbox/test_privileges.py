@@ -78,6 +78,7 @@ async def test_sandbox_processes_run_under_a_seccomp_filter_with_no_new_privs(ma
     assert status.get("Seccomp") == "2", f"ESCAPE: no seccomp filter is applied to sandbox processes: {status}"
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_setuid_binaries_grant_no_privilege(make_sandbox: SandboxFactory) -> None:
     sandbox = await make_sandbox()
     attack = await run_attack(

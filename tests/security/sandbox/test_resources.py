@@ -33,6 +33,7 @@ def host_can_fork() -> bool:
     return subprocess.run(["true"], check=False, timeout=10).returncode == 0
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_fork_bomb_is_bounded_by_the_pids_limit(make_sandbox: SandboxFactory, numeric_token: str) -> None:
     pids = 64
     sandbox = await make_sandbox(limits=Limits(pids=pids))
@@ -134,6 +135,7 @@ async def test_disk_fill_across_many_files_is_stopped_by_the_disk_limit(
     assert used <= (limit_mb + 8) * MB, f"ESCAPE: the run dir grew to {used / MB:.0f} MB (limit {limit_mb} MB)"
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_scratch_dirs_cannot_be_filled_beyond_the_limits(make_sandbox: SandboxFactory, token: str) -> None:
     disk_mb, memory_mb = 50, 256
     sandbox = await make_sandbox(limits=Limits(disk_mb=disk_mb, memory_mb=memory_mb))
@@ -180,6 +182,7 @@ async def test_output_flood_is_truncated_and_returns_fast(make_sandbox: SandboxF
         kill_leftovers(numeric_token)
 
 
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 async def test_cpu_burn_is_stopped_by_the_cpu_limit(make_sandbox: SandboxFactory) -> None:
     sandbox = await make_sandbox(limits=Limits(cpu_s=1))
     started = time.monotonic()
