@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from corral.cli.text import safe
 from corral.errors import CorralError, UsageError
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
@@ -97,16 +99,40 @@ def config_path(*, required: bool = True) -> Path | None:
 
 @app.command()
 def init(
-    path: Annotated[Path, typer.Argument(help="Where to write the file.")] = Path("corral.toml"),
+    path: Annotated[Path, typer.Argument(help="Where to write the file; a directory gets DIR/corral.toml.")] = Path(
+        "corral.toml"
+    ),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented starter corral.toml."""
+    try:
+        target = _write_starter_spec(path, force=force)
+    except OSError as err:  # a name too long, a read-only file system, no permission
+        raise UsageError(
+            f"cannot write {err.filename or path}: {err.strerror or err}", hint="choose a path you can write"
+        ) from None
+    console.print(safe(f'wrote {target}; edit it, then: corral run fixer "describe the task" --repo .'), soft_wrap=True)
+
+
+def _write_starter_spec(path: Path, *, force: bool) -> Path:
+    """Write the starter spec to ``path`` (``path/corral.toml`` for a directory) and return where it went.
+
+    A file that exists or a missing parent directory is a UsageError naming it; what only the
+    operating system can tell (a name too long, a read-only file system) is its OSError.
+    """
+    from corral.spec import SPEC_FILE_NAME
     from corral.templates import STARTER_SPEC
 
-    if path.exists() and not force:
-        raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
-    path.write_text(STARTER_SPEC)
-    console.print(f'wrote {path}; edit it, then: corral run fixer "describe the task" --repo .', markup=False)
+    target = path / SPEC_FILE_NAME if path.is_dir() else path
+    if target.exists() and not force:
+        raise UsageError(f"{target} already exists", hint="pass --force to overwrite it")
+    parent = target.parent
+    if not parent.exists():
+        raise UsageError(f"{parent}: no such directory", hint=f"create it first (mkdir -p {shlex.quote(str(parent))})")
+    if not parent.is_dir():
+        raise UsageError(f"{parent} is not a directory", hint="give a path inside a directory")
+    target.write_text(STARTER_SPEC)
+    return target
 
 
 @app.command()
@@ -171,9 +197,9 @@ def main() -> None:
     except CorralError as err:
         if state.debug:
             raise
-        err_console.print(Text.assemble(("error:", "red"), " ", err.message))
+        err_console.print(Text.assemble(("error:", "red"), " ", safe(err.message)))
         if err.hint:
-            err_console.print(Text(f"hint: {err.hint}", "dim"))
+            err_console.print(safe(f"hint: {err.hint}", "dim"))
         sys.exit(err.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -189,14 +215,16 @@ def main() -> None:
         if callable(show):
             show()
         else:
-            err_console.print(Text.assemble(("error:", "red"), f" {exc}"))
+            err_console.print(Text.assemble(("error:", "red"), " ", safe(exc)))
         code = getattr(exc, "exit_code", EXIT_USAGE)
         sys.exit(code if isinstance(code, int) and code > 0 else EXIT_USAGE)
     except Exception as exc:
         if state.debug or os.environ.get("CORRAL_DEBUG"):
             raise
         err_console.print(
-            Text.assemble(("internal error:", "red"), f" {type(exc).__name__}: {exc} (rerun with --debug for details)")
+            Text.assemble(
+                ("internal error:", "red"), " ", safe(f"{type(exc).__name__}: {exc} (rerun with --debug for details)")
+            )
         )
         sys.exit(70)
     sys.exit(code if isinstance(code, int) else 0)
