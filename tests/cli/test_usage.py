@@ -82,3 +82,51 @@ def test_init_where_it_cannot_write_is_a_usage_error(tmp_path: Path, path: str, 
     assert message in done.stderr
     assert "internal error" not in done.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_path_with_terminal_control_is_shown_not_obeyed(tmp_path: Path) -> None:
+    done = corral("init", "\x1b]0;owned\x07\x1b[2Jdir/x.toml", cwd=tmp_path, home=tmp_path / "home")
+    assert done.returncode == 2
+    assert "\x1b" not in done.stderr
+    assert "␛]0;owned␇␛[2Jdir: no such directory" in done.stderr
+
+
+def test_debug_after_the_command_shows_the_traceback(tmp_path: Path) -> None:
+    plain = corral("show", "nosuch", cwd=tmp_path, home=tmp_path / "home")
+    assert plain.returncode == 2
+    assert "Traceback" not in plain.stderr
+    for debug in (["--debug"], []):
+        env = {} if debug else {"CORRAL_DEBUG": "1"}
+        done = corral("show", "nosuch", *debug, cwd=tmp_path, home=tmp_path / "home", env=env)
+        assert "Traceback" in done.stderr, (debug, done.stderr)
+        assert "RunNotFoundError: no run 'nosuch'" in done.stderr
+
+
+def test_home_after_the_command_wins_over_the_environment(tmp_path: Path) -> None:
+    store = Store.open(home=tmp_path / "other")
+    try:
+        add_run(store, "r-other", status=RunStatus.SUCCEEDED)
+    finally:
+        store.close()
+    env_home = tmp_path / "home"
+    assert "r-other" not in corral("runs", cwd=tmp_path, home=env_home).stdout
+    done = corral("runs", "--home", str(tmp_path / "other"), cwd=tmp_path, home=env_home)
+    assert done.returncode == 0, done.stderr
+    assert "r-other" in done.stdout
+
+
+def test_config_after_the_command(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "corral.toml").write_text('[agents.alpha]\nmodel = "scripted:demo"\nsandbox = "local"\n')
+    done = corral("run", "beta", "a task", "--config", str(other / "corral.toml"), cwd=tmp_path, home=tmp_path / "h")
+    assert done.returncode == 2
+    assert "no agent named 'beta'" in done.stderr
+    assert "(defined: alpha)" in done.stderr
+
+
+def test_words_after_double_dash_belong_to_the_command(tmp_path: Path) -> None:
+    done = corral("sandbox", "exec", "--backend", "local", "--", "echo", "--debug", cwd=tmp_path, home=tmp_path / "h")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "--debug"
+    assert "Traceback" not in done.stderr

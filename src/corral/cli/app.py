@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shlex
@@ -12,14 +13,60 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperGroup, TyperOption
 
 from corral.cli.text import safe
 from corral.errors import CorralError, UsageError
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
 
+GLOBAL_OPTIONS = ("debug", "home", "config")
+
+
+class _CorralGroup(TyperGroup):
+    """The top-level group, whose global options also work after the command: ``corral show RUN --home H``.
+
+    click parses a group's options only before the command's name. So every command (and
+    sub-group) gets a copy of each global option that records its value in ``state`` instead of
+    passing it to the command; the copies read no environment variable, which the group's own
+    options have read already. After ``--`` every word is the command's
+    (``corral sandbox exec -- CMD --debug``). ``--version`` goes before the command.
+    """
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        copies = [
+            _option_after_command(option)
+            for option in self.params
+            if isinstance(option, TyperOption) and option.name in GLOBAL_OPTIONS
+        ]
+        _add_options(self, copies)
+
+
+def _option_after_command(option: TyperOption) -> TyperOption:
+    after = copy.copy(option)
+    after.expose_value = False
+    after.envvar = None
+    after.callback = lambda _ctx, param, value: _apply_global_option(param.name, value)
+    after.rich_help_panel = "Global options"
+    return after
+
+
+def _add_options(group: TyperGroup, options: list[TyperOption]) -> None:
+    """Add ``options`` to every command under ``group``; a command that already has one of their names is a bug."""
+    for name, command in group.commands.items():
+        taken = {flag for param in command.params for flag in (*param.opts, *param.secondary_opts)}
+        clash = taken.intersection(flag for option in options for flag in option.opts)
+        if clash:
+            raise TypeError(f"command {name!r} defines {', '.join(sorted(clash))}, which are global options")
+        command.params.extend(options)
+        if isinstance(command, TyperGroup):
+            _add_options(command, options)
+
+
 app = typer.Typer(
     name="corral",
+    cls=_CorralGroup,
     help="Run coding agents in sandboxes, durably, with a journal of every step.",
     no_args_is_help=True,
     add_completion=False,
@@ -42,6 +89,17 @@ class _State:
 state = _State()
 
 
+def _apply_global_option(name: str | None, value: Any) -> None:
+    """Record a global option given before or after the command (an absent one changes nothing)."""
+    if name == "debug" and value:
+        state.debug = True
+        logging.getLogger().setLevel(logging.DEBUG)
+    elif name == "home" and value is not None:
+        state.home = Path(value).resolve()
+    elif name == "config" and value is not None:
+        state.config = Path(value)
+
+
 def _print_version(value: bool) -> None:
     if value:
         import corral
@@ -55,19 +113,22 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="CORRAL_DEBUG", help="Show tracebacks and debug logs.")
+    ] = False,
     home: Annotated[
         Path | None,
-        typer.Option("--home", envvar="CORRAL_HOME", help="Store directory (default: ./.corral)."),
+        typer.Option(
+            "--home", envvar="CORRAL_HOME", help="Store directory (default: .corral/ beside corral.toml, or here)."
+        ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Spec file (default: nearest corral.toml).")
+        Path | None, typer.Option("--config", "-c", help="Spec file (default: the nearest corral.toml).")
     ] = None,
 ) -> None:
-    state.debug = debug
-    state.home = home.resolve() if home else None
-    state.config = config
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name, value in (("debug", debug), ("home", home), ("config", config)):
+        _apply_global_option(name, value)
 
 
 def store_home() -> Path:
@@ -219,7 +280,7 @@ def main() -> None:
         code = getattr(exc, "exit_code", EXIT_USAGE)
         sys.exit(code if isinstance(code, int) and code > 0 else EXIT_USAGE)
     except Exception as exc:
-        if state.debug or os.environ.get("CORRAL_DEBUG"):
+        if state.debug:
             raise
         err_console.print(
             Text.assemble(
