@@ -130,3 +130,10 @@ def test_words_after_double_dash_belong_to_the_command(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "--debug"
     assert "Traceback" not in done.stderr
+
+
+def test_errors_are_not_wrapped_at_the_terminal_width(tmp_path: Path) -> None:
+    missing = tmp_path / "a-directory-with-a-rather-long-name" / "and-another-one-below-it"
+    done = corral("init", str(missing / "x.toml"), cwd=tmp_path, home=tmp_path / "home", env={"COLUMNS": "40"})
+    assert done.returncode == 2
+    assert f"error: {missing}: no such directory\n" in done.stderr

@@ -251,6 +251,14 @@ def model_serve(
     serve(script, host="127.0.0.1", port=port, record_path=record)
 
 
+def _print_error(label: str, message: object, *, hint: str | None = None) -> None:
+    """An error on stderr as the text it is (never markup or terminal control), unwrapped: a path or an
+    id cut over two lines cannot be copied, and the terminal wraps long lines itself."""
+    err_console.print(Text.assemble((label, "red"), " ", safe(message)), soft_wrap=True)
+    if hint:
+        err_console.print(safe(f"hint: {hint}", "dim"), soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: run the app, turning corral's errors into messages and exit codes."""
     try:
@@ -258,9 +266,7 @@ def main() -> None:
     except CorralError as err:
         if state.debug:
             raise
-        err_console.print(Text.assemble(("error:", "red"), " ", safe(err.message)))
-        if err.hint:
-            err_console.print(safe(f"hint: {err.hint}", "dim"))
+        _print_error("error:", err.message, hint=err.hint)
         sys.exit(err.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -276,16 +282,12 @@ def main() -> None:
         if callable(show):
             show()
         else:
-            err_console.print(Text.assemble(("error:", "red"), " ", safe(exc)))
+            _print_error("error:", exc)
         code = getattr(exc, "exit_code", EXIT_USAGE)
         sys.exit(code if isinstance(code, int) and code > 0 else EXIT_USAGE)
     except Exception as exc:
         if state.debug:
             raise
-        err_console.print(
-            Text.assemble(
-                ("internal error:", "red"), " ", safe(f"{type(exc).__name__}: {exc} (rerun with --debug for details)")
-            )
-        )
+        _print_error("internal error:", f"{type(exc).__name__}: {exc} (rerun with --debug for details)")
         sys.exit(70)
     sys.exit(code if isinstance(code, int) else 0)
