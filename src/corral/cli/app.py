@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,13 +13,60 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperGroup, TyperOption
 
+from corral.cli.text import safe
 from corral.errors import CorralError, UsageError
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
 
+GLOBAL_OPTIONS = ("debug", "home", "config")
+
+
+class _CorralGroup(TyperGroup):
+    """The top-level group, whose global options also work after the command: ``corral show RUN --home H``.
+
+    click parses a group's options only before the command's name. So every command (and
+    sub-group) gets a copy of each global option that records its value in ``state`` instead of
+    passing it to the command; the copies read no environment variable, which the group's own
+    options have read already. After ``--`` every word is the command's
+    (``corral sandbox exec -- CMD --debug``). ``--version`` goes before the command.
+    """
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        copies = [
+            _option_after_command(option)
+            for option in self.params
+            if isinstance(option, TyperOption) and option.name in GLOBAL_OPTIONS
+        ]
+        _add_options(self, copies)
+
+
+def _option_after_command(option: TyperOption) -> TyperOption:
+    after = copy.copy(option)
+    after.expose_value = False
+    after.envvar = None
+    after.callback = lambda _ctx, param, value: _apply_global_option(param.name, value)
+    after.rich_help_panel = "Global options"
+    return after
+
+
+def _add_options(group: TyperGroup, options: list[TyperOption]) -> None:
+    """Add ``options`` to every command under ``group``; a command that already has one of their names is a bug."""
+    for name, command in group.commands.items():
+        taken = {flag for param in command.params for flag in (*param.opts, *param.secondary_opts)}
+        clash = taken.intersection(flag for option in options for flag in option.opts)
+        if clash:
+            raise TypeError(f"command {name!r} defines {', '.join(sorted(clash))}, which are global options")
+        command.params.extend(options)
+        if isinstance(command, TyperGroup):
+            _add_options(command, options)
+
+
 app = typer.Typer(
     name="corral",
+    cls=_CorralGroup,
     help="Run coding agents in sandboxes, durably, with a journal of every step.",
     no_args_is_help=True,
     add_completion=False,
@@ -40,6 +89,17 @@ class _State:
 state = _State()
 
 
+def _apply_global_option(name: str | None, value: Any) -> None:
+    """Record a global option given before or after the command (an absent one changes nothing)."""
+    if name == "debug" and value:
+        state.debug = True
+        logging.getLogger().setLevel(logging.DEBUG)
+    elif name == "home" and value is not None:
+        state.home = Path(value).resolve()
+    elif name == "config" and value is not None:
+        state.config = Path(value)
+
+
 def _print_version(value: bool) -> None:
     if value:
         import corral
@@ -53,19 +113,22 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="CORRAL_DEBUG", help="Show tracebacks and debug logs.")
+    ] = False,
     home: Annotated[
         Path | None,
-        typer.Option("--home", envvar="CORRAL_HOME", help="Store directory (default: ./.corral)."),
+        typer.Option(
+            "--home", envvar="CORRAL_HOME", help="Store directory (default: .corral/ beside corral.toml, or here)."
+        ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Spec file (default: nearest corral.toml).")
+        Path | None, typer.Option("--config", "-c", help="Spec file (default: the nearest corral.toml).")
     ] = None,
 ) -> None:
-    state.debug = debug
-    state.home = home.resolve() if home else None
-    state.config = config
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name, value in (("debug", debug), ("home", home), ("config", config)):
+        _apply_global_option(name, value)
 
 
 def store_home() -> Path:
@@ -97,16 +160,40 @@ def config_path(*, required: bool = True) -> Path | None:
 
 @app.command()
 def init(
-    path: Annotated[Path, typer.Argument(help="Where to write the file.")] = Path("corral.toml"),
+    path: Annotated[Path, typer.Argument(help="Where to write the file; a directory gets DIR/corral.toml.")] = Path(
+        "corral.toml"
+    ),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented starter corral.toml."""
+    try:
+        target = _write_starter_spec(path, force=force)
+    except OSError as err:  # a name too long, a read-only file system, no permission
+        raise UsageError(
+            f"cannot write {err.filename or path}: {err.strerror or err}", hint="choose a path you can write"
+        ) from None
+    console.print(safe(f'wrote {target}; edit it, then: corral run fixer "describe the task" --repo .'), soft_wrap=True)
+
+
+def _write_starter_spec(path: Path, *, force: bool) -> Path:
+    """Write the starter spec to ``path`` (``path/corral.toml`` for a directory) and return where it went.
+
+    A file that exists or a missing parent directory is a UsageError naming it; what only the
+    operating system can tell (a name too long, a read-only file system) is its OSError.
+    """
+    from corral.spec import SPEC_FILE_NAME
     from corral.templates import STARTER_SPEC
 
-    if path.exists() and not force:
-        raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
-    path.write_text(STARTER_SPEC)
-    console.print(f'wrote {path}; edit it, then: corral run fixer "describe the task" --repo .', markup=False)
+    target = path / SPEC_FILE_NAME if path.is_dir() else path
+    if target.exists() and not force:
+        raise UsageError(f"{target} already exists", hint="pass --force to overwrite it")
+    parent = target.parent
+    if not parent.exists():
+        raise UsageError(f"{parent}: no such directory", hint=f"create it first (mkdir -p {shlex.quote(str(parent))})")
+    if not parent.is_dir():
+        raise UsageError(f"{parent} is not a directory", hint="give a path inside a directory")
+    target.write_text(STARTER_SPEC)
+    return target
 
 
 @app.command()
@@ -164,6 +251,14 @@ def model_serve(
     serve(script, host="127.0.0.1", port=port, record_path=record)
 
 
+def _print_error(label: str, message: object, *, hint: str | None = None) -> None:
+    """An error on stderr as the text it is (never markup or terminal control), unwrapped: a path or an
+    id cut over two lines cannot be copied, and the terminal wraps long lines itself."""
+    err_console.print(Text.assemble((label, "red"), " ", safe(message)), soft_wrap=True)
+    if hint:
+        err_console.print(safe(f"hint: {hint}", "dim"), soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: run the app, turning corral's errors into messages and exit codes."""
     try:
@@ -171,9 +266,7 @@ def main() -> None:
     except CorralError as err:
         if state.debug:
             raise
-        err_console.print(Text.assemble(("error:", "red"), " ", err.message))
-        if err.hint:
-            err_console.print(Text(f"hint: {err.hint}", "dim"))
+        _print_error("error:", err.message, hint=err.hint)
         sys.exit(err.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -189,14 +282,12 @@ def main() -> None:
         if callable(show):
             show()
         else:
-            err_console.print(Text.assemble(("error:", "red"), f" {exc}"))
+            _print_error("error:", exc)
         code = getattr(exc, "exit_code", EXIT_USAGE)
         sys.exit(code if isinstance(code, int) and code > 0 else EXIT_USAGE)
     except Exception as exc:
-        if state.debug or os.environ.get("CORRAL_DEBUG"):
+        if state.debug:
             raise
-        err_console.print(
-            Text.assemble(("internal error:", "red"), f" {type(exc).__name__}: {exc} (rerun with --debug for details)")
-        )
+        _print_error("internal error:", f"{type(exc).__name__}: {exc} (rerun with --debug for details)")
         sys.exit(70)
     sys.exit(code if isinstance(code, int) else 0)
