@@ -81,7 +81,7 @@ def test_data_example_parses(block: Block, tmp_path: Path) -> None:
         path = tmp_path / "corral.toml"
         path.write_text(block.text)
         assert load_config(path).agents
-    if "turns" in data or "routes" in data:  # a scripted model's script
+    if isinstance(data.get("turns"), list) or isinstance(data.get("routes"), list):  # a scripted model's script
         path = tmp_path / f"script.{block.lang}"
         path.write_text(block.text)
         load_script(path)
