@@ -163,6 +163,22 @@ async def test_environment_is_only_the_runs_variables_and_secrets_are_placeholde
     assert "placeholders" in sandbox.state() and "s3cr3t-value" not in json.dumps(sandbox.state())
 
 
+async def test_an_intercepting_sandbox_points_every_client_at_its_ca(make: MakeBwrap) -> None:
+    from corral.sandbox.egress.proxy import CA_ENV
+    from corral.sandbox.types import NetworkProfile
+
+    secret = ScopedSecret(name="API_TOKEN", value=SecretStr("s3cr3t"), hosts=("api.example.com",), placeholder="PH")
+    sandbox = await make(
+        network=NetworkProfile(mode="allowlist", allow=("api.example.com",)), secrets=(secret,)
+    )  # a host-scoped secret: the proxy intercepts TLS
+    code, out, _ = await sh(sandbox, "env; test -s /run/corral/ca.pem && echo CA-MOUNTED")
+    env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert code == 0 and "CA-MOUNTED" in out
+    assert {name: env.get(name) for name in CA_ENV} == dict.fromkeys(CA_ENV, "/run/corral/ca.pem")
+    assert {"PIP_CERT", "npm_config_cafile"} <= set(CA_ENV)  # pip's and npm's own settings, not only OpenSSL's
+    assert env["HTTPS_PROXY"].startswith("http://127.0.0.1:")
+
+
 # -- seccomp -----------------------------------------------------------------------------------
 
 SECCOMP_PROBE = r"""

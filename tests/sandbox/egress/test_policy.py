@@ -233,6 +233,7 @@ def test_proxy_configuration_is_checked_up_front(tmp_path: Path) -> None:
     assert intercepting.ca_cert_path == tmp_path / "egress-ca.pem"
     env = intercepting.sandbox_env(3128, ca_cert_in_sandbox="/run/corral/ca.pem")
     assert env["SSL_CERT_FILE"] == env["CURL_CA_BUNDLE"] == env["NODE_EXTRA_CA_CERTS"] == "/run/corral/ca.pem"
+    assert env["PIP_CERT"] == env["npm_config_cafile"] == env["REQUESTS_CA_BUNDLE"] == "/run/corral/ca.pem"
     with pytest.raises(SandboxError, match="where its CA is mounted"):
         intercepting.sandbox_env(3128)
     argv = intercepting.relay_argv("/run/corral/egress.sock", 3128)

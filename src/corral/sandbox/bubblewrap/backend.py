@@ -76,7 +76,6 @@ logger = logging.getLogger("corral.sandbox")
 _EXIT_TIMEOUT = 5.0
 _PROXY_PORT = 3128
 _INSIDE_RUN = "/run/corral"
-_CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
 _HOST_NETWORK_WARNING = "bubblewrap sandbox %s: network 'host': commands can reach any address this machine can"
 
 
@@ -218,11 +217,10 @@ class BubblewrapSandbox(Sandbox):
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         if self._proxy is not None:
-            url = f"http://127.0.0.1:{_PROXY_PORT}"
-            env |= {name: url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
-            env |= {"NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1"}
-            if self._proxy.ca_cert_path is not None:
-                env |= dict.fromkeys(_CA_ENV, f"{_INSIDE_RUN}/ca.pem")
+            # The proxy says what its clients need: the relay's address and, when it intercepts
+            # TLS, its CA for every common client (one list: pip's and npm's included).
+            ca = f"{_INSIDE_RUN}/ca.pem" if self._proxy.ca_cert_path is not None else None
+            env |= self._proxy.sandbox_env(_PROXY_PORT, ca_cert_in_sandbox=ca)
         return env
 
     def _sandbox_env(self, env: Mapping[str, str]) -> dict[str, str]:

@@ -70,6 +70,19 @@ def relay_argv(sandbox_socket: str, listen_port: int, *, python: str = SANDBOX_P
     return [python, "-I", "-S", "-c", source, "--socket", sandbox_socket, "--port", str(listen_port)]
 
 
+CA_ENV = (
+    "SSL_CERT_FILE",  # OpenSSL, Python's ssl, pip >= 24 (truststore off), uv
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",  # requests, older pip
+    "PIP_CERT",  # pip's own --cert
+    "NODE_EXTRA_CA_CERTS",
+    "npm_config_cafile",  # npm: wins over a `cafile=` in any npmrc (a global one may be visible)
+    "GIT_SSL_CAINFO",
+    "CARGO_HTTP_CAINFO",
+)
+"""Variables that point common clients at the sandbox's CA when the proxy intercepts TLS."""
+
+
 class EgressProxy:
     """One per sandbox, on the host. Listens on ``socket_path``; the sandbox reaches it through the relay.
 
@@ -181,16 +194,7 @@ class EgressProxy:
         if self._intercept:
             if ca_cert_in_sandbox is None:
                 raise SandboxError("this egress proxy intercepts TLS: pass where its CA is mounted")
-            for name in (
-                "SSL_CERT_FILE",
-                "CURL_CA_BUNDLE",
-                "REQUESTS_CA_BUNDLE",
-                "NODE_EXTRA_CA_CERTS",
-                "GIT_SSL_CAINFO",
-                "PIP_CERT",
-                "CARGO_HTTP_CAINFO",
-            ):
-                env[name] = ca_cert_in_sandbox
+            env |= dict.fromkeys(CA_ENV, ca_cert_in_sandbox)
         return env
 
     # -- one client connection ---------------------------------------------------------------
