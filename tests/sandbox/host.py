@@ -27,9 +27,13 @@ def processes_with(token: str) -> list[int]:
     return found
 
 
-def host_footprint(root: Path) -> dict[str, list[str]]:
-    """What sandboxes whose run dirs are under ``root`` hold on the host (other tests may run beside us)."""
-    run_dirs = [path for path in [*root.glob("run*"), *root.glob("runs/*")] if path.is_dir() and path.name != "runs"]
+def host_footprint(root: Path, run_dirs: list[Path] | None = None) -> dict[str, list[str]]:
+    """What sandboxes whose run dirs are under ``root`` hold on the host (other tests may run beside us).
+
+    ``run_dirs`` names them when they are not ``root/run*`` or ``root/runs/*`` (they may be gone already).
+    """
+    if run_dirs is None:
+        run_dirs = [p for p in [*root.glob("run*"), *root.glob("runs/*")] if p.is_dir() and p.name != "runs"]
     ids = {sandbox_id(path.resolve()) for path in run_dirs}
     support = cgroup_support()
     bases = support.bases.values() if support else ()
@@ -51,6 +55,6 @@ def host_footprint(root: Path) -> dict[str, list[str]]:
         ),
         "loop devices": sorted(b for b in backing if any(i in b for i in ids)),
         "uid claims": sorted(claims),
-        "run dir contents": sorted(str(p) for d in run_dirs for p in d.iterdir()),
+        "run dir contents": sorted(str(p) for d in run_dirs if d.is_dir() for p in d.iterdir()),
         "bwrap dirs": sorted(glob.glob("/tmp/.bubblewrap-*")),
     }

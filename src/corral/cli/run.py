@@ -10,7 +10,6 @@ import inspect
 import json
 import logging
 import shlex
-import signal
 import subprocess
 import sys
 import typing
@@ -34,6 +33,7 @@ from corral.cli.app import (
     open_store,
     state,
 )
+from corral.cli.signals import Interrupted, until_signal
 from corral.cli.stream import JsonLines, result_line
 from corral.cli.text import clean, safe
 from corral.errors import UsageError
@@ -46,7 +46,6 @@ if typing.TYPE_CHECKING:
 Starter = Callable[["Runtime"], Awaitable[list[str]]]
 """Starts a command's runs in the runtime it is given; returns their ids."""
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PATCH_FILES_LISTED = 20
 
 
@@ -332,19 +331,6 @@ def commit_branch(record: RunRecord, branch: str) -> dict[str, str] | None:
 # -- executing runs until they end, or until a signal ---------------------------------------------------
 
 
-class Interrupted(Exception):
-    """A SIGINT or SIGTERM stopped the command before its runs ended; they are interrupted, to be resumed."""
-
-    def __init__(self, signum: int, run_ids: list[str]) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-        self.run_ids = run_ids
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # as a shell reports a process the signal ended: 130, 143
-
-
 @dataclass
 class Session:
     """One command's runs in this process: started, shown while they execute, awaited.
@@ -360,34 +346,16 @@ class Session:
     run_ids: list[str] = field(default_factory=list)
 
     def execute(self, starter: Starter) -> list[RunRecord]:
-        """Start the runs and wait until they end; a SIGINT or SIGTERM raises :class:`Interrupted`."""
+        """Start the runs and wait until they end; a stop signal raises :class:`Interrupted`."""
         return asyncio.run(self._until_signal(starter))
 
     async def _until_signal(self, starter: Starter) -> list[RunRecord]:
-        # The signal cancels this task: the runtime shuts down as on any exit, its runs are left
-        # interrupted with their sandboxes, and the command says how to resume them. Signals that
-        # arrive while it stops are ignored (a killed process leaves them interrupted all the same).
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        received: list[int] = []
-
-        def stop(signum: int) -> None:
-            if not received:
-                received.append(signum)
-                task.cancel()
-
-        for signum in STOP_SIGNALS:
-            loop.add_signal_handler(signum, stop, signum)
+        # The signal cancels the work: the runtime shuts down as on any exit, its runs are left
+        # interrupted with their sandboxes, and the command says how to resume them.
         try:
-            return await self._execute(starter)
-        except asyncio.CancelledError:
-            if received:
-                raise Interrupted(received[0], list(self.run_ids)) from None
-            raise
-        finally:
-            for signum in STOP_SIGNALS:
-                loop.remove_signal_handler(signum)
+            return await until_signal(lambda: self._execute(starter))
+        except Interrupted as stop:
+            raise Interrupted(stop.signum, list(self.run_ids)) from None
 
     async def _execute(self, starter: Starter) -> list[RunRecord]:
         from corral.runtime import Runtime
@@ -440,7 +408,7 @@ def report_interrupted(stop: Interrupted, store: Store, *, home: Path | None, st
         what = f"{len(ids)} runs stopped; their sandboxes are kept"
     else:  # stopped while submitting: a run it recorded is interrupted, and `corral resume` starts it
         what = "stopped before its run started"
-    print_hint(f"interrupted by {signal.Signals(stop.signum).name}: {what}", err_console)
+    print_hint(f"interrupted by {stop.signal_name}: {what}", err_console)
     print_hint(f"resume: {resume}", err_console)
     if stream is not None:
         for run_id in ids:

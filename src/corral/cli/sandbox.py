@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,7 +19,7 @@ from rich.text import Text
 from corral.errors import UsageError
 
 if TYPE_CHECKING:
-    from corral.sandbox import NetworkProfile
+    from corral.spec import SandboxProfile
 
 sandbox_app = typer.Typer(help="Sandboxes: run a command exactly as an agent's command runs.", no_args_is_help=True)
 console = Console()
@@ -42,53 +42,91 @@ def parse_size_mb(text: str) -> int:
 )
 def sandbox_exec(
     command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
-    network: Annotated[str, typer.Option("--network", help="none, allowlist or host.")] = "none",
-    allow: Annotated[list[str] | None, typer.Option("--allow", help="Host allowed with --network allowlist.")] = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="Start from this agent's [sandbox] table in corral.toml.")
+    ] = None,
+    network: Annotated[str | None, typer.Option("--network", help="none, allowlist or host.")] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="Host, host:port, *.domain or a preset (@python, @node, @debian, @github)."),
+    ] = None,
     repo: Annotated[Path | None, typer.Option("--repo", help="Start from a copy of this repository.")] = None,
     memory: Annotated[str | None, typer.Option("--memory", help="Memory limit, e.g. 512M.")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="Wall-clock seconds.")] = 60.0,
-    backend: Annotated[str, typer.Option("--backend", help="Sandbox backend.")] = "bubblewrap",
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Wall-clock seconds (default: the agent's, 120).")
+    ] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="Sandbox backend (default bubblewrap).")] = None,
 ) -> None:
-    """Run one command in a fresh sandbox, print its output and exit code, clean up."""
-    if network not in ("none", "allowlist", "host"):
-        raise UsageError(f"--network must be none, allowlist or host, not {network!r}")
-    if allow and network != "allowlist":
-        raise UsageError("--allow needs --network allowlist")
-    from pydantic import ValidationError
+    """Run one command in a fresh sandbox, print its output and exit code, clean up.
 
-    from corral.sandbox import NetworkProfile
-
-    try:
-        profile = NetworkProfile.model_validate({"mode": network, "allow": allow or []})
-    except ValidationError as err:
-        raise UsageError(f"--allow: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
-    if network == "host":
-        err_console.print(
-            "[yellow]warning:[/yellow] --network host: the command can reach any address this machine can"
-        )
-    if backend == "local":
+    The sandbox is the one an agent's ``execute`` gets: the same options as a spec's sandbox table
+    (``--agent`` takes them from one), the same limits, the same network policy.
+    """
+    profile = _exec_profile(
+        agent,
+        {"backend": backend, "network": network, "allow": allow, "memory_mb": memory, "exec_timeout_s": timeout},
+    )
+    if profile.network.mode == "host":
+        err_console.print("[yellow]warning:[/yellow] network host: the command can reach any address this machine can")
+    if profile.backend == "local":
         err_console.print("[yellow]warning:[/yellow] the local backend runs the command on this machine, unisolated")
     source = repo.resolve() if repo else None
     if source is not None and not source.is_dir():
         raise UsageError(f"--repo {repo}: not a directory", hint="give the repository to start from, or omit --repo")
-    code = asyncio.run(_exec(command, network=profile, repo=source, memory=memory, wall_s=timeout, backend=backend))
+    from corral.cli.signals import Interrupted, until_signal
+
+    try:
+        code = asyncio.run(until_signal(lambda: _exec(command, profile=profile, repo=source)))
+    except Interrupted as stop:
+        err_console.print(f"corral: interrupted by {stop.signal_name}; the sandbox was removed")
+        code = stop.exit_code
     raise typer.Exit(code)
 
 
-async def _exec(
-    command: list[str],
-    *,
-    network: NetworkProfile,
-    repo: Path | None,
-    memory: str | None,
-    wall_s: float,
-    backend: str,
-) -> int:
-    from corral.events import EgressAttempted
-    from corral.sandbox import Limits, SandboxRequest, get_backend
+def _exec_profile(agent: str | None, flags: dict[str, Any]) -> SandboxProfile:
+    """The sandbox profile of ``--agent`` (or the defaults) with the given flags on top, validated as a spec's."""
+    from pydantic import ValidationError
 
-    chosen = get_backend(backend)
-    limits = Limits(memory_mb=parse_size_mb(memory)) if memory else Limits()
+    from corral.spec import SandboxProfile
+
+    base = SandboxProfile()
+    if agent is not None:
+        from corral.cli.app import config_path
+        from corral.spec import load_config
+
+        path = config_path()
+        assert path is not None
+        base = load_config(path).agent(agent).sandbox
+    given = {key: value for key, value in flags.items() if value is not None}
+    if given.get("network") not in (None, "none", "allowlist", "host"):
+        raise UsageError(f"--network must be none, allowlist or host, not {given['network']!r}")
+    if "memory_mb" in given:
+        given["memory_mb"] = parse_size_mb(given["memory_mb"])
+    data = base.model_dump(mode="json")
+    network = data["network"]
+    if "network" in given:
+        network = {"mode": given.pop("network")}  # a new mode starts a new profile: no allowlist carried over
+    if "allow" in given:
+        network["allow"] = given.pop("allow")
+    data["network"] = network
+    if "memory_mb" in given:
+        data["limits"]["memory_mb"] = given.pop("memory_mb")
+    data |= given
+    try:
+        return SandboxProfile.model_validate(data)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "sandbox"
+        raise UsageError(f"{where}: {problem['msg'].removeprefix('Value error, ')}") from None
+
+
+async def _exec(command: list[str], *, profile: SandboxProfile, repo: Path | None) -> int:
+    from corral.events import EgressAttempted
+    from corral.sandbox import SandboxRequest, get_backend, mark_run_ended
+    from corral.sandbox.bubblewrap.sweep import ONE_SHOT_MARKER
+
+    chosen = get_backend(profile.backend)
+    wall_s = profile.exec_timeout_s
 
     def on_egress(event: EgressAttempted) -> None:
         # Host and reason come from the sandboxed command: plain text, never markup.
@@ -96,13 +134,19 @@ async def _exec(
         err_console.print(Text.assemble("egress ", verdict, f" {event.host}:{event.port} ({event.reason})"))
 
     with tempfile.TemporaryDirectory(prefix="corral-exec-") as tmp:
+        # A one-shot sandbox never resumes: marked so before it exists, a sweep (`corral sandbox prune`)
+        # removes all of it, this directory included, if this process is killed before its cleanup.
+        Path(tmp, ONE_SHOT_MARKER).write_text("corral sandbox exec\n")  # noqa: ASYNC240 - tiny local writes
+        run_dir = Path(tmp, "run")
+        run_dir.mkdir()  # noqa: ASYNC240
+        mark_run_ended(run_dir)
         source = repo or Path(tmp, "empty")
         source.mkdir(exist_ok=True)
         request = SandboxRequest(
             repo=source,
-            run_dir=Path(tmp, "run"),
-            network=network,
-            limits=limits,
+            run_dir=run_dir,
+            network=profile.network,
+            limits=profile.limits,
             on_egress=on_egress,
         )
         sandbox = await chosen.create(request)
@@ -117,7 +161,7 @@ async def _exec(
         err_console.print(f"corral: timed out after {wall_s:g}s; the whole process tree was killed")
         return EXIT_TIMEOUT
     if result.exit_code is None:
-        err_console.print("corral: the command was killed (output cap or limit)")
+        err_console.print("corral: the command was killed by a sandbox limit")
         return EXIT_KILLED
     err_console.print(f"[dim]corral: exit {result.exit_code} · {result.duration_ms:.0f} ms · {chosen.name}[/dim]")
     return result.exit_code

@@ -394,7 +394,9 @@ class Runtime:
         except BaseException as exc:
             if not await workflow.was_cancelled(self.store.dbos_url(), run_id, exc):
                 # The process is going away (Ctrl-C, shutdown): the run is interrupted, not ended.
-                # Its sandbox stays for `corral resume`; the command in flight was killed on cancel.
+                # Its sandbox's files stay for `corral resume`; its processes, mounts and cgroups go now.
+                if sandbox is not None:
+                    await asyncio.shield(_suspend(sandbox, run_id))
                 raise
             outcome.status, outcome.error, outcome.error_type = RunStatus.CANCELLED, "cancelled by user", "Cancelled"
             await asyncio.shield(self._conclude(record, sandbox, outcome))
@@ -569,6 +571,13 @@ def _write_outcome(run_dir: Path, outcome: _Outcome, result: dict[str, Any]) -> 
     partial = run_dir / f".{OUTCOME_FILE}.tmp"
     partial.write_text(json.dumps(data))
     partial.replace(run_dir / OUTCOME_FILE)
+
+
+async def _suspend(sandbox: Sandbox, run_id: str) -> None:
+    try:
+        await sandbox.suspend()
+    except Exception:  # the process is stopping: say so, `corral sandbox prune` or a resume tidies up
+        log.exception("run %s: releasing its sandbox's mounts and processes failed", run_id)
 
 
 def _read_outcome(run_dir: Path) -> tuple[_Outcome, dict[str, Any]] | None:

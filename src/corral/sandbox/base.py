@@ -406,6 +406,15 @@ class Sandbox(ABC):
         state = SandboxState(backend=self.backend_name, run_dir=self.run_dir, snapshot=self.snapshot)
         return state.model_dump(mode="json", exclude={"env"})
 
+    async def suspend(self) -> None:
+        """Stop using the sandbox but keep it for ``SandboxBackend.attach``: kill its commands and give back
+        what it holds on the host beyond its files (a backend's mounts, cgroups, proxy). The object is
+        unusable afterwards; safe to call twice, and before ``destroy``."""
+        self._destroyed = True
+        for pgid in list(self._running):
+            self._killed_by_destroy.add(pgid)
+            self._kill(pgid)
+
     async def destroy(self) -> None:
         """Kill leftover processes and remove the workspace and baseline; safe to call twice."""
         self._destroyed = True
@@ -417,7 +426,7 @@ class Sandbox(ABC):
 
     def _check_open(self) -> None:
         if self._destroyed:
-            raise SandboxError(f"sandbox at {self.workspace} has been destroyed")
+            raise SandboxError(f"sandbox at {self.workspace} is closed (destroyed, or suspended until re-opened)")
 
 
 class SandboxBackend(ABC):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.errors import SandboxError
 from corral.sandbox import Limits, SandboxRequest
 from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend
 from corral.sandbox.bubblewrap.dirs import DISK_ROOT, sandbox_id
@@ -72,4 +73,25 @@ async def test_destroy_of_a_sandbox_that_failed_half_way_cleans_up(
     monkeypatch.setattr(bubblewrap, "ensure_mounted", broken)
     with pytest.raises(OSError, match="No space left"):
         await BubblewrapSandboxBackend().create(SandboxRequest(repo=repo, run_dir=tmp_path / "run"))
+    assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}
+
+
+@pytest.mark.slow
+async def test_suspend_gives_back_mounts_and_cgroups_and_attach_brings_the_files_back(tmp_path: Path) -> None:
+    skip_unless_bubblewrap_runs()
+    repo = build_repo(tmp_path / "repo", with_git=True)
+    backend = BubblewrapSandboxBackend()
+    sandbox = await backend.create(SandboxRequest(repo=repo, run_dir=tmp_path / "run", limits=Limits(pids=64)))
+    await sandbox.exec("echo kept > made.txt", timeout=10)
+    state = sandbox.state()
+    await sandbox.suspend()
+    held = host_footprint(tmp_path)
+    for name in ("mounts", "cgroups", "portals", "loop devices"):
+        assert held[name] == [], name
+    with pytest.raises(SandboxError, match="closed"):
+        await sandbox.exec("true", timeout=5)
+
+    again = await backend.attach(state)
+    assert (await again.exec("cat made.txt", timeout=10)).stdout == "kept\n"
+    await again.destroy()
     assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}

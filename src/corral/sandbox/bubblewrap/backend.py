@@ -38,6 +38,7 @@ from corral.sandbox.bubblewrap.dirs import (
     privileged,
     read_identity,
     refuse_system_path,
+    release_host,
     teardown,
     write_identity,
 )
@@ -409,16 +410,31 @@ class BubblewrapSandbox(Sandbox):
         if lock_fd is not None:
             os.close(lock_fd)
 
+    async def suspend(self) -> None:
+        """Kill every process, stop the proxy, unmount and drop the cgroups; keep the files for ``attach``."""
+        self._destroyed = True
+        for pgid in list(self._running):
+            self._killed_by_destroy.add(pgid)
+            self._kill(pgid)
+        await self._stop_proxy()
+        await release_host(self._dirs)
+        if self._lock_fd is not None:
+            lock_fd, self._lock_fd = self._lock_fd, None
+            os.close(lock_fd)
+
+    async def _stop_proxy(self) -> None:
+        if self._proxy is not None:
+            proxy, self._proxy = self._proxy, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proxy.stop(), _EXIT_TIMEOUT)
+
     async def destroy(self) -> None:
         """Kill every process, stop the proxy, unmount, remove the run's files and give back the uid."""
         self._destroyed = True
         for pgid in list(self._running):
             self._killed_by_destroy.add(pgid)
             self._kill(pgid)
-        if self._proxy is not None:
-            proxy, self._proxy = self._proxy, None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(proxy.stop(), _EXIT_TIMEOUT)
+        await self._stop_proxy()
         await teardown(self._dirs, uid=self._state.uid)
         if self._lock_fd is not None:
             lock_fd, self._lock_fd = self._lock_fd, None

@@ -221,20 +221,29 @@ async def teardown(dirs: SandboxDirs, *, uid: int | None) -> None:
         if uid is not None:
             release_uid(uid, dirs.run_dir)
         return
-    cgroup = dirs.cgroup()
-    if cgroup is not None:
-        await cgroup.remove()
-    if portal is not None:
-        overlay.unmount_all(portal)
-    overlay.unmount_all(dirs.workspace)  # before the disk image that holds its upper layer
-    overlay.unmount_all(dirs.run_dir)
-    if dirs.portal is not None and dirs.portal.exists():
-        shutil.rmtree(dirs.portal)
+    await release_host(dirs)
     for directory in (dirs.workspace, dirs.git_dir, dirs.state):
         await remove_quickly(directory)
     await release_image(dirs.image, dirs.image_owner)
     if uid is not None:
         release_uid(uid, dirs.run_dir)
+
+
+async def release_host(dirs: SandboxDirs) -> None:
+    """Give back what a sandbox holds on the host while it runs — processes, cgroups, mounts, portal, loop
+    device — and keep its files: ``ensure_mounted`` makes the rest again when the sandbox is re-opened."""
+    cgroup = dirs.cgroup()
+    if cgroup is not None:
+        await cgroup.remove()  # kills what is left in it first
+    portal = dirs.portal
+    if portal is not None:
+        overlay.unmount_all(portal)
+    overlay.unmount_all(dirs.workspace)  # before the disk image that holds its upper layer
+    overlay.unmount_all(dirs.run_dir)
+    if portal is not None and portal.exists():
+        shutil.rmtree(portal)
+    if loop_devices_for(dirs.image):
+        await wait_detached(dirs.image)
 
 
 async def release_image(image: Path, owner_note: Path) -> list[str]:

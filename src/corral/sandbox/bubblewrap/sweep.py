@@ -53,6 +53,10 @@ logger = logging.getLogger("corral.sandbox")
 
 _ID_LENGTH = 16
 
+ONE_SHOT_MARKER = "corral-one-shot"
+"""In the directory that holds a one-shot sandbox's run dir (``corral sandbox exec``'s temporary
+directory): once that run's sandbox is swept, the whole directory goes too, since corral made all of it."""
+
 
 @dataclass
 class SweepReport:
@@ -183,6 +187,14 @@ async def _remove_run_files(run_dir: Path, report: SweepReport) -> None:
         report.failed.append(f"files of ended run {run_dir}: {exc}")
     else:
         report.removed.append(f"workspace, baseline and state of ended run {run_dir}")
+        holder = run_dir.parent
+        if (holder / ONE_SHOT_MARKER).is_file() and not overlay.mount_points_under(holder):
+            try:
+                await remove_quickly(holder)
+            except Exception as exc:
+                report.failed.append(f"one-shot sandbox directory {holder}: {exc}")
+            else:
+                report.removed.append(f"one-shot sandbox directory {holder}")
 
 
 def _mounts_of(ident: str, owner: Path | None) -> list[Path]:

@@ -1,0 +1,108 @@
+"""``corral sandbox exec`` stopped mid-command leaves nothing behind: SIGINT and SIGTERM remove the sandbox before
+the command exits (130, 143, "interrupted"), and after SIGKILL ``corral sandbox prune`` removes all of it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.sandbox.conftest import skip_unless_bubblewrap_runs
+from tests.sandbox.host import host_footprint, processes_with
+
+pytestmark = pytest.mark.slow  # each case starts the real `corral` entry point and a bubblewrap sandbox
+
+NOTHING = {
+    "mounts": [],
+    "cgroups": [],
+    "portals": [],
+    "disk images": [],
+    "loop devices": [],
+    "uid claims": [],
+    "run dir contents": [],
+}
+
+
+def start_exec(tmp: Path, token: str, home: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "TMPDIR": str(tmp), "CORRAL_HOME": str(home)}
+    command = [sys.executable, "-m", "corral", "sandbox", "exec", "--", "sh", "-c", f"echo started; sleep {token}"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_running(proc: subprocess.Popen[str], token: str) -> None:
+    deadline = time.monotonic() + 60
+    while not processes_with(f"sleep {token}") or len(processes_with(token)) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the sandboxed command never started"
+        time.sleep(0.05)
+
+
+def footprint(tmp: Path, run_dirs: list[Path]) -> dict[str, list[str]]:
+    found = host_footprint(tmp, run_dirs)
+    found.pop("bwrap dirs")  # other tests' sandboxes share /tmp/.bubblewrap-*
+    return found
+
+
+def wait_gone(token: str) -> list[int]:
+    for _ in range(100):
+        if not processes_with(token):
+            break
+        time.sleep(0.05)
+    return processes_with(token)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+def test_a_stop_signal_removes_the_sandbox_and_says_interrupted(tmp_path: Path, signum: int, code: int) -> None:
+    skip_unless_bubblewrap_runs()
+    token = f"91.{secrets.randbelow(10**6):06d}"
+    proc = start_exec(tmp_path, token, tmp_path / "home")
+    try:
+        wait_running(proc, token)
+        run_dirs = [path / "run" for path in tmp_path.glob("corral-exec-*")]
+        assert run_dirs
+        proc.send_signal(signum)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err
+    assert f"interrupted by {signal.Signals(signum).name}; the sandbox was removed" in err
+    assert "timed out" not in err
+    assert wait_gone(token) == []
+    assert footprint(tmp_path, run_dirs) == NOTHING
+    assert list(tmp_path.glob("corral-exec-*")) == []
+
+
+def test_after_sigkill_prune_removes_everything_the_one_shot_sandbox_left(tmp_path: Path) -> None:
+    skip_unless_bubblewrap_runs()
+    token = f"92.{secrets.randbelow(10**6):06d}"
+    home = tmp_path / "home"
+    proc = start_exec(tmp_path, token, home)
+    try:
+        wait_running(proc, token)
+        run_dirs = [path / "run" for path in tmp_path.glob("corral-exec-*")]
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert wait_gone(token) == []  # bwrap --die-with-parent: the command dies with corral
+    assert footprint(tmp_path, run_dirs)["mounts"], "SIGKILL skipped cleanup: the sandbox should still be there"
+
+    env = {**os.environ, "CORRAL_HOME": str(home)}
+    pruned = subprocess.run(
+        [sys.executable, "-m", "corral", "sandbox", "prune"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    # Another process's first sandbox sweeps too, so the prune may find the work done: what counts is the end state.
+    assert "resumable" not in pruned.stdout
+    assert footprint(tmp_path, run_dirs) == NOTHING
+    assert list(tmp_path.glob("corral-exec-*")) == []
