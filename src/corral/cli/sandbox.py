@@ -156,6 +156,7 @@ async def _exec(command: list[str], *, profile: SandboxProfile, repo: Path | Non
         finally:
             await sandbox.destroy()
     sys.stdout.write(result.stdout)
+    sys.stdout.flush()  # before anything goes to stderr: a terminal shows both in the order they came
     sys.stderr.write(result.stderr)
     if result.timed_out:
         err_console.print(f"corral: timed out after {wall_s:g}s; the whole process tree was killed")
