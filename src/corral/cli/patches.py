@@ -142,8 +142,33 @@ def _git(repo: Path, *args: str, env: dict[str, str] | None = None, stdin: str |
     return done.stdout.strip()
 
 
+def _git_ok(repo: Path, *args: str) -> bool:
+    """Whether a git query succeeds in ``repo`` (its output is not needed)."""
+    try:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, timeout=_GIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"git {args[0]} did not finish in {_GIT_TIMEOUT_S:.0f}s in {clean(repo)}") from None
+    return done.returncode == 0
+
+
 def _has_identity(repo: Path) -> bool:
-    return subprocess.run(["git", "-C", str(repo), "var", "GIT_COMMITTER_IDENT"], capture_output=True).returncode == 0
+    return _git_ok(repo, "var", "GIT_COMMITTER_IDENT")
+
+
+def check_new_branch(repo: Path, branch: str) -> None:
+    """``branch`` can be created in ``repo``: a git repository with a commit, a valid name, not taken yet.
+
+    Checked before a run starts (``corral run --branch``), so a bad name fails in a second, not after the run.
+    """
+    if not _git_ok(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}"):
+        raise UsageError(
+            f"--branch needs a git repository with a commit: {clean(repo)}",
+            hint="--branch commits the patch on top of the repository's HEAD",
+        )
+    if not _git_ok(repo, "check-ref-format", "--branch", branch):
+        raise UsageError(f"--branch: {clean(branch)!r} is not a valid branch name")
+    if _git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"):
+        raise UsageError(f"--branch: branch {clean(branch)!r} already exists", hint="name a new branch")
 
 
 def commit_to_branch(repo: Path, patch: str, branch: str, *, message: str) -> str:

@@ -10,7 +10,6 @@ import inspect
 import json
 import logging
 import shlex
-import subprocess
 import sys
 import typing
 from collections.abc import Awaitable, Callable, Iterator
@@ -255,6 +254,8 @@ class RunOptions:
         if self.last_message is not None and not self.last_message.expanduser().absolute().parent.is_dir():
             raise UsageError(f"--output-last-message {clean(self.last_message)}: its directory does not exist")
         if self.branch is not None:
+            from corral.cli.patches import check_new_branch
+
             check_new_branch(repo, self.branch)
 
 
@@ -292,23 +293,6 @@ def option_groups(command: Callable[..., None]) -> Callable[..., None]:
 
 
 # -- --branch ------------------------------------------------------------------------------------------
-
-
-def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
-
-
-def check_new_branch(repo: Path, branch: str) -> None:
-    """``branch`` can be created in ``repo``: a git repository with a commit, a valid name, not taken yet."""
-    if _git(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}").returncode != 0:
-        raise UsageError(
-            f"--branch needs a git repository with a commit: {clean(repo)}",
-            hint="--branch commits the patch on top of the repository's HEAD",
-        )
-    if _git(repo, "check-ref-format", "--branch", branch).returncode != 0:
-        raise UsageError(f"--branch: {clean(branch)!r} is not a valid branch name")
-    if _git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").returncode == 0:
-        raise UsageError(f"--branch: branch {clean(branch)!r} already exists", hint="name a new branch")
 
 
 def commit_branch(record: RunRecord, branch: str) -> dict[str, str] | None:
