@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import os
+import re
 import secrets
 import stat
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from corral.errors import PathEscapeError, SandboxError
 from corral.sandbox import Sandbox, SandboxBackend, SandboxRequest, mark_run_ended, run_ended
+from corral.sandbox.base import OUTPUT_LIMIT
 from tests.sandbox.host import processes_with
 
 pytestmark = pytest.mark.anyio
@@ -165,26 +167,176 @@ async def test_exec_returns_when_the_command_exits_and_kills_what_it_left_runnin
     assert await wait_until(lambda: not processes_with(token), within=2.0)
 
 
-async def test_output_cap_stops_a_flooding_command_quickly(sandbox: Sandbox) -> None:
-    started = time.monotonic()
-    result = await sandbox.exec("head -c 10000000 /dev/zero | tr '\\0' x; echo end", timeout=30)
-    assert time.monotonic() - started < 5
-    assert (result.truncated, result.exit_code, result.timed_out) == (True, None, False)
-    assert result.stdout == "x" * 100_000
+def numbers(first: int, last: int) -> bytes:
+    """What ``seq first last`` prints."""
+    return "".join(f"{n}\n" for n in range(first, last + 1)).encode()
 
 
-async def test_output_limit_applies_per_stream(sandbox: Sandbox) -> None:
-    result = await sandbox.exec(
-        "echo short-out; head -c 5000 /dev/zero | tr '\\0' e >&2", timeout=10, output_limit=1000
-    )
-    assert result.truncated
-    assert len(result.stderr) == 1000
+MARKER = re.compile(r"\[\.\.\. ([\d,]+) bytes \(([\d,]+) lines\) of (stdout|stderr) left out; (.*) \.\.\.\]\n")
 
 
-async def test_output_under_the_cap_is_complete(sandbox: Sandbox) -> None:
-    result = await sandbox.exec("head -c 50000 /dev/zero | tr '\\0' y", timeout=10)
+def split_at_marker(text: str) -> tuple[str, re.Match[str], str]:
+    """Head, marker and tail of a stream that was cut."""
+    [marker] = list(MARKER.finditer(text))
+    return text[: marker.start()], marker, text[marker.end() :]
+
+
+async def test_output_over_the_limit_never_kills_the_command(sandbox: Sandbox) -> None:
+    # 3 MB, then one more line: the command must run to its end and exit on its own.
+    result = await sandbox.exec("seq 1 430000; echo done", timeout=60)
+    whole = numbers(1, 430_000) + b"done\n"
+    assert (result.exit_code, result.timed_out, result.truncated) == (0, False, True)
+    assert (result.stdout_bytes, result.stderr_bytes, result.stderr) == (len(whole), 0, "")
+    head, marker, tail = split_at_marker(result.stdout)
+    assert len(head) + len(tail) <= OUTPUT_LIMIT
+    assert len(head) > OUTPUT_LIMIT // 4 and len(tail) > OUTPUT_LIMIT // 4
+    # Whole lines at both ends, and the marker counts exactly what is missing between them.
+    assert whole.startswith(head.encode()) and head.endswith("\n")
+    assert whole.endswith(tail.encode()) and whole[-len(tail) - 1 : -len(tail)] == b"\n"
+    assert tail.endswith("429999\n430000\ndone\n")
+    left_out = whole[len(head) : -len(tail)]
+    assert int(marker[1].replace(",", "")) == len(left_out)
+    assert int(marker[2].replace(",", "")) == left_out.count(b"\n")
+    assert result.output_path is not None and result.output_path.startswith(".corral/output/")
+    assert marker[4] == f"the whole output is in {result.output_path}"
+    assert result.saved_bytes == len(whole)
+    assert (sandbox.workspace / result.output_path).read_bytes() == whole
+    # The sandbox's own commands can read the file, and delete it.
+    again = await sandbox.exec(f"wc -c < {result.output_path} && rm {result.output_path}", timeout=30)
+    assert (again.exit_code, again.stdout.strip()) == (0, str(len(whole))), again
+    assert not (sandbox.workspace / result.output_path).exists()
+
+
+async def test_output_within_the_limit_is_whole_and_saves_no_file(sandbox: Sandbox) -> None:
+    result = await sandbox.exec("head -c 50000 /dev/zero | tr '\\0' y; echo err >&2", timeout=10)
     assert (result.truncated, result.exit_code) == (False, 0)
-    assert result.stdout == "y" * 50_000
+    assert (result.stdout, result.stderr) == ("y" * 50_000, "err\n")
+    assert (result.stdout_bytes, result.stderr_bytes) == (50_000, 4)
+    assert (result.output_path, result.saved_bytes) == (None, 0)
+    assert not (sandbox.workspace / ".corral").exists()
+
+
+async def test_stderr_over_the_limit_is_cut_alone_and_the_file_holds_both_streams(sandbox: Sandbox) -> None:
+    result = await sandbox.exec("seq 1 30000 >&2; echo out", timeout=30, output_limit=10_000)
+    assert (result.exit_code, result.truncated, result.stdout) == (0, True, "out\n")
+    head, marker, tail = split_at_marker(result.stderr)
+    assert marker[3] == "stderr"
+    assert head.startswith("1\n2\n3\n") and tail.endswith("29999\n30000\n")
+    assert len(head) + len(tail) <= 10_000
+    assert result.output_path is not None
+    saved = (sandbox.workspace / result.output_path).read_bytes()
+    assert result.saved_bytes == len(saved) == result.stdout_bytes + result.stderr_bytes
+    # The two pipes are read as data arrives, so where "out" lands among the last lines may vary.
+    assert sorted(saved.splitlines()) == sorted([b"out", *numbers(1, 30_000).splitlines()])
+
+
+async def test_the_output_file_interleaves_the_streams_line_by_line(sandbox: Sandbox) -> None:
+    # Every line is written in two pieces; the file must still hold whole lines of one stream each.
+    command = "for i in $(seq 1 3000); do printf o$i; printf e$i >&2; echo; echo >&2; done"
+    result = await sandbox.exec(command, timeout=60, output_limit=1000)
+    assert (result.exit_code, result.truncated) == (0, True)
+    assert result.output_path is not None
+    lines = (sandbox.workspace / result.output_path).read_text().splitlines()
+    assert [line for line in lines if line.startswith("o")] == [f"o{i}" for i in range(1, 3001)]
+    assert [line for line in lines if line.startswith("e")] == [f"e{i}" for i in range(1, 3001)]
+    assert len(lines) == 6000
+
+
+async def test_the_output_file_stops_at_the_spill_limit_and_says_so(sandbox: Sandbox) -> None:
+    result = await sandbox.exec("yes | head -c 3000000; echo done", timeout=60, output_limit=1000, spill_limit=100_000)
+    assert (result.exit_code, result.stdout_bytes, result.saved_bytes) == (0, 3_000_005, 100_000)
+    _head, marker, tail = split_at_marker(result.stdout)
+    assert tail.endswith("y\ny\ndone\n")
+    assert marker[4] == (
+        f"only the first 100,000 bytes of the output are in {result.output_path} "
+        "(it stops at the 100,000-byte spill limit)"
+    )
+    assert result.output_path is not None
+    saved = (sandbox.workspace / result.output_path).read_bytes()
+    assert saved.startswith(b"y\n" * 50_000)
+    assert saved[100_000:] == (
+        b"\n[corral: 2,900,005 more bytes of output are not in this file: it stops at the 100,000-byte spill limit]\n"
+    )
+
+
+async def test_a_flooding_command_runs_until_its_timeout(sandbox: Sandbox) -> None:
+    started = time.monotonic()
+    result = await sandbox.exec("yes", timeout=0.5, output_limit=1000, spill_limit=1_000_000)
+    assert time.monotonic() - started < 5
+    assert (result.timed_out, result.exit_code, result.truncated) == (True, None, True)
+    assert result.stdout_bytes > 1_000_000 and result.saved_bytes == 1_000_000
+    assert len(result.stdout) < 1300
+    assert result.output_path is not None
+    assert (sandbox.workspace / result.output_path).stat().st_size < 1_000_200
+
+
+async def test_a_spill_limit_of_zero_saves_no_file(sandbox: Sandbox) -> None:
+    result = await sandbox.exec("seq 1 10000", timeout=30, output_limit=1000, spill_limit=0)
+    assert (result.exit_code, result.truncated, result.output_path) == (0, True, None)
+    assert "left out; saving it is off (spill limit 0) ...]" in result.stdout
+    assert not (sandbox.workspace / ".corral").exists()
+
+
+async def test_output_files_are_numbered_and_never_overwritten_after_attach(
+    sandbox: Sandbox, backend: SandboxBackend
+) -> None:
+    first = await sandbox.exec("seq 1 1000", timeout=30, output_limit=100)
+    second = await sandbox.exec("seq 1 2000", timeout=30, output_limit=100)
+    assert (first.output_path, second.output_path) == (".corral/output/1.log", ".corral/output/2.log")
+    attached = await backend.attach(sandbox.state())
+    third = await attached.exec("seq 1 3000", timeout=30, output_limit=100)
+    assert third.output_path == ".corral/output/3.log"
+    for n, result in enumerate((first, second, third), start=1):
+        assert (sandbox.workspace / f".corral/output/{n}.log").read_bytes() == numbers(1, n * 1000), result
+
+
+async def test_a_command_cannot_read_its_own_output_file_while_it_runs(sandbox: Sandbox) -> None:
+    # Otherwise `grep -r x .` in the workspace could feed on its own output until the spill limit.
+    if (await sandbox.exec("id -u", timeout=10)).stdout.strip() == "0":
+        pytest.skip("commands run as the host's root here, whom file modes do not stop")
+    command = "seq 1 100000; cat .corral/output/1.log >/dev/null 2>&1 && echo READ || echo REFUSED"
+    result = await sandbox.exec(command, timeout=30, output_limit=1000)
+    assert result.stdout.endswith("REFUSED\n"), result.stdout[-200:]
+    assert (sandbox.workspace / ".corral/output/1.log").read_bytes().endswith(b"100000\nREFUSED\n")
+
+
+SPILL_ATTACKS = {
+    "output-dir-to-outside": "mkdir -p .corral && ln -s {outside} .corral/output",
+    "scratch-dir-to-etc": "ln -s /etc .corral",
+    "scratch-dir-to-outside": "ln -s {outside} .corral",
+    "output-dir-into-the-workspace": "mkdir -p .corral && ln -s ../src .corral/output",
+    "output-dir-is-a-file": "mkdir -p .corral && echo planted > .corral/output",
+}
+
+
+@pytest.mark.parametrize("attack", SPILL_ATTACKS)
+async def test_a_planted_symlink_never_redirects_the_output_file(
+    sandbox: Sandbox, outside: Path, tree_digest: Digest, attack: str
+) -> None:
+    planted = await sandbox.exec(SPILL_ATTACKS[attack].format(outside=outside), timeout=10)
+    assert planted.exit_code == 0, planted
+    before, etc_before = tree_digest(outside), sorted(os.listdir("/etc"))
+    src_before = sorted(p.name for p in (sandbox.workspace / "src").iterdir())
+    result = await sandbox.exec("seq 1 100000; echo done", timeout=30, output_limit=1000)
+    assert (result.exit_code, result.truncated, result.output_path, result.saved_bytes) == (0, True, None, 0)
+    assert "left out; it could not be saved: " in result.stdout
+    assert result.stdout.endswith("done\n")
+    assert tree_digest(outside) == before
+    assert sorted(os.listdir("/etc")) == etc_before
+    assert sorted(p.name for p in (sandbox.workspace / "src").iterdir()) == src_before
+
+
+async def test_a_planted_output_file_symlink_is_skipped_not_followed(
+    sandbox: Sandbox, outside: Path, tree_digest: Digest
+) -> None:
+    plant = f"mkdir -p .corral/output && ln -s {outside}/secret.txt .corral/output/1.log"
+    assert (await sandbox.exec(plant, timeout=10)).exit_code == 0
+    before = tree_digest(outside)
+    result = await sandbox.exec("seq 1 100000", timeout=30, output_limit=1000)
+    assert result.output_path == ".corral/output/2.log"
+    assert (sandbox.workspace / result.output_path).read_bytes() == numbers(1, 100_000)
+    assert tree_digest(outside) == before
+    assert (outside / "secret.txt").read_text() == "host secret\n"
 
 
 async def test_exec_cwd_is_workspace_relative(sandbox: Sandbox) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 
 from corral.sandbox import Sandbox
 from corral.tools import BUILTIN_TOOLS, Capability, ToolContext, ToolOutcome, run_tool
-from corral.tools.builtin import GLOB_LIMIT, GREP_MATCH_LIMIT
+from corral.tools.builtin import GLOB_LIMIT, GREP_MATCH_LIMIT, GREP_MAX_FILE_BYTES
 
 pytestmark = pytest.mark.anyio
 
@@ -233,11 +235,71 @@ async def test_execute_timeout_is_capped_by_the_context(ctx: ToolContext) -> Non
     assert "[timed out after 0.3s" in outcome.text
 
 
-async def test_execute_notes_truncated_output(ctx: ToolContext) -> None:
+async def test_execute_shows_head_and_tail_of_long_output_and_where_the_whole_of_it_is(
+    call: CallTool, ctx: ToolContext, sandbox: Sandbox
+) -> None:
+    # Like `pytest -v` on a big suite: far more output than the model may see, the summary at the end.
+    outcome = await call("execute", command="seq 1 100000; echo '== 3 failed, 997 passed ==' >&2; echo done")
+    assert (outcome.ok, outcome.exit_code) == (True, 0)
+    assert outcome.spilled_to is None  # already within the limit: run_tool saves nothing more
+    assert len(outcome.text) <= ctx.output_limit
+    header, rest = outcome.text.split("\n--- stdout ---\n")
+    assert header == "exit code: 0"
+    stdout, rest = rest.split("\n--- stderr ---\n")
+    stderr, note = rest.split("\n")
+    assert stdout.startswith("1\n2\n3\n")
+    assert stdout.endswith("\n99999\n100000\ndone")
+    assert re.search(
+        r"\n\[\.\.\. [\d,]+ bytes \([\d,]+ lines\) of stdout left out; the whole output is in "
+        r"\.corral/output/1\.log \.\.\.\]\n",
+        stdout,
+    )
+    assert stderr == "== 3 failed, 997 passed =="
+    total = len("".join(f"{n}\n" for n in range(1, 100_001))) + len("done\n") + len("== 3 failed, 997 passed ==\n")
+    assert note == (
+        f"[whole output ({total:,} bytes, stdout and stderr as they came) saved to .corral/output/1.log; "
+        "read it with read_file (line ranges) or grep]"
+    )
+    # The model can page through it and search it with its own tools.
+    lines = await call("read_file", path=".corral/output/1.log", start_line=50_000, end_line=50_001)
+    assert lines.text == " 50000\t50000\n 50001\t50001\n[lines 50000-50001 of 100002]"
+    # Where the stderr line lands among stdout's last lines depends on when each pipe was read.
+    found = (await call("grep", pattern="failed", path=".corral/output/1.log")).text
+    assert re.fullmatch(r"\.corral/output/1\.log:\d+: == 3 failed, 997 passed ==", found)
+    assert (await call("grep", pattern="^77777$", path=".corral/output")).text == ".corral/output/1.log:77777: 77777"
+
+
+async def test_execute_says_when_only_part_of_the_output_was_saved(ctx: ToolContext, sandbox: Sandbox) -> None:
+    sandbox.exec = functools.partial(sandbox.exec, spill_limit=10_000)  # type: ignore[method-assign]
+    outcome = await run_tool(BUILTIN_TOOLS["execute"], ctx, {"command": "seq 1 100000"})
+    assert outcome.exit_code == 0
+    assert outcome.text.endswith(
+        "[output was 588,895 bytes; its first 10,000 bytes are saved to .corral/output/1.log; "
+        "read it with read_file (line ranges) or grep]"
+    )
+
+
+async def test_execute_output_never_kills_the_command(ctx: ToolContext) -> None:
     ctx.exec_output_limit = 1000
-    outcome = await run_tool(BUILTIN_TOOLS["execute"], ctx, {"command": "yes"})
-    assert outcome.ok
-    assert "[output exceeded 1000 bytes" in outcome.text
+    outcome = await run_tool(BUILTIN_TOOLS["execute"], ctx, {"command": "yes | head -c 1000000; echo done"})
+    assert (outcome.ok, outcome.exit_code) == (True, 0)
+    assert outcome.text.splitlines()[:3] == ["exit code: 0", "--- stdout ---", "y"]
+    assert "y\ndone\n--- stderr ---\n(empty)\n[whole output (1,000,005 bytes" in outcome.text
+    assert len(outcome.text) < 2000
+
+
+async def test_execute_output_within_the_limit_mentions_no_file(call: CallTool, sandbox: Sandbox) -> None:
+    outcome = await call("execute", command="seq 1 1000")
+    assert outcome.text.endswith("999\n1000\n--- stderr ---\n(empty)")
+    assert not (sandbox.workspace / ".corral").exists()
+
+
+async def test_grep_searches_a_named_file_beyond_the_directory_walk_size_cap(call: CallTool, sandbox: Sandbox) -> None:
+    big = b"filler line\n" * (GREP_MAX_FILE_BYTES // 12 + 1000) + b"needle\n"
+    await sandbox.write_file("big.log", big)
+    assert (await call("grep", pattern="needle", path="big.log")).text.startswith("big.log:")
+    walked = (await call("grep", pattern="needle")).text
+    assert walked.startswith("no matches") and "[skipped 1 files over" in walked
 
 
 async def test_execute_rejects_a_non_positive_timeout(call: CallTool) -> None:

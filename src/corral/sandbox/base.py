@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
+import re
 import signal
 import stat
 import time
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -29,23 +32,51 @@ from corral.sandbox.workspace import (
     workspace_diff,
 )
 
+logger = logging.getLogger("corral.sandbox")
+
 ENTRY_POINT_GROUP = "corral.sandbox_backends"
 MINIMAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+EXEC_TIMEOUT = 120.0
+"""Seconds a command gets unless the caller says otherwise."""
+OUTPUT_LIMIT = 1_000_000
+"""Bytes of each stream an ExecResult keeps unless the caller says otherwise: all of it, or its head and tail."""
+SPILL_LIMIT = 64 * 1024 * 1024
+"""Bytes of a command's output saved to its output file at most; a runaway command must not fill the disk."""
+EXEC_OUTPUT_DIR = f"{SCRATCH_DIRNAME}/output"
+"""Workspace-relative directory of the files holding the whole output of commands whose output was cut."""
 _REAP_TIMEOUT = 5.0  # after SIGKILL, how long to wait for the kernel to report the exit
 _DRAIN_TIMEOUT = 1.0  # after exit, how long to wait for pipes held open by a process that escaped the group
 _SKIPPED_DIRS = frozenset({".git", SCRATCH_DIRNAME})
+_OUTPUT_NAME = re.compile(r"(\d{1,18})\.log")
+_OUTPUT_NAME_TRIES = 100
+_PARTIAL_LINE_MAX = 64 * 1024  # a line longer than this goes to the output file in pieces
+_WRITE_BUFFER = 256 * 1024
 
 
 @dataclass(frozen=True)
 class ExecResult:
-    """What a command did. ``exit_code`` is None when the sandbox killed it (timeout, output cap, destroy)."""
+    """What a command did. ``exit_code`` is None when the sandbox killed it (timeout, a limit, destroy).
+
+    ``stdout`` and ``stderr`` are whole when they fit in the exec's ``output_limit``; otherwise each
+    keeps its head and its tail with a marker line between them saying what was left out, and the
+    whole output is in ``output_path``.
+    """
 
     exit_code: int | None
     stdout: str
     stderr: str
     timed_out: bool
     truncated: bool
+    """Some output is not in ``stdout``/``stderr``: a stream went over ``output_limit``."""
     duration_ms: float
+    stdout_bytes: int = 0
+    """Bytes the command wrote to stdout, kept or not."""
+    stderr_bytes: int = 0
+    output_path: str | None = None
+    """Workspace-relative file with both streams as they arrived; None when nothing was cut (or it could
+    not be saved: the marker line says why)."""
+    saved_bytes: int = 0
+    """Bytes of output in ``output_path``: ``stdout_bytes + stderr_bytes`` unless the spill limit stopped it."""
 
 
 class ScopedSecret(BaseModel):
@@ -108,27 +139,185 @@ class SandboxState(BaseModel):
     env: dict[str, str] = {}
 
 
-class _ExecProtocol(asyncio.SubprocessProtocol):
-    """Collects stdout/stderr up to a per-stream byte cap and signals exit or overflow."""
+class _KeptStream:
+    """One output stream as an ExecResult keeps it: all of it while it fits in ``limit`` bytes, then its
+    first half and a rolling last half, cut at line boundaries at the end."""
 
-    def __init__(self, output_limit: int) -> None:
-        self.output_limit = output_limit
-        self.buffers: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
-        self.truncated = False
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.head_size = limit // 2
+        self.tail_size = limit - self.head_size
+        self.head = bytearray()  # the whole stream while it fits
+        self.tail = bytearray()
+        self.tail_starts_line = False
+        self.total = 0
+        self.newlines = 0
+
+    @property
+    def cut(self) -> bool:
+        return self.total > self.limit
+
+    def fits(self, more: int) -> bool:
+        return self.total + more <= self.limit
+
+    def add(self, data: bytes) -> None:
+        fitted = not self.cut
+        self.total += len(data)
+        self.newlines += data.count(b"\n")
+        if not self.cut:
+            self.head += data
+        elif fitted:
+            whole = self.head + data
+            start = len(whole) - self.tail_size
+            self.head, self.tail = whole[: self.head_size], whole[start:]
+            self.tail_starts_line = whole[start - 1] == ord("\n")
+        else:
+            # bytearray drops bytes from its front without moving the rest: a rolling tail is cheap.
+            self.tail += data
+            excess = len(self.tail) - self.tail_size
+            if excess > 0:
+                self.tail_starts_line = self.tail[excess - 1] == ord("\n")
+                del self.tail[:excess]
+
+    def text(self, where: str) -> str:
+        """The kept text; when the stream was cut, head, a marker line (ending in ``where``), tail."""
+        if not self.cut:
+            return self.head.decode("utf-8", errors="replace")
+        head, tail = bytes(self.head), bytes(self.tail)
+        # Whole lines at both ends, unless that would throw away more than half of the end.
+        end = head.rfind(b"\n") + 1
+        if end * 2 >= len(head) > 0:
+            head = head[:end]
+        start = 0 if self.tail_starts_line else tail.find(b"\n") + 1
+        if (len(tail) - start) * 2 >= len(tail):
+            tail = tail[start:]
+        left_out = self.total - len(head) - len(tail)
+        lines = self.newlines - head.count(b"\n") - tail.count(b"\n")
+        marker = f"[... {left_out:,} bytes ({lines:,} lines) of {self.name} left out; {where} ...]\n"
+        separator = "" if not head or head.endswith(b"\n") else "\n"
+        return head.decode("utf-8", errors="replace") + separator + marker + tail.decode("utf-8", errors="replace")
+
+
+class _OutputFile:
+    """A command's whole output, written to a workspace file as it arrives, up to ``limit`` bytes.
+
+    stdout and stderr are interleaved line by line in arrival order, as a terminal shows ``cmd 2>&1``:
+    a stream's partial line waits for its end (or for ``_PARTIAL_LINE_MAX`` bytes), so lines of the
+    two streams are never mixed inside one line.
+    """
+
+    def __init__(self, fd: int, path: str, limit: int, release: Callable[[int], None]) -> None:
+        self.path = path
+        self.limit = limit
+        self.saved = 0
+        self.stopped: str | None = None
+        """Why the file holds less than the whole output."""
+        self._failed = False
+        self._release = release
+        self._file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
+        self._partial = {1: bytearray(), 2: bytearray()}
+
+    def add(self, fd: int, data: bytes) -> None:
+        partial = self._partial[fd]
+        if not partial and data.endswith(b"\n"):
+            self._write(data)
+            return
+        partial += data
+        end = partial.rfind(b"\n") + 1
+        if len(partial) - end > _PARTIAL_LINE_MAX:
+            end = len(partial)
+        if end:
+            self._write(bytes(partial[:end]))
+            del partial[:end]
+
+    def _write(self, data: bytes) -> None:
+        if self.stopped is not None:
+            return
+        room = self.limit - self.saved
+        try:
+            self._file.write(data[:room])
+        except OSError as exc:
+            self.stopped, self._failed = f"writing it failed: {exc.strerror or exc}", True
+            return
+        self.saved += min(len(data), room)
+        if len(data) > room:
+            self.stopped = f"it stops at the {self.limit:,}-byte spill limit"
+
+    def close(self, total: int) -> None:
+        """Write what is pending, then hand the file to the sandbox's commands; always closes it."""
+        try:
+            for partial in self._partial.values():
+                if partial:
+                    self._write(bytes(partial))
+            if self.stopped is not None and not self._failed:  # say so where a reader of the file looks
+                left = total - self.saved
+                self._file.write(
+                    f"\n[corral: {left:,} more bytes of output are not in this file: {self.stopped}]\n".encode()
+                )
+            self._file.flush()
+        except OSError as exc:
+            self.stopped, self._failed = self.stopped or f"writing it failed: {exc.strerror or exc}", True
+        try:
+            self._release(self._file.fileno())
+        except OSError as exc:
+            logger.warning("cannot hand %s to the sandbox: %s", self.path, exc)
+        finally:
+            with contextlib.suppress(OSError):
+                self._file.close()
+
+
+class _ExecProtocol(asyncio.SubprocessProtocol):
+    """Keeps each stream within ``output_limit`` (head and tail) and, once one goes over, saves the
+    whole output to a file from ``open_file`` (called at most once, inline)."""
+
+    def __init__(self, output_limit: int, open_file: Callable[[], _OutputFile] | None) -> None:
+        self.streams = {1: _KeptStream("stdout", output_limit), 2: _KeptStream("stderr", output_limit)}
+        self.file: _OutputFile | None = None
+        self.file_error = None if open_file is not None else "saving it is off (spill limit 0)"
+        self._open_file = open_file
+        # Until the file opens: arrival order, as +n bytes of stdout / -n bytes of stderr. Both
+        # streams are still whole in memory then, so the file can start with everything in order.
+        self._order = array("q")
         self.exited = asyncio.Event()
         self.pipes_closed = asyncio.Event()
-        self.stop = asyncio.Event()  # set on exit or when the cap is hit
         self._open_pipes = {1, 2}
+        self._closed = False
+
+    @property
+    def truncated(self) -> bool:
+        return any(stream.cut for stream in self.streams.values())
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
-        buffer = self.buffers[fd]
-        room = self.output_limit - len(buffer)
-        if len(data) > room:
-            buffer += data[: max(room, 0)]
-            self.truncated = True
-            self.stop.set()
-        else:
-            buffer += data
+        stream = self.streams[fd]
+        if self.file is None and self.file_error is None:
+            if stream.fits(len(data)):
+                signed = len(data) if fd == 1 else -len(data)
+                if self._order and (self._order[-1] > 0) == (fd == 1):
+                    self._order[-1] += signed
+                else:
+                    self._order.append(signed)
+            else:
+                self._start_file()
+        if self.file is not None:
+            self.file.add(fd, data)
+        stream.add(data)
+
+    def _start_file(self) -> None:
+        assert self._open_file is not None
+        try:
+            self.file = self._open_file()
+        except (SandboxError, OSError) as exc:
+            message = str(exc).splitlines()[0]
+            self.file_error = f"it could not be saved: {message}"
+            logger.warning("cannot save a command's whole output: %s", message)
+            return
+        offsets = {1: 0, 2: 0}
+        for signed in self._order:
+            fd, size = (1, signed) if signed > 0 else (2, -signed)
+            self.file.add(fd, bytes(self.streams[fd].head[offsets[fd] : offsets[fd] + size]))
+            offsets[fd] += size
+        self._order = array("q")
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         self._open_pipes.discard(fd)
@@ -137,10 +326,24 @@ class _ExecProtocol(asyncio.SubprocessProtocol):
 
     def process_exited(self) -> None:
         self.exited.set()
-        self.stop.set()
+
+    def finish(self) -> None:
+        """Close the output file, if one was opened; safe to call twice."""
+        if self.file is not None and not self._closed:
+            self._closed = True
+            self.file.close(sum(stream.total for stream in self.streams.values()))
 
     def text(self, fd: int) -> str:
-        return self.buffers[fd].decode("utf-8", errors="replace")
+        return self.streams[fd].text(self._where())
+
+    def _where(self) -> str:
+        if self.file is None:
+            return self.file_error or "it was not saved"
+        if self.file.stopped is not None:
+            return (
+                f"only the first {self.file.saved:,} bytes of the output are in {self.file.path} ({self.file.stopped})"
+            )
+        return f"the whole output is in {self.file.path}"
 
 
 async def start_process(
@@ -185,6 +388,7 @@ class Sandbox(ABC):
         self._running: set[int] = set()  # process-group ids of execs in flight
         self._killed_by_destroy: set[int] = set()
         self._destroyed = False
+        self._last_output_number: int | None = None  # read from EXEC_OUTPUT_DIR on first use
 
     # -- process execution -------------------------------------------------------------------
 
@@ -211,20 +415,27 @@ class Sandbox(ABC):
         self,
         command: str | Sequence[str],
         *,
-        timeout: float,  # noqa: ASYNC109 - the contract takes a duration; exec enforces it itself
-        output_limit: int = 100_000,
+        timeout: float = EXEC_TIMEOUT,  # noqa: ASYNC109 - the contract takes a duration; exec enforces it itself
+        output_limit: int = OUTPUT_LIMIT,
+        spill_limit: int = SPILL_LIMIT,
         cwd: str = ".",
         env: Mapping[str, str] | None = None,
     ) -> ExecResult:
         """Run a command (a string goes through ``/bin/sh -c``) in the workspace.
 
-        The command gets ``timeout`` seconds and ``output_limit`` bytes per stream. Hitting either
-        kills its whole process group and returns what was captured. When the command's main process
+        The command gets ``timeout`` seconds; then its whole process group is killed. Output never
+        kills it: each stream keeps its head and tail within ``output_limit`` bytes, and once one goes
+        over, the whole output (both streams, in arrival order) is written as it arrives to a new file
+        in EXEC_OUTPUT_DIR, up to ``spill_limit`` bytes (0: no file). When the command's main process
         exits, anything it left running in its group is killed too, so an exec never outlives its call.
         """
         self._check_open()
         if timeout <= 0:
             raise SandboxError(f"exec timeout must be positive, got {timeout}")
+        if output_limit <= 0 or spill_limit < 0:
+            raise SandboxError(
+                f"exec output_limit must be positive and spill_limit not negative, got {output_limit}, {spill_limit}"
+            )
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [str(arg) for arg in command]
         if not argv:
             raise SandboxError("exec needs a command")
@@ -232,18 +443,22 @@ class Sandbox(ABC):
         if not host_cwd.is_dir():
             raise SandboxError(f"exec cwd is not a directory: {cwd}")
         full_env = self._base_env() | self.env | dict(env or {})
-        protocol = _ExecProtocol(output_limit)
+        open_file = (lambda: self._open_output_file(spill_limit)) if spill_limit else None
+        protocol = _ExecProtocol(output_limit, open_file)
         started = time.monotonic()
         try:
             transport = await self._spawn(protocol, argv, cwd=host_cwd, env=full_env)
-        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command or env
-            raise SandboxError(f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}") from exc
+        except BaseException as exc:
+            protocol.finish()
+            if isinstance(exc, (OSError, ValueError)):  # ValueError: a NUL byte in the command or env
+                raise SandboxError(f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}") from exc
+            raise
         pgid = transport.get_pid()
         self._running.add(pgid)
         timed_out, killed = False, True
         try:
             try:
-                await asyncio.wait_for(protocol.stop.wait(), timeout)
+                await asyncio.wait_for(protocol.exited.wait(), timeout)
             except TimeoutError:
                 timed_out = True
             killed = not protocol.exited.is_set()
@@ -257,7 +472,9 @@ class Sandbox(ABC):
                 self._kill(pgid)
             self._running.discard(pgid)
             transport.close()
+            protocol.finish()
         killed = killed or pgid in self._killed_by_destroy
+        stdout, stderr = protocol.streams[1], protocol.streams[2]
         return ExecResult(
             exit_code=None if killed else transport.get_returncode(),
             stdout=protocol.text(1),
@@ -265,7 +482,41 @@ class Sandbox(ABC):
             timed_out=timed_out,
             truncated=protocol.truncated,
             duration_ms=(time.monotonic() - started) * 1000,
+            stdout_bytes=stdout.total,
+            stderr_bytes=stderr.total,
+            output_path=protocol.file.path if protocol.file else None,
+            saved_bytes=protocol.file.saved if protocol.file else 0,
         )
+
+    def _open_output_file(self, limit: int) -> _OutputFile:
+        """A new ``EXEC_OUTPUT_DIR/<n>.log``, reached like ``write_file`` reaches a file: never through a symlink.
+
+        It is created with mode 0 and handed over (``_release_output_file``) only when the command has
+        ended, so a command reading the whole workspace (``grep -r .``) cannot feed on its own output.
+        """
+        parts = EXEC_OUTPUT_DIR.split("/")
+        dir_fd = self._open_parent(parts, create=True, path=EXEC_OUTPUT_DIR)
+        try:
+            if self._last_output_number is None:  # a re-attached sandbox: earlier runs' files stay
+                found = (_OUTPUT_NAME.fullmatch(name) for name in os.listdir(dir_fd))
+                self._last_output_number = max((int(match[1]) for match in found if match), default=0)
+            for _ in range(_OUTPUT_NAME_TRIES):
+                self._last_output_number += 1
+                name = f"{self._last_output_number}.log"
+                try:
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0, dir_fd=dir_fd)
+                except FileExistsError:  # made meanwhile (by a command, or a concurrent exec)
+                    continue
+                except OSError as exc:
+                    raise self._os_error(exc, f"{EXEC_OUTPUT_DIR}/{name}") from exc
+                return _OutputFile(fd, f"{EXEC_OUTPUT_DIR}/{name}", limit, self._release_output_file)
+        finally:
+            os.close(dir_fd)
+        raise SandboxError(f"no free file name in {EXEC_OUTPUT_DIR} after {_OUTPUT_NAME_TRIES} tries")
+
+    def _release_output_file(self, fd: int) -> None:
+        """Make a finished output file readable and writable like a file the sandbox's commands made."""
+        os.fchmod(fd, 0o644)
 
     # -- files ------------------------------------------------------------------------------
 
@@ -339,21 +590,13 @@ class Sandbox(ABC):
         parts = real.relative_to(self.workspace).parts
         if not parts:
             raise SandboxError(f"{path} is a directory, not a file")
-        dir_fd = os.open(self.workspace, os.O_RDONLY | os.O_DIRECTORY)
+        dir_fd = self._open_parent(parts[:-1], create=create_parents, path=path)
         try:
-            for part in parts[:-1]:
-                try:
-                    next_fd = self._open_dir(part, dir_fd, create=create_parents, path=path)
-                finally:
-                    os.close(dir_fd)
-                dir_fd = next_fd
-            try:
-                fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666, dir_fd=dir_fd)
-            except OSError as exc:
-                raise self._os_error(exc, path) from exc
+            fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666, dir_fd=dir_fd)
+        except OSError as exc:
+            raise self._os_error(exc, path) from exc
         finally:
-            with contextlib.suppress(OSError):
-                os.close(dir_fd)
+            os.close(dir_fd)
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
@@ -361,6 +604,17 @@ class Sandbox(ABC):
             raise SandboxError(f"{path} is {kind}")
         os.set_blocking(fd, True)
         return fd
+
+    def _open_parent(self, parts: Sequence[str], *, create: bool, path: str) -> int:
+        """A descriptor of the workspace directory ``parts`` names, walked down without following symlinks."""
+        dir_fd = os.open(self.workspace, os.O_RDONLY | os.O_DIRECTORY)
+        for part in parts:
+            try:
+                next_fd = self._open_dir(part, dir_fd, create=create, path=path)
+            finally:
+                os.close(dir_fd)
+            dir_fd = next_fd
+        return dir_fd
 
     def _open_dir(self, name: str, dir_fd: int, *, create: bool, path: str) -> int:
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar, cast, get_type_hints
 from pydantic import BaseModel, ValidationError
 
 from corral.errors import SandboxError, ToolError
-from corral.sandbox.base import Sandbox
+from corral.sandbox.base import EXEC_TIMEOUT, OUTPUT_LIMIT, Sandbox
 from corral.sandbox.workspace import SCRATCH_DIRNAME
 
 OUTPUTS_DIR = f"{SCRATCH_DIRNAME}/outputs"
@@ -50,10 +50,10 @@ class ToolContext:
     """Applied by ``run_tool`` to every result before it leaves the tool layer."""
     output_limit: int = 20_000
     """Characters of a result the model may see; longer results are spilled to a file."""
-    exec_timeout: float = 120.0
+    exec_timeout: float = EXEC_TIMEOUT
     """Default and maximum seconds for ``execute``."""
-    exec_output_limit: int = 1_000_000
-    """Bytes captured per stream from a command."""
+    exec_output_limit: int = OUTPUT_LIMIT
+    """Most bytes of each stream of a command shown to the model; ``output_limit`` usually binds first."""
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,15 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.errors import PathEscapeError, SandboxError, ToolError
+from corral.sandbox.base import SPILL_LIMIT, ExecResult
 from corral.tools.base import Capability, ToolContext, ToolDef, ToolReply, tool
 
 GLOB_LIMIT = 200
 GREP_MATCH_LIMIT = 200
 GREP_LINE_CHARS = 300
 GREP_MAX_FILE_BYTES = 5_000_000
+GREP_MAX_NAMED_FILE_BYTES = max(GREP_MAX_FILE_BYTES, SPILL_LIMIT)
+"""A file named as grep's path is searched up to this size: a command's saved output may be that large."""
 GREP_TIME_LIMIT = 30.0
 EDIT_CONTEXT_LINES = 3
 _BINARY_SNIFF = 8192
@@ -235,8 +238,10 @@ async def grep(ctx: ToolContext, args: GrepParams) -> str:
     target = ctx.sandbox.resolve(args.path, must_exist=True)
     if target.is_dir():
         files = await ctx.sandbox.list_files(args.path, file_glob)
+        max_bytes = GREP_MAX_FILE_BYTES
     else:
         files = [target.relative_to(ctx.sandbox.workspace).as_posix()]
+        max_bytes = GREP_MAX_NAMED_FILE_BYTES
     deadline = time.monotonic() + GREP_TIME_LIMIT
     matches: list[str] = []
     total = skipped_large = 0
@@ -245,7 +250,7 @@ async def grep(ctx: ToolContext, args: GrepParams) -> str:
         if time.monotonic() > deadline:
             raise ToolError(f"grep took longer than {GREP_TIME_LIMIT:.0f}s; narrow the path, glob or pattern")
         try:
-            if _size(ctx.sandbox.resolve(rel)) > GREP_MAX_FILE_BYTES:
+            if _size(ctx.sandbox.resolve(rel)) > max_bytes:
                 skipped_large += 1
                 continue
             data = await ctx.sandbox.read_file(rel)
@@ -256,7 +261,7 @@ async def grep(ctx: ToolContext, args: GrepParams) -> str:
             found, count = _search(regex, rel, data, room, deadline)
             matches += found
             total += count
-    notes = f"\n[skipped {skipped_large} files over {GREP_MAX_FILE_BYTES} bytes]" if skipped_large else ""
+    notes = f"\n[skipped {skipped_large} files over {max_bytes} bytes]" if skipped_large else ""
     if not matches:
         return f"no matches for {args.pattern!r} in {args.path}{notes}"
     shown = "\n".join(matches)
@@ -275,26 +280,41 @@ class ExecuteParams(_Params):
     )
 
 
+# Room a reply needs beside the two streams' text: its header lines, the two marker lines, the
+# saved-output line and the notes a backend appends to stderr (limits hit).
+_EXECUTE_OVERHEAD = 1_000
+
+
 @tool(name="execute", capabilities=[Capability.RUNS_COMMANDS])
 async def execute(ctx: ToolContext, args: ExecuteParams) -> ToolReply:
     """Run a shell command in the workspace and return its exit code, stdout and stderr.
 
-    A non-zero exit code is reported, not treated as a failure. Commands that run too long or print
-    too much are killed, with everything they started.
+    A non-zero exit code is reported, not treated as a failure. A command that runs too long is
+    killed, with everything it started. Long output is shown as its beginning and its end; the
+    whole output is then saved to a file under .corral/output/ that read_file (with line ranges)
+    and grep can read.
     """
     timeout = ctx.exec_timeout if args.timeout is None else min(args.timeout, ctx.exec_timeout)
-    result = await ctx.sandbox.exec(args.command, timeout=timeout, output_limit=ctx.exec_output_limit)
+    # Each stream gets half of what the model may see, so the reply is never spilled again by run_tool.
+    per_stream = max(ctx.output_limit - _EXECUTE_OVERHEAD, ctx.output_limit // 2) // 2
+    output_limit = max(1, min(ctx.exec_output_limit, per_stream))
+    result = await ctx.sandbox.exec(args.command, timeout=timeout, output_limit=output_limit)
     parts = [f"exit code: {'none (killed)' if result.exit_code is None else result.exit_code}"]
     if result.timed_out:
         parts.append(f"[timed out after {timeout:g}s: the command and its child processes were killed]")
-    if result.truncated:
-        parts.append(
-            f"[output exceeded {ctx.exec_output_limit} bytes on a stream: the command was killed "
-            "and its output cut off; redirect output to a file and read parts of it instead]"
-        )
     parts.append("--- stdout ---\n" + (result.stdout.rstrip("\n") or "(empty)"))
     parts.append("--- stderr ---\n" + (result.stderr.rstrip("\n") or "(empty)"))
+    if result.output_path is not None:
+        parts.append(_saved_output_note(result, result.output_path))
     return ToolReply("\n".join(parts), exit_code=result.exit_code)
+
+
+def _saved_output_note(result: ExecResult, path: str) -> str:
+    total = result.stdout_bytes + result.stderr_bytes
+    how = "read it with read_file (line ranges) or grep"
+    if result.saved_bytes < total:
+        return f"[output was {total:,} bytes; its first {result.saved_bytes:,} bytes are saved to {path}; {how}]"
+    return f"[whole output ({total:,} bytes, stdout and stderr as they came) saved to {path}; {how}]"
 
 
 # -- diff ------------------------------------------------------------------------------------------

@@ -20,7 +20,10 @@ from pydantic import ValidationError
 
 from corral.errors import SandboxError
 from corral.sandbox.base import (
+    EXEC_TIMEOUT,
     MINIMAL_PATH,
+    OUTPUT_LIMIT,
+    SPILL_LIMIT,
     ExecResult,
     Sandbox,
     SandboxBackend,
@@ -314,18 +317,23 @@ class BubblewrapSandbox(Sandbox):
         self,
         command: str | Sequence[str],
         *,
-        timeout: float,  # noqa: ASYNC109 - the contract's signature
-        output_limit: int = 100_000,
+        timeout: float = EXEC_TIMEOUT,  # noqa: ASYNC109 - the contract's signature
+        output_limit: int = OUTPUT_LIMIT,
+        spill_limit: int = SPILL_LIMIT,
         cwd: str = ".",
         env: Mapping[str, str] | None = None,
     ) -> ExecResult:
+        if self._state.limits.disk_mb is not None:  # a command's output file must not use up its disk
+            spill_limit = min(spill_limit, self._state.limits.disk_mb * 1024 * 1024 // 4)
         record = _ExecRecord()
         token = _current_exec.set(record)
         before = self._cgroup.counters() if self._cgroup else LimitCounters()
         polled = self._state.limits.disk_mb is not None and not self._state.disk_image
         watcher = asyncio.create_task(self._watch_disk(record)) if polled else None
         try:
-            result = await super().exec(command, timeout=timeout, output_limit=output_limit, cwd=cwd, env=env)
+            result = await super().exec(
+                command, timeout=timeout, output_limit=output_limit, spill_limit=spill_limit, cwd=cwd, env=env
+            )
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -389,6 +397,10 @@ class BubblewrapSandbox(Sandbox):
         if create:
             self._give_to_sandbox(fd)
         return fd
+
+    def _release_output_file(self, fd: int) -> None:
+        super()._release_output_file(fd)
+        self._give_to_sandbox(fd)
 
     def _give_to_sandbox(self, fd: int) -> None:
         me = os.geteuid()

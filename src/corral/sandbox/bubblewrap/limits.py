@@ -340,7 +340,7 @@ def enforced_limits() -> dict[str, str]:
         "processes": processes,
         "cpu_time": f"RLIMIT_CPU per process (SIGXCPU at the limit, SIGKILL {CPU_GRACE_S} s later)",
         "wall_clock": "exec timeout: SIGKILL to the command's pid-namespace init, which takes the whole tree",
-        "output": "exec output_limit per stream; the command is killed at the cap",
+        "output": "head and tail of each stream within exec output_limit; the rest in .corral/output/, never a kill",
         "disk": _disk_enforcement(),
         "tmp": f"/tmp is a private tmpfs of at most {TMP_SIZE_MB} MB per sandbox",
     }
