@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -150,14 +152,19 @@ async def _exec(command: list[str], *, profile: SandboxProfile, repo: Path | Non
             on_egress=on_egress,
         )
         sandbox = await chosen.create(request)
+        kept: Path | None = None
         try:
             argv = command[0] if len(command) == 1 and " " in command[0] else command
             result = await sandbox.exec(argv, timeout=wall_s)
+            if result.output_path is not None:  # the workspace goes with the sandbox: keep the whole output
+                kept = await _keep_output(sandbox.read_file(result.output_path))
         finally:
             await sandbox.destroy()
     sys.stdout.write(result.stdout)
     sys.stdout.flush()  # before anything goes to stderr: a terminal shows both in the order they came
     sys.stderr.write(result.stderr)
+    if kept is not None:
+        print_hint(f"corral: the output was longer than an agent sees; all {result.saved_bytes} bytes are in {kept}")
     if result.timed_out:
         err_console.print(f"corral: timed out after {wall_s:g}s; the whole process tree was killed")
         return EXIT_TIMEOUT
@@ -166,6 +173,18 @@ async def _exec(command: list[str], *, profile: SandboxProfile, repo: Path | Non
         return EXIT_KILLED
     err_console.print(f"[dim]corral: exit {result.exit_code} · {result.duration_ms:.0f} ms · {chosen.name}[/dim]")
     return result.exit_code
+
+
+async def _keep_output(content: Awaitable[bytes]) -> Path:
+    """Save a command's whole output (its spill file) where the user can read it after the sandbox is gone."""
+    descriptor, name = tempfile.mkstemp(prefix="corral-exec-output-", suffix=".log")
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(await content)
+    return Path(name)
+
+
+def print_hint(line: str) -> None:
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @sandbox_app.command("prune")

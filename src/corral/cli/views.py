@@ -143,7 +143,7 @@ def tool_mark(result: ToolReturned) -> tuple[str, bool]:
     if result.exit_code is not None:
         ok = result.exit_code == 0
         return f"{'✓' if ok else '✗'} exit {result.exit_code} {duration}", ok
-    if result.tool == COMMAND_TOOL:  # killed before it exited: a timeout, the output cap
+    if result.tool == COMMAND_TOOL:  # killed before it exited: a timeout, a memory or disk limit
         return f"✗ exit none (killed) {duration}", False
     return f"✓ {duration}", True
 
