@@ -272,7 +272,7 @@ def test_a_spec_stored_with_flat_sandbox_limits_still_validates() -> None:
         "disk_mb": 10240,
     }
     sandbox = AgentSpec.model_validate(stored).sandbox
-    assert sandbox.limits == Limits(memory_mb=1024)
+    assert sandbox.limits == Limits(memory_mb=1024, pids=512)  # as recorded, not the current default
     assert sandbox.network == NetworkProfile(mode="allowlist", allow=("pypi.org",))
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import ErrorDetails
 
 from corral.errors import SpecError, UnknownAgentError
-from corral.sandbox.types import HostPatternText, Limits, NetworkProfile
+from corral.sandbox.types import GitUser, HostPatternText, Limits, Mounts, NetworkProfile, PackageCache
 
 SPEC_FILE_NAME = "corral.toml"
 
@@ -66,6 +66,14 @@ class SandboxProfile(_Strict):
     """Characters of a tool result the model sees; larger results are saved to a workspace file."""
     network: NetworkProfile = NetworkProfile()
     limits: Limits = Limits()
+    git_user: GitUser = GitUser()
+    """Author and committer of commits made in the sandbox (``{ name = "...", email = "..." }``)."""
+    package_cache: PackageCache = "off"
+    """``read-write``: pip, npm and uv share one cache per host user, so a run reuses what an earlier run
+    downloaded, but any run can change what later runs install from. ``read-only``: a run reads the
+    cache and its own downloads stay its own. ``off``: every run downloads everything."""
+    mounts: Mounts = ()
+    """Host directories (a toolchain, a virtualenv) the sandbox sees read-only at the same path."""
 
     @model_validator(mode="before")
     @classmethod

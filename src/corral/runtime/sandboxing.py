@@ -79,6 +79,9 @@ def sandbox_request(record: RunRecord, spec: AgentSpec, redactor: Redactor, emit
         limits=profile.limits,
         secrets=scoped,
         on_egress=egress_sink(emit),
+        git_user=profile.git_user,
+        package_cache=profile.package_cache,
+        mounts=profile.mounts,
     )
 
 
@@ -154,7 +157,7 @@ async def open_sandbox(
     else:  # the step completed in an earlier process: re-open what it made
         try:
             sandbox = await backend.attach(
-                {**state, "env": request.env, "secrets": request.secrets, "on_egress": request.on_egress}
+                {**state, "env": request.exec_env(), "secrets": request.secrets, "on_egress": request.on_egress}
             )
         except SandboxError as err:
             raise SandboxError(f"the workspace of run {record.id} is gone: {err.message}") from None

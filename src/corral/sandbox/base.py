@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from corral.errors import PathEscapeError, SandboxError
 from corral.events import EgressAttempted
-from corral.sandbox.types import HostPatternText, Limits, NetworkProfile
+from corral.sandbox.types import GitUser, HostPatternText, Limits, Mounts, NetworkProfile, PackageCache
 from corral.sandbox.workspace import (
     SCRATCH_DIRNAME,
     WorkspaceSnapshot,
@@ -128,6 +128,16 @@ class SandboxRequest(BaseModel):
     """Host-scoped secrets: inside the sandbox only their placeholders exist (in ``env`` under ``name``)."""
     on_egress: Callable[[EgressAttempted], None] | None = None
     """Called (from any thread) with every egress attempt, as the journal event that records it."""
+    git_user: GitUser = GitUser()
+    """Author and committer of the sandbox's commits; every backend sets them (see ``exec_env``)."""
+    package_cache: PackageCache = "off"
+    """Whether commands see the per-user package cache (isolated backends; ``local`` sees the host anyway)."""
+    mounts: Mounts = ()
+    """Host directories commands see read-only at the same path (isolated backends)."""
+
+    def exec_env(self) -> dict[str, str]:
+        """The variables a backend gives every exec from this request: the git identity, then ``env``."""
+        return self.git_user.env() | self.env
 
 
 class SandboxState(BaseModel):

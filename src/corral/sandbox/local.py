@@ -43,7 +43,7 @@ class LocalSandboxBackend(SandboxBackend):
     async def create(self, request: SandboxRequest) -> LocalSandbox:
         snapshot = await prepare_workspace(request.repo, request.run_dir)
         logger.warning(_WARNING, snapshot.workspace)
-        return LocalSandbox(run_dir=snapshot.workspace.parent, snapshot=snapshot, env=request.env)
+        return LocalSandbox(run_dir=snapshot.workspace.parent, snapshot=snapshot, env=request.exec_env())
 
     async def attach(self, state: dict[str, Any]) -> LocalSandbox:
         parsed = self._load_state(state)

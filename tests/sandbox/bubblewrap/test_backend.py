@@ -154,12 +154,13 @@ async def test_environment_is_only_the_runs_variables_and_secrets_are_placeholde
     assert env["API_TOKEN"] == "PH" and env["GREETING"] == "hi"
     assert "s3cr3t-value" not in out
     assert "CORRAL_HOST_ONLY" not in env
-    assert set(env) <= {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TMPDIR", "PWD", "SHLVL", "_", "OLDPWD"} | {
-        "PYTHONDONTWRITEBYTECODE",
-        "GREETING",
-        "LEAKY",
-        "API_TOKEN",
+    shell = {"PWD", "SHLVL", "_", "OLDPWD"}
+    base = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "TMPDIR", "PYTHONDONTWRITEBYTECODE"}
+    tools = {"npm_config_prefix", "npm_config_globalconfig", "npm_config_userconfig", "PIP_BREAK_SYSTEM_PACKAGES"}
+    git = {f"GIT_{role}_{part}" for role in ("AUTHOR", "COMMITTER") for part in ("NAME", "EMAIL")} | {
+        f"GIT_CONFIG_{part}" for part in ("COUNT", "KEY_0", "KEY_1", "KEY_2", "VALUE_0", "VALUE_1", "VALUE_2")
     }
+    assert set(env) <= shell | base | tools | git | {"GREETING", "LEAKY", "API_TOKEN"}
     assert "placeholders" in sandbox.state() and "s3cr3t-value" not in json.dumps(sandbox.state())
 
 

@@ -36,8 +36,10 @@ from corral.sandbox.bubblewrap import overlay, rootfs
 from corral.sandbox.bubblewrap.dirs import (
     STATE_DIRNAME,
     SandboxDirs,
+    check_mounts,
     ensure_mounted,
     hold,
+    prepare_package_cache,
     privileged,
     read_identity,
     refuse_system_path,
@@ -45,7 +47,7 @@ from corral.sandbox.bubblewrap.dirs import (
     teardown,
     write_identity,
 )
-from corral.sandbox.bubblewrap.identity import INSIDE_HOME, INSIDE_USER, claim_uid, reclaim_uid
+from corral.sandbox.bubblewrap.identity import INSIDE_HOME, INSIDE_SHELL, INSIDE_USER, claim_uid, reclaim_uid
 from corral.sandbox.bubblewrap.limits import (
     DISK_POLL_INTERVAL,
     LimitCounters,
@@ -72,7 +74,7 @@ from corral.sandbox.bubblewrap.setup import (
     tmp_size_mb,
 )
 from corral.sandbox.bubblewrap.sweep import sweep_once
-from corral.sandbox.types import Limits, NetworkProfile
+from corral.sandbox.types import Limits, NetworkProfile, PackageCache
 from corral.sandbox.workspace import check_paths, workspace_diff
 
 logger = logging.getLogger("corral.sandbox")
@@ -80,6 +82,15 @@ logger = logging.getLogger("corral.sandbox")
 _EXIT_TIMEOUT = 5.0
 _PROXY_PORT = 3128
 _INSIDE_RUN = "/run/corral"
+_LOCAL = f"{INSIDE_HOME}/.local"
+_GIT_CONFIG = (
+    # The workspace's files belong to a uid other than the command's (an idmapped view of the repo).
+    ("safe.directory", "*"),
+    # The repo's index holds the host's inode, device and ctime of every file; the sandbox's view has
+    # other ones, so without these git re-reads every file on the first `git status` (10x slower).
+    ("core.checkStat", "minimal"),
+    ("core.trustctime", "false"),
+)
 _HOST_NETWORK_WARNING = "bubblewrap sandbox %s: network 'host': commands can reach any address this machine can"
 
 
@@ -98,6 +109,9 @@ class BubblewrapState(SandboxState):
     """Changes and home live on a loop-mounted ext4 image of ``disk_mb``: the kernel enforces the limit."""
     disk_baseline: int = 0
     """Bytes the workspace used at creation (copy strategy), subtracted before checking ``disk_mb``."""
+    package_cache: PackageCache = "off"
+    mounts: tuple[str, ...] = ()
+    """Host directories bound read-only at the same path (bound again on every resume)."""
 
 
 @dataclasses.dataclass
@@ -177,6 +191,8 @@ class BubblewrapSandbox(Sandbox):
         if privileged():
             # setpriv drops to the sandbox uid; Popen(user=...) would do it too, but only with a full fork.
             self._launcher = [*setpriv_argv(state.uid, state.gid), *self._launcher]
+        if self._cgroup is not None:
+            self._launcher = [*self._cgroup.join_argv(), *self._launcher]  # first, while it may still move
         self._proxy = proxy
         self._secret_values = tuple(value for value in secret_values if value)
         self._inits: dict[int, int] = {}  # bwrap pid -> pidfd of the sandbox's init
@@ -198,6 +214,11 @@ class BubblewrapSandbox(Sandbox):
             if ca is not None:
                 extra += ["--ro-bind", str(ca), f"{_INSIDE_RUN}/ca.pem"]
         etc_dir, etc_extra = rootfs.etc_template(network=network)
+        state = self._state
+        cache = [(dirs.bind_package_cache(), rootfs.PACKAGE_CACHE)] if state.package_cache != "off" else []
+        # Unprivileged, a read-only cache is a read-only bind; as root it is a copy-on-write overlay.
+        cache_ro = state.package_cache == "read-only" and dirs.portal is None
+        memory_mb = state.limits.memory_mb
         return rootfs.sandbox_args(
             bwrap=shutil.which("bwrap") or "/usr/bin/bwrap",
             network=network,
@@ -206,20 +227,47 @@ class BubblewrapSandbox(Sandbox):
             tmp_dir=dirs.tmp,
             home_dir=dirs.bind_home,
             workspace_source=dirs.bind_workspace,
-            workspace=self.workspace,
+            meminfo=rootfs.meminfo_file(memory_mb) if memory_mb is not None else None,
+            cgroup_binds=self._cgroup.inside_binds() if self._cgroup is not None else (),
+            binds=[] if cache_ro else cache,
+            ro_binds=[(dirs.bind_mount(index, path), path) for index, path in enumerate(state.mounts)]
+            + (cache if cache_ro else []),
             extra=extra,
         )
 
     def _base_env(self) -> dict[str, str]:
         env = {
-            "PATH": MINIMAL_PATH,
+            # ~/.local/bin first: where `pip install --user` and `npm install -g` put their commands.
+            "PATH": f"{_LOCAL}/bin:{MINIMAL_PATH}",
             "HOME": INSIDE_HOME,
             "USER": INSIDE_USER,
             "LOGNAME": INSIDE_USER,
+            "SHELL": INSIDE_SHELL,
+            "TERM": "dumb",  # output goes to a pipe, not a terminal: no colours, no cursor movement
             "LANG": "C.UTF-8",
             "TMPDIR": "/tmp",
             "PYTHONDONTWRITEBYTECODE": "1",
+            # npm -g into the home (/usr is read-only), and npm's config files are the sandbox's own.
+            "npm_config_prefix": _LOCAL,
+            "npm_config_globalconfig": f"{_LOCAL}/etc/npmrc",
+            "npm_config_userconfig": f"{INSIDE_HOME}/.npmrc",
+            # The system Python is read-only and the home is this sandbox's: `pip install --user` cannot
+            # break anything PEP 668 protects. (Not PIP_USER: it would break pip inside a virtualenv.)
+            "PIP_BREAK_SYSTEM_PACKAGES": "1",
+            "GIT_CONFIG_COUNT": str(len(_GIT_CONFIG)),
         }
+        for index, (key, value) in enumerate(_GIT_CONFIG):
+            env[f"GIT_CONFIG_KEY_{index}"] = key
+            env[f"GIT_CONFIG_VALUE_{index}"] = value
+        if self._state.package_cache != "off":
+            cache = rootfs.PACKAGE_CACHE
+            # uv links from its cache into environments; across mounts that fails, so it copies.
+            env |= {
+                "PIP_CACHE_DIR": f"{cache}/pip",
+                "npm_config_cache": f"{cache}/npm",
+                "UV_CACHE_DIR": f"{cache}/uv",
+                "UV_LINK_MODE": "copy",
+            }
         if self._proxy is not None:
             # The proxy says what its clients need: the relay's address and, when it intercepts
             # TLS, its CA for every common client (one list: pip's and npm's included).
@@ -243,7 +291,9 @@ class BubblewrapSandbox(Sandbox):
         command = argv
         if self._proxy is not None:
             command = [*self._proxy.relay_argv(f"{_INSIDE_RUN}/egress.sock", _PROXY_PORT), "--", *argv]
-        setenv = [arg for name, value in self._sandbox_env(env).items() for arg in ("--setenv", name, value)]
+        inside_cwd = self.inside_path(cwd)
+        env = self._sandbox_env(env) | {"PWD": inside_cwd}
+        setenv = [arg for name, value in env.items() for arg in ("--setenv", name, value)]
         seccomp_r, seccomp_w = os.pipe()
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
@@ -253,7 +303,7 @@ class BubblewrapSandbox(Sandbox):
             full = [
                 *self._launcher,
                 *self._prefix,
-                "--chdir", str(cwd),
+                "--chdir", inside_cwd,
                 *setenv,
                 "--seccomp", str(seccomp_r),
                 "--info-fd", str(info_w),
@@ -282,10 +332,13 @@ class BubblewrapSandbox(Sandbox):
             for fd in (info_r, block_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        if self._destroyed:  # destroy() ran while bwrap was starting, before exec could register it
+            self._killed_by_destroy.add(record.bwrap_pid)
+            self._kill(record.bwrap_pid)
         return transport
 
     async def _release(self, record: _ExecRecord, info_r: int, block_w: int) -> None:
-        """Put the sandbox's init into the cgroups and under the rlimits, then let it start the command."""
+        """Put the sandbox's init under the rlimits (bwrap started in its cgroups), then let it start the command."""
         child = await read_child_pid(info_r)
         if child is None:  # bwrap failed before cloning; its exit status and stderr say why
             return
@@ -296,8 +349,6 @@ class BubblewrapSandbox(Sandbox):
         assert record.bwrap_pid is not None
         self._inits[record.bwrap_pid] = record.init_pidfd
         try:
-            if self._cgroup is not None:
-                self._cgroup.add(child)
             apply_rlimits(child, self._rlimits)
         except ProcessLookupError:
             return  # bwrap's setup failed and exited meanwhile
@@ -382,6 +433,19 @@ class BubblewrapSandbox(Sandbox):
         return max(0, await disk_usage([*tracked, dirs.home]) - self._state.disk_baseline)
 
     # -- files, diff, state ----------------------------------------------------------------
+
+    def inside_path(self, host_path: Path) -> str:
+        """Where commands see a host path of the workspace: under /workspace, on every run and resume."""
+        relative = host_path.relative_to(self.workspace).as_posix()
+        return rootfs.WORKSPACE if relative == "." else f"{rootfs.WORKSPACE}/{relative}"
+
+    def resolve(self, path: str, *, must_exist: bool = False) -> Path:
+        # Commands print /workspace/...: a tool call may pass such a path back.
+        text = os.fspath(path)
+        inside = text == rootfs.WORKSPACE or text.startswith(rootfs.WORKSPACE + "/")
+        if inside and not Path(text).is_relative_to(self.workspace):
+            text = "." + text.removeprefix(rootfs.WORKSPACE)
+        return super().resolve(text, must_exist=must_exist)
 
     async def write_file(self, path: str, data: bytes) -> None:
         # As in Sandbox.write_file, plus: what the host (root) creates is handed to the sandbox's uid,
@@ -469,6 +533,9 @@ class BubblewrapSandboxBackend(SandboxBackend):
         await sweep_once()  # what sandboxes of dead processes left behind, once per process
         repo, workspace, _git_dir = check_paths(Path(request.repo), Path(request.run_dir))
         refuse_system_path(workspace)
+        check_mounts(request.mounts, repo=repo, run_dir=workspace.parent)
+        if request.package_cache != "off":
+            prepare_package_cache()
         dirs = SandboxDirs(workspace.parent, privileged=privileged())
         proxy_class = _egress_proxy_class() if request.network.mode == "allowlist" else None
         await teardown(dirs, uid=read_identity(dirs))  # creation is a durable step: it may run again
@@ -489,7 +556,16 @@ class BubblewrapSandboxBackend(SandboxBackend):
             dirs.home.mkdir()
             os.chown(dirs.home, uid, uid)
             tmp_mb = tmp_size_mb(request.limits)
-            ensure_mounted(dirs, repo=repo, strategy=strategy, shift=shift, tmp_mb=tmp_mb, disk_image=disk_image)
+            ensure_mounted(
+                dirs,
+                repo=repo,
+                strategy=strategy,
+                shift=shift,
+                tmp_mb=tmp_mb,
+                disk_image=disk_image,
+                package_cache=request.package_cache,
+                mounts=request.mounts,
+            )
             cgroup = dirs.cgroup()
             if cgroup is not None:
                 cgroup.create(request.limits)
@@ -508,10 +584,12 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 placeholders={secret.name: secret.placeholder for secret in request.secrets},
                 disk_image=disk_image,
                 disk_baseline=baseline,
+                package_cache=request.package_cache,
+                mounts=request.mounts,
             )
             values = [secret.value.get_secret_value() for secret in request.secrets]
             sandbox = BubblewrapSandbox(
-                state=state, env=request.env, proxy=proxy, secret_values=values, lock_fd=lock_fd
+                state=state, env=request.exec_env(), proxy=proxy, secret_values=values, lock_fd=lock_fd
             )
         except BaseException:
             try:
@@ -555,6 +633,9 @@ class BubblewrapSandboxBackend(SandboxBackend):
         if not reclaim_uid(parsed.uid, dirs.run_dir, state_dirname=STATE_DIRNAME):
             raise SandboxError(f"sandbox uid {parsed.uid} is now held by another sandbox; cannot re-open it")
         shift = IdShift(*repo_owner(parsed.repo), parsed.uid, parsed.gid)
+        check_mounts(parsed.mounts, repo=parsed.repo, run_dir=parsed.run_dir)
+        if parsed.package_cache != "off":
+            prepare_package_cache()
         try:
             ensure_mounted(
                 dirs,
@@ -563,6 +644,8 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 shift=shift,
                 tmp_mb=tmp_size_mb(parsed.limits),
                 disk_image=parsed.disk_image,
+                package_cache=parsed.package_cache,
+                mounts=parsed.mounts,
             )
         except OSError as exc:
             raise SandboxError(f"sandbox is gone: its workspace cannot be mounted again ({exc})") from exc

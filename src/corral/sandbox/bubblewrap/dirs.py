@@ -9,13 +9,14 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import SandboxError
 from corral.sandbox.bubblewrap import overlay
 from corral.sandbox.bubblewrap.diskimage import loop_devices_for, mount_image, wait_detached
-from corral.sandbox.bubblewrap.identity import release_uid, runs_as_root
+from corral.sandbox.bubblewrap.identity import REGISTRY_DIR, release_uid, runs_as_root
 from corral.sandbox.bubblewrap.limits import SandboxCgroup, cgroup_support
 from corral.sandbox.bubblewrap.overlay import IdShift, OverlayPaths
 from corral.sandbox.workspace import BASELINE_DIRNAME, WORKSPACE_DIRNAME, remove_now, remove_tree
@@ -29,6 +30,7 @@ PORTAL_ROOT = Path(os.environ.get("CORRAL_SANDBOX_PORTAL_DIR", "/run/corral/sand
 sandbox's directories: bwrap runs as the sandbox uid, which cannot traverse a private run dir's parents."""
 DISK_ROOT = Path(os.environ.get("CORRAL_SANDBOX_DISK_DIR", "/var/lib/corral/sandbox-disks"))
 """Sparse ext4 images holding each sandbox's changes and home (root only); removed by destroy."""
+PACKAGE_CACHE_SUBDIRS = ("pip", "npm", "uv")
 _QUICK_REMOVE_ENTRIES = 2_000  # trees smaller than this are removed inline, larger ones by `rm -rf`
 
 
@@ -50,6 +52,15 @@ def image_owner_path(ident: str) -> Path:
 
 def portal_path(ident: str) -> Path:
     return PORTAL_ROOT / ident
+
+
+def package_cache_root() -> Path:
+    """The one package cache of the user corral runs as (``$CORRAL_PACKAGE_CACHE_DIR`` overrides it)."""
+    configured = os.environ.get("CORRAL_PACKAGE_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser().absolute()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base, "corral", "packages").absolute()
 
 
 def lock_path(run_dir: Path) -> Path:
@@ -133,6 +144,24 @@ class SandboxDirs:
     def bind_workspace(self) -> Path:
         return self._visible("workspace", self.workspace)
 
+    def bind_package_cache(self) -> Path:
+        """The path bwrap binds as the package cache: in the portal a view made for this sandbox's uid."""
+        return self.portal / "package-cache" if self.portal is not None else package_cache_root()
+
+    def bind_mount(self, index: int, path: str) -> Path:
+        """The path bwrap binds as the profile's ``index``-th mount (``path`` on the host)."""
+        return self.portal / "mounts" / str(index) if self.portal is not None else Path(path)
+
+    def package_cache_layers(self) -> OverlayPaths:
+        """A read-only cache as a copy-on-write overlay (root only): what the sandbox writes stays its own."""
+        assert self.portal is not None
+        return OverlayPaths(
+            lower=package_cache_root(),
+            upper=self.disk / "package-cache-upper",
+            work=self.disk / "package-cache-work",
+            merged=self.portal / "package-cache",
+        )
+
     def layers(self, repo: Path) -> OverlayPaths:
         return OverlayPaths(lower=repo, upper=self.disk / "upper", work=self.disk / "work", merged=self.workspace)
 
@@ -183,7 +212,15 @@ def read_identity(dirs: SandboxDirs) -> int | None:
 
 
 def ensure_mounted(
-    dirs: SandboxDirs, *, repo: Path, strategy: str, shift: IdShift, tmp_mb: int, disk_image: bool
+    dirs: SandboxDirs,
+    *,
+    repo: Path,
+    strategy: str,
+    shift: IdShift,
+    tmp_mb: int,
+    disk_image: bool,
+    package_cache: str = "off",
+    mounts: Sequence[str] = (),
 ) -> None:
     """Make every mount the sandbox needs, skipping those that exist (after a reboot, all of them)."""
     mounted = overlay.mount_points()
@@ -207,6 +244,86 @@ def ensure_mounted(
     dirs.tmp.mkdir(exist_ok=True)
     if str(dirs.tmp) not in mounted:
         overlay.mount_tmpfs(dirs.tmp, size_mb=tmp_mb, uid=shift.sandbox_uid, gid=shift.sandbox_gid)
+    for index, path in enumerate(mounts):
+        target = dirs.bind_mount(index, path)
+        target.mkdir(parents=True, exist_ok=True)
+        if str(target) not in mounted:
+            overlay.bind_mount(Path(path), target)
+    if package_cache != "off":
+        _mount_package_cache(dirs, package_cache, shift, mounted)
+
+
+def _mount_package_cache(dirs: SandboxDirs, mode: str, shift: IdShift, mounted: set[str]) -> None:
+    """The cache, seen by the sandbox's uid as its own: shared (read-write) or copy-on-write (read-only)."""
+    root = package_cache_root()
+    target = dirs.bind_package_cache()
+    target.mkdir(exist_ok=True)
+    if str(target) in mounted:
+        return
+    owner = root.stat()
+    # On disk every sandbox's files belong to the cache's owner; each sandbox sees them as its own uid's.
+    cache_shift = IdShift(owner.st_uid, owner.st_gid, shift.sandbox_uid, shift.sandbox_gid)
+    try:
+        if mode == "read-write":
+            overlay.bind_idmapped(root, target, cache_shift)
+            return
+        layers = dirs.package_cache_layers()
+        if not layers.usable():
+            raise OSError(0, f"{root} cannot be an overlay layer (a comma, colon or space in a path)")
+        for directory in (layers.upper, layers.work):
+            directory.mkdir(exist_ok=True)
+        os.chown(layers.upper, shift.sandbox_uid, shift.sandbox_gid)
+        overlay.mount_overlay(layers, cache_shift)
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot mount the package cache {root} ({mode}): {exc.strerror or exc}",
+            hint="its filesystem must support idmapped mounts (ext4, xfs, btrfs, tmpfs on Linux 6.3+); "
+            'or set package_cache = "off"',
+        ) from exc
+
+
+def prepare_package_cache() -> Path:
+    """Make the cache (owner-only) with a directory per tool; refuse one that another user owns."""
+    root = package_cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        owner = root.stat().st_uid
+        if owner != os.geteuid():
+            raise SandboxError(
+                f"the package cache {root} belongs to uid {owner}, not to this user ({os.geteuid()})",
+                hint="a cache another user can write could feed this user's runs; set CORRAL_PACKAGE_CACHE_DIR",
+            )
+        for name in PACKAGE_CACHE_SUBDIRS:
+            (root / name).mkdir(exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise SandboxError(f"cannot prepare the package cache {root}: {exc.strerror or exc}") from exc
+    return root
+
+
+def check_mounts(mounts: Sequence[str], *, repo: Path, run_dir: Path) -> None:
+    """Refuse a mount that is missing, not a directory, reached through a link, or shows corral's own files.
+
+    The profile's own checks (``corral.sandbox.types.MountPath``) already refused system paths;
+    these need the host: the repository, the run directories (and the store above them), the
+    package cache and corral's host-wide state.
+    """
+    private = [repo, run_dir.parent, PORTAL_ROOT, DISK_ROOT, REGISTRY_DIR, package_cache_root()]
+    if run_dir.parent.name == "runs":  # a store's runs/: the store (corral's home) is private too
+        private.append(run_dir.parent.parent)
+    for path in map(Path, mounts):
+        if not path.is_dir():
+            what = "does not exist" if not os.path.lexists(path) else "is not a directory"
+            raise SandboxError(f"mount {path} {what} on this machine", hint="mounts name host directories")
+        real = Path(os.path.realpath(path))
+        if real != path:
+            raise SandboxError(f"mount {path} leads through a symlink to {real}", hint=f"name {real} instead")
+        for other in private:
+            other = Path(os.path.realpath(other))
+            if path.is_relative_to(other) or other.is_relative_to(path):
+                raise SandboxError(
+                    f"mount {path} would show {other} to the sandbox",
+                    hint="the repository reaches the sandbox as its workspace; corral's own files never do",
+                )
 
 
 async def teardown(dirs: SandboxDirs, *, uid: int | None) -> None:

@@ -20,6 +20,8 @@ INSIDE_UID = 1000
 INSIDE_GID = 1000
 INSIDE_USER = "corral"
 INSIDE_HOME = "/home/corral"
+INSIDE_SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+"""The login shell in the sandbox's passwd and $SHELL: the host's /bin is the sandbox's."""
 
 
 def runs_as_root() -> bool:
@@ -119,7 +121,7 @@ def passwd_entries(host_home: str = INSIDE_HOME) -> tuple[str, str]:
     """The sandbox's /etc/passwd and /etc/group: root, the sandbox user and nobody, nothing from the host."""
     passwd = (
         "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
-        f"{INSIDE_USER}:x:{INSIDE_UID}:{INSIDE_GID}:corral sandbox:{host_home}:/bin/sh\n"
+        f"{INSIDE_USER}:x:{INSIDE_UID}:{INSIDE_GID}:corral sandbox:{host_home}:{INSIDE_SHELL}\n"
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
     )
     group = f"root:x:0:\n{INSIDE_USER}:x:{INSIDE_GID}:\nnogroup:x:65534:\n"

@@ -165,10 +165,23 @@ class SandboxCgroup:
         if pids is not None:
             (pids / "pids.max").write_text(str(limits.pids) if limits.pids is not None else "max")
 
-    def add(self, pid: int) -> None:
-        """Move a process (and so everything it later starts) into the sandbox's groups."""
-        for directory in set(self.dirs.values()):
-            (directory / "cgroup.procs").write_text(str(pid))
+    def join_argv(self) -> list[str]:
+        """A command prefix that moves itself into the sandbox's groups, then execs the rest.
+
+        bwrap started this way clones the sandbox inside the groups, so the cgroup namespace it makes
+        is rooted at the sandbox's own group: commands see ``/`` in /proc/self/cgroup and find their
+        limits at the top of /sys/fs/cgroup (see ``inside_binds``). Moving bwrap's child afterwards
+        would leave the namespace rooted at corral's group, with the limits out of sight.
+        """
+        files = sorted({str(directory / "cgroup.procs") for directory in self.dirs.values()})
+        moves = " && ".join(f'echo 0 > "${index}"' for index in range(1, len(files) + 1))
+        return ["/bin/sh", "-c", f'{moves} && shift {len(files)} && exec "$@"', "corral-cgroup", *files]
+
+    def inside_binds(self) -> list[tuple[Path, str]]:
+        """The groups and where commands see them: /sys/fs/cgroup itself (v2), or a controller's directory (v1)."""
+        if self.support.version == 2:
+            return [(next(iter(self.dirs.values())), str(CGROUP_MOUNT))]
+        return [(directory, str(CGROUP_MOUNT / controller)) for controller, directory in sorted(self.dirs.items())]
 
     def counters(self) -> LimitCounters:
         memory, pids = self.dirs.get("memory"), self.dirs.get("pids")

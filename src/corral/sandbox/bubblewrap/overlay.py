@@ -19,7 +19,8 @@ from corral.sandbox.workspace import BASELINE_EXCLUDES, SCRATCH_DIRNAME
 
 _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC = 0x2, 0x4, 0x1000, 0x4000
 _MNT_DETACH, _UMOUNT_NOFOLLOW = 0x2, 0x8
-_SYS_OPEN_TREE, _SYS_MOUNT_SETATTR = 428, 442  # x86_64 and aarch64 share the new mount API numbers
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442  # x86_64 and aarch64 share these
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _OPEN_TREE_CLONE, _OPEN_TREE_CLOEXEC, _AT_EMPTY_PATH = 0x1, 0o2000000, 0x1000
 _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV, _MOUNT_ATTR_IDMAP = 0x1, 0x2, 0x4, 0x100000
 _CLONE_NEWUSER = 0x10000000
@@ -89,16 +90,15 @@ def _idmap_userns(shift: IdShift) -> int:
     return fd
 
 
-def _idmapped_view(source: Path, shift: IdShift) -> int:
-    """A detached, read-only, idmapped clone of the mount at ``source``, as an fd."""
+def _idmapped_view(source: Path, shift: IdShift, *, read_only: bool = True) -> int:
+    """A detached, idmapped (by default read-only) clone of the mount at ``source``, as an fd."""
     lib = libc()
     fd = check(
         lib.syscall(_SYS_OPEN_TREE, -100, os.fsencode(source), _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC), "open_tree"
     )
     try:
-        attrs = _MountAttr(
-            _MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, 0, 0, _idmap_userns(shift)
-        )
+        flags = _MOUNT_ATTR_IDMAP | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV | (_MOUNT_ATTR_RDONLY if read_only else 0)
+        attrs = _MountAttr(flags, 0, 0, _idmap_userns(shift))
         check(
             lib.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH, ctypes.byref(attrs), ctypes.sizeof(attrs)),
             "mount_setattr(MOUNT_ATTR_IDMAP)",
@@ -151,6 +151,18 @@ def mount_overlay(paths: OverlayPaths, shift: IdShift) -> None:
         )
     finally:
         os.close(lower_fd)  # the overlay keeps its own private clone of the layer
+
+
+def bind_idmapped(source: Path, target: Path, shift: IdShift) -> None:
+    """Bind ``source`` writable at ``target`` with its owner shifted: a shared directory each sandbox uid may use."""
+    fd = _idmapped_view(source, shift, read_only=False)
+    try:
+        check(
+            libc().syscall(_SYS_MOVE_MOUNT, fd, b"", -100, os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH),
+            "move_mount",
+        )
+    finally:
+        os.close(fd)
 
 
 def mount_tmpfs(target: Path, *, size_mb: int, uid: int, gid: int) -> None:

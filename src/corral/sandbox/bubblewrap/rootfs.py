@@ -1,7 +1,9 @@
-"""What a sandbox sees: read-only system dirs, a curated /etc, private /tmp and home, and the bwrap flags for it."""
+"""What a sandbox sees: read-only system dirs, a curated /etc and /sys, private /tmp and home, /workspace,
+and the bwrap flags for it."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import hashlib
@@ -15,6 +17,10 @@ from pathlib import Path
 from corral.sandbox.bubblewrap.identity import INSIDE_GID, INSIDE_HOME, INSIDE_UID, passwd_entries
 
 HOSTNAME = "corral"
+WORKSPACE = "/workspace"
+"""Where every sandbox sees its workspace, whatever its host path: a venv made inside survives a resume."""
+PACKAGE_CACHE = "/var/cache/corral"
+"""Where the package cache appears when a sandbox has one (pip/, npm/ and uv/ inside)."""
 
 SYSTEM_DIRS = ("/usr",)
 """Bound read-only; the merged-/usr links (/bin, /lib, ...) are recreated as links, or bound if real dirs."""
@@ -54,6 +60,29 @@ HOST_ETC = (
 pip.conf, npmrc or gitconfig."""
 
 
+HOST_CONFIG_FILES = (
+    "/usr/etc/npmrc",
+    "/usr/local/etc/npmrc",
+    "/usr/lib/node_modules/npm/npmrc",
+    "/usr/local/lib/node_modules/npm/npmrc",
+    "/usr/etc/gitconfig",
+    "/usr/local/etc/gitconfig",
+    "/usr/pip.conf",
+    "/usr/local/pip.conf",
+    "/usr/etc/pip.conf",
+    "/usr/local/etc/pip.conf",
+    "/usr/etc/yarnrc",
+    "/usr/local/etc/yarnrc",
+)
+"""Configuration files under the /usr bind that tools read on their own (npm's global and builtin npmrc,
+git's system config of a /usr/local build, pip's site config): a global npmrc may carry a registry token,
+and any of them can point clients at the host's CA or proxy. Each one that exists is hidden by an empty file."""
+
+SYS_HIDDEN = ("fs", "firmware")
+"""Top-level /sys entries not shown: fs holds every cgroup of the host (the sandbox gets its own instead);
+firmware holds ACPI tables and EFI variables, which no build reads."""
+
+
 @functools.cache
 def system_args() -> tuple[str, ...]:
     """bwrap flags for /usr and the top-level system links; computed once per process."""
@@ -67,6 +96,87 @@ def system_args() -> tuple[str, ...]:
         elif os.path.isdir(entry):
             args += ["--ro-bind", entry, entry]
     return tuple(args)
+
+
+@functools.cache
+def masked_config_args() -> tuple[str, ...]:
+    """bwrap flags that put an empty file over each host configuration file in ``HOST_CONFIG_FILES``."""
+    args: list[str] = []
+    seen: set[str] = set()
+    for name in HOST_CONFIG_FILES:
+        real = os.path.realpath(name)
+        # The mount point must be a file the sandbox sees at that path: under /usr, reached without links.
+        if real in seen or not os.path.isfile(real) or not real.startswith("/usr/"):
+            continue
+        seen.add(real)
+        args += ["--ro-bind", str(_empty_file()), real]
+    return tuple(args)
+
+
+@functools.cache
+def sys_args(*, network: str) -> tuple[str, ...]:
+    """/sys read-only, without the host's cgroups and firmware; without the host's interfaces unless networked."""
+    args: list[str] = []
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir("/sys")):
+            path = f"/sys/{name}"
+            if name not in SYS_HIDDEN and os.path.isdir(path) and not os.path.islink(path):
+                args += ["--ro-bind", path, path]
+    if network != "host" and os.path.isdir("/sys/class/net"):
+        # An empty, read-only tmpfs: the host's interfaces are not this sandbox's (it has loopback only).
+        args += ["--tmpfs", "/sys/class/net", "--remount-ro", "/sys/class/net"]
+    return tuple(args)
+
+
+def meminfo_file(memory_mb: int) -> Path:
+    """A /proc/meminfo that says the machine has ``memory_mb``, for tools that size themselves from it.
+
+    Like lxcfs, but static: total, free and available are all the limit, so ``free`` shows nothing
+    used. Every other size is zero except the page and address-space sizes, which are the host's.
+    """
+    return _meminfo_file(memory_mb, Path("/proc/meminfo").read_text())
+
+
+_MEMINFO_AS_LIMIT = frozenset({"MemTotal", "MemFree", "MemAvailable"})
+_MEMINFO_AS_HOST = frozenset({"Hugepagesize", "VmallocTotal"})
+
+
+@functools.cache
+def _meminfo_file(memory_mb: int, host: str) -> Path:
+    lines: list[str] = []
+    for line in host.splitlines():
+        name, _, value = line.partition(":")
+        fields = value.split()
+        if len(fields) == 2 and fields[1] == "kB" and name not in _MEMINFO_AS_HOST:
+            kib = memory_mb * 1024 if name in _MEMINFO_AS_LIMIT else 0
+            line = f"{name + ':':<16}{kib:>8} kB"
+        lines.append(line)
+    return _cached_file("meminfo", "\n".join(lines) + "\n")
+
+
+def _empty_file() -> Path:
+    return _cached_file("empty", "")
+
+
+def _cached_file(kind: str, content: str) -> Path:
+    """A read-only file holding ``content`` under the cache root, shared by every sandbox (named by its hash)."""
+    digest = hashlib.sha256(content.encode()).hexdigest()[:20]
+    target = _cache_root() / "files" / f"{kind}-{digest}"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(target.parent, 0o755)
+    fd, temporary = tempfile.mkstemp(prefix=".building-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+        os.chmod(temporary, 0o444)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return target
 
 
 @functools.cache
@@ -101,11 +211,12 @@ def _generated_files(*, network: str) -> dict[str, str]:
     return files
 
 
-def _etc_cache_root() -> Path:
+def _cache_root() -> Path:
+    """Where the files every sandbox shares (its /etc, an empty file, meminfo) are built: readable by all."""
     if os.geteuid() == 0:
-        return Path("/run/corral/etc")
+        return Path("/run/corral")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(runtime, "corral", "etc") if runtime else Path.home() / ".cache" / "corral" / "etc"
+    return Path(runtime, "corral") if runtime else Path.home() / ".cache" / "corral"
 
 
 @functools.cache
@@ -124,7 +235,7 @@ def etc_template(*, network: str) -> tuple[Path, tuple[str, ...]]:
         info = os.lstat(path)
         detail = os.readlink(path) if kind == "link" else f"{info.st_mtime_ns}:{info.st_size}"
         digest.update(f"{name}\0{kind}\0{detail}\0".encode())
-    target = _etc_cache_root() / f"{digest.hexdigest()[:20]}-{'host' if host else 'isolated'}"
+    target = _cache_root() / "etc" / f"{digest.hexdigest()[:20]}-{'host' if host else 'isolated'}"
     extra: tuple[str, ...] = ("--ro-bind", os.path.realpath("/etc/resolv.conf"), "/etc/resolv.conf") if host else ()
     if target.is_dir():
         return target, extra
@@ -172,11 +283,18 @@ def sandbox_args(
     tmp_dir: Path,
     home_dir: Path,
     workspace_source: Path,
-    workspace: Path,
+    meminfo: Path | None = None,
+    cgroup_binds: Sequence[tuple[Path, str]] = (),
+    binds: Sequence[tuple[Path, str]] = (),
+    ro_binds: Sequence[tuple[Path, str]] = (),
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """The bwrap command line up to (not including) the per-exec flags."""
-    return [
+    """The bwrap command line up to (not including) the per-exec flags.
+
+    ``cgroup_binds`` show the sandbox's own cgroups under /sys/fs/cgroup; ``binds`` and ``ro_binds``
+    are further host directories (the package cache, the profile's mounts) and where they appear.
+    """
+    args = [
         bwrap,
         *namespace_args(network=network),
         "--die-with-parent",
@@ -192,12 +310,20 @@ def sandbox_args(
         HOSTNAME,
         "--disable-userns",
         *system_args(),
+        *masked_config_args(),
         "--ro-bind",
         str(etc_dir),
         "/etc",
         *etc_extra,
         "--proc",
         "/proc",
+    ]
+    if meminfo is not None:
+        args += ["--ro-bind", str(meminfo), "/proc/meminfo"]
+    args += sys_args(network=network)
+    for source, target in cgroup_binds:
+        args += ["--ro-bind", str(source), target]
+    args += [
         "--dev",
         "/dev",
         "--bind",
@@ -211,8 +337,10 @@ def sandbox_args(
         INSIDE_HOME,
         "--bind",
         str(workspace_source),
-        str(workspace),
-        *extra,
-        "--remount-ro",
-        "/",
+        WORKSPACE,
     ]
+    for source, target in binds:
+        args += ["--bind", str(source), target]
+    for source, target in ro_binds:
+        args += ["--ro-bind", str(source), target]
+    return [*args, *extra, "--remount-ro", "/"]
