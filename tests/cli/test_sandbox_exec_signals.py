@@ -30,7 +30,7 @@ NOTHING = {
 
 
 def start_exec(tmp: Path, token: str, home: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "TMPDIR": str(tmp), "CORRAL_HOME": str(home)}
+    env = {**os.environ, "TMPDIR": str(tmp), "CORRAL_HOME": str(home), "PYTHONFAULTHANDLER": "1"}
     command = [sys.executable, "-m", "corral", "sandbox", "exec", "--", "sh", "-c", f"echo started; sleep {token}"]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -41,6 +41,17 @@ def wait_running(proc: subprocess.Popen[str], token: str) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the sandboxed command never started"
         time.sleep(0.05)
+
+
+def finish(proc: subprocess.Popen[str]) -> str:
+    """The stopped command's stderr; if it does not end, its Python stack (faulthandler) and the process tree."""
+    try:
+        return proc.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        tree = subprocess.run(["ps", "-ef", "--forest"], capture_output=True, text=True).stdout
+        proc.send_signal(signal.SIGABRT)
+        stack = proc.communicate(timeout=30)[1]
+        pytest.fail(f"corral did not exit after the signal:\n{stack[-6000:]}\n{tree[-6000:]}")
 
 
 def footprint(tmp: Path, run_dirs: list[Path]) -> dict[str, list[str]]:
@@ -67,7 +78,7 @@ def test_a_stop_signal_removes_the_sandbox_and_says_interrupted(tmp_path: Path, 
         run_dirs = [path / "run" for path in tmp_path.glob("corral-exec-*")]
         assert run_dirs
         proc.send_signal(signum)
-        _out, err = proc.communicate(timeout=30)
+        err = finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
