@@ -58,6 +58,12 @@ def sandbox_exec(
         float | None, typer.Option("--timeout", help="Wall-clock seconds (default: the agent's, 120).")
     ] = None,
     backend: Annotated[str | None, typer.Option("--backend", help="Sandbox backend (default bubblewrap).")] = None,
+    cache: Annotated[
+        str | None, typer.Option("--cache", help="The pip/npm/uv package cache: off, read-only or read-write.")
+    ] = None,
+    mount: Annotated[
+        list[str] | None, typer.Option("--mount", help="A host directory (toolchain, virtualenv) mounted read-only.")
+    ] = None,
 ) -> None:
     """Run one command in a fresh sandbox, print its output and exit code, clean up.
 
@@ -66,7 +72,15 @@ def sandbox_exec(
     """
     profile = _exec_profile(
         agent,
-        {"backend": backend, "network": network, "allow": allow, "memory_mb": memory, "exec_timeout_s": timeout},
+        {
+            "backend": backend,
+            "network": network,
+            "allow": allow,
+            "memory_mb": memory,
+            "exec_timeout_s": timeout,
+            "package_cache": cache,
+            "mounts": mount,
+        },
     )
     if profile.network.mode == "host":
         err_console.print("[yellow]warning:[/yellow] network host: the command can reach any address this machine can")
@@ -83,6 +97,17 @@ def sandbox_exec(
         err_console.print(f"corral: interrupted by {stop.signal_name}; the sandbox was removed")
         code = stop.exit_code
     raise typer.Exit(code)
+
+
+_FLAGS = {
+    "backend": "--backend",
+    "network": "--network/--allow",
+    "limits": "--memory",
+    "exec_timeout_s": "--timeout",
+    "package_cache": "--cache",
+    "mounts": "--mount",
+}
+"""The ``sandbox exec`` flag for each field of a spec's sandbox table, for errors."""
 
 
 def _exec_profile(agent: str | None, flags: dict[str, Any]) -> SandboxProfile:
@@ -118,13 +143,14 @@ def _exec_profile(agent: str | None, flags: dict[str, Any]) -> SandboxProfile:
         return SandboxProfile.model_validate(data)
     except ValidationError as err:
         problem = err.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "sandbox"
-        raise UsageError(f"{where}: {problem['msg'].removeprefix('Value error, ')}") from None
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        raise UsageError(f"{_FLAGS.get(field, field)}: {problem['msg'].removeprefix('Value error, ')}") from None
 
 
 async def _exec(command: list[str], *, profile: SandboxProfile, repo: Path | None) -> int:
     from corral.events import EgressAttempted
-    from corral.sandbox import SandboxRequest, get_backend, mark_run_ended
+    from corral.runtime.sandboxing import profile_request
+    from corral.sandbox import get_backend, mark_run_ended
     from corral.sandbox.bubblewrap.sweep import ONE_SHOT_MARKER
 
     chosen = get_backend(profile.backend)
@@ -144,13 +170,7 @@ async def _exec(command: list[str], *, profile: SandboxProfile, repo: Path | Non
         mark_run_ended(run_dir)
         source = repo or Path(tmp, "empty")
         source.mkdir(exist_ok=True)
-        request = SandboxRequest(
-            repo=source,
-            run_dir=run_dir,
-            network=profile.network,
-            limits=profile.limits,
-            on_egress=on_egress,
-        )
+        request = profile_request(profile, repo=source, run_dir=run_dir, on_egress=on_egress)
         sandbox = await chosen.create(request)
         kept: Path | None = None
         try:

@@ -26,7 +26,7 @@ from corral.errors import BudgetExceededError, CorralError, RunTimeoutError, San
 from corral.events import Usage
 from corral.policy.budgets import BudgetClock
 from corral.runtime import recovery, workflow
-from corral.runtime.sandboxing import START_DIRNAME, open_sandbox, prepare_start
+from corral.runtime.sandboxing import START_DIRNAME, open_sandbox, patch_conflict, prepare_start
 from corral.sandbox.base import Sandbox, get_backend, mark_run_ended
 from corral.sandbox.patching import check_patch
 from corral.sandbox.workspace import remove_tree
@@ -548,10 +548,8 @@ async def _check_start(repo: Path, patches: list[tuple[str, str]]) -> None:
         report = await check_patch(repo, patch)
         if report.applies or report.already_applied:
             return
-        raise UsageError(
-            f"the changes of run {run_id} do not apply to {repo} any more: {'; '.join(report.problems[:5])}",
-            hint=f"`corral diff {run_id}` shows them; restore the files it changes, or start a new run",
-        )
+        conflict = patch_conflict(run_id, repo, report.problems)
+        raise UsageError(conflict.message, hint=conflict.hint)
     with tempfile.TemporaryDirectory(prefix="corral-start-check-") as scratch:
         try:
             await prepare_start(repo, Path(scratch), patches, notes=[])

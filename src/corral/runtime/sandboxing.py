@@ -19,7 +19,7 @@ from corral.sandbox.base import Sandbox, SandboxRequest, ScopedSecret, get_backe
 from corral.sandbox.patching import apply_patch
 from corral.sandbox.workspace import copy_tree, remove_tree
 from corral.secrets.redact import Redactor
-from corral.spec import AgentSpec
+from corral.spec import AgentSpec, SandboxProfile
 from corral.store import RunRecord
 
 log = logging.getLogger("corral.runtime")
@@ -68,20 +68,47 @@ def egress_sink(emit: Emit) -> Callable[[ev.EgressAttempted], None]:
 
 def sandbox_request(record: RunRecord, spec: AgentSpec, redactor: Redactor, emit: Emit) -> SandboxRequest:
     env, scoped = load_secrets(record, spec, redactor)
-    profile = spec.sandbox
-    if profile.network.mode == "host":
+    if spec.sandbox.network.mode == "host":
         log.warning("run %s: network 'host': commands can reach any address this machine can", record.id)
-    return SandboxRequest(
+    return profile_request(
+        spec.sandbox,
         repo=Path(record.repo),
         run_dir=Path(record.run_dir),
         env=env,
-        network=profile.network,
-        limits=profile.limits,
         secrets=scoped,
         on_egress=egress_sink(emit),
+    )
+
+
+def profile_request(
+    profile: SandboxProfile,
+    *,
+    repo: Path,
+    run_dir: Path,
+    env: dict[str, str] | None = None,
+    secrets: tuple[ScopedSecret, ...] = (),
+    on_egress: Callable[[ev.EgressAttempted], None] | None = None,
+) -> SandboxRequest:
+    """What a spec's sandbox table asks of a backend: the one mapping, for runs and ``corral sandbox exec``."""
+    return SandboxRequest(
+        repo=repo,
+        run_dir=run_dir,
+        env=env or {},
+        network=profile.network,
+        limits=profile.limits,
+        secrets=secrets,
+        on_egress=on_egress,
         git_user=profile.git_user,
         package_cache=profile.package_cache,
         mounts=profile.mounts,
+    )
+
+
+def patch_conflict(run_id: str, repo: Path, problems: Sequence[str]) -> SandboxError:
+    """The error for a follow-up whose starting patch (run ``run_id``'s) no longer applies to ``repo``."""
+    return SandboxError(
+        f"the changes of run {run_id} do not apply to {repo} any more: {'; '.join(problems[:5]) or 'git apply failed'}",
+        hint=f"`corral diff {run_id}` shows them; restore the files it changes, or start a new run",
     )
 
 
@@ -107,11 +134,7 @@ async def prepare_start(repo: Path, run_dir: Path, patches: Sequence[tuple[str, 
         if report.already_applied:
             notes.append(f"{repo} already holds the changes of run {run_id}; they were not applied again")
         elif not report.applies:
-            problems = "; ".join(report.problems[:5]) or "git apply failed"
-            raise SandboxError(
-                f"the changes of run {run_id} do not apply to {repo} any more: {problems}",
-                hint=f"`corral diff {run_id}` shows them; restore the files it changes, or start a new run",
-            )
+            raise patch_conflict(run_id, repo, report.problems)
     return start
 
 
