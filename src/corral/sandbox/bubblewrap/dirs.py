@@ -163,7 +163,13 @@ class SandboxDirs:
         )
 
     def layers(self, repo: Path) -> OverlayPaths:
-        return OverlayPaths(lower=repo, upper=self.disk / "upper", work=self.disk / "work", merged=self.workspace)
+        return OverlayPaths(
+            lower=repo,
+            upper=self.disk / "upper",
+            work=self.disk / "work",
+            merged=self.workspace,
+            owned=self.state / "owned",  # not on the disk image: these copies are not the agent's usage
+        )
 
     def cgroup(self) -> SandboxCgroup | None:
         return cgroup_for(self.id)

@@ -15,6 +15,7 @@ from pathlib import Path
 from corral.errors import SandboxError
 from corral.sandbox.bubblewrap.syscalls import check, libc
 from corral.sandbox.git import init_bare, run_git
+from corral.sandbox.proc import run_process
 from corral.sandbox.workspace import BASELINE_EXCLUDES, SCRATCH_DIRNAME
 
 _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC = 0x2, 0x4, 0x1000, 0x4000
@@ -27,6 +28,8 @@ _CLONE_NEWUSER = 0x10000000
 _OPAQUE_XATTR = "trusted.overlay.opaque"
 _UNSAFE_IN_OPTIONS = frozenset(",:\\\n\t ")  # mount(2) option strings cannot carry these in a path
 _PATHSPEC_BUDGET = 100_000  # bytes of pathspecs on one command line before diffing falls back to the whole tree
+_ARGV_BUDGET = 100_000  # bytes of paths on one cp command line
+_TREE_TIMEOUT = 600.0  # for find, cp and chown over a whole repository
 _USERNS_CACHE_SIZE = 64
 
 
@@ -111,16 +114,22 @@ def _idmapped_view(source: Path, shift: IdShift, *, read_only: bool = True) -> i
 
 @dataclass(frozen=True)
 class OverlayPaths:
-    """The layers of one workspace: the repo (read-only lower), changes (upper), overlay's scratch and the view."""
+    """The layers of one workspace: the repo (read-only lower), changes (upper), overlay's scratch and the view.
+
+    ``owned`` holds copies of the repo's entries that belong to someone other than the repo's owner,
+    given to the sandbox user: a read-only layer between the repo and the changes, present only when
+    the repo has such entries (see ``copy_foreign``).
+    """
 
     lower: Path
     upper: Path
     work: Path
     merged: Path
+    owned: Path
 
     def usable(self) -> bool:
         """Whether the paths can go into an overlay mount's option string and do not overlap."""
-        paths = (self.upper, self.work, self.merged)
+        paths = (self.upper, self.work, self.merged, self.owned)
         if any(set(str(path)) & _UNSAFE_IN_OPTIONS for path in paths):
             return False
         return not any(path.is_relative_to(self.lower) for path in paths)
@@ -140,10 +149,12 @@ def prepare_layers(paths: OverlayPaths, shift: IdShift) -> None:
 def mount_overlay(paths: OverlayPaths, shift: IdShift) -> None:
     """Mount the workspace view at ``paths.merged``; the repo is reached only through a read-only idmapped clone."""
     lower_fd = _idmapped_view(paths.lower, shift)
+    lowers = f"/proc/self/fd/{lower_fd}"
+    if paths.owned.is_dir():  # above the repo: its entries hide the repo's foreign-owned ones
+        lowers = f"{paths.owned}:{lowers}"
     try:
         options = (
-            f"lowerdir=/proc/self/fd/{lower_fd},upperdir={paths.upper},workdir={paths.work},"
-            "redirect_dir=off,metacopy=off,index=off"
+            f"lowerdir={lowers},upperdir={paths.upper},workdir={paths.work},redirect_dir=off,metacopy=off,index=off"
         )
         check(
             libc().mount(b"overlay", os.fsencode(paths.merged), b"overlay", _MS_NOSUID | _MS_NODEV, options.encode()),
@@ -163,6 +174,79 @@ def bind_idmapped(source: Path, target: Path, shift: IdShift) -> None:
         )
     finally:
         os.close(fd)
+
+
+async def foreign_entries(lower: Path, shift: IdShift) -> list[str]:
+    """Repo-relative paths of the topmost entries not owned by ``shift.host_uid:host_gid``, sorted.
+
+    The idmapped view shows only that owner as the sandbox user; anything else appears as the overflow
+    id (nobody), which the sandbox user can neither write nor copy up (EOVERFLOW). A foreign
+    directory stands for its whole subtree. The repo's own ``.corral`` is never looked at.
+    """
+    starts = [str(lower / name) for name in sorted(os.listdir(lower)) if name != SCRATCH_DIRNAME]
+    if not starts:
+        return []
+    find = shutil.which("find") or "/usr/bin/find"
+    owner = ["(", "!", "-uid", str(shift.host_uid), "-o", "!", "-gid", str(shift.host_gid), ")"]
+    done = await run_process(
+        [find, *starts, *owner, "-printf", "%p\\0", "-prune"],
+        timeout=_TREE_TIMEOUT,
+        purpose="while looking for files the repository's owner does not own",
+    )
+    prefix = len(os.fsencode(lower)) + 1
+    return sorted(os.fsdecode(path[prefix:]) for path in done.stdout.split(b"\0") if path)
+
+
+async def copy_foreign(paths: OverlayPaths, entries: Sequence[str], shift: IdShift) -> None:
+    """Copy ``entries`` (and their parent directories) into ``paths.owned``, owned by the sandbox user.
+
+    The copies keep modes, times and symlinks (reflinked where the filesystem can), so the view shows
+    the same tree as the repo, only with every entry the sandbox's own. They sit in a read-only lower
+    layer, not in the upper one: they are no change, and count neither in the diff nor against the
+    disk limit.
+    """
+    owned = paths.owned
+    owned.mkdir(mode=0o700)
+    by_parent: dict[str, list[str]] = {}
+    for entry in entries:
+        parent, _, _ = entry.rpartition("/")
+        by_parent.setdefault(parent, []).append(entry)
+    made: list[str] = []  # parent directories made here, to be given the repo's times at the end
+    for parent in by_parent:
+        for depth in range(parent.count("/") + 1 if parent else 0):
+            rel = "/".join(parent.split("/")[: depth + 1])
+            if not (owned / rel).exists():
+                (owned / rel).mkdir()
+                shutil.copystat(paths.lower / rel, owned / rel, follow_symlinks=False)
+                made.append(rel)
+    cp = shutil.which("cp") or "/bin/cp"
+    for parent, names in by_parent.items():
+        for batch in _batches([str(paths.lower / name) for name in names]):
+            await run_process(
+                [cp, "-a", "--reflink=auto", "--", *batch, str(owned / parent)],
+                timeout=_TREE_TIMEOUT,
+                purpose="while copying files the repository's owner does not own",
+            )
+    chown = shutil.which("chown") or "/bin/chown"
+    # -h: a copied symlink must not make chown change its target.
+    await run_process(
+        [chown, "-R", "-h", f"{shift.sandbox_uid}:{shift.sandbox_gid}", "--", str(owned)], timeout=_TREE_TIMEOUT
+    )
+    for rel in reversed(made):  # deepest first: setting a directory's times does not touch its parent's
+        shutil.copystat(paths.lower / rel, owned / rel, follow_symlinks=False)
+
+
+def _batches(args: Sequence[str]) -> list[list[str]]:
+    """``args`` split into command lines of at most _ARGV_BUDGET bytes."""
+    batches: list[list[str]] = [[]]
+    size = 0
+    for arg in args:
+        if batches[-1] and size + len(arg) + 1 > _ARGV_BUDGET:
+            batches.append([])
+            size = 0
+        batches[-1].append(arg)
+        size += len(arg) + 1
+    return batches
 
 
 def mount_tmpfs(target: Path, *, size_mb: int, uid: int, gid: int) -> None:

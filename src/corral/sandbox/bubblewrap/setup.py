@@ -88,16 +88,25 @@ def tmp_size_mb(limits: Limits) -> int:
 
 
 async def make_workspace(dirs: SandboxDirs, repo: Path, shift: IdShift) -> tuple[Strategy, WorkspaceSnapshot, int]:
-    """An overlay over the repo when possible (root, idmapped mounts), else a copy; with the disk baseline."""
+    """An overlay over the repo when possible (root, idmapped mounts), else a copy; with the disk baseline.
+
+    Either way every file in the workspace belongs to the sandbox user, so that git trusts the repository
+    and the agent can edit, touch and remove anything: the overlay's idmapped view maps the repo's owner,
+    and what other users own in the repo is copied into a layer of its own (see ``overlay.copy_foreign``).
+    """
     layers = dirs.layers(repo)
     if overlay_possible(dirs, repo):
         try:
             overlay.prepare_layers(layers, shift)
+            foreign = await overlay.foreign_entries(repo, shift)
+            if foreign:
+                logger.info("%d entries of %s have another owner: copying them for the sandbox", len(foreign), repo)
+                await overlay.copy_foreign(layers, foreign, shift)
             overlay.mount_overlay(layers, shift)
-        except OSError as exc:
+        except (OSError, SandboxError) as exc:
             logger.info("overlay workspace unavailable (%s); copying the repository instead", exc)
             overlay.unmount_all(dirs.workspace)
-            for leftover in (layers.upper, layers.work, layers.merged):
+            for leftover in (layers.upper, layers.work, layers.merged, layers.owned):
                 shutil.rmtree(leftover, ignore_errors=True)
         else:
             dirs.git_dir.mkdir()
