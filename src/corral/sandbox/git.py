@@ -79,3 +79,17 @@ async def init_bare(git_dir: Path, *, excludes: Sequence[str]) -> None:
     await run_process(argv, timeout=GIT_TIMEOUT, env=git_env())
     (git_dir / "info").mkdir(exist_ok=True)
     (git_dir / "info" / "exclude").write_text("\n".join(excludes) + "\n")
+
+
+async def read_repo(repo: Path, args: Sequence[str]) -> bytes | None:
+    """Run a read-only git command (``ls-files``, ``rev-parse``) in the repository a sandbox starts from.
+
+    It uses the repository's own git dir, found from ``repo`` as git finds it (``repo`` may be a
+    subdirectory of a work tree, or in none: then the answer is None). No hooks or fsmonitor run,
+    and the repo's files may belong to any user.
+    """
+    argv = [git_binary(), "-C", str(repo), "--literal-pathspecs", "-c", "core.fsmonitor=false"]
+    for setting in GIT_CONFIG:
+        argv += ["-c", setting]
+    done = await run_process([*argv, *args], timeout=GIT_TIMEOUT, env=git_env(), check=False)
+    return done.stdout if done.exit_code == 0 else None

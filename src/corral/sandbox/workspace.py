@@ -9,14 +9,14 @@ import shutil
 import stat
 import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from corral.errors import SandboxError
-from corral.sandbox.git import git_binary, init_bare, run_git
+from corral.sandbox.git import git_binary, init_bare, read_repo, run_git
 from corral.sandbox.proc import run_process
 
 logger = logging.getLogger("corral.sandbox")
@@ -26,19 +26,29 @@ BASELINE_DIRNAME = "baseline.git"
 SCRATCH_DIRNAME = ".corral"
 """The workspace-local scratch dir (spilled tool outputs); never part of the baseline or the diff."""
 
-BASELINE_EXCLUDES = (
-    "/.git/",
-    f"/{SCRATCH_DIRNAME}/",
-    # Caches that running code or tests leaves behind never belong in a patch.
+ENVIRONMENT_DIRS = ("node_modules/", ".tox/", ".nox/", ".eggs/", "*.egg-info/")
+"""Installed environments: left out of every patch (unless tracked), and named when they are."""
+
+ENVIRONMENT_EXCLUDES = (
+    *ENVIRONMENT_DIRS,
     "__pycache__/",
     "*.py[cod]",
     ".pytest_cache/",
     ".mypy_cache/",
     ".ruff_cache/",
 )
-"""Never snapshotted or diffed, on top of whatever the repo's own .gitignore files ignore."""
+"""What installing and running code leaves in a workspace: never part of a patch unless the repo tracks it.
+
+A virtualenv, whatever its name, is left out too: any untracked directory holding ``pyvenv.cfg``
+(no ignore pattern can say that; see ``leave_out_environments``)."""
+
+VENV_MARKER = "pyvenv.cfg"
+
+BASELINE_EXCLUDES = ("/.git/", f"/{SCRATCH_DIRNAME}/", *ENVIRONMENT_EXCLUDES)
+"""Never snapshotted or diffed, on top of what the repo's own .gitignore files and .git/info/exclude ignore."""
 
 _COPY_TIMEOUT = 600.0
+_NOTE_ENTRIES = 10  # directories named in a "left out of the patch" note
 # Fixed identity and date make the baseline commit reproducible and independent of the host's git config.
 _BASELINE_IDENTITY = {
     "GIT_AUTHOR_NAME": "corral",
@@ -91,8 +101,9 @@ async def prepare_workspace(repo: Path, run_dir: Path) -> WorkspaceSnapshot:
 
     The repo is only read. Its own ``.git`` is copied so agents can use git; the baseline lives in a
     separate git dir so that nothing the agent does to the workspace's ``.git`` affects the diff.
-    Files ignored by the repo's ``.gitignore`` (or BASELINE_EXCLUDES) are in neither the baseline
-    nor later diffs. Leftovers of an earlier attempt in the same ``run_dir`` are replaced.
+    Files the repo ignores (``.gitignore`` files, ``.git/info/exclude``) or that are environments
+    (BASELINE_EXCLUDES, virtualenvs) are in neither the baseline nor later diffs, unless the repo
+    tracks them. Leftovers of an earlier attempt in the same ``run_dir`` are replaced.
     """
     git_binary()
     repo, workspace, git_dir = check_paths(Path(repo), Path(run_dir))
@@ -103,8 +114,11 @@ async def prepare_workspace(repo: Path, run_dir: Path) -> WorkspaceSnapshot:
             await remove_tree(leftover)
     try:
         await copy_tree(repo, workspace)
-        await init_bare(git_dir, excludes=BASELINE_EXCLUDES)
-        await _git(git_dir, workspace, "add", "--all", "--", ".")
+        await init_bare(git_dir, excludes=[*await repo_excludes(repo), *BASELINE_EXCLUDES])
+        index = git_dir / "index"
+        tracked = await repo_tracked(repo)
+        kept, _venvs = leave_out_environments(await untracked_files(git_dir, workspace, index), tracked)
+        await stage_files(git_dir, workspace, index, "--add", kept + tracked_left_out(workspace, tracked, kept))
         await _git(
             git_dir,
             workspace,
@@ -142,7 +156,8 @@ async def workspace_diff(snapshot: WorkspaceSnapshot) -> str:
     """A git-style patch (a/ b/ prefixes, new/deleted files, mode changes, binary) against the baseline.
 
     The current tree is staged into a throwaway index, so the baseline git dir's own index and the
-    workspace's ``.git`` are never touched and untracked new files show up as additions.
+    workspace's ``.git`` are never touched and untracked new files show up as additions. What the
+    baseline tracks stays in the diff; new files the repo ignores, or environments, stay out.
     """
     index = snapshot.git_dir / f"index.diff-{uuid.uuid4().hex}"
     # Starting from the baseline index keeps git's stat cache: unchanged files are not re-hashed.
@@ -154,7 +169,13 @@ async def workspace_diff(snapshot: WorkspaceSnapshot) -> str:
         raise SandboxError(f"the workspace baseline in {snapshot.git_dir} is unusable: {exc}") from exc
     env = {"GIT_INDEX_FILE": str(index)}
     try:
-        await _git(snapshot.git_dir, snapshot.workspace, "add", "--all", "--", ".", env=env)
+        await _git(snapshot.git_dir, snapshot.workspace, "add", "--update", "--", ".", env=env)
+        listed = await untracked_files(snapshot.git_dir, snapshot.workspace, index)
+        new_files, venvs = leave_out_environments(listed, ())
+        await stage_files(snapshot.git_dir, snapshot.workspace, index, "--add", new_files)
+        note = await left_out_note(snapshot.git_dir, snapshot.workspace, index, ["."], venvs)
+        if note:
+            logger.info("%s: %s", snapshot.workspace, note)
         return await _git(
             snapshot.git_dir,
             snapshot.workspace,
@@ -172,6 +193,164 @@ async def workspace_diff(snapshot: WorkspaceSnapshot) -> str:
     finally:
         for leftover in (index, index.with_name(index.name + ".lock")):
             leftover.unlink(missing_ok=True)
+
+
+# -- what the patch leaves out -----------------------------------------------------------------
+
+
+async def repo_excludes(repo: Path) -> list[str]:
+    """The patterns of the repo's own ``.git/info/exclude`` (none when ``repo`` is not the top of a work tree).
+
+    They are relative to the top of the work tree, which is the top of the workspace only then.
+    """
+    out = await read_repo(repo, ["rev-parse", "--show-prefix", "--git-path", "info/exclude"])
+    if out is None:
+        return []
+    prefix, _, path = out.decode("utf-8", "surrogateescape").partition("\n")
+    if prefix:
+        return []
+    try:
+        return (repo / path.rstrip("\n")).read_text(errors="surrogateescape").splitlines()
+    except OSError:
+        return []
+
+
+async def repo_tracked(repo: Path, specs: Sequence[str] = (".",)) -> set[str]:
+    """Paths under ``specs`` (relative to ``repo``) that the repository's index tracks; none outside a repo."""
+    out = await read_repo(repo, ["ls-files", "-z", "--cached", "--", *specs])
+    if out is None:
+        return set()
+    names = out.decode("utf-8", "surrogateescape").split("\0")
+    return {name for name in names if name and not name.startswith(f"{SCRATCH_DIRNAME}/")}
+
+
+def leave_out_environments(untracked: Iterable[str], tracked: Collection[str]) -> tuple[list[str], dict[str, int]]:
+    """``untracked`` without the files of virtualenvs, and those virtualenvs with how many files each lost.
+
+    A virtualenv is a directory holding a ``pyvenv.cfg`` that is not in ``tracked``; a tracked file
+    inside one is kept.
+    """
+    names = list(untracked)
+    venvs: dict[str, int] = {}
+    for name in names:
+        parent, _, base = name.rpartition("/")
+        if base == VENV_MARKER and parent and name not in tracked:
+            venvs[parent] = 0
+    if not venvs:
+        return names, venvs
+    kept: list[str] = []
+    for name in names:
+        parts = name.split("/")
+        venv = next((top for top in ("/".join(parts[:i]) for i in range(1, len(parts))) if top in venvs), None)
+        if venv is None or name in tracked:
+            kept.append(name)
+        else:
+            venvs[venv] += 1
+    return kept, venvs
+
+
+def tracked_left_out(root: Path, tracked: Iterable[str], kept: Iterable[str]) -> list[str]:
+    """Files ``root`` holds that are in ``tracked`` but not in ``kept``: what the rules left out but stays.
+
+    Only a file or symlink below real directories can be staged (git refuses a path beyond a symlink).
+    """
+    kept_set = set(kept)
+    return sorted(name for name in tracked if name not in kept_set and _stageable(root, name))
+
+
+def _stageable(root: Path, name: str) -> bool:
+    parts = name.split("/")
+    for depth in range(1, len(parts)):
+        try:
+            if not stat.S_ISDIR((root / "/".join(parts[:depth])).lstat().st_mode):
+                return False
+        except OSError:
+            return False
+    try:
+        mode = (root / name).lstat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
+
+
+async def untracked_files(git_dir: Path, work_tree: Path, index: Path, specs: Sequence[str] = (".",)) -> list[str]:
+    """Files under ``specs`` in ``work_tree`` that are not in ``index`` and not ignored, as ``git add -A`` sees them."""
+    out = await run_git(
+        git_dir,
+        work_tree,
+        ["ls-files", "-z", "--others", "--exclude-standard", "--", *specs],
+        env={"GIT_INDEX_FILE": str(index)},
+        literal_pathspecs=True,
+        errors="surrogateescape",
+        purpose="while diffing the workspace",
+    )
+    return [name.rstrip("/") for name in out.split("\0") if name]
+
+
+async def stage_files(git_dir: Path, work_tree: Path, index: Path, flag: str, names: Sequence[str]) -> None:
+    """``git update-index flag`` for ``names`` (``--add`` or ``--force-remove``) in ``index``."""
+    if names:
+        data = "\0".join(names).encode("utf-8", "surrogateescape") + b"\0"
+        await run_git(
+            git_dir,
+            work_tree,
+            ["update-index", flag, "-z", "--stdin"],
+            env={"GIT_INDEX_FILE": str(index)},
+            stdin=data,
+            purpose="while diffing the workspace",
+        )
+
+
+async def left_out_note(
+    git_dir: Path, work_tree: Path, index: Path, specs: Sequence[str], venvs: dict[str, int]
+) -> str:
+    """``left out of the patch: .venv/ (749 files), node_modules/``: the environments a diff did not include.
+
+    Names the ENVIRONMENT_DIRS under ``specs`` (git does not look inside them) and the virtualenvs
+    ``leave_out_environments`` found; caches are too many and too dull to name.
+    """
+    patterns = [arg for pattern in ENVIRONMENT_DIRS for arg in ("-x", pattern)]
+    out = await run_git(
+        git_dir,
+        work_tree,
+        ["ls-files", "-z", "--others", "--ignored", "--directory", "--no-empty-directory", *patterns, "--", *specs],
+        env={"GIT_INDEX_FILE": str(index)},
+        literal_pathspecs=True,
+        errors="surrogateescape",
+        purpose="while diffing the workspace",
+    )
+    dirs: list[str] = []
+    for name in sorted(name for name in out.split("\0") if name.endswith("/")):
+        if not any(name.startswith(f"{venv}/") for venv in venvs):  # a venv's insides are the venv's
+            dirs += _environment_dirs(work_tree, name.rstrip("/"))
+    parts = [f"{venv}/ ({count} files)" for venv, count in sorted(venvs.items())] + [f"{name}/" for name in dirs]
+    if not parts:
+        return ""
+    shown = ", ".join(parts[:_NOTE_ENTRIES])
+    more = f" and {len(parts) - _NOTE_ENTRIES} more" if len(parts) > _NOTE_ENTRIES else ""
+    return f"left out of the patch: {shown}{more}"
+
+
+def _environment_dirs(work_tree: Path, name: str) -> list[str]:
+    """``name`` if it is one of ENVIRONMENT_DIRS, else those inside it.
+
+    git names a new directory holding nothing but ignored entries (``web/`` for ``web/node_modules/``)
+    instead of what it holds; only such directories are walked, and never into an environment.
+    """
+    if _is_environment(name.rpartition("/")[2]):
+        return [name]
+    found: list[str] = []
+    for dirpath, dirnames, _filenames in os.walk(work_tree / name):
+        dirnames.sort()
+        for child in list(dirnames):
+            if _is_environment(child):
+                found.append(Path(dirpath, child).relative_to(work_tree).as_posix())
+                dirnames.remove(child)
+    return found
+
+
+def _is_environment(dirname: str) -> bool:
+    return any(fnmatchcase(dirname, pattern.rstrip("/")) for pattern in ENVIRONMENT_DIRS)
 
 
 async def remove_tree(path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import stat
@@ -16,7 +17,19 @@ from corral.errors import SandboxError
 from corral.sandbox.bubblewrap.syscalls import check, libc
 from corral.sandbox.git import init_bare, run_git
 from corral.sandbox.proc import run_process
-from corral.sandbox.workspace import BASELINE_EXCLUDES, SCRATCH_DIRNAME
+from corral.sandbox.workspace import (
+    BASELINE_EXCLUDES,
+    SCRATCH_DIRNAME,
+    leave_out_environments,
+    left_out_note,
+    repo_excludes,
+    repo_tracked,
+    stage_files,
+    tracked_left_out,
+    untracked_files,
+)
+
+logger = logging.getLogger("corral.sandbox")
 
 _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC = 0x2, 0x4, 0x1000, 0x4000
 _MNT_DETACH, _UMOUNT_NOFOLLOW = 0x2, 0x8
@@ -371,43 +384,39 @@ async def _git_run(
     )
 
 
-async def _unignored_files(git_dir: Path, tree: Path, index: Path, specs: Sequence[str]) -> list[str]:
-    """Files under ``specs`` in ``tree`` that are not in ``index`` and not ignored, as ``git add -A`` sees them."""
-    out = await _git_run(git_dir, tree, ["ls-files", "-z", "--others", "--exclude-standard", "--", *specs], index=index)
-    return [name.rstrip("/") for name in out.split("\0") if name]
-
-
-async def _stage(git_dir: Path, tree: Path, index: Path, flag: str, names: Sequence[str]) -> None:
-    if names:
-        data = "\0".join(names).encode("utf-8", "surrogateescape") + b"\0"
-        await _git_run(git_dir, tree, ["update-index", flag, "-z", "--stdin"], index=index, stdin=data)
-
-
 async def overlay_diff(paths: OverlayPaths, git_dir: Path) -> str:
     """The same patch ``workspace_diff`` makes against a full baseline, computed from the changed paths only.
 
     The repo's version of the changed paths is staged into one throwaway index, the view's into another
     (starting from the first, so tracked files stay tracked whatever the ignore rules say now), and the
-    two trees are diffed. Cost follows the size of the change, not of the repo.
+    two trees are diffed. Cost follows the size of the change, not of the repo. The repo's version
+    holds what its index tracks, plus what no ignore rule or environment rule leaves out.
     """
     specs = changed_pathspecs(paths.lower, paths.upper)
     if not specs:
         return ""
     if not (git_dir / "HEAD").exists():
-        await init_bare(git_dir, excludes=BASELINE_EXCLUDES)
+        await init_bare(git_dir, excludes=[*await repo_excludes(paths.lower), *BASELINE_EXCLUDES])
     token = uuid.uuid4().hex
     before, after = git_dir / f"index.before-{token}", git_dir / f"index.after-{token}"
     try:
-        old_files = await _unignored_files(git_dir, paths.lower, before, specs)
-        await _stage(git_dir, paths.lower, before, "--add", old_files)
+        tracked = await repo_tracked(paths.lower, specs)
+        listed = await untracked_files(git_dir, paths.lower, before, specs)
+        kept, _ = leave_out_environments(listed, tracked)
+        old_files = kept + tracked_left_out(paths.lower, tracked, kept)
+        await stage_files(git_dir, paths.lower, before, "--add", old_files)
         old_tree = (await _git_run(git_dir, paths.lower, ["write-tree"], index=before)).strip()
         if before.exists():
             shutil.copyfile(before, after)
-        new_files = await _unignored_files(git_dir, paths.merged, after, specs)
-        gone = [name for name in old_files if not _is_file_or_link(paths.merged / name)]
-        gone_set = set(gone)
-        await _stage(git_dir, paths.merged, after, "--force-remove", gone)
-        await _stage(git_dir, paths.merged, after, "--add", [n for n in old_files if n not in gone_set] + new_files)
+        listed = await untracked_files(git_dir, paths.merged, after, specs)
+        new_files, venvs = leave_out_environments(listed, ())
+        gone = {name for name in old_files if not _is_file_or_link(paths.merged / name)}
+        kept_files = [name for name in old_files if name not in gone]
+        await stage_files(git_dir, paths.merged, after, "--force-remove", sorted(gone))
+        await stage_files(git_dir, paths.merged, after, "--add", kept_files + new_files)
+        note = await left_out_note(git_dir, paths.merged, after, specs, venvs)
+        if note:
+            logger.info("%s: %s", paths.merged, note)
         new_tree = (await _git_run(git_dir, paths.merged, ["write-tree"], index=after)).strip()
         if new_tree == old_tree:
             return ""
