@@ -129,20 +129,20 @@ def _idmapped_view(source: Path, shift: IdShift, *, read_only: bool = True) -> i
 class OverlayPaths:
     """The layers of one workspace: the repo (read-only lower), changes (upper), overlay's scratch and the view.
 
-    ``owned`` holds copies of the repo's entries that belong to someone other than the repo's owner,
-    given to the sandbox user: a read-only layer between the repo and the changes, present only when
-    the repo has such entries (see ``copy_foreign``).
+    ``owned`` holds copies of the lower's entries that belong to someone other than its owner, given
+    to the sandbox user: a read-only layer between the lower and the changes, present only when the
+    lower has such entries (see ``copy_foreign``).
     """
 
     lower: Path
     upper: Path
     work: Path
     merged: Path
-    owned: Path
+    owned: Path | None = None
 
     def usable(self) -> bool:
         """Whether the paths can go into an overlay mount's option string and do not overlap."""
-        paths = (self.upper, self.work, self.merged, self.owned)
+        paths = [self.upper, self.work, self.merged, *([self.owned] if self.owned is not None else [])]
         if any(set(str(path)) & _UNSAFE_IN_OPTIONS for path in paths):
             return False
         return not any(path.is_relative_to(self.lower) for path in paths)
@@ -163,7 +163,7 @@ def mount_overlay(paths: OverlayPaths, shift: IdShift) -> None:
     """Mount the workspace view at ``paths.merged``; the repo is reached only through a read-only idmapped clone."""
     lower_fd = _idmapped_view(paths.lower, shift)
     lowers = f"/proc/self/fd/{lower_fd}"
-    if paths.owned.is_dir():  # above the repo: its entries hide the repo's foreign-owned ones
+    if paths.owned is not None and paths.owned.is_dir():  # above the repo: hides its foreign-owned entries
         lowers = f"{paths.owned}:{lowers}"
     try:
         options = (
@@ -219,6 +219,8 @@ async def copy_foreign(paths: OverlayPaths, entries: Sequence[str], shift: IdShi
     disk limit.
     """
     owned = paths.owned
+    if owned is None:
+        raise SandboxError(f"no layer to copy the entries of {paths.lower} that another user owns into")
     owned.mkdir(mode=0o700)
     by_parent: dict[str, list[str]] = {}
     for entry in entries:

@@ -107,7 +107,8 @@ async def make_workspace(dirs: SandboxDirs, repo: Path, shift: IdShift) -> tuple
             logger.info("overlay workspace unavailable (%s); copying the repository instead", exc)
             overlay.unmount_all(dirs.workspace)
             for leftover in (layers.upper, layers.work, layers.merged, layers.owned):
-                shutil.rmtree(leftover, ignore_errors=True)
+                if leftover is not None:
+                    shutil.rmtree(leftover, ignore_errors=True)
         else:
             dirs.git_dir.mkdir()
             return "overlay", WorkspaceSnapshot(workspace=dirs.workspace, git_dir=dirs.git_dir, commit=""), 0
