@@ -61,6 +61,7 @@ from corral.sandbox.bubblewrap.setup import (
     make_workspace,
     nearly_full,
     overlay_possible,
+    proxy_wanted,
     read_child_pid,
     repo_owner,
     setpriv_argv,
@@ -442,7 +443,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
         repo, workspace, _git_dir = check_paths(Path(request.repo), Path(request.run_dir))
         refuse_system_path(workspace)
         dirs = SandboxDirs(workspace.parent, privileged=privileged())
-        proxy_class = _egress_proxy_class() if request.network.mode == "allowlist" else None
+        proxy_class = _egress_proxy_class() if proxy_wanted(request.network) else None
         await teardown(dirs, uid=read_identity(dirs))  # creation is a durable step: it may run again
         dirs.state.mkdir()
         lock_fd = hold(dirs)
@@ -544,7 +545,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
             cgroup.kill_all()  # commands left running by the process that died are nobody's now
         secrets = tuple(ScopedSecret.model_validate(secret) for secret in state.get("secrets", ()))
         proxy = None
-        if parsed.network.mode == "allowlist":
+        if proxy_wanted(parsed.network):
             request = SandboxRequest(
                 repo=parsed.repo,
                 run_dir=parsed.run_dir,
