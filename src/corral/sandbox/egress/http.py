@@ -146,7 +146,7 @@ async def proxy_response(
     its status line (curl, pip) then show why, not a bare ``403 Forbidden``.
     """
     body = text.encode("utf-8")
-    reason = printable(status_text) if status_text else HTTPStatus(status).phrase
+    reason = printable(status_text, limit=400) if status_text else HTTPStatus(status).phrase
     headers: Headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode("ascii")),

@@ -83,9 +83,10 @@ CA_ENV = (
 )
 """Variables that point common clients at the sandbox's CA when the proxy intercepts TLS."""
 
-NO_RETRY_ENV = {"PIP_RETRIES": "0", "npm_config_fetch_retries": "0"}
-"""Set in a sandbox without network: a request that can never succeed is not worth retrying (npm
-would otherwise retry for over a minute, pip for seconds)."""
+NO_RETRY_ENV = {"PIP_RETRIES": "1", "npm_config_fetch_retries": "0"}
+"""Set in a sandbox without network, where no request can succeed: npm would otherwise retry with
+back-off for over a minute. pip gets one retry, not none: it prints why a connection failed only
+when it retries, and its first retry is immediate (about 0.1 s)."""
 
 
 class EgressProxy:
