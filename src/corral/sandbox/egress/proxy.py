@@ -126,8 +126,9 @@ class EgressProxy:
         if deny_all and self._allow:
             raise SandboxError("a deny-all egress proxy (network 'none') allows no host")
         self._guard = SecretGuard(secrets)
-        self._intercept = bool(secrets) if intercept is None else intercept
-        if secrets and not self._intercept:
+        # Secrets need interception to stay on the host, except where no request ever leaves.
+        self._intercept = bool(secrets) and not deny_all if intercept is None else intercept
+        if secrets and not self._intercept and not deny_all:
             raise SandboxError("an egress proxy with secrets must intercept TLS to keep them on the host")
         if isinstance(allow_private_addresses, bool):
             private = PrivateAddresses(everywhere=allow_private_addresses)

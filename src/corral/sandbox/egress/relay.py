@@ -22,12 +22,31 @@ _FORWARDED = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT, 
 _CHUNK = 65536
 _CONNECT_TIMEOUT = 10.0
 _SUN_PATH_MAX = 100  # sockaddr_un.sun_path holds 108 bytes with the NUL
+_OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
+_COMMAND_OOM_SCORE_ADJ = 500
 
 
 def _fail(message: str, code: int = 125) -> None:
     sys.stderr.write(f"corral egress relay: {message}\n")
     sys.stderr.flush()
     posix._exit(code)
+
+
+def _oom_score_adj(value: int | None = None) -> int | None:
+    """Read this process's oom_score_adj, or set it to ``value``; None where /proc says no."""
+    try:
+        fd = posix.open(_OOM_SCORE_ADJ, posix.O_RDWR if value is not None else posix.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if value is None:
+            return int(posix.read(fd, 16))
+        posix.write(fd, str(value).encode())
+        return value
+    except (OSError, ValueError):
+        return None
+    finally:
+        posix.close(fd)
 
 
 def _parse(argv: list[str]) -> tuple[str, int, list[str]]:
@@ -167,6 +186,12 @@ def main(argv: list[str]) -> None:
     # Handlers first: a signal that arrives while the command starts is held, not fatal to the relay.
     for number in _FORWARDED:
         _signal.signal(number, forward)
+    # The relay is often the largest process of a small command, so on a full memory cgroup the
+    # kernel would kill it first and take the command down with it. The command inherits a higher
+    # oom_score_adj (spawned while the relay holds it), then the relay goes back to its own: lowering
+    # to the inherited value needs no privilege.
+    own = _oom_score_adj()
+    raised = own is not None and own < _COMMAND_OOM_SCORE_ADJ and _oom_score_adj(_COMMAND_OOM_SCORE_ADJ) is not None
     try:
         # Python ignores SIGPIPE and SIGXFSZ for itself; the command gets the defaults back (the
         # handlers above are reset by exec).
@@ -175,6 +200,9 @@ def main(argv: list[str]) -> None:
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         _fail(f"cannot run {command[0]!r}: {exc.strerror or exc}", code)
         return
+    finally:
+        if raised:
+            _oom_score_adj(own)
     child.append(pid)
     for number in pending:
         posix.kill(pid, number)
