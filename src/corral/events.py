@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from corral.sandbox.types import NetworkProfile
+
 
 class Usage(BaseModel):
     """Token counts and cost, for one model call or summed over a run."""
@@ -76,6 +78,9 @@ class SandboxCreated(BaseEvent):
     backend: str
     workspace: str
     isolated: bool
+    network: NetworkProfile | None = None
+    """The network profile as the spec wrote it (``@presets`` unexpanded), the upstream proxy's credentials
+    removed. None in journals written before it was recorded."""
 
 
 class ModelRequested(BaseEvent):

@@ -48,13 +48,14 @@ class RetryPolicy(_Strict):
 
 
 _LIMIT_KEYS = tuple(Limits.model_fields)
+_NETWORK_KEYS = tuple(key for key in NetworkProfile.model_fields if key != "mode")
 
 
 class SandboxProfile(_Strict):
     """Where and how the agent's commands run: the backend, and the sandbox's own network and limits types.
 
     In TOML the limits sit flat in ``[agents.NAME.sandbox]`` (``memory_mb = 2048``), and an allowlist
-    may be written ``network = "allowlist"`` with ``allow = [...]`` beside it, or as
+    may be written ``network = "allowlist"`` with ``allow = [...]`` (and the network's other fields) beside it, or as
     ``network = { mode = "allowlist", allow = [...] }``.
     """
 
@@ -84,12 +85,13 @@ class SandboxProfile(_Strict):
         network = data.get("network")
         if isinstance(network, str):
             network = data["network"] = {"mode": network}
-        if "allow" in data:
+        beside = [key for key in _NETWORK_KEYS if key in data]
+        if beside:
             if network is None:
-                network = {"mode": "none"}  # so the error says allow needs the allowlist mode
-            if not isinstance(network, dict) or "allow" in network:
-                raise ValueError("allow is given twice: beside network and inside it")
-            data["network"] = {**network, "allow": data.pop("allow")}
+                network = {"mode": "none"}  # so the error says these need the allowlist mode
+            if not isinstance(network, dict) or any(key in network for key in beside):
+                raise ValueError(f"{beside[0]} is given twice: beside network and inside it")
+            data["network"] = {**network, **{key: data.pop(key) for key in beside}}
         flat = {key: data.pop(key) for key in _LIMIT_KEYS if key in data}
         if flat:
             if "limits" in data:

@@ -86,7 +86,10 @@ async def test_an_allowlist_run_sends_the_real_secret_only_to_its_host_and_journ
                     "name": "deployer",
                     "model": "openai:gpt-5-mini",
                     "base_url": server.openai_base_url,
-                    "sandbox": {"backend": "bubblewrap", "network": {"mode": "allowlist", "allow": [allowed_host]}},
+                    "sandbox": {
+                        "backend": "bubblewrap",
+                        "network": {"mode": "allowlist", "allow": [allowed_host, "@python"], "allow_private": True},
+                    },
                     "secrets": {"API_TOKEN": {"hosts": [allowed_host]}},
                 }
             )
@@ -115,6 +118,11 @@ async def test_an_allowlist_run_sends_the_real_secret_only_to_its_host_and_journ
     # The unlisted host got nothing.
     assert fresh.unlisted.requests == []
     assert "http=403" in denied and "allowlist" in denied
+
+    # The journal records the profile as the spec wrote it: the preset unexpanded.
+    [created] = [event.data for event in events if event.type == "sandbox.created"]
+    assert created["network"] == {"mode": "allowlist", "allow": [allowed_host, "@python"], "allow_private": True,
+                                  "intercept_tls": False, "upstream_proxy": None}  # fmt: skip
 
     egress = [event.data for event in events if event.type == "egress"]
     by_port = {attempt["port"]: attempt for attempt in egress}

@@ -55,6 +55,7 @@ def test_the_spec_loads_the_sandbox_types_and_nothing_else_of_the_sandbox() -> N
         "corral.sandbox",
         "corral.sandbox.egress",
         "corral.sandbox.egress.policy",
+        "corral.sandbox.egress.presets",
         "corral.sandbox.types",
         "corral.spec",
     ]

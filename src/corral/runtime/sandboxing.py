@@ -186,7 +186,11 @@ async def open_sandbox(
             raise SandboxError(f"the workspace of run {record.id} is gone: {err.message}") from None
     emit(
         ev.SandboxCreated(
-            key="sandbox.created", backend=backend.name, workspace=str(sandbox.workspace), isolated=backend.isolated
+            key="sandbox.created",
+            backend=backend.name,
+            workspace=str(sandbox.workspace),
+            isolated=backend.isolated,
+            network=request.network.redacted(),
         )
     )
     return sandbox

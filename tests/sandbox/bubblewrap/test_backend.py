@@ -21,6 +21,7 @@ from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapSandb
 from corral.sandbox.bubblewrap.dirs import SandboxDirs
 from corral.sandbox.bubblewrap.limits import cgroup_support, enforced_limits
 from corral.sandbox.bubblewrap.overlay import unmount_all
+from corral.sandbox.egress.proxy import NO_RETRY_ENV
 from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
 from tests.sandbox.host import processes_with
 
@@ -127,7 +128,7 @@ async def test_inside_identity_is_a_plain_user_without_capabilities(make: MakeBw
 async def test_host_processes_are_invisible(make: MakeBwrap) -> None:
     sandbox = await make()
     code, out, _ = await sh(sandbox, "ls /proc | grep -E '^[0-9]+$' | wc -l")
-    assert code == 0 and int(out) <= 5  # the sandbox's init, the shell, ls, grep, wc
+    assert code == 0 and int(out) <= 6  # the sandbox's init, the egress relay, the shell, ls, grep, wc
 
 
 async def test_home_and_tmp_are_private_to_the_sandbox_and_persist_across_execs(make: MakeBwrap) -> None:
@@ -160,7 +161,9 @@ async def test_environment_is_only_the_runs_variables_and_secrets_are_placeholde
     git = {f"GIT_{role}_{part}" for role in ("AUTHOR", "COMMITTER") for part in ("NAME", "EMAIL")} | {
         f"GIT_CONFIG_{part}" for part in ("COUNT", "KEY_0", "KEY_1", "KEY_2", "VALUE_0", "VALUE_1", "VALUE_2")
     }
-    assert set(env) <= shell | base | tools | git | {"GREETING", "LEAKY", "API_TOKEN"}
+    # Network "none" has a deny-all egress proxy: its variables make clients fail at once, naming the policy.
+    proxy = {"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy", *NO_RETRY_ENV}
+    assert set(env) <= shell | base | tools | git | proxy | {"GREETING", "LEAKY", "API_TOKEN"}
     assert "placeholders" in sandbox.state() and "s3cr3t-value" not in json.dumps(sandbox.state())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gzip
 import http.server
@@ -13,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from pydantic import SecretStr
 from corral.events import EgressAttempted
 from corral.sandbox.base import ScopedSecret
 from corral.sandbox.egress.ca import SandboxCA
+from corral.sandbox.egress.policy import address_kind
 from corral.sandbox.egress.proxy import EgressProxy, relay_argv
 
 SECRET_VALUE = "sk-live-9f8e7d6c5b4a-REAL"
@@ -91,8 +94,10 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve_upstream(tls_context: ssl.SSLContext | None = None) -> Iterator[Upstream]:
-    server = _Server(("127.0.0.1", 0), _Handler)
+def serve_upstream(
+    tls_context: ssl.SSLContext | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[Upstream]:
+    server = _Server((host, port), _Handler)
     if tls_context is not None:
         server.socket = tls_context.wrap_socket(server.socket, server_side=True)
     server.upstream = Upstream(port=server.server_address[1], tls=tls_context is not None)
@@ -257,3 +262,130 @@ async def background_relay(socket_path: Path) -> AsyncIterator[int]:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)  # forwarded to the child; the relay then dies of it too
         await asyncio.wait_for(process.wait(), 10)
+
+
+# -- stand-ins for a corporate network ------------------------------------------------------------
+
+
+def private_host_address() -> str | None:
+    """An address of this machine outside loopback that counts as private (10/8, 192.0.2/24, ...), if any.
+
+    A server bound there stands in for a registry mirror on a private network: the proxy's rule for
+    names that resolve to private addresses can then be tested with real connections.
+    """
+    found: set[str] = set()
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # UDP connect sends nothing: it only picks the source address
+        found.add(probe.getsockname()[0])
+    with contextlib.suppress(OSError):
+        found |= {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    return next((address for address in sorted(found) if address_kind(address) == "private"), None)
+
+
+def fake_dns(monkeypatch: pytest.MonkeyPatch, names: dict[str, str]) -> None:
+    """Make the running loop (where the egress proxy resolves names) answer ``names`` itself."""
+    loop = asyncio.get_running_loop()
+    real_getaddrinfo = loop.getaddrinfo
+
+    async def getaddrinfo(host: str, port: int, **kwargs: object) -> list[object]:
+        if host in names:
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (names[host], port))]
+        return await real_getaddrinfo(host, port, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+
+
+@dataclass
+class CorporateProxy:
+    """A real HTTP proxy on loopback: CONNECT tunnels and absolute-form requests, optional Basic credentials.
+
+    ``names`` is its own DNS (names only it can resolve, as a corporate proxy resolves internal hosts);
+    ``refused`` are CONNECT targets it answers 403; ``seen`` records each request line and its credentials.
+    """
+
+    credentials: tuple[str, str] | None = None
+    names: dict[str, str] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
+    seen: list[tuple[str, str, str | None]] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def credentials_url(self, user: str, password: str) -> str:
+        return f"http://{user}:{password}@127.0.0.1:{self.port}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            request_line, *lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = request_line.split(" ")
+            headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines if ":" in ln)}
+            authorization = headers.get("proxy-authorization")
+            self.seen.append((method, target, authorization))
+            if self.credentials is not None:
+                expected = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
+                if authorization != expected:
+                    writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                                 b"Proxy-Authenticate: Basic realm=corp\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+                    await writer.drain()
+                    return
+            if method == "CONNECT":
+                if target in self.refused:
+                    writer.write(b"HTTP/1.1 403 Forbidden by corp policy\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+                    return
+                host, _, port = target.rpartition(":")
+                up_reader, up_writer = await asyncio.open_connection(self.names.get(host, host), int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await self._pipe(reader, writer, up_reader, up_writer)
+                return
+            # Absolute form: one request per connection, sent on in origin form, the answer piped back.
+            url = urllib.parse.urlsplit(target)
+            assert url.hostname is not None
+            address = self.names.get(url.hostname, url.hostname)
+            up_reader, up_writer = await asyncio.open_connection(address, url.port or 80)
+            kept = [ln for ln in lines if ln and not ln.lower().startswith(("proxy-", "connection:"))]
+            path = url.path + (f"?{url.query}" if url.query else "")
+            up_writer.write("\r\n".join([f"{method} {path} HTTP/1.1", *kept, "Connection: close", "", ""]).encode())
+            await self._pipe(reader, writer, up_reader, up_writer)
+        except (OSError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _pipe(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
+        async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+                if sink.can_write_eof():
+                    sink.write_eof()
+
+        try:
+            await asyncio.wait_for(asyncio.gather(copy(reader, up_writer), copy(up_reader, writer)), RELAY_TIMEOUT)
+        finally:
+            up_writer.close()
+
+
+@contextlib.asynccontextmanager
+async def corporate_proxy(
+    *, credentials: tuple[str, str] | None = None, names: dict[str, str] | None = None, refused: set[str] | None = None
+) -> AsyncIterator[CorporateProxy]:
+    proxy = CorporateProxy(credentials=credentials, names=names or {}, refused=refused or set())
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    proxy.port = server.sockets[0].getsockname()[1]
+    try:
+        yield proxy
+    finally:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 5)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -15,13 +17,16 @@ import pytest
 from corral.errors import SandboxError
 from corral.events import EgressAttempted
 from corral.sandbox import NetworkProfile, Sandbox, SandboxRequest, get_backend
+from corral.sandbox.egress.ca import SandboxCA
 from corral.sandbox.egress.proxy import EgressProxy
 from tests.sandbox.conftest import skip_unless_bubblewrap_runs
-from tests.sandbox.egress.support import PLACEHOLDER, SECRET_VALUE, Upstreams, allowlist, scoped_secret
+from tests.sandbox.egress import support
+from tests.sandbox.egress.support import PLACEHOLDER, SECRET_VALUE, Upstreams, allowlist, fake_dns, scoped_secret
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 CURL = "curl -sS --max-time 20 -w '\\n%{http_code}'"
+URLOPEN = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=30)"
 # The test upstreams live on the host's loopback, which the sandbox's own NO_PROXY list would skip.
 VIA_PROXY = {"NO_PROXY": "", "no_proxy": ""}
 
@@ -162,3 +167,112 @@ def test_sandbox_exec_refuses_an_allow_entry_the_proxy_would_refuse() -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "not a host pattern: 'user@pypi.org'" in done.stderr
+
+
+# -- network "none" and the network profile's options, in real sandboxes --------------------------
+
+MakeSandbox = Callable[..., Awaitable[Sandbox]]
+
+
+@pytest.fixture
+async def make_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeSandbox]:
+    """``await make_sandbox(network, events, **proxy_options)``: a bubblewrap sandbox, destroyed afterwards.
+
+    ``proxy_options`` go to its EgressProxy on top of what the backend passes (a test CA to trust).
+    """
+    skip_unless_bubblewrap_runs()
+    from corral.sandbox.bubblewrap import backend as bubblewrap
+
+    made: list[Sandbox] = []
+
+    async def make(network: NetworkProfile, events: list[EgressAttempted], **proxy_options: object) -> Sandbox:
+        proxy_class = functools.partial(EgressProxy, **proxy_options)
+        monkeypatch.setattr(bubblewrap, "_egress_proxy_class", lambda: proxy_class)
+        repo = tmp_path / f"repo{len(made)}"
+        repo.mkdir()
+        (repo / "README.md").write_text("egress e2e\n")
+        request = SandboxRequest(repo=repo, run_dir=tmp_path / f"run{len(made)}", network=network,
+                                 on_egress=events.append)  # fmt: skip
+        made.append(await get_backend("bubblewrap").create(request))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for sandbox in made:
+            await sandbox.destroy()
+
+
+async def test_with_network_none_clients_fail_at_once_naming_the_policy(make_sandbox: MakeSandbox) -> None:
+    events: list[EgressAttempted] = []
+    sandbox = await make_sandbox(NetworkProfile(), events)
+    why = '403 Forbidden by corral egress policy: pypi.org:443 refused: this sandbox\'s network is "none"'
+    started = time.monotonic()
+    curl = await sandbox.exec("curl -sS -i https://pypi.org/simple/six/", timeout=60)
+    curl_s = time.monotonic() - started
+    assert curl.exit_code == 56 and f"HTTP/1.1 {why}" in curl.stdout and curl_s < 3, (curl, curl_s)
+    started = time.monotonic()
+    urllib = await sandbox.exec(["python3", "-c", URLOPEN, "https://pypi.org/simple/six/"], timeout=60)
+    urllib_s = time.monotonic() - started
+    assert urllib.exit_code == 1 and why in urllib.stderr and urllib_s < 3, (urllib, urllib_s)
+    assert 'set network = "allowlist" with allow = ["pypi.org"]' in urllib.stderr
+    assert [(e.host, e.port, e.allowed, e.reason) for e in events] == [
+        ("pypi.org", 443, False, 'this sandbox\'s network is "none"'),
+    ] * 2
+    env = (await sandbox.exec("env", timeout=60)).stdout
+    assert "HTTPS_PROXY=http://127.0.0.1:3128" in env and "npm_config_fetch_retries=0" in env
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
+async def test_with_network_none_pip_and_npm_say_why_within_seconds(make_sandbox: MakeSandbox) -> None:
+    sandbox = await make_sandbox(NetworkProfile(), [])
+    started = time.monotonic()
+    pip = await sandbox.exec("python3 -m pip download --no-deps -d /tmp/dl six==1.16.0", timeout=60)
+    pip_s = time.monotonic() - started
+    started = time.monotonic()
+    npm = await sandbox.exec("npm view left-pad version", timeout=60)
+    npm_s = time.monotonic() - started
+    assert pip.exit_code != 0 and "Forbidden by corral egress policy" in pip.stdout + pip.stderr, pip
+    assert npm.exit_code != 0 and "Forbidden by corral egress policy" in npm.stderr, npm
+    assert pip_s < 5 and npm_s < 5, (pip_s, npm_s)  # were 8 s and 71 s of retries
+
+
+async def test_a_preset_with_allow_private_reaches_a_registry_mirror_on_a_private_address(
+    make_sandbox: MakeSandbox, fresh: Upstreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = support.private_host_address()
+    if address is None:
+        pytest.skip("this machine has no private address outside loopback to stand in for a mirror")
+    # pypi.org, as a transparent mirror on a private network answers for it; only @python allows it.
+    fake_dns(monkeypatch, {"pypi.org": address})
+    test_ca = SandboxCA.load_or_create(fresh.test_ca.parent)
+    with contextlib.ExitStack() as stack:
+        try:
+            mirror = stack.enter_context(
+                support.serve_upstream(test_ca.server_context("pypi.org"), host=address, port=443)
+            )
+        except OSError as exc:
+            pytest.skip(f"cannot listen on {address}:443 for the stand-in mirror: {exc}")
+        events: list[EgressAttempted] = []
+        network = NetworkProfile(mode="allowlist", allow=("@python",), allow_private=True, intercept_tls=True)
+        sandbox = await make_sandbox(network, events, upstream_ca_file=fresh.test_ca)
+        fetched = await sandbox.exec(f"{CURL} https://pypi.org/simple/six/", timeout=60)
+        other = await sandbox.exec("curl -sS -i https://example.org/", timeout=60)
+    assert fetched.stdout.endswith("\n200"), fetched
+    assert [r.path for r in mirror.requests] == ["/simple/six/"]
+    assert "403 Forbidden by corral egress policy: example.org:443 is not on this sandbox's allowlist" in other.stdout
+    assert events[0].reason == (
+        f"allowed by 'pypi.org' (@python); private address {address} allowed by allow_private; HTTP 200"
+    )
+
+
+@pytest.mark.registry
+async def test_pip_downloads_from_pypi_with_the_python_preset(make_sandbox: MakeSandbox, tmp_path: Path) -> None:
+    events: list[EgressAttempted] = []
+    # allow_private: behind a transparent mirror (a corporate network, this project's machines) pypi.org
+    # resolves to a private address.
+    sandbox = await make_sandbox(NetworkProfile(mode="allowlist", allow=("@python",), allow_private=True), events)
+    done = await sandbox.exec("python3 -m pip download --no-deps -d dl six==1.16.0", timeout=120)
+    assert done.exit_code == 0, done.stdout + done.stderr
+    assert (sandbox.workspace / "dl" / "six-1.16.0-py2.py3-none-any.whl").exists()
+    assert {e.host for e in events} <= {"pypi.org", "files.pythonhosted.org"} and all(e.allowed for e in events)

@@ -8,7 +8,6 @@ import http.client
 import json
 import logging
 import os
-import socket
 import ssl
 import stat
 import urllib.error
@@ -27,6 +26,7 @@ from tests.sandbox.egress.support import (
     allowlist,
     background_relay,
     curl,
+    fake_dns,
     scoped_secret,
     status_and_body,
 )
@@ -300,27 +300,89 @@ async def test_a_failing_event_callback_does_not_break_the_proxy(fresh: Upstream
 async def test_a_name_that_resolves_to_an_internal_address_is_refused(
     fresh: Upstreams, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loop = asyncio.get_running_loop()
-    real_getaddrinfo = loop.getaddrinfo
+    # e.g. DNS rebinding onto the host's own services, or onto the cloud metadata endpoint
+    fake_dns(monkeypatch, {"metadata.internal.test": "127.0.0.1", "metadata.cloud.test": "169.254.169.254"})
+    allow = (f"metadata.internal.test:{fresh.http.port}", "metadata.cloud.test:80")
+    for allow_private, state in ((False, "a"), (True, "b")):  # allow_private never opens loopback or link-local
+        events: list[EgressAttempted] = []
+        async with EgressProxy(allow=allow, secrets=(), on_event=events.append, state_dir=tmp_path / state,
+                               allow_private_addresses=allow_private) as egress:  # fmt: skip
+            loopback = await curl(egress, f"http://metadata.internal.test:{fresh.http.port}/latest")
+            metadata = await curl(egress, "http://metadata.cloud.test/latest/meta-data/")
+        status, body = status_and_body(loopback)
+        assert status == 403 and "resolves to a non-public address (127.0.0.1)" in body
+        assert "never reached through a name" in body
+        status, body = status_and_body(metadata)
+        assert status == 403 and "(169.254.169.254)" in body
+        assert [e.allowed for e in events] == [False, False]
+    assert fresh.http.requests == []
 
-    async def fake_dns(host: str, port: int, **kwargs: object) -> list[object]:
-        if host == "metadata.internal.test":  # e.g. DNS rebinding onto the host's own services
-            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port))]
-        return await real_getaddrinfo(host, port, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(loop, "getaddrinfo", fake_dns)
-    allow = (f"metadata.internal.test:{fresh.http.port}",)
-    events: list[EgressAttempted] = []
-    async with EgressProxy(allow=allow, secrets=(), on_event=events.append, state_dir=tmp_path / "a") as egress:
-        refused = await curl(egress, f"http://metadata.internal.test:{fresh.http.port}/latest")
+async def test_allow_private_lets_allowed_names_reach_a_mirror_on_a_private_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = support.private_host_address()
+    if address is None:
+        pytest.skip("this machine has no private address outside loopback to stand in for a mirror")
+    fake_dns(monkeypatch, {"pypi.mirror.corp.test": address, "other.example.test": address})
+    with support.serve_upstream(host=address) as mirror:
+        allow = (f"pypi.mirror.corp.test:{mirror.port}", f"other.example.test:{mirror.port}")
+        url = f"http://pypi.mirror.corp.test:{mirror.port}/simple/six/"
+        other = f"http://other.example.test:{mirror.port}/"
+        outcomes = {}
+        for name, allow_private in (("default", False), ("all", True), ("listed", ("*.corp.test",))):
+            events: list[EgressAttempted] = []
+            async with EgressProxy(allow=allow, secrets=(), on_event=events.append, state_dir=tmp_path / name,
+                                   allow_private_addresses=allow_private) as egress:  # fmt: skip
+                outcomes[name] = (await curl(egress, url), await curl(egress, other), events)
+    refused, _, refused_events = outcomes["default"]
     status, body = status_and_body(refused)
-    assert status == 403 and "resolves to a non-public address (127.0.0.1)" in body
-    assert fresh.http.requests == [] and not events[0].allowed
-    async with EgressProxy(
-        allow=allow, secrets=(), on_event=None, state_dir=tmp_path / "b", allow_private_addresses=True
-    ) as egress:
-        allowed = await curl(egress, f"http://metadata.internal.test:{fresh.http.port}/latest")
-    assert status_and_body(allowed)[0] == 200 and [r.path for r in fresh.http.requests] == ["/latest"]
+    assert status == 403 and f"resolves to a non-public address ({address})" in body
+    assert "allow_private" in body and not refused_events[0].allowed
+    _, _, allowed_events = outcomes["all"]
+    assert [status_and_body(run)[0] for run in outcomes["all"][:2]] == [200, 200]
+    assert allowed_events[0].reason == (
+        f"allowed by 'pypi.mirror.corp.test:{mirror.port}'; private address {address} allowed by allow_private; "
+        "HTTP 200"
+    )
+    listed_mirror, listed_other, _ = outcomes["listed"]
+    assert status_and_body(listed_mirror)[0] == 200 and status_and_body(listed_other)[0] == 403
+    assert [r.path for r in mirror.requests] == ["/simple/six/", "/", "/simple/six/"]
+
+
+async def test_a_denial_says_why_in_the_status_line_and_the_body(proxy: Proxy, fresh: Upstreams) -> None:
+    egress, _ = proxy
+    target = f"localhost:{fresh.unlisted.port}"
+    plain = await curl(egress, "-i", f"http://{target}/")
+    tunnel = await curl(egress, "-i", f"https://{target}/")
+    why = f"403 Forbidden by corral egress policy: {target} is not on this sandbox's allowlist"
+    assert plain.stdout.startswith(f"HTTP/1.1 {why}\r\n")
+    assert plain.stdout.endswith(f"\r\n\r\ncorral egress: {target} is not on this sandbox's allowlist\n\n403")
+    assert "content-type: text/plain; charset=utf-8" in plain.stdout
+    # curl shows a refused CONNECT only by its status line (and its headers with -i): the reason is there.
+    assert f"HTTP/1.1 {why}\r\n" in tunnel.stdout and "CONNECT tunnel failed, response 403" in tunnel.stderr
+
+
+async def test_a_deny_all_proxy_refuses_every_host_naming_network_none(fresh: Upstreams, tmp_path: Path) -> None:
+    events: list[EgressAttempted] = []
+    async with EgressProxy(allow=(), secrets=(), on_event=events.append, state_dir=tmp_path / "s",
+                           deny_all=True) as egress:  # fmt: skip
+        plain = await curl(egress, "-i", f"http://127.0.0.1:{fresh.http.port}/")
+        tunnel = await curl(egress, "-i", "https://pypi.org/simple/")
+    assert '403 Forbidden by corral egress policy: pypi.org:443 refused: this sandbox\'s network is "none"' in (
+        tunnel.stdout
+    )
+    status, body = status_and_body(plain)
+    assert status == 403 and body.endswith(
+        f'corral egress: 127.0.0.1:{fresh.http.port} refused: this sandbox\'s network is "none", so no host is '
+        f'reachable; to allow hosts, set network = "allowlist" with allow = ["127.0.0.1"] (or a preset such as '
+        '"@python")\n'
+    )
+    assert [(e.host, e.allowed, e.reason) for e in events] == [
+        ("127.0.0.1", False, 'this sandbox\'s network is "none"'),
+        ("pypi.org", False, 'this sandbox\'s network is "none"'),
+    ]
+    assert fresh.http.requests == []
 
 
 async def test_upstream_certificates_are_verified(fresh: Upstreams, tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ from corral.sandbox.bubblewrap.setup import (
     make_workspace,
     nearly_full,
     overlay_possible,
+    proxy_wanted,
     read_child_pid,
     repo_owner,
     setpriv_argv,
@@ -537,7 +538,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
         if request.package_cache != "off":
             prepare_package_cache()
         dirs = SandboxDirs(workspace.parent, privileged=privileged())
-        proxy_class = _egress_proxy_class() if request.network.mode == "allowlist" else None
+        proxy_class = _egress_proxy_class() if proxy_wanted(request.network) else None
         await teardown(dirs, uid=read_identity(dirs))  # creation is a durable step: it may run again
         dirs.state.mkdir()
         lock_fd = hold(dirs)
@@ -655,7 +656,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
             cgroup.kill_all()  # commands left running by the process that died are nobody's now
         secrets = tuple(ScopedSecret.model_validate(secret) for secret in state.get("secrets", ()))
         proxy = None
-        if parsed.network.mode == "allowlist":
+        if proxy_wanted(parsed.network):
             request = SandboxRequest(
                 repo=parsed.repo,
                 run_dir=parsed.run_dir,

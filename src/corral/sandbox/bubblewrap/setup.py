@@ -18,7 +18,7 @@ from corral.sandbox.bubblewrap.diskimage import create_image, loop_images_availa
 from corral.sandbox.bubblewrap.limits import TMP_SIZE_MB, disk_usage
 from corral.sandbox.bubblewrap.overlay import IdShift
 from corral.sandbox.proc import run_process
-from corral.sandbox.types import Limits
+from corral.sandbox.types import Limits, NetworkProfile
 from corral.sandbox.workspace import WorkspaceSnapshot, prepare_workspace
 
 logger = logging.getLogger("corral.sandbox")
@@ -143,10 +143,27 @@ async def make_disk(dirs: SandboxDirs, limits: Limits, *, overlay_possible: bool
     return True
 
 
+def proxy_wanted(network: NetworkProfile) -> bool:
+    """Whether a sandbox gets an egress proxy: ``allowlist`` always; ``none`` a deny-all one, so that clients
+    fail at once with a reason naming the policy instead of retrying DNS, wherever the relay can run."""
+    if network.mode == "allowlist":
+        return True
+    if network.mode != "none":
+        return False
+    from corral.sandbox.egress.proxy import egress_available  # h11 and cryptography: only when used
+
+    return egress_available()[0]
+
+
 async def start_proxy(proxy_class: Any, request: SandboxRequest, dirs: SandboxDirs, uid: int) -> Any:
     """Start the sandbox's egress proxy and expose its socket (and CA) to the sandbox's uid."""
+    network = request.network
     proxy = proxy_class(
-        allow=request.network.allow,
+        allow=network.allow,
+        allow_private_addresses=network.allow_private,
+        intercept=True if network.intercept_tls else None,
+        upstream_proxy=network.upstream_proxy,
+        deny_all=network.mode == "none",
         secrets=request.secrets,
         on_event=request.on_egress,
         state_dir=dirs.state / "egress",

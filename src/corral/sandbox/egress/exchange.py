@@ -15,6 +15,7 @@ from corral.sandbox.egress.http import (
     BodyTooLarge,
     Peer,
     PeerClosed,
+    ProxyRejected,
     UninspectableResponse,
     clean_headers,
     header,
@@ -23,13 +24,15 @@ from corral.sandbox.egress.http import (
     read_body,
     relay_response,
 )
-from corral.sandbox.egress.net import UpstreamDenied, UpstreamUnreachable, open_upstream
+from corral.sandbox.egress.net import Dialer, Opened, UpstreamDenied, UpstreamUnreachable
 from corral.sandbox.egress.policy import HostPattern, first_match
 from corral.sandbox.egress.secrets import Blocked, RewrittenRequest, SecretGuard, is_text_body
 
 logger = logging.getLogger("corral.sandbox.egress.proxy")
 
 _MAX_PATH_SHOWN = 2048
+NETWORK_NONE = 'this sandbox\'s network is "none"'
+"""The reason journaled for every attempt from a sandbox without network."""
 # Requests that may be sent again when a kept-alive upstream turns out to be closed (Go's net/http rule).
 _REPLAYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
@@ -40,6 +43,12 @@ class UpstreamSlot:
     def __init__(self) -> None:
         self.peer: Peer | None = None
         self.key: tuple[str, int, bool] | None = None
+        self.route: Opened | None = None
+        """How ``peer`` was reached: directly, or through the upstream proxy (absolute-form requests)."""
+
+    def hold(self, key: tuple[str, int, bool], opened: Opened) -> Peer:
+        self.peer, self.key, self.route = Peer(h11.CLIENT, *opened.streams), key, opened
+        return self.peer
 
     def take(self, key: tuple[str, int, bool]) -> Peer | None:
         if self.peer is not None and self.key == key and not self.peer.reader.at_eof():
@@ -49,7 +58,7 @@ class UpstreamSlot:
     async def close(self) -> None:
         if self.peer is not None:
             await self.peer.close()
-        self.peer, self.key = None, None
+        self.peer, self.key, self.route = None, None, None
 
 
 @dataclass
@@ -65,9 +74,11 @@ class Forwarder:
     allow: tuple[HostPattern, ...]
     guard: SecretGuard
     max_body: int
-    allow_private: bool
+    dialer: Dialer
     upstream_tls: Callable[[], ssl.SSLContext]
     on_event: Callable[[EgressAttempted], None] | None
+    deny_all: bool = False
+    """The sandbox's network is ``none``: every request is refused with a reason saying so."""
 
     async def exchange(
         self, client: Peer, request: h11.Request, host: str, port: int, *, tls: bool, target: bytes, slot: UpstreamSlot
@@ -103,18 +114,19 @@ class Forwarder:
                 if upstream is None:
                     await slot.close()
                     try:
-                        streams = await open_upstream(
-                            host, port, allow_private=self.allow_private, tls=self.upstream_tls() if tls else None
+                        opened = await self.dialer.open(
+                            host, port, tls=self.upstream_tls() if tls else None, tunnel=tls
                         )
                     except (UpstreamDenied, UpstreamUnreachable) as exc:
                         outcome = ""  # journaled by upstream_failed
                         await self.upstream_failed(client, host, port, method, path, exc)
                         return False
-                    upstream = slot.peer = Peer(h11.CLIENT, *streams)
-                    slot.key = key
+                    upstream = slot.hold(key, opened)
+                route = slot.route
+                assert route is not None
                 before = (upstream.bytes_out, upstream.bytes_in)
                 try:
-                    status = await self._forward(client, upstream, request.method, host, port, tls, rewritten)
+                    status = await self._forward(client, upstream, route, request.method, host, port, tls, rewritten)
                 except PeerClosed as exc:
                     await slot.close()
                     silent = upstream.bytes_in == before[1] and client.conn.our_state is h11.SEND_RESPONSE
@@ -122,16 +134,16 @@ class Forwarder:
                         continue  # the upstream had closed the kept-alive connection: once more on a new one
                     outcome = f"exchange failed: {exc}"
                     return False
-                except UninspectableResponse as exc:
+                except (UninspectableResponse, ProxyRejected) as exc:
                     await slot.close()
                     outcome = f"exchange failed: {exc}"
                     if client.conn.our_state is h11.SEND_RESPONSE:
-                        await proxy_response(client, 502, f"corral egress: {exc}\n")
+                        await bad_gateway(client, str(exc))
                     return False
                 finally:
                     counts.sent += upstream.bytes_out - before[0]
                     counts.received += upstream.bytes_in - before[1]
-                outcome = f"HTTP {status}"
+                outcome = f"{route.note}; HTTP {status}" if route.note else f"HTTP {status}"
                 if upstream.reusable():
                     upstream.conn.start_next_cycle()
                 else:
@@ -140,44 +152,68 @@ class Forwarder:
             return False  # not reached: the second attempt returns
         finally:  # journaled however the exchange ended, a cancellation by stop() included
             if outcome:
-                self.emit(host, port, True, f"allowed by {rule.text!r}; {outcome}", method=method, path=path,
+                self.emit(host, port, True, f"allowed by {rule.label}; {outcome}", method=method, path=path,
                           sent=counts.sent, received=counts.received, used=rewritten.secrets_used)  # fmt: skip
 
     async def _forward(
-        self, client: Peer, upstream: Peer, method: bytes, host: str, port: int, tls: bool, request: RewrittenRequest
+        self,
+        client: Peer,
+        upstream: Peer,
+        route: Opened,
+        method: bytes,
+        host: str,
+        port: int,
+        tls: bool,
+        request: RewrittenRequest,
     ) -> int:
         scoped = self.guard.scoped_to(host, port)
-        out = [(b"host", host_header(host, port, tls=tls)), *clean_headers(request.headers)]
+        authority = host_header(host, port, tls=tls)
+        out = [(b"host", authority), *clean_headers(request.headers)]
         if scoped:  # a coded response could hide an echoed secret from the scrubber
             out = [(k, v) for k, v in out if k != b"accept-encoding"] + [(b"accept-encoding", b"identity")]
         if request.body or method in (b"POST", b"PUT", b"PATCH"):
             out.append((b"content-length", str(len(request.body)).encode("ascii")))
-        await upstream.send(h11.Request(method=method, target=request.target, headers=out))
+        target = request.target
+        if route.absolute_form:  # plain HTTP to the upstream proxy: it needs the whole URL, and our credentials
+            target = b"http://" + authority + target
+            out += route.proxy_headers
+        await upstream.send(h11.Request(method=method, target=target, headers=out))
         if request.body:
             await upstream.send(h11.Data(data=request.body))
         await upstream.send(h11.EndOfMessage())
-        return await relay_response(upstream, client, scrubber=self.guard.scrubber(), must_inspect=scoped)
+        via = route.via if route.absolute_form else None
+        return await relay_response(
+            upstream, client, scrubber=self.guard.scrubber(), must_inspect=scoped, via_proxy=via
+        )
 
     async def refuse(
         self, client: Peer, host: str, port: int, method: str, path: str | None, blocked: Blocked | None
     ) -> None:
-        """403 for a host off the allowlist or a request a secret forbids; journaled, never forwarded."""
+        """403 for a host off the allowlist (or any host, in deny-all mode) or a request a secret forbids."""
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if blocked is None:
-            self.emit(host, port, False, "not on this sandbox's allowlist", method=method, path=path)
-            text = f"corral egress: {shown} is not on this sandbox's allowlist\n"
+        if blocked is not None:
+            reason, detail = blocked.reason, f"request to {shown} blocked: {blocked.reason}"
+        elif self.deny_all:
+            reason = NETWORK_NONE
+            detail = (
+                f'{shown} refused: this sandbox\'s network is "none", so no host is reachable; to allow hosts, '
+                f'set network = "allowlist" with allow = ["{host}"] (or a preset such as "@python")'
+            )
         else:
-            self.emit(host, port, False, blocked.reason, method=method, path=path)
-            text = f"corral egress: request to {shown} blocked: {blocked.reason}\n"
-        await proxy_response(client, 403, text)
+            reason, detail = "not on this sandbox's allowlist", f"{shown} is not on this sandbox's allowlist"
+        self.emit(host, port, False, reason, method=method, path=path)
+        await forbidden(client, detail)
 
     async def upstream_failed(
         self, client: Peer, host: str, port: int, method: str, path: str | None, exc: Exception
     ) -> None:
-        denied = isinstance(exc, UpstreamDenied)
-        reason = str(exc) if denied else f"upstream unreachable: {exc}"
-        self.emit(host, port, not denied, reason, method=method, path=path)
-        await proxy_response(client, 403 if denied else 502, f"corral egress: {exc}\n")
+        """403 for a host that resolves to an address the policy refuses, 502 for one that cannot be reached."""
+        if isinstance(exc, UpstreamDenied):
+            self.emit(host, port, False, str(exc), method=method, path=path)
+            await forbidden(client, str(exc))
+        else:
+            self.emit(host, port, True, f"upstream unreachable: {exc}", method=method, path=path)
+            await bad_gateway(client, str(exc))
 
     def emit(
         self,
@@ -213,3 +249,16 @@ class Forwarder:
                 self.on_event(event)
             except Exception as exc:
                 logger.warning("egress on_event callback failed: %s", type(exc).__name__)
+
+
+async def forbidden(client: Peer, detail: str) -> None:
+    """403 that says why in its status line too: curl and pip show only that line for a refused CONNECT."""
+    await proxy_response(
+        client, 403, f"corral egress: {detail}\n", status_text=f"Forbidden by corral egress policy: {detail}"
+    )
+
+
+async def bad_gateway(client: Peer, detail: str) -> None:
+    await proxy_response(
+        client, 502, f"corral egress: {detail}\n", status_text=f"Bad Gateway (corral egress): {detail}"
+    )

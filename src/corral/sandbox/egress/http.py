@@ -11,6 +11,7 @@ from http import HTTPStatus
 
 import h11
 
+from corral.sandbox.egress.policy import printable
 from corral.sandbox.egress.secrets import Headers, Scrubber
 
 CHUNK = 65_536
@@ -131,10 +132,21 @@ def host_header(host: str, port: int, *, tls: bool) -> bytes:
 
 
 async def proxy_response(
-    peer: Peer, status: int, text: str, *, close: bool = True, extra: Headers | None = None
+    peer: Peer,
+    status: int,
+    text: str,
+    *,
+    close: bool = True,
+    extra: Headers | None = None,
+    status_text: str | None = None,
 ) -> None:
-    """Answer the client with a short plain-text response of the proxy's own."""
+    """Answer the client with a short plain-text response of the proxy's own.
+
+    ``status_text`` replaces the standard reason phrase: clients that show a failed CONNECT only by
+    its status line (curl, pip) then show why, not a bare ``403 Forbidden``.
+    """
     body = text.encode("utf-8")
+    reason = printable(status_text, limit=400) if status_text else HTTPStatus(status).phrase
     headers: Headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode("ascii")),
@@ -142,7 +154,7 @@ async def proxy_response(
     ]
     if close:
         headers.append((b"connection", b"close"))
-    await peer.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase.encode()))
+    await peer.send(h11.Response(status_code=status, headers=headers, reason=reason.encode("ascii")))
     await peer.send(h11.Data(data=body))
     await peer.send(h11.EndOfMessage())
 
@@ -170,6 +182,10 @@ async def read_body(peer: Peer, limit: int) -> bytes:
 
 class UninspectableResponse(Exception):
     """A response the proxy must not pass on because it cannot look inside it for secret values."""
+
+
+class ProxyRejected(Exception):
+    """The upstream proxy answered a request with 407: its refusal to carry it, not the host's response."""
 
 
 @dataclass
@@ -219,11 +235,14 @@ def response_filter(
     return ResponseFilter(scrubber, decoder), kept
 
 
-async def relay_response(upstream: Peer, client: Peer, *, scrubber: Scrubber | None, must_inspect: bool) -> int:
+async def relay_response(
+    upstream: Peer, client: Peer, *, scrubber: Scrubber | None, must_inspect: bool, via_proxy: str | None = None
+) -> int:
     """Pass the upstream's response to the client (1xx responses are dropped); returns the status code.
 
     Raises UninspectableResponse (before the head reaches the client when the coding is the problem, so
-    the caller can still answer 502) and PeerClosed if either side fails.
+    the caller can still answer 502), ProxyRejected for a 407 when ``upstream`` is the upstream proxy
+    ``via_proxy`` (the sandbox's client has no business answering it), and PeerClosed if either side fails.
     """
     while True:
         event = await upstream.next_event()
@@ -233,6 +252,11 @@ async def relay_response(upstream: Peer, client: Peer, *, scrubber: Scrubber | N
             raise PeerClosed(f"upstream sent {type(event).__name__} instead of a response")
         break
     status = event.status_code
+    if via_proxy is not None and status == 407:
+        said = printable(f"{status} {event.reason.decode('ascii', 'replace')}")
+        raise ProxyRejected(
+            f"upstream proxy {via_proxy} rejected the request ({said}); upstream_proxy needs valid credentials"
+        )
     headers = clean_headers(list(event.headers))
     if scrubber is not None:
         headers = [(name, scrubber.whole(value)) for name, value in headers]

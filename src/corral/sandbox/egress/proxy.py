@@ -10,7 +10,7 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -23,15 +23,16 @@ from corral.sandbox.base import ScopedSecret
 from corral.sandbox.egress.ca import CA_CERT_NAME, SandboxCA
 from corral.sandbox.egress.exchange import Forwarder, UpstreamSlot
 from corral.sandbox.egress.http import Peer, PeerClosed, close_writer, proxy_response
-from corral.sandbox.egress.net import (
-    CONNECT_TIMEOUT,
-    TunnelStats,
-    UpstreamDenied,
-    UpstreamUnreachable,
-    open_upstream,
-    tunnel,
+from corral.sandbox.egress.net import CONNECT_TIMEOUT, Dialer, TunnelStats, UpstreamDenied, UpstreamUnreachable, tunnel
+from corral.sandbox.egress.policy import (
+    UPSTREAM_FROM_ENV,
+    PrivateAddresses,
+    UpstreamProxy,
+    first_match,
+    split_authority,
+    upstream_from_environ,
 )
-from corral.sandbox.egress.policy import first_match, parse_patterns, split_authority
+from corral.sandbox.egress.presets import expand
 from corral.sandbox.egress.secrets import SecretGuard
 
 logger = logging.getLogger("corral.sandbox.egress.proxy")
@@ -82,17 +83,28 @@ CA_ENV = (
 )
 """Variables that point common clients at the sandbox's CA when the proxy intercepts TLS."""
 
+NO_RETRY_ENV = {"PIP_RETRIES": "1", "npm_config_fetch_retries": "0"}
+"""Set in a sandbox without network, where no request can succeed: npm would otherwise retry with
+back-off for over a minute. pip gets one retry, not none: it prints why a connection failed only
+when it retries, and its first retry is immediate (about 0.1 s)."""
+
 
 class EgressProxy:
     """One per sandbox, on the host. Listens on ``socket_path``; the sandbox reaches it through the relay.
 
-    ``allow`` holds ``host``, ``host:port`` or ``*.domain`` patterns. With ``secrets`` (or
+    ``allow`` holds ``host``, ``host:port``, ``*.domain`` or ``@preset`` entries. With ``secrets`` (or
     ``intercept=True``) every CONNECT is intercepted: TLS is terminated with a certificate from a CA
     made for this sandbox (``ca_cert_path``, which the sandbox must trust) so requests can be checked
     and rewritten, then re-encrypted to the upstream, verified against the system trust store plus
-    ``upstream_ca_file``. Without, CONNECT is tunnelled blindly. Names that resolve to loopback,
-    private or link-local addresses are refused unless ``allow_private_addresses``; an allowlisted
-    IP literal or ``localhost`` is reached as listed.
+    ``upstream_ca_file``. Without, CONNECT is tunnelled blindly. Names that resolve to private
+    addresses are refused unless ``allow_private_addresses`` covers them (True: every name; else the
+    names matching its entries); names resolving to loopback, link-local, multicast or unspecified
+    addresses always are. An allowlisted IP literal or ``localhost`` is reached as listed.
+
+    ``upstream_proxy`` (``http://[user:pass@]host:port``, or ``"env"`` for the one in ``environ``,
+    default ``os.environ``, with its NO_PROXY) carries every connection to an upstream host; that
+    proxy resolves names, so the private-address rule cannot apply. ``deny_all`` is a sandbox whose
+    network is ``none``: every request is refused at once, with a reason saying so.
     """
 
     def __init__(
@@ -104,23 +116,41 @@ class EgressProxy:
         state_dir: Path,
         upstream_ca_file: Path | None = None,
         intercept: bool | None = None,
-        allow_private_addresses: bool = False,
+        allow_private_addresses: bool | tuple[str, ...] = False,
+        upstream_proxy: str | None = None,
+        deny_all: bool = False,
+        environ: Mapping[str, str] | None = None,
         max_body: int = MAX_BODY,
     ) -> None:
-        self._allow = parse_patterns(allow)
+        self._allow = expand(allow)
+        if deny_all and self._allow:
+            raise SandboxError("a deny-all egress proxy (network 'none') allows no host")
         self._guard = SecretGuard(secrets)
-        self._intercept = bool(secrets) if intercept is None else intercept
-        if secrets and not self._intercept:
+        # Secrets need interception to stay on the host, except where no request ever leaves.
+        self._intercept = bool(secrets) and not deny_all if intercept is None else intercept
+        if secrets and not self._intercept and not deny_all:
             raise SandboxError("an egress proxy with secrets must intercept TLS to keep them on the host")
-        self._allow_private = allow_private_addresses
+        if isinstance(allow_private_addresses, bool):
+            private = PrivateAddresses(everywhere=allow_private_addresses)
+        else:
+            private = PrivateAddresses(hosts=expand(allow_private_addresses))
+        if upstream_proxy == UPSTREAM_FROM_ENV:
+            upstream = upstream_from_environ(os.environ if environ is None else environ)
+        else:
+            upstream = UpstreamProxy.parse(upstream_proxy) if upstream_proxy is not None else None
+        self.deny_all = deny_all
+        self.upstream = upstream
+        """The upstream proxy every host is reached through (None: directly)."""
+        self._dialer = Dialer(private=private, upstream=upstream)
         self._upstream_ca_file = upstream_ca_file
         self._forwarder = Forwarder(
             allow=self._allow,
             guard=self._guard,
             max_body=max_body,
-            allow_private=allow_private_addresses,
+            dialer=self._dialer,
             upstream_tls=self._upstream_tls,
             on_event=on_event,
+            deny_all=deny_all,
         )
         self.state_dir = state_dir
         self.socket_path = state_dir / SOCKET_NAME
@@ -191,6 +221,8 @@ class EgressProxy:
         local = "localhost,127.0.0.1,::1"
         env = {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy}
         env |= {"NO_PROXY": local, "no_proxy": local}
+        if self.deny_all:
+            env |= NO_RETRY_ENV
         if self._intercept:
             if ca_cert_in_sandbox is None:
                 raise SandboxError("this egress proxy intercepts TLS: pass where its CA is mounted")
@@ -277,9 +309,7 @@ class EgressProxy:
             await self._forwarder.refuse(client, host, port, "CONNECT", None, blocked)
             return
         try:
-            upstream = await open_upstream(
-                host, port, allow_private=self._allow_private, tls=self._upstream_tls() if self._intercept else None
-            )
+            opened = await self._dialer.open(host, port, tls=self._upstream_tls() if self._intercept else None)
         except (UpstreamDenied, UpstreamUnreachable) as exc:
             await self._forwarder.upstream_failed(client, host, port, "CONNECT", None, exc)
             return
@@ -290,16 +320,17 @@ class EgressProxy:
             stats = TunnelStats(sent=len(leftover))
             try:
                 if leftover:
-                    upstream[1].write(leftover)
-                await tunnel((client.reader, client.writer), upstream, stats)
+                    opened.writer.write(leftover)
+                await tunnel((client.reader, client.writer), opened.streams, stats)
             finally:  # journaled however the tunnel ended, a cancellation by stop() included
-                reason = f"allowed by {rule.text!r}; tunnelled without interception"
+                how = f"{opened.note}; " if opened.note else ""
+                reason = f"allowed by {rule.label}; {how}tunnelled without interception"
                 self._forwarder.emit(
                     host, port, True, reason, method="CONNECT", sent=stats.sent, received=stats.received
                 )
             return
         slot = UpstreamSlot()
-        slot.peer, slot.key = Peer(h11.CLIENT, *upstream), (host, port, True)
+        slot.hold((host, port, True), opened)
         try:
             await self._intercept_tls(client, host, port, established, slot)
         finally:

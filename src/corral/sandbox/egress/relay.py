@@ -2,17 +2,18 @@
 
 Usage: python3 -I -S relay.py --socket PATH --port N -- COMMAND [ARG...]
 
-Standard library only: it runs under the sandbox's /usr/bin/python3, usually as ``python3 -c SOURCE``.
-It imports the C modules behind ``socket``, ``threading`` and ``signal`` directly, because their
-Python wrappers (enum, selectors) would double its start-up time. The listener is ready before the
-command starts; the relay exits with the command's status (or dies of the same signal), forwards
-the usual termination signals to it, and touches no other process.
+Standard library only: it runs under the sandbox's /usr/bin/python3, usually as ``python3 -c SOURCE``,
+before every command of a sandbox, so its start-up is every exec's cost. It imports only built-in
+C modules (``_socket``, ``_thread``, ``_signal``, ``posix``): the Python wrappers ``socket``,
+``threading``, ``signal`` (enum, selectors) would double its start-up, and ``os`` adds a millisecond.
+The listener is ready before the command starts; the relay exits with the command's status (or dies
+of the same signal), forwards the usual termination signals to it, and touches no other process.
 """
 
 import _signal  # pyright: ignore[reportMissingImports] - no stubs; the Python wrapper costs an enum import
 import _socket
 import _thread
-import os
+import posix
 import sys
 import time
 
@@ -21,12 +22,31 @@ _FORWARDED = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT, 
 _CHUNK = 65536
 _CONNECT_TIMEOUT = 10.0
 _SUN_PATH_MAX = 100  # sockaddr_un.sun_path holds 108 bytes with the NUL
+_OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
+_COMMAND_OOM_SCORE_ADJ = 500
 
 
 def _fail(message: str, code: int = 125) -> None:
     sys.stderr.write(f"corral egress relay: {message}\n")
     sys.stderr.flush()
-    os._exit(code)
+    posix._exit(code)
+
+
+def _oom_score_adj(value: int | None = None) -> int | None:
+    """Read this process's oom_score_adj, or set it to ``value``; None where /proc says no."""
+    try:
+        fd = posix.open(_OOM_SCORE_ADJ, posix.O_RDWR if value is not None else posix.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if value is None:
+            return int(posix.read(fd, 16))
+        posix.write(fd, str(value).encode())
+        return value
+    except (OSError, ValueError):
+        return None
+    finally:
+        posix.close(fd)
 
 
 def _parse(argv: list[str]) -> tuple[str, int, list[str]]:
@@ -54,15 +74,15 @@ def _connect_unix(path: str) -> _socket.socket:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(_CONNECT_TIMEOUT)
     try:
-        if len(os.fsencode(path)) < _SUN_PATH_MAX:
+        if len(path.encode(sys.getfilesystemencoding(), "surrogateescape")) < _SUN_PATH_MAX:
             sock.connect(path)
         else:  # past the sun_path limit: reach the socket through a descriptor of its directory
-            directory, name = os.path.split(path)
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            directory, _, name = path.rpartition("/")
+            dir_fd = posix.open(directory or "/", posix.O_RDONLY | posix.O_DIRECTORY)
             try:
                 sock.connect(f"/proc/self/fd/{dir_fd}/{name}")
             finally:
-                os.close(dir_fd)
+                posix.close(dir_fd)
     except BaseException:
         sock.close()
         raise
@@ -134,7 +154,7 @@ def _listen(port: int) -> _socket.socket:
 
 
 def _exit_like(status: int) -> None:
-    code = os.waitstatus_to_exitcode(status)
+    code = posix.waitstatus_to_exitcode(status)
     sys.stdout.flush()
     sys.stderr.flush()
     if code < 0:  # died of a signal: die of the same one, so the caller sees what the command did
@@ -142,9 +162,9 @@ def _exit_like(status: int) -> None:
         if number not in (_signal.SIGKILL, _signal.SIGSTOP):
             _signal.signal(number, _signal.SIG_DFL)
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [number])
-        os.kill(os.getpid(), number)
+        posix.kill(posix.getpid(), number)
         code = 128 + number  # still alive: a PID 1 ignores signals it has no handler for
-    os._exit(code)
+    posix._exit(code)
 
 
 def main(argv: list[str]) -> None:
@@ -159,31 +179,40 @@ def main(argv: list[str]) -> None:
             pending.append(signum)
             return
         try:  # noqa: SIM105 - contextlib would cost an import
-            os.kill(child[0], signum)
+            posix.kill(child[0], signum)
         except ProcessLookupError:
             pass
 
     # Handlers first: a signal that arrives while the command starts is held, not fatal to the relay.
     for number in _FORWARDED:
         _signal.signal(number, forward)
+    # The relay is often the largest process of a small command, so on a full memory cgroup the
+    # kernel would kill it first and take the command down with it. The command inherits a higher
+    # oom_score_adj (spawned while the relay holds it), then the relay goes back to its own: lowering
+    # to the inherited value needs no privilege.
+    own = _oom_score_adj()
+    raised = own is not None and own < _COMMAND_OOM_SCORE_ADJ and _oom_score_adj(_COMMAND_OOM_SCORE_ADJ) is not None
     try:
         # Python ignores SIGPIPE and SIGXFSZ for itself; the command gets the defaults back (the
         # handlers above are reset by exec).
-        pid = os.posix_spawnp(command[0], command, os.environ, setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))
+        pid = posix.posix_spawnp(command[0], command, posix.environ, setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))
     except OSError as exc:
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         _fail(f"cannot run {command[0]!r}: {exc.strerror or exc}", code)
         return
+    finally:
+        if raised:
+            _oom_score_adj(own)
     child.append(pid)
     for number in pending:
-        os.kill(pid, number)
+        posix.kill(pid, number)
     # Python runs handlers in the main thread only, and a signal the kernel hands to another thread
     # would not interrupt the main thread's waitpid: the forwarding threads (and theirs) start with
     # these signals blocked, so only the main thread receives them.
     _signal.pthread_sigmask(_signal.SIG_BLOCK, _FORWARDED)
     _thread.start_new_thread(_serve, (listener, socket_path))
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _FORWARDED)
-    _, status = os.waitpid(pid, 0)
+    _, status = posix.waitpid(pid, 0)
     _exit_like(status)
 
 
