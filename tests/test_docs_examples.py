@@ -101,7 +101,13 @@ def test_shell_example_is_valid_bash(block: Block) -> None:
     assert done.returncode == 0, done.stderr
 
 
-RUNNABLE = [pytest.param(block, id=block.id, marks=[pytest.mark.slow]) for block in BLOCKS if block.run]
+RUNNABLE = [
+    pytest.param(
+        block, id=block.id, marks=[pytest.mark.slow, *([pytest.mark.registry] if block.run.needs_registry else [])]
+    )
+    for block in BLOCKS
+    if block.run
+]
 
 
 @pytest.mark.parametrize("block", RUNNABLE)

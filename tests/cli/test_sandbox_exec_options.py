@@ -22,7 +22,7 @@ from tests.sandbox.conftest import skip_unless_bubblewrap_runs
         ({"mounts": ["/etc"]}, "--mount: mount '/etc' is under /etc"),
         ({"mounts": ["relative/dir"]}, "--mount:"),
         ({"package_cache": "sometimes"}, "--cache: Input should be 'off', 'read-only' or 'read-write'"),
-        ({"network": "allowlist", "allow": ["https://pypi.org/simple"]}, "--network/--allow: not a host pattern"),
+        ({"network": "allowlist", "allow": ["https://pypi.org/"]}, "--network and its options: not a host pattern"),
         ({"allow": ["pypi.org"]}, 'allow is only used with mode = "allowlist"'),
         ({"network": "everywhere"}, "--network must be none, allowlist or host"),
         ({"exec_timeout_s": 0}, "--timeout: Input should be greater than 0"),

@@ -7,12 +7,14 @@ page do not see it. Unknown markers are errors, so a typo never silently skips a
   spec or a script; Python (an API listing) is not compiled.
 - ``<!-- file: NAME -->``: later ``run`` blocks of the same page find this block's text in the
   file NAME ("save this as fix-session.toml").
-- ``<!-- run [server] [needs=bubblewrap] [after=COMMAND] -->``: execute the block, offline, in an
+- ``<!-- run [server] [needs=bubblewrap] [needs=registry] [after=COMMAND] -->``: execute the block, offline, in an
   empty directory that stands for a clone of corral (``corral`` and ``.venv/bin/corral`` are the
   corral under test). ``after`` is a shell command run there first (what the prose before the
   block has the reader do); ``server`` is a block that serves until stopped: it passes when it is
   still running after printing its ``http://127.0.0.1:PORT`` address; ``needs=bubblewrap`` skips
-  the block where bubblewrap sandboxes cannot start.
+  the block where bubblewrap sandboxes cannot start; ``needs=registry`` is a block that reaches the
+  package registries (PyPI, npm), the one way a run block may leave the machine: its test is marked
+  ``registry``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Run:
 
     server: bool = False
     needs_bubblewrap: bool = False
+    needs_registry: bool = False
     after: str | None = None
 
 
@@ -111,17 +114,19 @@ def _markers(lines: list[str], fence_index: int, *, where: str) -> dict[str, Any
 
 
 def _parse_run(marker: str, *, where: str) -> Run:
-    server, needs_bubblewrap, after = False, False, None
+    server, needs_bubblewrap, needs_registry, after = False, False, False, None
     for word in shlex.split(marker)[1:]:
         if word == "server":
             server = True
         elif word == "needs=bubblewrap":
             needs_bubblewrap = True
+        elif word == "needs=registry":
+            needs_registry = True
         elif word.startswith("after="):
             after = word.removeprefix("after=")
         else:
             raise ValueError(f"{where}: unknown run option {word!r} (see tests/docs/examples.py)")
-    return Run(server=server, needs_bubblewrap=needs_bubblewrap, after=after)
+    return Run(server=server, needs_bubblewrap=needs_bubblewrap, needs_registry=needs_registry, after=after)
 
 
 def console_commands(text: str) -> str:

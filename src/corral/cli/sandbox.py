@@ -52,6 +52,17 @@ def sandbox_exec(
         list[str] | None,
         typer.Option("--allow", help="Host, host:port, *.domain or a preset (@python, @node, @debian, @github)."),
     ] = None,
+    allow_private: Annotated[
+        bool,
+        typer.Option("--allow-private", help="Allowed hosts may resolve to private addresses (mirrors)."),
+    ] = False,
+    intercept_tls: Annotated[
+        bool, typer.Option("--intercept-tls", help="Terminate TLS with the sandbox's CA (clients trust it).")
+    ] = False,
+    upstream_proxy: Annotated[
+        str | None,
+        typer.Option("--upstream-proxy", help="http://[user:pass@]host:port, or env: reach hosts through it."),
+    ] = None,
     repo: Annotated[Path | None, typer.Option("--repo", help="Start from a copy of this repository.")] = None,
     memory: Annotated[str | None, typer.Option("--memory", help="Memory limit, e.g. 512M.")] = None,
     timeout: Annotated[
@@ -76,6 +87,9 @@ def sandbox_exec(
             "backend": backend,
             "network": network,
             "allow": allow,
+            "allow_private": allow_private or None,
+            "intercept_tls": intercept_tls or None,
+            "upstream_proxy": upstream_proxy,
             "memory_mb": memory,
             "exec_timeout_s": timeout,
             "package_cache": cache,
@@ -99,9 +113,12 @@ def sandbox_exec(
     raise typer.Exit(code)
 
 
+_NETWORK_KEYS = ("allow", "allow_private", "intercept_tls", "upstream_proxy")
+"""Flags that set a field of the network profile (``network`` itself picks its mode)."""
+
 _FLAGS = {
     "backend": "--backend",
-    "network": "--network/--allow",
+    "network": "--network and its options",
     "limits": "--memory",
     "exec_timeout_s": "--timeout",
     "package_cache": "--cache",
@@ -133,8 +150,9 @@ def _exec_profile(agent: str | None, flags: dict[str, Any]) -> SandboxProfile:
     network = data["network"]
     if "network" in given:
         network = {"mode": given.pop("network")}  # a new mode starts a new profile: no allowlist carried over
-    if "allow" in given:
-        network["allow"] = given.pop("allow")
+    for key in _NETWORK_KEYS:
+        if key in given:
+            network[key] = given.pop(key)
     data["network"] = network
     if "memory_mb" in given:
         data["limits"]["memory_mb"] = given.pop("memory_mb")
