@@ -263,8 +263,9 @@ text = "saw it"
         second = json.dumps(server.requests[1].body)
     assert record.status is RunStatus.SUCCEEDED, record.error
     result = next(e.event for e in events_of(home, record.id) if isinstance(e.event, ToolReturned))
-    assert result.spilled_to is not None and result.spilled_to.startswith(".corral/outputs/")
-    assert ".corral/outputs/" in second
+    # The command's whole output went to its output file as it ran; the model got head, tail and the path.
+    assert result.spilled_to is not None and result.spilled_to.startswith(".corral/output/")
+    assert f"saved to {result.spilled_to}" in second
     assert len(second) < 20_000
     assert record.result is not None and ".corral" not in record.result["patch"]
 

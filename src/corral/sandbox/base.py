@@ -674,19 +674,20 @@ class Sandbox(ABC):
         """Stop using the sandbox but keep it for ``SandboxBackend.attach``: kill its commands and give back
         what it holds on the host beyond its files (a backend's mounts, cgroups, proxy). The object is
         unusable afterwards; safe to call twice, and before ``destroy``."""
-        self._destroyed = True
-        for pgid in list(self._running):
-            self._killed_by_destroy.add(pgid)
-            self._kill(pgid)
+        self._stop_commands()
 
     async def destroy(self) -> None:
         """Kill leftover processes and remove the workspace and baseline; safe to call twice."""
+        self._stop_commands()
+        await remove_tree(self.snapshot.workspace)
+        await remove_tree(self.snapshot.git_dir)
+
+    def _stop_commands(self) -> None:
+        """Close the sandbox to new commands and kill those in flight (their ``exec`` returns ``exit_code=None``)."""
         self._destroyed = True
         for pgid in list(self._running):
             self._killed_by_destroy.add(pgid)
             self._kill(pgid)
-        await remove_tree(self.snapshot.workspace)
-        await remove_tree(self.snapshot.git_dir)
 
     def _check_open(self) -> None:
         if self._destroyed:

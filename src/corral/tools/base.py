@@ -63,6 +63,8 @@ class ToolReply:
     text: str
     exit_code: int | None = None
     """A command's exit code (None: it was killed before it exited)."""
+    spilled_to: str | None = None
+    """Workspace-relative path where the tool saved a whole output that ``text`` shows only part of."""
 
 
 ToolFn = Callable[[ToolContext, BaseModel], Awaitable["str | ToolReply"]]
@@ -146,12 +148,12 @@ class ToolOutcome:
 async def run_tool(tooldef: ToolDef, ctx: ToolContext, raw_args: dict[str, Any] | str) -> ToolOutcome:
     """Validate arguments, call the tool and shape its result; every failure becomes ok=False."""
     started = time.monotonic()
-    ok, error, exit_code = True, None, None
+    ok, error, exit_code, saved = True, None, None, None
     try:
         args = _validate(tooldef, raw_args)
         reply = await tooldef.fn(ctx, args)
         if isinstance(reply, ToolReply):
-            text, exit_code = reply.text, reply.exit_code
+            text, exit_code, saved = reply.text, reply.exit_code, reply.spilled_to
         elif isinstance(reply, str):
             text = reply
         else:
@@ -168,7 +170,7 @@ async def run_tool(tooldef: ToolDef, ctx: ToolContext, raw_args: dict[str, Any] 
         ok=ok,
         text=text,
         error=error,
-        spilled_to=spilled_to,
+        spilled_to=spilled_to or saved,
         duration_ms=(time.monotonic() - started) * 1000,
         exit_code=exit_code,
     )

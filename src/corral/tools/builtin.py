@@ -306,7 +306,7 @@ async def execute(ctx: ToolContext, args: ExecuteParams) -> ToolReply:
     parts.append("--- stderr ---\n" + (result.stderr.rstrip("\n") or "(empty)"))
     if result.output_path is not None:
         parts.append(_saved_output_note(result, result.output_path))
-    return ToolReply("\n".join(parts), exit_code=result.exit_code)
+    return ToolReply("\n".join(parts), exit_code=result.exit_code, spilled_to=result.output_path)
 
 
 def _saved_output_note(result: ExecResult, path: str) -> str:

@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -489,30 +489,20 @@ class BubblewrapSandbox(Sandbox):
 
     async def suspend(self) -> None:
         """Kill every process, stop the proxy, unmount and drop the cgroups; keep the files for ``attach``."""
-        self._destroyed = True
-        for pgid in list(self._running):
-            self._killed_by_destroy.add(pgid)
-            self._kill(pgid)
-        await self._stop_proxy()
-        await release_host(self._dirs)
-        if self._lock_fd is not None:
-            lock_fd, self._lock_fd = self._lock_fd, None
-            os.close(lock_fd)
+        await self._close(lambda: release_host(self._dirs))
 
-    async def _stop_proxy(self) -> None:
+    async def destroy(self) -> None:
+        """Kill every process, stop the proxy, unmount, remove the run's files and give back the uid."""
+        await self._close(lambda: teardown(self._dirs, uid=self._state.uid))
+
+    async def _close(self, release: Callable[[], Awaitable[None]]) -> None:
+        """What suspend and destroy share: no process, no proxy, then ``release`` the host's side, then the lock."""
+        self._stop_commands()
         if self._proxy is not None:
             proxy, self._proxy = self._proxy, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proxy.stop(), _EXIT_TIMEOUT)
-
-    async def destroy(self) -> None:
-        """Kill every process, stop the proxy, unmount, remove the run's files and give back the uid."""
-        self._destroyed = True
-        for pgid in list(self._running):
-            self._killed_by_destroy.add(pgid)
-            self._kill(pgid)
-        await self._stop_proxy()
-        await teardown(self._dirs, uid=self._state.uid)
+        await release()
         if self._lock_fd is not None:
             lock_fd, self._lock_fd = self._lock_fd, None
             os.close(lock_fd)
