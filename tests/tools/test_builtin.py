@@ -241,7 +241,7 @@ async def test_execute_shows_head_and_tail_of_long_output_and_where_the_whole_of
     # Like `pytest -v` on a big suite: far more output than the model may see, the summary at the end.
     outcome = await call("execute", command="seq 1 100000; echo '== 3 failed, 997 passed ==' >&2; echo done")
     assert (outcome.ok, outcome.exit_code) == (True, 0)
-    assert outcome.spilled_to is None  # already within the limit: run_tool saves nothing more
+    assert outcome.spilled_to == ".corral/output/1.log"  # journaled; within the limit, run_tool saves no more
     assert len(outcome.text) <= ctx.output_limit
     header, rest = outcome.text.split("\n--- stdout ---\n")
     assert header == "exit code: 0"
