@@ -9,7 +9,6 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,37 +16,18 @@ from pydantic import SecretStr
 
 from corral.errors import SandboxError
 from corral.sandbox import Limits, NetworkProfile, Sandbox, SandboxRequest, ScopedSecret, get_backend
-from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapSandboxBackend, bubblewrap_available
+from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend, bubblewrap_available
 from corral.sandbox.bubblewrap.dirs import SandboxDirs
 from corral.sandbox.bubblewrap.limits import cgroup_support, enforced_limits
 from corral.sandbox.bubblewrap.overlay import unmount_all
 from corral.sandbox.egress.proxy import NO_RETRY_ENV
-from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
+from tests.sandbox.bubblewrap.conftest import MakeBwrap
 from tests.sandbox.host import processes_with
 
 pytestmark = pytest.mark.anyio
 
 PY = "/usr/bin/python3"
-MakeBwrap = Callable[..., Awaitable[BubblewrapSandbox]]
 privileged = pytest.mark.skipif(os.geteuid() != 0, reason="needs corral to run as root (own uid, overlay, images)")
-
-
-@pytest.fixture
-async def make(anyio_backend: str, tmp_path: Path) -> AsyncIterator[MakeBwrap]:
-    skip_unless_bubblewrap_runs()
-    repo = build_repo(tmp_path / "repo", with_git=True)
-    created: list[Sandbox] = []
-
-    async def make(**fields: object) -> BubblewrapSandbox:
-        fields.setdefault("repo", repo)
-        fields.setdefault("run_dir", tmp_path / f"run-{len(created)}")
-        sandbox = await BubblewrapSandboxBackend().create(SandboxRequest(**fields))  # type: ignore[arg-type]
-        created.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in created:
-        await sandbox.destroy()
 
 
 async def sh(sandbox: Sandbox, command: str, seconds: float = 20) -> tuple[int | None, str, str]:

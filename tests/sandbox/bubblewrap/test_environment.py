@@ -10,41 +10,22 @@ import os
 import shutil
 import subprocess
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from corral.sandbox import Limits, Sandbox, SandboxRequest, get_backend
 from corral.sandbox.bubblewrap import rootfs
-from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapSandboxBackend
+from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend
 from corral.sandbox.bubblewrap.dirs import SandboxDirs
 from corral.sandbox.bubblewrap.limits import cgroup_support, rlimits
 from corral.sandbox.types import GitUser
+from tests.sandbox.bubblewrap.conftest import MakeBwrap
 from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
 
 pytestmark = pytest.mark.anyio
 
 PY = "/usr/bin/python3"
-MakeBwrap = Callable[..., Awaitable[BubblewrapSandbox]]
-
-
-@pytest.fixture
-async def make(anyio_backend: str, tmp_path: Path) -> AsyncIterator[MakeBwrap]:
-    skip_unless_bubblewrap_runs()
-    repo = build_repo(tmp_path / "repo", with_git=True)
-    created: list[Sandbox] = []
-
-    async def make(**fields: object) -> BubblewrapSandbox:
-        fields.setdefault("repo", repo)
-        fields.setdefault("run_dir", tmp_path / f"run-{len(created)}")
-        sandbox = await BubblewrapSandboxBackend().create(SandboxRequest(**fields))  # type: ignore[arg-type]
-        created.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in created:
-        await sandbox.destroy()
 
 
 async def sh(sandbox: Sandbox, command: str, seconds: float = 30, **options: object) -> tuple[int | None, str, str]:

@@ -6,42 +6,24 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from corral.errors import SandboxError
-from corral.sandbox import Sandbox, SandboxRequest
-from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapSandboxBackend
+from corral.sandbox import Sandbox
+from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend
 from corral.sandbox.bubblewrap.dirs import SandboxDirs
 from corral.sandbox.bubblewrap.overlay import unmount_all
 from corral.spec import SandboxProfile
-from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
+from tests.sandbox.bubblewrap.conftest import MakeBwrap
+from tests.sandbox.conftest import build_repo
 
 pytestmark = pytest.mark.anyio
 
-MakeBwrap = Callable[..., Awaitable[BubblewrapSandbox]]
 privileged = pytest.mark.skipif(os.geteuid() != 0, reason="needs corral to run as root (own uid per sandbox)")
-
-
-@pytest.fixture
-async def make(anyio_backend: str, tmp_path: Path) -> AsyncIterator[MakeBwrap]:
-    skip_unless_bubblewrap_runs()
-    repo = build_repo(tmp_path / "repo", with_git=False)
-    created: list[Sandbox] = []
-
-    async def make(**fields: object) -> BubblewrapSandbox:
-        fields.setdefault("repo", repo)
-        fields.setdefault("run_dir", tmp_path / f"run-{len(created)}")
-        sandbox = await BubblewrapSandboxBackend().create(SandboxRequest(**fields))  # type: ignore[arg-type]
-        created.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in created:
-        await sandbox.destroy()
 
 
 @pytest.fixture
