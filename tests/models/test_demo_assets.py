@@ -96,6 +96,7 @@ def test_scripted_read_of_the_buggy_function_covers_it(script: Script) -> None:
     assert (SAMPLE_REPO / "AGENTS.md").is_file()
 
 
+@pytest.mark.slow  # a whole run
 @pytest.mark.anyio
 async def test_demo_session_runs_to_the_end_with_an_agent_and_fixes_the_repo(tmp_path: Path, script: Script) -> None:
     repo = copy_sample(tmp_path)

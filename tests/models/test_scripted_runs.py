@@ -29,6 +29,7 @@ def no_servers_left() -> Iterator[None]:
     close_served_models()
 
 
+@pytest.mark.slow  # a whole run
 @pytest.mark.anyio
 async def test_a_run_on_a_scripted_model_needs_no_server_of_its_own_and_costs_nothing(
     home: Path, repo: Path, fix_script: Path, monkeypatch: pytest.MonkeyPatch

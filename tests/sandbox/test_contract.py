@@ -143,6 +143,7 @@ async def test_exec_env_argument_adds_to_the_request_env(make_sandbox: MakeSandb
     assert result.stdout == "from-call kept new\n"
 
 
+@pytest.mark.slow  # waits out a timeout on each backend
 async def test_timeout_kills_the_whole_process_tree(sandbox: Sandbox) -> None:
     token = f"61.{secrets.randbelow(10**6):06d}"
     # The shell starts a child shell, which starts a grandchild sleep; all share the exec's group.
@@ -259,6 +260,7 @@ async def test_the_output_file_stops_at_the_spill_limit_and_says_so(sandbox: San
     )
 
 
+@pytest.mark.slow  # floods for its whole timeout on each backend
 async def test_a_flooding_command_runs_until_its_timeout(sandbox: Sandbox) -> None:
     started = time.monotonic()
     result = await sandbox.exec("yes", timeout=0.5, output_limit=1000, spill_limit=1_000_000)

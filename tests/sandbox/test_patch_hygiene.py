@@ -23,7 +23,7 @@ from corral.sandbox.bubblewrap.overlay import OverlayPaths, overlay_diff
 from corral.sandbox.workspace import leave_out_environments, prepare_workspace, workspace_diff
 from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # real sandboxes or git: the full suite runs them
 
 GIT_ENV = {
     "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

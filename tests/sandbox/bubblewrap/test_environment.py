@@ -23,7 +23,7 @@ from corral.sandbox.types import GitUser
 from tests.sandbox.bubblewrap.conftest import MakeBwrap
 from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # real sandboxes or git: the full suite runs them
 
 PY = "/usr/bin/python3"
 

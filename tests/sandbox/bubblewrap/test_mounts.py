@@ -21,7 +21,7 @@ from corral.spec import SandboxProfile
 from tests.sandbox.bubblewrap.conftest import MakeBwrap
 from tests.sandbox.conftest import build_repo
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # real sandboxes or git: the full suite runs them
 
 privileged = pytest.mark.skipif(os.geteuid() != 0, reason="needs corral to run as root (own uid per sandbox)")
 

@@ -149,6 +149,7 @@ async def test_the_sweep_removes_what_a_process_killed_inside_destroy_left(tmp_p
     assert await wait_until_gone(token) == []
 
 
+@pytest.mark.slow  # a sandbox, then a sweep
 async def test_the_sweep_removes_a_sandbox_whose_run_dir_was_deleted(tmp_path: Path) -> None:
     """After a reboot (mounts, /run and cgroups gone, the disk image kept) the store is deleted."""
     require_root_sandboxes()

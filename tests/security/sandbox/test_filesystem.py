@@ -15,7 +15,8 @@ from corral.errors import PathEscapeError, SandboxError
 from tests.security.sandbox.attacks import DENIED_BY_POLICY, run_attack
 from tests.security.sandbox.conftest import HostCanaries, SandboxFactory, digest_tree
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+# Real escape attempts in real sandboxes: the full suite (and CI) runs them, the fast lane does not.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60), pytest.mark.slow]
 
 HOST_SHADOW = Path("/etc/shadow")
 

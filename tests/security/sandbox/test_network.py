@@ -16,7 +16,8 @@ from corral.sandbox import NetworkProfile
 from tests.security.sandbox.attacks import run_attack
 from tests.security.sandbox.conftest import ListeningSocket, SandboxFactory
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+# Real escape attempts in real sandboxes: the full suite (and CI) runs them, the fast lane does not.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60), pytest.mark.slow]
 
 # Run first by every probe: if the sandbox has any interface but lo, or any route, stop before sending.
 NO_EGRESS_GUARD = """

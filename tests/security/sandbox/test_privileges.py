@@ -15,7 +15,8 @@ import pytest
 from tests.security.sandbox.attacks import DENIED_BY_POLICY, Attack, run_attack, syscall_table
 from tests.security.sandbox.conftest import HostProcess, SandboxFactory
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+# Real escape attempts in real sandboxes: the full suite (and CI) runs them, the fast lane does not.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60), pytest.mark.slow]
 
 NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "user")
 SETUID_CANDIDATES = [

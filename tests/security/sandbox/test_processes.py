@@ -247,6 +247,7 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.slow  # six launchers, a sandbox each
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 async def test_background_process_does_not_outlive_destroy(
     make_sandbox: SandboxFactory, numeric_token: str, launcher: str

@@ -19,7 +19,8 @@ from tests.sandbox.host import processes_with
 from tests.security.sandbox.attacks import SANDBOX_PYTHON, describe_processes, tree_size, wait_until
 from tests.security.sandbox.conftest import SandboxFactory
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+# Real escape attempts in real sandboxes: the full suite (and CI) runs them, the fast lane does not.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60), pytest.mark.slow]
 
 MB = 1 << 20
 
