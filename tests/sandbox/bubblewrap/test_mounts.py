@@ -121,6 +121,17 @@ async def test_a_mount_that_is_missing_or_not_a_plain_directory_is_refused(
         link.unlink()
 
 
+@privileged
+async def test_a_mount_the_sandboxs_user_could_not_read_is_refused(make: MakeBwrap, toolchain: Path) -> None:
+    toolchain.chmod(0o700)  # root's own: every sandbox uid would get "Permission denied" inside
+    try:
+        with pytest.raises(SandboxError, match=r"not readable by the sandbox's user \(mode 700\)") as caught:
+            await make(mounts=(str(toolchain),))
+        assert caught.value.hint is not None and "chmod o+rx" in caught.value.hint
+    finally:
+        toolchain.chmod(0o755)
+
+
 @pytest.mark.parametrize("problem", ["the repo", "inside the repo", "the store", "inside the store"])
 async def test_a_mount_that_shows_the_repo_or_corrals_store_is_refused(
     make: MakeBwrap, toolchain: Path, problem: str

@@ -323,6 +323,12 @@ def check_mounts(mounts: Sequence[str], *, repo: Path, run_dir: Path) -> None:
         real = Path(os.path.realpath(path))
         if real != path:
             raise SandboxError(f"mount {path} leads through a symlink to {real}", hint=f"name {real} instead")
+        mode = path.stat().st_mode
+        if privileged() and mode & 0o005 != 0o005:  # the sandbox's own uid is "other" to every host file
+            raise SandboxError(
+                f"mount {path} is not readable by the sandbox's user (mode {mode & 0o777:o})",
+                hint=f"make it readable by others (chmod o+rx {path}), or mount a copy that is",
+            )
         for other in private:
             other = Path(os.path.realpath(other))
             if path.is_relative_to(other) or other.is_relative_to(path):
