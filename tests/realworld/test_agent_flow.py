@@ -105,3 +105,4 @@ async def test_install_run_a_huge_suite_read_the_spill_fix_and_rerun(tmp_path: P
     assert record.result is not None
     changed = re.findall(r"^diff --git a/(\S+) b/", record.result["patch"], re.MULTILINE)
     assert changed == ["calc.py"]  # not .venv, not .corral, not __pycache__
+    assert any(note.startswith("left out of the patch: .venv/") for note in record.result["notes"])

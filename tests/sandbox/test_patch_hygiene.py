@@ -233,3 +233,4 @@ async def test_a_bubblewrap_run_patch_holds_only_the_source_change(tmp_path: Pat
     assert (sandbox.workspace / "src" / "pkg" / "__pycache__").is_dir()
     patch = await sandbox.diff()
     assert changed_files(patch) == ["node_modules/vendored/index.js", "src/pkg/mod.py"]
+    assert sandbox.left_out is not None and sandbox.left_out.startswith("left out of the patch: .venv/ (")

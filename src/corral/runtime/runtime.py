@@ -456,6 +456,8 @@ class Runtime:
         if sandbox is not None:
             try:
                 patch = REDACTOR(await asyncio.wait_for(sandbox.diff(), _DIFF_TIMEOUT_S))
+                if sandbox.left_out:  # a virtualenv, node_modules: say what the patch does not hold
+                    outcome.notes.append(REDACTOR(sandbox.left_out))
             except Exception as err:
                 log.exception("run %s: reading the workspace's changes failed", record.id)
                 outcome.notes.append(f"the patch could not be read: {type(err).__name__}: {err}")

@@ -398,6 +398,8 @@ class Sandbox(ABC):
         self._running: set[int] = set()  # process-group ids of execs in flight
         self._killed_by_destroy: set[int] = set()
         self._destroyed = False
+        self.left_out: str | None = None
+        """After ``diff()``: the environments it left out (``left out of the patch: .venv/ (749 files)``)."""
         self._last_output_number: int | None = None  # read from EXEC_OUTPUT_DIR on first use
 
     # -- process execution -------------------------------------------------------------------
@@ -659,7 +661,10 @@ class Sandbox(ABC):
     async def diff(self) -> str:
         """A git-style patch of the workspace against its start, without ``.git/`` and ``.corral/``."""
         self._check_open()
-        return await workspace_diff(self.snapshot)
+        notes: list[str] = []
+        patch = await workspace_diff(self.snapshot, notes=notes)
+        self.left_out = notes[0] if notes else None
+        return patch
 
     def state(self) -> dict[str, Any]:
         """JSON-serializable; ``SandboxBackend.attach`` re-opens the sandbox from it.

@@ -152,7 +152,7 @@ def check_paths(repo: Path, run_dir: Path) -> tuple[Path, Path, Path]:
     return repo, run_dir / WORKSPACE_DIRNAME, run_dir / BASELINE_DIRNAME
 
 
-async def workspace_diff(snapshot: WorkspaceSnapshot) -> str:
+async def workspace_diff(snapshot: WorkspaceSnapshot, *, notes: list[str] | None = None) -> str:
     """A git-style patch (a/ b/ prefixes, new/deleted files, mode changes, binary) against the baseline.
 
     The current tree is staged into a throwaway index, so the baseline git dir's own index and the
@@ -176,6 +176,8 @@ async def workspace_diff(snapshot: WorkspaceSnapshot) -> str:
         note = await left_out_note(snapshot.git_dir, snapshot.workspace, index, ["."], venvs)
         if note:
             logger.info("%s: %s", snapshot.workspace, note)
+            if notes is not None:
+                notes.append(note)
         return await _git(
             snapshot.git_dir,
             snapshot.workspace,

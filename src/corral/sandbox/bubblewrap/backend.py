@@ -76,7 +76,7 @@ from corral.sandbox.bubblewrap.setup import (
 )
 from corral.sandbox.bubblewrap.sweep import sweep_once
 from corral.sandbox.types import Limits, NetworkProfile, PackageCache
-from corral.sandbox.workspace import check_paths, workspace_diff
+from corral.sandbox.workspace import check_paths
 
 logger = logging.getLogger("corral.sandbox")
 
@@ -475,8 +475,11 @@ class BubblewrapSandbox(Sandbox):
     async def diff(self) -> str:
         self._check_open()
         if self._state.strategy == "overlay":
-            return await overlay.overlay_diff(self._dirs.layers(self._state.repo), self.snapshot.git_dir)
-        return await workspace_diff(self.snapshot)
+            notes: list[str] = []
+            patch = await overlay.overlay_diff(self._dirs.layers(self._state.repo), self.snapshot.git_dir, notes=notes)
+            self.left_out = notes[0] if notes else None
+            return patch
+        return await super().diff()
 
     def state(self) -> dict[str, Any]:
         return self._state.model_dump(mode="json", exclude={"env"})

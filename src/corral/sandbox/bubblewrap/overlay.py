@@ -386,7 +386,7 @@ async def _git_run(
     )
 
 
-async def overlay_diff(paths: OverlayPaths, git_dir: Path) -> str:
+async def overlay_diff(paths: OverlayPaths, git_dir: Path, *, notes: list[str] | None = None) -> str:
     """The same patch ``workspace_diff`` makes against a full baseline, computed from the changed paths only.
 
     The repo's version of the changed paths is staged into one throwaway index, the view's into another
@@ -419,6 +419,8 @@ async def overlay_diff(paths: OverlayPaths, git_dir: Path) -> str:
         note = await left_out_note(git_dir, paths.merged, after, specs, venvs)
         if note:
             logger.info("%s: %s", paths.merged, note)
+            if notes is not None:
+                notes.append(note)
         new_tree = (await _git_run(git_dir, paths.merged, ["write-tree"], index=after)).strip()
         if new_tree == old_tree:
             return ""
