@@ -39,7 +39,12 @@ LAYERS: dict[str, int] = {
 
 #: Modules of a higher package that are ground themselves: the spec embeds the sandbox's own types
 #: (validated once, by the proxy's own parser), so those modules may import nothing but the ground.
-GROUND_MODULES = {"corral.sandbox.types", "corral.sandbox.egress.policy", "corral.sandbox.egress.presets"}
+GROUND_MODULES = {
+    "corral.sandbox.types",
+    "corral.sandbox.egress.policy",
+    "corral.sandbox.egress.presets",
+    "corral.policy.rules",
+}
 
 
 def modules() -> list[tuple[str, Path]]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import ErrorDetails
 
 from corral.errors import SpecError, UnknownAgentError
+from corral.policy.rules import PolicySpec
 from corral.sandbox.types import GitUser, HostPatternText, Limits, Mounts, NetworkProfile, PackageCache
 
 SPEC_FILE_NAME = "corral.toml"
@@ -148,6 +149,9 @@ class AgentSpec(_Strict):
     budget: Budget = Budget()
     retry: RetryPolicy = RetryPolicy()
     sandbox: SandboxProfile = SandboxProfile()
+    policy: PolicySpec = PolicySpec()
+    """What the agent's actions need: rules (first match wins), the default, the approval timeout. In
+    corral.toml the project's ``[policy]`` follows the agent's own ``[agents.NAME.policy]`` rules."""
     context: ContextPolicy = ContextPolicy()
     output_schema: dict[str, Any] | None = None
     """A JSON schema: when given, the run's result carries output validated against it."""
@@ -289,19 +293,24 @@ def _name_of(loc: tuple[int | str, ...], names: Mapping[str, str]) -> str:
     return f"field '{'.'.join(parts) or '(table)'}'"
 
 
-def _format_validation_error(path: Path, agent: str | None, err: ValidationError) -> str:
-    lines = [f"  {_name_of(e['loc'], {})}: {_reason(e)}" for e in err.errors()]
+def _format_validation_error(path: Path, agent: str | None, err: ValidationError, *, prefix: str = "") -> str:
+    lines = [f"  {_name_of((prefix, *e['loc']) if prefix else e['loc'], {})}: {_reason(e)}" for e in err.errors()]
     where = f"{path}: agent '{agent}'" if agent else f"{path}"
     return f"{where}: invalid spec\n" + "\n".join(lines)
 
 
 def parse_config(data: dict[str, Any], path: Path) -> ProjectConfig:
     """Validate a parsed corral.toml document; errors name the file, the agent and the field."""
-    unknown_top = sorted(set(data) - {"agents", "prices"})
+    unknown_top = sorted(set(data) - {"agents", "prices", "policy"})
     if unknown_top:
         raise SpecError(
-            f"{path}: unknown top-level table(s): {', '.join(unknown_top)} (expected [agents.NAME], [prices])"
+            f"{path}: unknown top-level table(s): {', '.join(unknown_top)} "
+            "(expected [agents.NAME], [prices], [policy])"
         )
+    try:
+        project_policy = PolicySpec.model_validate(data.get("policy", {}))
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(path, None, err, prefix="policy")) from None
     agents_raw = data.get("agents", {})
     if not isinstance(agents_raw, dict):
         raise SpecError(f"{path}: 'agents' must be a table of [agents.NAME] tables")
@@ -317,6 +326,17 @@ def parse_config(data: dict[str, Any], path: Path) -> ProjectConfig:
             agents[name] = AgentSpec.model_validate(merged, context={"spec_dir": path.parent.absolute()})
         except ValidationError as err:
             raise SpecError(_format_validation_error(path, name, err)) from None
+        spec = agents[name]
+        policy = spec.policy.combined(project_policy, agent=name)
+        agents[name] = spec = spec.model_copy(update={"policy": policy})
+        for rule in policy.rules:
+            strangers = unknown_tools(rule.tool, extra=POLICY_ONLY_TOOLS)
+            if strangers:
+                raise SpecError(
+                    f"{path}: agent '{name}': invalid spec\n  field '{rule.name}.tool': unknown tool(s) "
+                    f"{', '.join(strangers)}",
+                    hint=f"built-in tools: {', '.join(DEFAULT_TOOLS)}",
+                )
         unknown = unknown_tools(agents[name].tools)
         if unknown:
             raise SpecError(
@@ -324,6 +344,10 @@ def parse_config(data: dict[str, Any], path: Path) -> ProjectConfig:
                 hint=f"built-in tools: {', '.join(DEFAULT_TOOLS)}",
             )
     return ProjectConfig(path=path, agents=agents)
+
+
+POLICY_ONLY_TOOLS = ("task",)
+"""Names a policy rule may match besides the built-in tools: ``task`` is a program's subagent dispatch."""
 
 
 def unknown_tools(names: tuple[str, ...], extra: tuple[str, ...] = ()) -> list[str]:

@@ -9,12 +9,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Protocol, TypeVar, cast, get_type_hints
 
 from pydantic import BaseModel, ValidationError
 
 from corral.errors import SandboxError, ToolError
+from corral.policy.rules import Capability
 from corral.sandbox.base import EXEC_TIMEOUT, OUTPUT_LIMIT, Sandbox
 from corral.sandbox.workspace import SCRATCH_DIRNAME
 
@@ -22,16 +22,6 @@ OUTPUTS_DIR = f"{SCRATCH_DIRNAME}/outputs"
 """Workspace-relative directory where results too long for the model are saved in full."""
 
 P = TypeVar("P", bound=BaseModel)
-
-
-class Capability(StrEnum):
-    """What a tool can do; policy (approvals, Rule of Two) decides on these, not on tool names."""
-
-    READS_WORKSPACE = "reads_workspace"
-    WRITES_WORKSPACE = "writes_workspace"
-    RUNS_COMMANDS = "runs_commands"
-    EXTERNAL_SIDE_EFFECT = "external_side_effect"
-    TOUCHES_SECRETS = "touches_secrets"
 
 
 def _no_redaction(text: str) -> str:
