@@ -133,6 +133,20 @@ class ToolCalled(BaseEvent):
     args: dict[str, Any] | str
 
 
+class PolicyDecided(BaseEvent):
+    """What policy decided about an action before it ran: allow, deny or ask, the rule, and why."""
+
+    type: Literal["policy.decision"] = "policy.decision"
+    call_id: str
+    tool: str
+    kind: str = "tool"
+    """``tool`` (a tool call), ``dispatch`` (a program's ``task()``), ``permission`` (an engine's request)."""
+    verdict: Literal["allow", "deny", "ask"]
+    rule: str | None = None
+    """The rule that matched; None when the policy's default decided."""
+    reason: str
+
+
 class ToolReturned(BaseEvent):
     type: Literal["tool.result"] = "tool.result"
     call_id: str
@@ -196,6 +210,7 @@ Event = Annotated[
     | ModelResponded
     | ModelFailed
     | ToolCalled
+    | PolicyDecided
     | ToolReturned
     | EgressAttempted
     | ContextCompacted

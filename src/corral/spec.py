@@ -304,8 +304,7 @@ def parse_config(data: dict[str, Any], path: Path) -> ProjectConfig:
     unknown_top = sorted(set(data) - {"agents", "prices", "policy"})
     if unknown_top:
         raise SpecError(
-            f"{path}: unknown top-level table(s): {', '.join(unknown_top)} "
-            "(expected [agents.NAME], [prices], [policy])"
+            f"{path}: unknown top-level table(s): {', '.join(unknown_top)} (expected [agents.NAME], [prices], [policy])"
         )
     try:
         project_policy = PolicySpec.model_validate(data.get("policy", {}))

@@ -7,6 +7,7 @@ import itertools
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, replace
 from typing import Any, ClassVar
@@ -45,6 +46,7 @@ from corral.errors import BudgetExceededError, ModelCallError
 from corral.events import Usage
 from corral.models.pricing import price_call
 from corral.models.providers import ModelTarget, api_key_for, build_model, context_window, resolve_target
+from corral.policy.decide import Action, Decision, decide
 from corral.secrets.redact import redact_data
 from corral.spec import ModelPrice
 from corral.tools.base import ToolContext, ToolDef, run_tool
@@ -319,11 +321,33 @@ def reply_text(ok: bool, text: str) -> str:
     return text if ok else f"ERROR: {text}"
 
 
-def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> Tool[Any]:
+def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int], calls: Counter[str]) -> Tool[Any]:
     async def call_tool(run_ctx: RunContext[Any], **kwargs: Any) -> str:
         n = next(counter)
         call_id = run_ctx.tool_call_id or f"call-{n}"
         ctx.emit(events.ToolCalled(key=f"tool:{n}:call", call_id=call_id, tool=tooldef.name, args=kwargs))
+        calls[tooldef.name] += 1
+        action = Action(
+            tool=tooldef.name,
+            arguments=kwargs,
+            capabilities=frozenset(tooldef.capabilities),
+            run_id=ctx.run_id,
+            agent=ctx.spec.name,
+            count=calls[tooldef.name],
+        )
+        decision = decide(ctx.spec.policy, action)
+        ctx.emit(
+            events.PolicyDecided(
+                key=f"tool:{n}:policy",
+                call_id=call_id,
+                tool=tooldef.name,
+                verdict=decision.verdict,
+                rule=decision.rule,
+                reason=ctx.redact(decision.reason),
+            )
+        )
+        if not decision.allowed:
+            return _refused(ctx, n, call_id, tooldef.name, decision)
 
         async def execute(idempotency_key: str) -> dict[str, Any]:
             ctx.budget.check_wall_time()  # a command must not start once the run is out of time
@@ -363,6 +387,22 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int]) -> T
         json_schema=tooldef.json_schema(),
         takes_ctx=True,
     )
+
+
+def _refused(ctx: EngineContext, n: int, call_id: str, tool: str, decision: Decision) -> str:
+    """A tool call policy did not allow: the model gets the reason as the tool's error, and it never runs."""
+    rule = f" (rule {decision.rule})" if decision.rule else ""
+    if decision.verdict == "ask":  # approvals: a person decides (issue 10, item 2, not built yet)
+        text = f"not run: policy requires a person's approval{rule}, and approvals are not available yet: "
+    else:
+        text = f"denied by policy{rule}: "
+    text = ctx.redact(text + decision.reason)
+    ctx.emit(
+        events.ToolReturned(
+            key=f"tool:{n}:result", call_id=call_id, tool=tool, ok=False, text=text, error="PolicyDenied"
+        )
+    )
+    return reply_text(False, text)
 
 
 def message_history(conversation: Conversation) -> list[ModelMessage]:
@@ -462,7 +502,8 @@ class NativeEngine(Engine):
             model.last_input_tokens = ctx.history.input_tokens
         window = spec.context.window_tokens or context_window(target) or DEFAULT_WINDOW_TOKENS
         counter = itertools.count()
-        tools = [_tool_for(ctx.tools[name], ctx, counter) for name in spec.tools]
+        calls: Counter[str] = Counter()  # per tool, for count rules; rebuilt the same way when a run resumes
+        tools = [_tool_for(ctx.tools[name], ctx, counter, calls) for name in spec.tools]
         output_type: Any = str
         if spec.output_schema is not None:
             output_type = StructuredDict(spec.output_schema, name=spec.output_schema.get("title", "result"))

@@ -55,9 +55,9 @@ DEFAULT_REASON = {
 
 def decide(policy: PolicySpec, action: Action) -> Decision:
     """The first rule that matches ``action`` decides; when none does, the policy's default (allow)."""
-    for rule in policy.rules:
+    for index, rule in enumerate(policy.rules):
         if rule.matches(action.tool, action.capabilities, action.arguments, action.count):
-            reason = rule.reason or f"allowed by rule {rule.name}"
-            return Decision(verdict=rule.decision, reason=reason, rule=rule.name)
+            name = rule.name or f"rules[{index}]"
+            return Decision(verdict=rule.decision, reason=rule.reason or f"allowed by rule {name}", rule=name)
     verdict = policy.default or "allow"
     return Decision(verdict=verdict, reason=DEFAULT_REASON[verdict])
