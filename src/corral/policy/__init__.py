@@ -1,5 +1,5 @@
-"""Policy: what a run may spend and do (budgets now; approvals and rules next)."""
+"""Policy: what a run may spend (``budgets``) and do (``rules``, ``decide``).
 
-from corral.policy.budgets import BudgetClock
-
-__all__ = ["BudgetClock"]
+Nothing is imported here: ``corral.policy.rules`` is ground (the spec embeds it), so importing this
+package must not pull in ``budgets``, which stands on the spec.
+"""
