@@ -336,16 +336,17 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int], call
             count=calls[tooldef.name],
         )
         decision = decide(ctx.spec.policy, action)
-        ctx.emit(
-            events.PolicyDecided(
-                key=f"tool:{n}:policy",
-                call_id=call_id,
-                tool=tooldef.name,
-                verdict=decision.verdict,
-                rule=decision.rule,
-                reason=ctx.redact(decision.reason),
+        if ctx.spec.policy.decides:  # an agent without a policy decides nothing: no event per call
+            ctx.emit(
+                events.PolicyDecided(
+                    key=f"tool:{n}:policy",
+                    call_id=call_id,
+                    tool=tooldef.name,
+                    verdict=decision.verdict,
+                    rule=decision.rule,
+                    reason=ctx.redact(decision.reason),
+                )
             )
-        )
         if not decision.allowed:
             return _refused(ctx, n, call_id, tooldef.name, decision)
 

@@ -135,6 +135,11 @@ class PolicySpec(BaseModel):
     approval_timeout_s: Annotated[float, Field(gt=0)] | None = None
     """How long an ``ask`` waits for a person before it is denied; unset: the project's, else 24 h."""
 
+    @property
+    def decides(self) -> bool:
+        """Whether this policy can decide anything but "allow" (so its decisions are worth journaling)."""
+        return bool(self.rules) or self.default not in (None, "allow")
+
     def combined(self, project: PolicySpec, *, agent: str) -> PolicySpec:
         """This agent's policy followed by the project's: its rules first, its settings where it has them.
 
