@@ -11,6 +11,7 @@ context as typed constructor arguments, never as attributes patched on later::
     │   ├── UnknownEngineError       spec.engine names no installed engine
     │   ├── ModelConfigError         a model string or provider setting is unusable
     │   ├── RunNotFoundError
+    │   ├── ApprovalNotFoundError    no approval request with that id
     │   └── ScriptError              a scripted-model script is malformed or exhausted
     ├── StoreError                   the store cannot be opened, migrated or written
     │   └── JournalError             journal events could not be committed (never silent)
@@ -134,6 +135,10 @@ class JournalTimeoutError(JournalError):
 
 class RunNotFoundError(UsageError):
     """No run with that id (or id prefix) exists in the store."""
+
+
+class ApprovalNotFoundError(UsageError):
+    """No approval request with that id in the store."""
 
 
 class SandboxError(CorralError):

@@ -33,16 +33,25 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from corral.errors import RunNotFoundError, StoreError, UsageError
+from corral.errors import ApprovalNotFoundError, RunNotFoundError, StoreError, UsageError
 from corral.events import parse_event
 from corral.store.journal import Journal, db_error_reason
 from corral.store.liveness import executor_alive
-from corral.store.models import ALEMBIC_VERSION_TABLE, EventRow, ExecutorRow, RunRow
-from corral.store.records import DISPLAY_STATUSES, INTERRUPTED, EventRecord, RunRecord, RunStatus, Usage
+from corral.store.models import ALEMBIC_VERSION_TABLE, ApprovalRow, EventRow, ExecutorRow, RunRow
+from corral.store.records import (
+    DISPLAY_STATUSES,
+    INTERRUPTED,
+    ApprovalRecord,
+    ApprovalStatus,
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    Usage,
+)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: The newest migration's revision id; a test checks it against Alembic's own head.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 def default_home(project_dir: Path | None = None) -> Path:
@@ -416,6 +425,52 @@ class Store:
                     ) from None
                 yield EventRecord(run_id=run_id, seq=seq, event=event)
 
+    # -- approvals --------------------------------------------------------------------------------
+
+    def request_approval(self, **fields: Any) -> ApprovalRecord:
+        """Record a pending request (``id`` and the action's fields); the same id again returns the first one.
+
+        A replayed run asks again with the same id (made from its run and call ids): it must find its
+        request, decided or not, and never make a second one.
+        """
+        with Session(self.engine) as session, session.begin():
+            row = session.get(ApprovalRow, fields["id"])
+            if row is None:
+                row = ApprovalRow(status=ApprovalStatus.PENDING.value, **fields)
+                session.add(row)
+            return _approval(row)
+
+    def get_approval(self, approval_id: str) -> ApprovalRecord:
+        with Session(self.engine) as session:
+            row = session.get(ApprovalRow, approval_id)
+            if row is None:
+                raise ApprovalNotFoundError(
+                    f"no approval request {approval_id!r} in this store",
+                    hint="`corral approvals` lists the pending ones",
+                )
+            return _approval(row)
+
+    def approvals(self, *, status: ApprovalStatus | None = ApprovalStatus.PENDING) -> list[ApprovalRecord]:
+        """Requests with ``status`` (all with None), oldest first."""
+        query = select(ApprovalRow).order_by(ApprovalRow.created_at, ApprovalRow.id)
+        if status is not None:
+            query = query.where(ApprovalRow.status == status.value)
+        with Session(self.engine) as session:
+            return [_approval(row) for row in session.scalars(query)]
+
+    def settle_approval(
+        self, approval_id: str, status: ApprovalStatus, *, by: str, reason: str | None, now: float | None = None
+    ) -> ApprovalRecord | None:
+        """Decide a pending request, atomically; None when it was no longer pending (the record says why)."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(ApprovalRow)
+                .where(ApprovalRow.id == approval_id, ApprovalRow.status == ApprovalStatus.PENDING.value)
+                .values(status=status.value, decided_at=now, decided_by=by, decision_reason=reason)
+            )
+        return self.get_approval(approval_id) if done.rowcount == 1 else None
+
     # -- executors (the processes running workflows) ----------------------------------------------
 
     def register_executor(self, executor_id: str, host: str, pid: int) -> None:
@@ -447,3 +502,22 @@ class Store:
             rows = list(session.scalars(select(ExecutorRow)))
             session.expunge_all()
             return rows
+
+
+def _approval(row: ApprovalRow) -> ApprovalRecord:
+    return ApprovalRecord(
+        id=row.id,
+        run_id=row.run_id,
+        call_id=row.call_id,
+        agent=row.agent,
+        tool=row.tool,
+        arguments=row.arguments,
+        rule=row.rule,
+        reason=row.reason,
+        status=ApprovalStatus(row.status),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        decided_at=row.decided_at,
+        decided_by=row.decided_by,
+        decision_reason=row.decision_reason,
+    )

@@ -73,3 +73,27 @@ class ExecutorRow(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
+
+
+class ApprovalRow(Base):
+    """A request for a person's decision on one action of a run (policy said ``ask``)."""
+
+    __tablename__ = "corral_approvals"
+    __table_args__ = (Index("ix_corral_approvals_status", "status"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("corral_runs.id"), index=True)
+    call_id: Mapped[str] = mapped_column(String(200))
+    agent: Mapped[str] = mapped_column(String(64))
+    tool: Mapped[str] = mapped_column(String(80))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The action's arguments, redacted: what the person decides on."""
+    rule: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    """``pending``, then ``approved``, ``denied`` or ``expired`` (the timeout's default decision)."""
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    decided_at: Mapped[float | None] = mapped_column(Float)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decision_reason: Mapped[str | None] = mapped_column(Text)

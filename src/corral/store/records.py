@@ -114,3 +114,32 @@ class EventRecord:
             "duration_ms": self.duration_ms,
             "data": self.data,
         }
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    """The request's timeout passed first: its default decision (deny) was taken."""
+
+
+class ApprovalRecord(BaseModel):
+    """One request for a person's decision, as stored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    run_id: str
+    call_id: str
+    agent: str
+    tool: str
+    arguments: dict[str, Any]
+    rule: str | None
+    reason: str
+    status: ApprovalStatus
+    created_at: float
+    expires_at: float
+    decided_at: float | None = None
+    decided_by: str | None = None
+    decision_reason: str | None = None
