@@ -147,6 +147,29 @@ class PolicyDecided(BaseEvent):
     reason: str
 
 
+class ApprovalRequested(BaseEvent):
+    """Policy said ``ask``: the run waits for a person (``corral approve``/``deny``) or the timeout."""
+
+    type: Literal["approval.requested"] = "approval.requested"
+    approval_id: str
+    call_id: str
+    tool: str
+    rule: str | None = None
+    reason: str
+    expires_at: float
+
+
+class ApprovalDecided(BaseEvent):
+    """How an approval request ended: a person approved or denied it, or its timeout denied it."""
+
+    type: Literal["approval.decided"] = "approval.decided"
+    approval_id: str
+    call_id: str
+    outcome: Literal["approved", "denied", "expired"]
+    by: str | None = None
+    reason: str | None = None
+
+
 class ToolReturned(BaseEvent):
     type: Literal["tool.result"] = "tool.result"
     call_id: str
@@ -211,6 +234,8 @@ Event = Annotated[
     | ModelFailed
     | ToolCalled
     | PolicyDecided
+    | ApprovalRequested
+    | ApprovalDecided
     | ToolReturned
     | EgressAttempted
     | ContextCompacted

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from corral.errors import UnknownEngineError
 from corral.events import BaseEvent, ToolReturned, Usage
 from corral.policy.budgets import BudgetClock
+from corral.policy.decide import Action, Decision
 from corral.sandbox.base import Sandbox
 from corral.spec import AgentSpec
 from corral.tools.base import ToolDef
@@ -77,6 +78,10 @@ class Conversation:
     (it was cancelled before the next one) has its result only here."""
 
 
+AskFn = Callable[[Action, Decision, str], Awaitable[Decision]]
+"""``ask(action, decision, call_id)``: what a person decided about an action policy sent to them."""
+
+
 @dataclass
 class EngineContext:
     """Everything an engine may use: no globals, no store, no DBOS."""
@@ -96,6 +101,9 @@ class EngineContext:
     history: Conversation | None = None
     """The conversation this run follows up (``corral continue``); None for a new run. ``task`` is
     the next prompt. An engine that keeps its own session may ignore it."""
+    ask: AskFn | None = None
+    """Put an action policy said ``ask`` about before a person and wait (durably) for the answer: the
+    decision that stands, ``allow`` or ``deny``. None (no runtime, no store): such actions are denied."""
 
 
 @dataclass(frozen=True)

@@ -347,6 +347,8 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int], call
                     reason=ctx.redact(decision.reason),
                 )
             )
+        if decision.verdict == "ask":  # a person decides; this waits, durably, as long as it takes
+            decision = await ctx.ask(action, decision, call_id) if ctx.ask is not None else _NO_ONE_TO_ASK
         if not decision.allowed:
             return _refused(ctx, n, call_id, tooldef.name, decision)
 
@@ -390,14 +392,13 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int], call
     )
 
 
+_NO_ONE_TO_ASK = Decision(verdict="deny", reason="policy asks a person, and this engine runs without a runtime to ask")
+
+
 def _refused(ctx: EngineContext, n: int, call_id: str, tool: str, decision: Decision) -> str:
     """A tool call policy did not allow: the model gets the reason as the tool's error, and it never runs."""
     rule = f" (rule {decision.rule})" if decision.rule else ""
-    if decision.verdict == "ask":  # approvals: a person decides (issue 10, item 2, not built yet)
-        text = f"not run: policy requires a person's approval{rule}, and approvals are not available yet: "
-    else:
-        text = f"denied by policy{rule}: "
-    text = ctx.redact(text + decision.reason)
+    text = ctx.redact(f"denied by policy{rule}: {decision.reason}")
     ctx.emit(
         events.ToolReturned(
             key=f"tool:{n}:result", call_id=call_id, tool=tool, ok=False, text=text, error="PolicyDenied"

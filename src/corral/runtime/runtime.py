@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
+import getpass
 import json
 import logging
 import os
@@ -25,7 +27,8 @@ from corral.engines.base import Conversation, Engine, EngineContext, EngineResul
 from corral.errors import BudgetExceededError, CorralError, RunTimeoutError, SandboxError, SpecError, UsageError
 from corral.events import Usage
 from corral.policy.budgets import BudgetClock
-from corral.runtime import recovery, workflow
+from corral.policy.decide import Action, Decision
+from corral.runtime import approvals, recovery, workflow
 from corral.runtime.sandboxing import START_DIRNAME, open_sandbox, patch_conflict, prepare_start
 from corral.sandbox.base import Sandbox, get_backend, mark_run_ended
 from corral.sandbox.patching import check_patch
@@ -33,6 +36,7 @@ from corral.sandbox.workspace import remove_tree
 from corral.secrets.redact import REDACTOR
 from corral.spec import AgentSpec, unknown_tools
 from corral.store import RunRecord, RunStatus, Store
+from corral.store.records import ApprovalRecord
 from corral.tools.base import ToolDef
 from corral.tools.builtin import BUILTIN_TOOLS
 
@@ -251,6 +255,26 @@ class Runtime:
         recovery.forget_dead_executors(self.store, exclude=self.executor_id)
         return [r.id for r in candidates]
 
+    # -- approvals --------------------------------------------------------------------------------
+
+    def approvals(self) -> list[ApprovalRecord]:
+        """The pending approval requests of this store's runs, oldest first."""
+        return self.store.approvals()
+
+    def decide(self, approval_id: str, approve: bool, reason: str | None = None, by: str = "") -> ApprovalRecord:
+        """Approve or deny a pending request; the run waiting on it continues (within a second if it runs)."""
+        return approvals.decide(self.store, approval_id, approve=approve, reason=reason, by=by or _who())
+
+    async def _ask(self, spec: AgentSpec, action: Action, decision: Decision, call_id: str) -> Decision:
+        return await approvals.ask_person(
+            self.store,
+            lambda event: self._emit(action.run_id, event),
+            action=action,
+            decision=decision,
+            call_id=call_id,
+            timeout_s=spec.policy.approval_timeout_s,
+        )
+
     async def cancel(self, run_id: str, *, wait_s: float = _CANCEL_WAIT_S) -> RunRecord:
         """Stop a run wherever it executes; returns its record once it has ended (or ``wait_s`` passed).
 
@@ -433,6 +457,7 @@ class Runtime:
             budget=budget,
             on_usage=on_usage,
             history=self._conversation_before(record.continues_id),
+            ask=functools.partial(self._ask, spec),
         )
         remaining = budget.remaining_s()
         if remaining is None:
@@ -578,6 +603,15 @@ async def _suspend(sandbox: Sandbox, run_id: str) -> None:
         await sandbox.suspend()
     except Exception:  # the process is stopping: say so, `corral sandbox prune` or a resume tidies up
         log.exception("run %s: releasing its sandbox's mounts and processes failed", run_id)
+
+
+def _who() -> str:
+    """Who decides, when the caller does not say: this process's user on this host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 def _read_outcome(run_dir: Path) -> tuple[_Outcome, dict[str, Any]] | None:

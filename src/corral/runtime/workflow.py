@@ -173,6 +173,28 @@ async def resume(run_id: str) -> None:
         await DBOS.resume_workflow_async(run_id)
 
 
+def _decision_topic(approval_id: str) -> str:
+    return f"corral.approval:{approval_id}"
+
+
+async def wait_for_decision(approval_id: str, timeout_s: float) -> dict[str, Any] | None:
+    """Inside a run's workflow: wait for the decision sent to it for ``approval_id``; None after ``timeout_s``.
+
+    DBOS's ``recv`` is durable: the message waits in the database if nobody listens (the process
+    died), a resumed run receives it at once, and a completed wait replays its recorded answer.
+    """
+    return await DBOS.recv_async(topic=_decision_topic(approval_id), timeout_seconds=timeout_s)
+
+
+def send_decision(system_database_url: str, run_id: str, approval_id: str, decision: dict[str, Any]) -> None:
+    """From any process: deliver a decision to the run waiting on ``approval_id`` (at most once per approval)."""
+    client = DBOSClient(system_database_url=system_database_url)
+    try:
+        client.send(run_id, decision, topic=_decision_topic(approval_id), idempotency_key=f"decision:{approval_id}")
+    finally:
+        client.destroy()
+
+
 def request_cancel(system_database_url: str, run_id: str) -> dict[str, Any] | None:
     """Mark the run's workflow cancelled, from any process; its executor stops within a second.
 
