@@ -8,7 +8,10 @@ the run. The timeout's default decision is a denial, journaled as ``expired``.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
+import os
+import socket
 import time
 from collections.abc import Callable
 
@@ -22,6 +25,15 @@ from corral.store.records import ApprovalRecord, ApprovalStatus
 
 DEFAULT_TIMEOUT_S = 24 * 3600.0
 _OUTCOME = {ApprovalStatus.APPROVED: "approved", ApprovalStatus.DENIED: "denied", ApprovalStatus.EXPIRED: "expired"}
+
+
+def who_am_i() -> str:
+    """Who decides when the caller does not say: this process's user on this host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 def approval_id(run_id: str, call_id: str) -> str:
@@ -64,15 +76,18 @@ async def ask_person(
             expires_at=request.expires_at,
         )
     )
+    # Always wait, even when the row is already decided (a decision that came while no process ran the
+    # run): the wait is a durable operation of the workflow, so a replay must take it exactly as the
+    # first execution did; its message is in the database then, and it returns at once.
     if request.status is ApprovalStatus.PENDING:
         store.update_run(action.run_id, status=RunStatus.WAITING_APPROVAL)
-        try:
-            await workflow.wait_for_decision(ident, max(request.expires_at - time.time(), 0.0))
-        finally:
-            store.update_run(action.run_id, status=RunStatus.RUNNING)
-        # Whatever arrived, the row is the truth: a decision settled it, or nothing did and the timeout does.
-        expired = store.settle_approval(ident, ApprovalStatus.EXPIRED, by="timeout", reason="no decision in time")
-        request = expired or store.get_approval(ident)
+    try:
+        await workflow.wait_for_decision(ident, max(request.expires_at - time.time(), 0.0))
+    finally:
+        store.update_run(action.run_id, status=RunStatus.RUNNING)
+    # Whatever arrived, the row is the truth: a decision settled it, or nothing did and the timeout does.
+    expired = store.settle_approval(ident, ApprovalStatus.EXPIRED, by="timeout", reason="no decision in time")
+    request = expired or store.get_approval(ident)
     emit(
         ev.ApprovalDecided(
             key=f"approval:{ident}:decided",

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import functools
-import getpass
 import json
 import logging
 import os
@@ -263,7 +262,7 @@ class Runtime:
 
     def decide(self, approval_id: str, approve: bool, reason: str | None = None, by: str = "") -> ApprovalRecord:
         """Approve or deny a pending request; the run waiting on it continues (within a second if it runs)."""
-        return approvals.decide(self.store, approval_id, approve=approve, reason=reason, by=by or _who())
+        return approvals.decide(self.store, approval_id, approve=approve, reason=reason, by=by or approvals.who_am_i())
 
     async def _ask(self, spec: AgentSpec, action: Action, decision: Decision, call_id: str) -> Decision:
         return await approvals.ask_person(
@@ -603,15 +602,6 @@ async def _suspend(sandbox: Sandbox, run_id: str) -> None:
         await sandbox.suspend()
     except Exception:  # the process is stopping: say so, `corral sandbox prune` or a resume tidies up
         log.exception("run %s: releasing its sandbox's mounts and processes failed", run_id)
-
-
-def _who() -> str:
-    """Who decides, when the caller does not say: this process's user on this host."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
 
 
 def _read_outcome(run_dir: Path) -> tuple[_Outcome, dict[str, Any]] | None:
