@@ -165,7 +165,7 @@ class ApprovalDecided(BaseEvent):
     type: Literal["approval.decided"] = "approval.decided"
     approval_id: str
     call_id: str
-    outcome: Literal["approved", "denied", "expired"]
+    outcome: Literal["approved", "denied", "expired", "withdrawn"]
     by: str | None = None
     reason: str | None = None
 

@@ -103,3 +103,24 @@ async def test_no_decision_before_the_timeout_is_a_denial_journaled_as_expired(
     assert settled.outcome == "expired"
     result = next(e for e in events if isinstance(e, ToolReturned))
     assert not result.ok and "nobody approved it before" in result.text
+
+
+async def test_cancelling_a_waiting_run_ends_it_and_its_request_can_no_longer_be_decided(
+    home: Path, repo: Path, tmp_path: Path
+) -> None:
+    store = Store.open(home=home)
+    try:
+        with ScriptedServer(script(tmp_path, SCRIPT)) as server:
+            async with Runtime(store) as runtime:
+                record = await runtime.submit(spec_for(server, policy=ASK), "push it", repo)
+                request = await pending(store)
+                started = time.monotonic()
+                cancelled = await runtime.cancel(record.id, wait_s=30)
+                took = time.monotonic() - started
+                with pytest.raises(UsageError, match="nothing changed"):
+                    runtime.decide(request.id, True)
+                assert runtime.approvals() == []
+    finally:
+        store.close()
+    assert cancelled.status is RunStatus.CANCELLED
+    assert took < 5

@@ -24,7 +24,12 @@ from corral.store import RunStatus, Store
 from corral.store.records import ApprovalRecord, ApprovalStatus
 
 DEFAULT_TIMEOUT_S = 24 * 3600.0
-_OUTCOME = {ApprovalStatus.APPROVED: "approved", ApprovalStatus.DENIED: "denied", ApprovalStatus.EXPIRED: "expired"}
+_OUTCOME = {
+    ApprovalStatus.APPROVED: "approved",
+    ApprovalStatus.DENIED: "denied",
+    ApprovalStatus.EXPIRED: "expired",
+    ApprovalStatus.WITHDRAWN: "withdrawn",
+}
 
 
 def who_am_i() -> str:
@@ -105,6 +110,8 @@ def _standing(request: ApprovalRecord, asked: Decision) -> Decision:
     who = request.decided_by or "a person"
     if request.status is ApprovalStatus.APPROVED:
         return Decision(verdict="allow", reason=f"approved by {who}", rule=asked.rule)
+    if request.status is ApprovalStatus.WITHDRAWN:
+        return Decision(verdict="deny", reason="the run was cancelled while it waited for a person", rule=asked.rule)
     if request.status is ApprovalStatus.EXPIRED:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(request.expires_at))
         return Decision(verdict="deny", reason=f"{asked.reason}; nobody approved it before {when}", rule=asked.rule)
@@ -137,3 +144,10 @@ def decide(store: Store, ident: str, *, approve: bool, reason: str | None, by: s
         raise UsageError(f"approval {ident} is already {now.status.value}; nothing changed")
     workflow.send_decision(store.dbos_url(), request.run_id, ident, {"status": status.value})
     return settled
+
+
+def withdraw(store: Store, run_id: str) -> None:
+    """A run is being cancelled: settle its pending requests as withdrawn and wake its wait, so it stops."""
+    for request in store.approvals(run_id=run_id):
+        if store.settle_approval(request.id, ApprovalStatus.WITHDRAWN, by="cancel", reason="the run was cancelled"):
+            workflow.send_decision(store.dbos_url(), run_id, request.id, {"status": ApprovalStatus.WITHDRAWN.value})

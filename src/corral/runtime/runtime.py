@@ -285,6 +285,7 @@ class Runtime:
         if record.status.finished:
             raise UsageError(f"run {record.id} already {record.status.value}")
         sandbox_state = workflow.request_cancel(self.store.dbos_url(), record.id)
+        approvals.withdraw(self.store, record.id)  # a run waiting on a person wakes up to its cancel
         if record.id in {r.id for r in self.interrupted_runs()}:
             await self._end_abandoned(record, sandbox_state)
             return self.store.get_run(record.id)

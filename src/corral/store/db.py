@@ -450,11 +450,15 @@ class Store:
                 )
             return _approval(row)
 
-    def approvals(self, *, status: ApprovalStatus | None = ApprovalStatus.PENDING) -> list[ApprovalRecord]:
-        """Requests with ``status`` (all with None), oldest first."""
+    def approvals(
+        self, *, status: ApprovalStatus | None = ApprovalStatus.PENDING, run_id: str | None = None
+    ) -> list[ApprovalRecord]:
+        """Requests with ``status`` (all with None), of one run or all, oldest first."""
         query = select(ApprovalRow).order_by(ApprovalRow.created_at, ApprovalRow.id)
         if status is not None:
             query = query.where(ApprovalRow.status == status.value)
+        if run_id is not None:
+            query = query.where(ApprovalRow.run_id == run_id)
         with Session(self.engine) as session:
             return [_approval(row) for row in session.scalars(query)]
 

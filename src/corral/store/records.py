@@ -122,6 +122,8 @@ class ApprovalStatus(StrEnum):
     DENIED = "denied"
     EXPIRED = "expired"
     """The request's timeout passed first: its default decision (deny) was taken."""
+    WITHDRAWN = "withdrawn"
+    """The run ended (cancelled) while it waited: nobody can decide any more."""
 
 
 class ApprovalRecord(BaseModel):
