@@ -89,7 +89,7 @@ def test_deny_with_a_reason_reaches_the_model_and_the_run_goes_on(tmp_path: Path
             "--home", str(home), "deny", str(request["id"]), "--reason", "no pushes on Fridays", cwd=project, home=None
         )
         assert denied.returncode == 0, denied.stderr
-        proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -100,5 +100,12 @@ def test_deny_with_a_reason_reaches_the_model_and_the_run_goes_on(tmp_path: Path
     (result,) = [e.event for e in events if isinstance(e.event, ToolReturned)]
     assert not result.ok and result.text.endswith("no pushes on Fridays")
     assert "pushed" not in (record.result or {})["patch"]
+    shown = out + err  # the run's own output: the request, the commands that decide it, the decision
+    assert "execute needs a person's approval: a push leaves the sandbox" in shown
+    assert f"corral approve {request['id']}" in shown and f"{request['id']} denied by" in shown
+    trace = run_corral("--home", str(home), "trace", record.id, cwd=project, home=None)
+    assert "policy: ask (rule pushes)" in trace.stdout
+    assert f"waiting for approval {request['id']}" in trace.stdout
+    assert "denied by" in trace.stdout and "no pushes on Fridays" in trace.stdout
     unknown = run_corral("--home", str(home), "approve", "ap-nope", cwd=project, home=None)
     assert unknown.returncode == 2 and "no approval request 'ap-nope'" in unknown.stderr

@@ -28,6 +28,8 @@ from rich.tree import Tree
 
 from corral.cli.text import clean, safe
 from corral.events import (
+    ApprovalDecided,
+    ApprovalRequested,
     BaseEvent,
     BudgetExceeded,
     ContextCompacted,
@@ -36,6 +38,7 @@ from corral.events import (
     ModelRequested,
     ModelResponded,
     ModelRetried,
+    PolicyDecided,
     RunFinished,
     RunResumed,
     RunStarted,
@@ -231,6 +234,25 @@ def _event_label(record: EventRecord) -> Text:
     )
 
 
+def _gate_label(seq: int, event: PolicyDecided | ApprovalRequested | ApprovalDecided) -> Text:
+    """What policy and people said about a tool call, under it in the trace."""
+    match event:
+        case PolicyDecided(verdict=verdict, rule=rule, reason=reason):
+            style = {"allow": "dim", "deny": "red", "ask": "yellow"}[verdict]
+            by = f" (rule {clean(rule)})" if rule else " (default)"
+            return Text.assemble(_seq(seq, style), (f"policy: {verdict}{by}", style), f"  {_one_line(reason)}")
+        case ApprovalRequested(approval_id=ident, expires_at=expires_at):
+            until = datetime.fromtimestamp(expires_at).strftime("%Y-%m-%d %H:%M")
+            return Text.assemble(
+                _seq(seq, "yellow"), (f"waiting for approval {clean(ident)}", "yellow"), f" (until {until})"
+            )
+        case ApprovalDecided(approval_id=ident, outcome=outcome, by=by, reason=reason):
+            style = "green" if outcome == "approved" else "red"
+            who = f" by {clean(by)}" if by else ""
+            why = f": {_one_line(reason)}" if reason else ""
+            return Text.assemble(_seq(seq, style), (f"{outcome}{who}", style), f"  {clean(ident)}{why}")
+
+
 def _rejection_label(seq: int, text: str) -> Text:
     return Text.assemble(_seq(seq, "yellow"), (text, "yellow"))
 
@@ -364,6 +386,18 @@ class LiveRunView:
                 return [_Line("✗", f"budget exhausted: {clean(limit)}", style="red")]
             case EgressAttempted(allowed=False, host=host, port=port, reason=reason):
                 return [_Line("!", f"network denied: {clean(host)}:{port} ({_one_line(reason)})", style="yellow")]
+            case ApprovalRequested(approval_id=ident, tool=tool, reason=reason):
+                self.status = f"waiting for approval {clean(ident)}"
+                return [
+                    _Line("?", f"{clean(tool)} needs a person's approval: {_one_line(reason)}", style="yellow"),
+                    _Line(
+                        " ", f"corral approve {clean(ident)}   ·   corral deny {clean(ident)} --reason …", style="dim"
+                    ),
+                ]
+            case ApprovalDecided(approval_id=ident, outcome=outcome, by=by):
+                self.status = "running"
+                who = f" by {clean(by)}" if by else ""
+                return [_Line("✓" if outcome == "approved" else "✗", f"{clean(ident)} {outcome}{who}")]
             case RunFinished(status=status):
                 self.status = clean(status)
             case _:
@@ -678,6 +712,10 @@ def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
                 node = tools.get(call_id)
                 if node is not None:
                     node.label = Text.assemble(node.label, "  ", _mark_text(result))  # type: ignore[arg-type]
+            case (
+                PolicyDecided(call_id=call_id) | ApprovalRequested(call_id=call_id) | ApprovalDecided(call_id=call_id)
+            ) if call_id in tools:
+                tools[call_id].add(_gate_label(e.seq, e.event))
             case ModelRequested() as request:
                 # The request itself is shown by its response; what it tells the model was wrong, here.
                 for text in rejections(request):
