@@ -147,6 +147,16 @@ class PolicyDecided(BaseEvent):
     reason: str
 
 
+class RuleOfTwoHeld(BaseEvent):
+    """The agent processes untrusted input, holds sensitive data and acts outside: how this run is allowed."""
+
+    type: Literal["rule_of_two"] = "rule_of_two"
+    verdict: Literal["gated", "acknowledged"]
+    """``gated``: every outbound action needs a person; ``acknowledged``: the spec accepts the risk."""
+    ungated: list[str] = []
+    """Outbound tools that run without a person (only when acknowledged)."""
+
+
 class ApprovalRequested(BaseEvent):
     """Policy said ``ask``: the run waits for a person (``corral approve``/``deny``) or the timeout."""
 
@@ -234,6 +244,7 @@ Event = Annotated[
     | ModelFailed
     | ToolCalled
     | PolicyDecided
+    | RuleOfTwoHeld
     | ApprovalRequested
     | ApprovalDecided
     | ToolReturned

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import ErrorDetails
 
 from corral.errors import SpecError, UnknownAgentError
-from corral.policy.rules import PolicySpec
+from corral.policy.rules import PolicySpec, RuleOfTwoField
 from corral.sandbox.types import GitUser, HostPatternText, Limits, Mounts, NetworkProfile, PackageCache
 
 SPEC_FILE_NAME = "corral.toml"
@@ -150,6 +150,9 @@ class AgentSpec(_Strict):
     retry: RetryPolicy = RetryPolicy()
     sandbox: SandboxProfile = SandboxProfile()
     policy: PolicySpec = PolicySpec()
+    rule_of_two: RuleOfTwoField = None
+    """``"acknowledged"``, or ``{ untrusted_input, sensitive_data, outbound }`` declared over the inference
+    (``corral check`` shows both)."""
     """What the agent's actions need: rules (first match wins), the default, the approval timeout. In
     corral.toml the project's ``[policy]`` follows the agent's own ``[agents.NAME.policy]`` rules."""
     context: ContextPolicy = ContextPolicy()

@@ -157,3 +157,26 @@ class PolicySpec(BaseModel):
 
 def _named(rule: Rule, place: str) -> Rule:
     return rule if rule.name else rule.model_copy(update={"name": place})
+
+
+def _acknowledged(value: Any) -> Any:
+    if value == "acknowledged":
+        return {"acknowledged": True}
+    if isinstance(value, str):
+        raise ValueError('rule_of_two is "acknowledged" or a table (untrusted_input, sensitive_data, outbound)')
+    return value
+
+
+class RuleOfTwoSpec(BaseModel):
+    """What the spec says of the Rule of Two itself: its own A, B, C (over what corral infers), or that it
+    accepts holding all three (``rule_of_two = "acknowledged"``, journaled on every run)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    untrusted_input: bool | None = None
+    sensitive_data: bool | None = None
+    outbound: bool | None = None
+    acknowledged: bool = False
+
+
+RuleOfTwoField = Annotated[RuleOfTwoSpec | None, BeforeValidator(_acknowledged)]

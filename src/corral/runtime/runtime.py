@@ -25,6 +25,7 @@ from corral import events as ev
 from corral.engines.base import Conversation, Engine, EngineContext, EngineResult, get_engine
 from corral.errors import BudgetExceededError, CorralError, RunTimeoutError, SandboxError, SpecError, UsageError
 from corral.events import Usage
+from corral.policy import rule_of_two
 from corral.policy.budgets import BudgetClock
 from corral.policy.decide import Action, Decision
 from corral.runtime import approvals, recovery, workflow
@@ -151,6 +152,13 @@ class Runtime:
             raise SpecError(f"agent '{spec.name}': field 'tools': unknown tool(s) {', '.join(unknown)}")
         self._engine(spec.engine)
         get_backend(spec.sandbox.backend)
+        check = rule_of_two.assess(spec, self.tools)
+        if check.verdict == "refused":
+            raise SpecError(
+                f"agent '{spec.name}' breaks the Rule of Two: it processes untrusted input, holds sensitive "
+                "data and acts outside, and policy lets its outbound actions run without a person",
+                hint=f"`corral check {spec.name}` says why; {check.advice()}",
+            )
         missing = [name for name in spec.secrets if not os.environ.get(name)]
         if missing:  # like a missing API key: a usage error, before anything is recorded
             raise SpecError(
@@ -385,6 +393,9 @@ class Runtime:
                 parent_id=record.parent_id,
             ),
         )
+        check = rule_of_two.assess(spec, self.tools)
+        if check.verdict in ("gated", "acknowledged"):  # all three: say on every run how it is held in check
+            self._emit(run_id, ev.RuleOfTwoHeld(key="rule_of_two", verdict=check.verdict, ungated=list(check.ungated)))
         if resumed:
             self._emit(run_id, ev.RunResumed(key=f"run.resumed:{self.executor_id}", executor_id=self.executor_id))
         decided = _read_outcome(Path(record.run_dir))
