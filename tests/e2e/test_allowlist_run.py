@@ -91,6 +91,8 @@ async def test_an_allowlist_run_sends_the_real_secret_only_to_its_host_and_journ
                         "network": {"mode": "allowlist", "allow": [allowed_host, "@python"], "allow_private": True},
                     },
                     "secrets": {"API_TOKEN": {"hosts": [allowed_host]}},
+                    # Repository input, a secret and an allowlist: all three of the Rule of Two.
+                    "rule_of_two": "acknowledged",
                 }
             )
             async with Runtime(store) as runtime:
@@ -124,6 +126,7 @@ async def test_an_allowlist_run_sends_the_real_secret_only_to_its_host_and_journ
     assert created["network"] == {"mode": "allowlist", "allow": [allowed_host, "@python"], "allow_private": True,
                                   "intercept_tls": False, "upstream_proxy": None}  # fmt: skip
 
+    assert [event.data["verdict"] for event in events if event.type == "rule_of_two"] == ["acknowledged"]
     egress = [event.data for event in events if event.type == "egress"]
     by_port = {attempt["port"]: attempt for attempt in egress}
     assert by_port[fresh.https.port]["allowed"] is True
