@@ -32,6 +32,12 @@ def spec(**fields: Any) -> AgentSpec:
         ({"secrets": ["TOKEN"]}, (True, True, False)),
         ({"sandbox": {"network": "allowlist", "allow": ["@python"]}}, (True, False, True)),
         ({"sandbox": {"network": "allowlist", "allow": ["pypi.org"], "allow_private": True}}, (True, True, True)),
+        ({"sandbox": {"network": "allowlist", "allow": ["x.corp"], "allow_private": ["x.corp"]}}, (True, True, True)),
+        # A registry preset behind a mirror on a private address is not an internal service.
+        (
+            {"sandbox": {"network": "allowlist", "allow": ["@python"], "allow_private": ["@python"]}},
+            (True, False, True),
+        ),
         ({"sandbox": {"network": "host"}}, (True, True, True)),
         ({"tools": ["read_file", "execute"], "sandbox": {"mounts": ["/opt/tools"]}}, (True, True, False)),
         ({"tools": ["write_file"], **ALL_THREE}, (False, True, False)),  # nothing reads, nothing leaves

@@ -70,7 +70,9 @@ def assess(spec: AgentSpec, tools: dict[str, ToolDef]) -> Assessment:
         untrusted.append(f"fetches from the network ({_where(spec)})")
 
     sensitive = [f"holds secrets ({', '.join(sorted(spec.secrets))})"] * bool(spec.secrets)
-    if network.allow_private:
+    private = network.allow_private
+    # A preset's hosts on a private address are a mirror of a public registry, not an internal service.
+    if private is True or (private and any(not entry.startswith("@") for entry in private)):
         sensitive.append("may reach private addresses (allow_private)")
     if network.mode == "host":
         sensitive.append("has the host's network, internal services included")
