@@ -509,19 +509,4 @@ class Store:
 
 
 def _approval(row: ApprovalRow) -> ApprovalRecord:
-    return ApprovalRecord(
-        id=row.id,
-        run_id=row.run_id,
-        call_id=row.call_id,
-        agent=row.agent,
-        tool=row.tool,
-        arguments=row.arguments,
-        rule=row.rule,
-        reason=row.reason,
-        status=ApprovalStatus(row.status),
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        decided_at=row.decided_at,
-        decided_by=row.decided_by,
-        decision_reason=row.decision_reason,
-    )
+    return ApprovalRecord.model_validate(row, from_attributes=True)

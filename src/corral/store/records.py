@@ -127,9 +127,9 @@ class ApprovalStatus(StrEnum):
 
 
 class ApprovalRecord(BaseModel):
-    """One request for a person's decision, as stored."""
+    """One request for a person's decision, as stored (read straight from its row)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
     id: str
     run_id: str
