@@ -192,6 +192,18 @@ class ToolReturned(BaseEvent):
     """The exit code of the command the tool ran (``execute``; None otherwise or when it was killed)."""
 
 
+class SecretsDetected(BaseEvent):
+    """The secret scanner found secrets nobody registered: replaced before anything saw them (but a patch's)."""
+
+    type: Literal["secret.detected"] = "secret.detected"
+    where: Literal["tool", "result", "output", "patch"]
+    """A tool's result (before the model got it), the final text, the typed output, or the patch (flagged only)."""
+    findings: list[dict[str, Any]]
+    """``{type, line}`` each (``file`` too for the patch; ``field`` for the typed output): never the value."""
+    call_id: str | None = None
+    tool: str | None = None
+
+
 class EgressAttempted(BaseEvent):
     type: Literal["egress"] = "egress"
     host: str
@@ -248,6 +260,7 @@ Event = Annotated[
     | ApprovalRequested
     | ApprovalDecided
     | ToolReturned
+    | SecretsDetected
     | EgressAttempted
     | ContextCompacted
     | BudgetExceeded

@@ -150,11 +150,14 @@ class AgentSpec(_Strict):
     retry: RetryPolicy = RetryPolicy()
     sandbox: SandboxProfile = SandboxProfile()
     policy: PolicySpec = PolicySpec()
+    """What the agent's actions need: rules (first match wins), the default, the approval timeout. In
+    corral.toml the project's ``[policy]`` follows the agent's own ``[agents.NAME.policy]`` rules."""
     rule_of_two: RuleOfTwoField = None
     """``"acknowledged"``, or ``{ untrusted_input, sensitive_data, outbound }`` declared over the inference
     (``corral check`` shows both)."""
-    """What the agent's actions need: rules (first match wins), the default, the approval timeout. In
-    corral.toml the project's ``[policy]`` follows the agent's own ``[agents.NAME.policy]`` rules."""
+    scan_secrets: bool = True
+    """Scan tool results, the final text, the typed output and the patch for secrets nobody registered
+    (detect-secrets): findings are replaced by ``[secret:detected:<type>]`` (the patch is flagged)."""
     context: ContextPolicy = ContextPolicy()
     output_schema: dict[str, Any] | None = None
     """A JSON schema: when given, the run's result carries output validated against it."""

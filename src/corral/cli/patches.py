@@ -74,6 +74,7 @@ def apply(
     ] = None,
 ) -> None:
     """Apply a run's patch to its repository, all or nothing (``git apply``), and report any conflicts."""
+    from corral.cli.views import patch_secrets_warning
     from corral.runtime.runtime import run_patch
     from corral.sandbox.patching import apply_patch, check_patch, diff_stat
 
@@ -92,6 +93,8 @@ def apply(
         verb = "applies cleanly to" if check else "applied to"
         console.print(safe(f"✓ run {record.id}'s patch {verb} {where} ({len(files)} file(s))", "green"), soft_wrap=True)
         print_stat(patch)
+        if (warning := patch_secrets_warning(record.result or {})) is not None:
+            err_console.print(warning, soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_OK)
     if report.already_applied:
         console.print(safe(f"✓ {where} already holds run {record.id}'s patch; nothing to do", "green"), soft_wrap=True)

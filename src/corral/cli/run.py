@@ -12,7 +12,7 @@ import logging
 import shlex
 import sys
 import typing
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -38,6 +38,7 @@ from corral.cli.text import clean, safe
 from corral.errors import UsageError
 
 if typing.TYPE_CHECKING:
+    from corral.cli.prompt import ApprovalPrompter
     from corral.runtime import Runtime
     from corral.spec import AgentSpec
     from corral.store import RunRecord, Store
@@ -248,9 +249,20 @@ class RunOptions:
     branch: Annotated[
         str | None, output_option("--branch", help="Commit the patch to this new branch of the repository.")
     ] = None
+    interactive: Annotated[
+        bool,
+        output_option(
+            "--interactive",
+            help="Ask here about each action policy sends to a person (else the run waits for `corral approve`).",
+        ),
+    ] = False
 
     def check(self, repo: Path) -> None:
         """Refuse now what could only fail after the run: a bad ``--branch`` or ``--output-last-message``."""
+        if self.interactive:
+            from corral.cli.prompt import check_terminal
+
+            check_terminal()
         if self.last_message is not None and not self.last_message.expanduser().absolute().parent.is_dir():
             raise UsageError(f"--output-last-message {clean(self.last_message)}: its directory does not exist")
         if self.branch is not None:
@@ -327,6 +339,8 @@ class Session:
     title: str
     view: Console | None = None
     stream: JsonLines | None = None
+    interactive: bool = False
+    """Ask at the terminal about this session's approval requests (``--interactive``)."""
     run_ids: list[str] = field(default_factory=list)
 
     def execute(self, starter: Starter) -> list[RunRecord]:
@@ -346,11 +360,33 @@ class Session:
 
         async with Runtime(self.store) as runtime:
             with self._shown(runtime) as view:
-                self.run_ids += await starter(runtime)
-                if view is not None:
-                    view.run_ids.update(self.run_ids)
-                    view.title = f"{self.title} · {', '.join(self.run_ids)}" if self.run_ids else self.title
-                return [await runtime.wait(run_id) for run_id in self.run_ids]
+                async with self._prompting(runtime, view) as prompter:
+                    self.run_ids += await starter(runtime)
+                    if prompter is not None:  # a resumed run may have been waiting already
+                        await prompter.ask_pending()
+                    if view is not None:
+                        view.run_ids.update(self.run_ids)
+                        view.title = f"{self.title} · {', '.join(self.run_ids)}" if self.run_ids else self.title
+                    return [await runtime.wait(run_id) for run_id in self.run_ids]
+
+    @contextlib.asynccontextmanager
+    async def _prompting(self, runtime: Runtime, view: Any) -> AsyncIterator[ApprovalPrompter | None]:
+        """With ``--interactive``, a prompter answers this session's approval requests while the runs go on."""
+        if not self.interactive:
+            yield None
+            return
+        from corral.cli.prompt import ApprovalPrompter
+        from corral.runtime.approvals import who_am_i
+
+        prompter = ApprovalPrompter(runtime, self.view or err_console, self.run_ids, view=view, by=who_am_i())
+        runtime.subscribe(prompter.on_event)
+        task = asyncio.create_task(prompter.serve())
+        try:
+            yield prompter
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @contextlib.contextmanager
     def _shown(self, runtime: Runtime) -> Iterator[Any]:
@@ -421,6 +457,7 @@ def print_patch(record: RunRecord, *, home: Path | None, full: bool) -> None:
     if not patch:
         return
     from corral.cli.patches import print_stat
+    from corral.cli.views import patch_secrets_warning
     from corral.sandbox.patching import diff_stat
 
     stat = diff_stat(patch)
@@ -433,6 +470,8 @@ def print_patch(record: RunRecord, *, home: Path | None, full: bool) -> None:
             console.print(safe(line, style), soft_wrap=True, highlight=False)
     else:
         print_stat(patch, limit=PATCH_FILES_LISTED)
+    if (warning := patch_secrets_warning(result)) is not None:
+        console.print(warning, soft_wrap=True, highlight=False)
     see, apply = command_hint("diff", record.id, home=home), command_hint("apply", record.id, home=home)
     print_hint(f"  see it: {see} · apply it: {apply}")
 
@@ -519,6 +558,7 @@ def run_to_end(store: Store, starter: Starter, options: RunOptions, *, title: st
         title,
         view=None if options.quiet else err_console if options.json_out else console,
         stream=JsonLines() if options.json_out else None,
+        interactive=options.interactive,
     )
     try:
         (record,) = session.execute(starter)

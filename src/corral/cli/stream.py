@@ -56,6 +56,7 @@ def result_line(
         "output": result.get("output"),
         "patch": result.get("patch", ""),
         "files_changed": result.get("files_changed", 0),
+        "patch_secrets": result.get("patch_secrets", []),
         "notes": result.get("notes", []),
         "error": record.error,
         "error_type": record.error_type,

@@ -9,6 +9,7 @@ hosts) goes through :func:`corral.cli.text.clean` or :func:`~corral.cli.text.saf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -43,6 +44,7 @@ from corral.events import (
     RunResumed,
     RunStarted,
     SandboxCreated,
+    SecretsDetected,
     ToolCalled,
     ToolReturned,
     Usage,
@@ -253,6 +255,29 @@ def _gate_label(seq: int, event: PolicyDecided | ApprovalRequested | ApprovalDec
             return Text.assemble(_seq(seq, style), (f"{outcome}{who}", style), f"  {clean(ident)}{why}")
 
 
+def secrets_summary(event: SecretsDetected) -> str:
+    """``2 likely secrets replaced in execute's result: GitHub Token (line 3), …``: types and places, no values."""
+    where = {
+        "tool": f"{event.tool}'s result",
+        "result": "the final text",
+        "output": "the typed output",
+        "patch": "the patch (kept as is)",
+    }[event.where]
+    verb = "found in" if event.where == "patch" else "replaced in"
+    places = ", ".join(f"{f.get('type', '?')} ({_place(f)})" for f in event.findings[:PATCH_SECRETS_LISTED])
+    hidden = len(event.findings) - PATCH_SECRETS_LISTED
+    more = f" and {hidden} more" if hidden > 0 else ""
+    return clean(f"{len(event.findings)} likely secret(s) {verb} {where}: {places}{more}")
+
+
+def _place(finding: dict[str, Any]) -> str:
+    if finding.get("file"):
+        return f"{finding['file']}:{finding.get('line')}"
+    if finding.get("field"):
+        return str(finding["field"])
+    return f"line {finding.get('line')}"
+
+
 def _rejection_label(seq: int, text: str) -> Text:
     return Text.assemble(_seq(seq, "yellow"), (text, "yellow"))
 
@@ -270,6 +295,8 @@ def event_lines(record: EventRecord) -> list[Text]:
             lines = [_tool_label(seq, call)]
         case ToolReturned() as result:
             lines = [Text.assemble(_seq(seq, "cyan"), safe(result.tool, "cyan"), "  ", _mark_text(result))]
+        case SecretsDetected() as found:
+            lines = [Text.assemble(_seq(seq, "yellow"), (secrets_summary(found), "yellow"))]
         case _:
             lines = [_event_label(record)]
     stamp = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S ")
@@ -314,6 +341,8 @@ class LiveRunView:
     _pending_tools: dict[str, int] = field(default_factory=dict)
     _log_handler: logging.Handler | None = None
     _saved_handlers: list[logging.Handler] = field(default_factory=list)
+    _held: bool = False
+    _unprinted: list[_Line] = field(default_factory=list)
 
     def __enter__(self) -> LiveRunView:
         # Log records (the local sandbox's warning, say) print above the live panel, not through it.
@@ -335,12 +364,40 @@ class LiveRunView:
         finally:
             logging.root.handlers = self._saved_handlers
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop redrawing (a question is asked on the terminal); what happens meanwhile shows after."""
+        live = self._live
+        if live is None:
+            self._held = True
+            try:
+                yield
+            finally:
+                self._held = False
+                for line in self._unprinted:
+                    self.console.print(line.render(), soft_wrap=True)
+                self._unprinted.clear()
+            return
+        live.update(self._render())
+        live.stop()
+        self._live = None
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+            self._unprinted.clear()  # the new panel shows them
+            self._live = Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
+            self._live.start()
+
     def on_event(self, run_id: str, event: BaseEvent) -> None:
         if self.run_ids and run_id not in self.run_ids:
             return
         for line in self._lines_for(event):
             self.lines.append(line)
-            if self._live is None:
+            if self._held:
+                self._unprinted.append(line)
+            elif self._live is None:
                 self.console.print(line.render(), soft_wrap=True)
         if self._live is not None:
             self._live.update(self._render())
@@ -380,6 +437,8 @@ class LiveRunView:
                         self.lines[index].style = "red"
                 if self._live is None:  # printed lines cannot be updated: say how the call ended
                     return [_Line("←", clean(result.tool), mark, style="" if ok else "red")]
+            case SecretsDetected() as found:
+                return [_Line("!", secrets_summary(found), style="yellow")]
             case ContextCompacted(evicted_messages=evicted, saved_to=saved_to):
                 return [_Line("≡", f"context compacted: {evicted} messages → {clean(saved_to)}", style="dim")]
             case BudgetExceeded(limit=limit):
@@ -612,6 +671,24 @@ def patch_text(patch: str) -> Text:
     return text
 
 
+PATCH_SECRETS_LISTED = 5
+
+
+def patch_secrets_warning(result: dict[str, Any]) -> Text | None:
+    """``⚠ the patch holds N likely secret(s): file:line (type) …``, or None when the scanner found none."""
+    found = result.get("patch_secrets") or []
+    if not found:
+        return None
+    where = ", ".join(
+        clean(f"{f.get('file', '?')}:{f.get('line', '?')} ({f.get('type', '?')})") for f in found[:PATCH_SECRETS_LISTED]
+    )
+    more = f" and {len(found) - PATCH_SECRETS_LISTED} more" if len(found) > PATCH_SECRETS_LISTED else ""
+    return Text(
+        f"⚠ the patch holds {len(found)} likely secret(s): {where}{more} — review it before applying it",
+        style="bold yellow",
+    )
+
+
 def _print_section(console: Console, title: str, body: Text, *, boxed: bool, style: str = "") -> None:
     """A titled block: a panel on a terminal when ``boxed``, else a title line and the body's lines whole."""
     if boxed and not plain(console):
@@ -643,6 +720,8 @@ def print_show(console: Console, record: RunRecord) -> None:
         # Never in a panel: a panel cuts or folds the long lines of a patch.
         title = f"patch ({result.get('files_changed', 0)} files)"
         _print_section(console, title, patch_text(result["patch"]), boxed=False)
+    if (warning := patch_secrets_warning(result)) is not None:
+        console.print(warning, soft_wrap=True)
 
 
 # -- corral trace -----------------------------------------------------------------------------------
@@ -716,6 +795,10 @@ def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
                 PolicyDecided(call_id=call_id) | ApprovalRequested(call_id=call_id) | ApprovalDecided(call_id=call_id)
             ) if call_id in tools:
                 tools[call_id].add(_gate_label(e.seq, e.event))
+            case SecretsDetected(call_id=call_id) as found if call_id in tools:
+                tools[call_id].add(Text.assemble(_seq(e.seq, "yellow"), (secrets_summary(found), "yellow")))
+            case SecretsDetected() as found:
+                root.add(Text.assemble(_seq(e.seq, "yellow"), (secrets_summary(found), "yellow")))
             case ModelRequested() as request:
                 # The request itself is shown by its response; what it tells the model was wrong, here.
                 for text in rejections(request):

@@ -48,6 +48,7 @@ from corral.models.pricing import price_call
 from corral.models.providers import ModelTarget, api_key_for, build_model, context_window, resolve_target
 from corral.policy.decide import Action, Decision, decide
 from corral.secrets.redact import redact_data
+from corral.secrets.scanner import SCANNER
 from corral.spec import ModelPrice
 from corral.tools.base import ToolContext, ToolDef, run_tool
 
@@ -359,6 +360,7 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int], call
                 run_id=ctx.run_id,
                 idempotency_key=idempotency_key,
                 redact=ctx.redact,
+                scan=SCANNER.scan if ctx.spec.scan_secrets else None,
                 output_limit=ctx.spec.sandbox.output_limit,
                 exec_timeout=ctx.budget.clip(ctx.spec.sandbox.exec_timeout_s),
             )
@@ -381,6 +383,9 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int], call
                 exit_code=result.get("exit_code"),
             )
         )
+        if result.get("secrets"):
+            key, found = f"tool:{n}:secrets", result["secrets"]
+            ctx.emit(events.SecretsDetected(key=key, where="tool", call_id=call_id, tool=tooldef.name, findings=found))
         return reply_text(result["ok"], result["text"])
 
     return Tool.from_schema(

@@ -34,6 +34,7 @@ from corral.sandbox.base import Sandbox, get_backend, mark_run_ended
 from corral.sandbox.patching import check_patch
 from corral.sandbox.workspace import remove_tree
 from corral.secrets.redact import REDACTOR
+from corral.secrets.scanner import SCANNER
 from corral.spec import AgentSpec, unknown_tools
 from corral.store import RunRecord, RunStatus, Store
 from corral.store.records import ApprovalRecord
@@ -508,6 +509,17 @@ class Runtime:
                 "notes": outcome.notes,
             }
         )
+        if record.spec.get("scan_secrets", True):
+            try:
+                self._scan_result(record.id, result)
+            except Exception as err:  # never let an unscanned answer through; keep the patch, flagged
+                log.exception("run %s: the secret scan of its result failed", record.id)
+                unscanned = {"type": "not scanned (the scan failed)", "line": 0, "file": "(the whole patch)"}
+                result.update(text=None, output=None, patch_secrets=[unscanned])
+                result["notes"].append(
+                    f"the secret scan failed ({type(err).__name__}): the final text and output were withheld "
+                    "and the patch is unscanned"
+                )
         run_dir = Path(record.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - small local writes
         (run_dir / PATCH_FILE).write_text(patch)
@@ -524,6 +536,27 @@ class Runtime:
             else:
                 await _remove_start(run_dir)
         self._finish(record.id, outcome, result)
+
+    def _scan_result(self, run_id: str, result: dict[str, Any]) -> None:
+        """Secrets nobody registered: replaced in the final text and typed output, flagged in the patch.
+
+        The patch is the agent's work as it stands, so it is never changed: its findings are kept in
+        ``patch_secrets`` for ``corral run``, ``corral show`` and whoever applies it to see.
+        """
+        if result["text"]:
+            scanned = SCANNER.scan(result["text"])
+            result["text"] = scanned.text
+            if scanned.findings:
+                findings = [f.to_json() for f in scanned.findings]
+                self._emit(run_id, ev.SecretsDetected(key="secrets:result", where="result", findings=findings))
+        if result["output"] is not None:
+            result["output"], found = SCANNER.scan_data(result["output"])
+            if found:
+                self._emit(run_id, ev.SecretsDetected(key="secrets:output", where="output", findings=found))
+        patch_secrets = [f.to_json() for f in SCANNER.scan_patch(result["patch"])]
+        result["patch_secrets"] = patch_secrets
+        if patch_secrets:
+            self._emit(run_id, ev.SecretsDetected(key="secrets:patch", where="patch", findings=patch_secrets))
 
     def _finish(self, run_id: str, outcome: _Outcome, result: dict[str, Any]) -> None:
         """Record how the run ended: its row (status, result, usage) and the closing ``run.finished`` event."""

@@ -17,6 +17,7 @@ from corral.errors import SandboxError, ToolError
 from corral.policy.rules import Capability
 from corral.sandbox.base import EXEC_TIMEOUT, OUTPUT_LIMIT, Sandbox
 from corral.sandbox.workspace import SCRATCH_DIRNAME
+from corral.secrets.scanner import Scanned
 
 OUTPUTS_DIR = f"{SCRATCH_DIRNAME}/outputs"
 """Workspace-relative directory where results too long for the model are saved in full."""
@@ -38,6 +39,8 @@ class ToolContext:
     """Stable per tool call across retries and resume; derived from the durable step by the runtime."""
     redact: Callable[[str], str] = field(default=_no_redaction)
     """Applied by ``run_tool`` to every result before it leaves the tool layer."""
+    scan: Callable[[str, str | None], Scanned] | None = None
+    """The secret scanner, applied by ``run_tool`` to what the model will see; None: no scan."""
     output_limit: int = 20_000
     """Characters of a result the model may see; longer results are spilled to a file."""
     exec_timeout: float = EXEC_TIMEOUT
@@ -55,6 +58,8 @@ class ToolReply:
     """A command's exit code (None: it was killed before it exited)."""
     spilled_to: str | None = None
     """Workspace-relative path where the tool saved a whole output that ``text`` shows only part of."""
+    source: str | None = None
+    """The workspace file ``text`` shows (``read_file``): the secret scanner reads it in that file's format."""
 
 
 ToolFn = Callable[[ToolContext, BaseModel], Awaitable["str | ToolReply"]]
@@ -133,17 +138,19 @@ class ToolOutcome:
     duration_ms: float
     exit_code: int | None = None
     """The exit code of the command a tool ran (``execute``); None for other tools or a killed command."""
+    secrets: list[dict[str, Any]] = field(default_factory=list)
+    """What the secret scanner found and replaced in ``text`` (type and line, never the value)."""
 
 
 async def run_tool(tooldef: ToolDef, ctx: ToolContext, raw_args: dict[str, Any] | str) -> ToolOutcome:
     """Validate arguments, call the tool and shape its result; every failure becomes ok=False."""
     started = time.monotonic()
-    ok, error, exit_code, saved = True, None, None, None
+    ok, error, exit_code, saved, source = True, None, None, None, None
     try:
         args = _validate(tooldef, raw_args)
         reply = await tooldef.fn(ctx, args)
         if isinstance(reply, ToolReply):
-            text, exit_code, saved = reply.text, reply.exit_code, reply.spilled_to
+            text, exit_code, saved, source = reply.text, reply.exit_code, reply.spilled_to, reply.source
         elif isinstance(reply, str):
             text = reply
         else:
@@ -156,9 +163,11 @@ async def run_tool(tooldef: ToolDef, ctx: ToolContext, raw_args: dict[str, Any] 
         ok, error = False, type(exc).__name__
         text = f"tool {tooldef.name} crashed: {type(exc).__name__}: {exc}"
     text, spilled_to = await _fit(ctx, _redact(ctx, text))
+    text, secrets = _scan(ctx, text, source)
     return ToolOutcome(
         ok=ok,
         text=text,
+        secrets=secrets,
         error=error,
         spilled_to=spilled_to or saved,
         duration_ms=(time.monotonic() - started) * 1000,
@@ -191,6 +200,18 @@ def _redact(ctx: ToolContext, text: str) -> str:
     except Exception as exc:
         # Never fall back to the unredacted text.
         return f"tool result withheld: redaction failed ({type(exc).__name__})"
+
+
+def _scan(ctx: ToolContext, text: str, source: str | None) -> tuple[str, list[dict[str, Any]]]:
+    """Secrets nobody registered, replaced in what the model sees (a spilled file is scanned when read)."""
+    if ctx.scan is None:
+        return text, []
+    try:
+        scanned = ctx.scan(text, source)
+    except Exception as exc:
+        # Never fall back to the unscanned text.
+        return f"tool result withheld: the secret scan failed ({type(exc).__name__})", []
+    return scanned.text, [finding.to_json() for finding in scanned.findings]
 
 
 async def _fit(ctx: ToolContext, text: str) -> tuple[str, str | None]:

@@ -68,7 +68,7 @@ class ReadFileParams(_Params):
 
 
 @tool(name="read_file", capabilities=[Capability.READS_WORKSPACE])
-async def read_file(ctx: ToolContext, args: ReadFileParams) -> str:
+async def read_file(ctx: ToolContext, args: ReadFileParams) -> str | ToolReply:
     """Read a text file in the workspace. Lines are shown numbered, like `cat -n`.
 
     For large files pass start_line and end_line (1-based, inclusive) to read a part.
@@ -86,7 +86,7 @@ async def read_file(ctx: ToolContext, args: ReadFileParams) -> str:
     text = _shown(_numbered(lines[start - 1 : end], start))
     if (start, end) != (1, total):
         text += f"\n[lines {start}-{end} of {total}]"
-    return text
+    return ToolReply(text, source=args.path)
 
 
 # -- write_file ------------------------------------------------------------------------------------
