@@ -659,12 +659,19 @@ class Sandbox(ABC):
     # -- lifecycle --------------------------------------------------------------------------
 
     async def diff(self) -> str:
-        """A git-style patch of the workspace against its start, without ``.git/`` and ``.corral/``."""
+        """A git-style patch of the workspace against its start, without ``.git/`` and ``.corral/``.
+
+        What it leaves out on purpose (a virtualenv, ``node_modules``) is said in ``left_out``.
+        """
         self._check_open()
         notes: list[str] = []
-        patch = await workspace_diff(self.snapshot, notes=notes)
+        patch = await self._diff(notes)
         self.left_out = notes[0] if notes else None
         return patch
+
+    async def _diff(self, notes: list[str]) -> str:
+        """The patch, for :meth:`diff`; a backend with its own view of the changes overrides this."""
+        return await workspace_diff(self.snapshot, notes=notes)
 
     def state(self) -> dict[str, Any]:
         """JSON-serializable; ``SandboxBackend.attach`` re-opens the sandbox from it.

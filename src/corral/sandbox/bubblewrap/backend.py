@@ -472,14 +472,10 @@ class BubblewrapSandbox(Sandbox):
         if me != self._state.uid and os.fstat(fd).st_uid == me:
             os.fchown(fd, self._state.uid, self._state.gid)
 
-    async def diff(self) -> str:
-        self._check_open()
+    async def _diff(self, notes: list[str]) -> str:
         if self._state.strategy == "overlay":
-            notes: list[str] = []
-            patch = await overlay.overlay_diff(self._dirs.layers(self._state.repo), self.snapshot.git_dir, notes=notes)
-            self.left_out = notes[0] if notes else None
-            return patch
-        return await super().diff()
+            return await overlay.overlay_diff(self._dirs.layers(self._state.repo), self.snapshot.git_dir, notes=notes)
+        return await super()._diff(notes)
 
     def state(self) -> dict[str, Any]:
         return self._state.model_dump(mode="json", exclude={"env"})
