@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def interruptible_children() -> Iterator[None]:
+    """Children start with Ctrl-C's default even when the runner itself ignores it.
+
+    A shell script's background job (``pytest … &``) starts with SIGINT and SIGQUIT ignored, and
+    hands that on: a Python child then never raises KeyboardInterrupt, and the tests that press
+    Ctrl-C on a subprocess would wait forever. A handler (unlike SIG_IGN) is reset by exec.
+    """
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture

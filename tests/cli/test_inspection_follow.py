@@ -169,8 +169,13 @@ def test_ctrl_c_stops_following_cleanly(tmp_path: Path, home: Path) -> None:
     follower = start(["trace", "stuck", "--follow"], cwd=tmp_path, home=home)
     try:
         read_until(follower, "model call 1 requested")
+        dispositions = _signal_state(follower.pid)  # a SIGINT ignored or blocked here is the caller's doing
         follower.send_signal(signal.SIGINT)
-        _, err = follower.communicate(timeout=30)
+        try:
+            _, err = follower.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            mine = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, []))
+            raise AssertionError(f"SIGINT did not stop it; its signals: {dispositions}; ours: {mine}") from None
     finally:
         if follower.poll() is None:
             follower.kill()
@@ -178,3 +183,12 @@ def test_ctrl_c_stops_following_cleanly(tmp_path: Path, home: Path) -> None:
     assert "run stuck is interrupted (its process is gone); following it until it is resumed" in err
     assert "stopped following run stuck; it goes on" in err
     assert "Traceback" not in err
+
+
+def _signal_state(pid: int) -> str:
+    """The SigBlk/SigIgn/SigCgt lines of a process (bit 1 is SIGINT)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    return "; ".join(line for line in status.splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
