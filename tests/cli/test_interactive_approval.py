@@ -11,6 +11,7 @@ import re
 import select
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -77,29 +78,38 @@ def project(tmp_path: Path) -> Path:
     return scripted_project(tmp_path / "project", SCRIPT, agent_extra=POLICY)
 
 
-def start(project: Path, home: Path, repo: Path) -> Terminal:
-    return Terminal("--home", str(home), "run", "fixer", "push it", "--repo", str(repo), "--interactive", cwd=project)
-
-
-def test_no_with_a_reason_at_the_prompt_reaches_the_model(tmp_path: Path, repo: Path, project: Path) -> None:
+@pytest.fixture
+def term(tmp_path: Path, repo: Path, project: Path) -> Iterator[Terminal]:
+    """``corral run … --interactive`` in a terminal, on the push script, with its store in ``tmp_path/home``."""
     home = tmp_path / "home"
-    term = start(project, home, repo)
+    terminal = Terminal(
+        "--home", str(home), "run", "fixer", "push it", "--repo", str(repo), "--interactive", cwd=project
+    )
     try:
-        shown = term.read_until("approve? ")
-        assert "execute needs your approval (rule pushes: a push leaves the sandbox)" in shown
-        assert "command: echo pushed >> pushes.txt; git push" in shown
-        term.type("maybe\n")
-        term.read_until("answer y, n or l")
-        term.type("n\n")
-        term.read_until("reason (the agent reads it): ")
-        term.type("\n")  # a denial needs a reason: asked again
-        term.seen = ""
-        term.read_until("reason (the agent reads it): ")
-        term.type("Not On Fridays\n")
-        assert term.wait() == 0, term.seen[-3000:]
+        yield terminal
     finally:
-        term.close()
-    record, events = stored(home)
+        terminal.close()
+
+
+def pushed_once(home: Path) -> bool:
+    record, _ = stored(home)
+    return record.status.value == "succeeded" and (record.result or {})["patch"].count("+pushed") == 1
+
+
+def test_no_with_a_reason_at_the_prompt_reaches_the_model(tmp_path: Path, term: Terminal) -> None:
+    shown = term.read_until("approve? ")
+    assert "execute needs your approval (rule pushes: a push leaves the sandbox)" in shown
+    assert "command: echo pushed >> pushes.txt; git push" in shown
+    term.type("maybe\n")
+    term.read_until("answer y, n or l")
+    term.type("n\n")
+    term.read_until("reason (the agent reads it): ")
+    term.type("\n")  # a denial needs a reason: asked again
+    term.seen = ""
+    term.read_until("reason (the agent reads it): ")
+    term.type("Not On Fridays\n")
+    assert term.wait() == 0, term.seen[-3000:]
+    record, events = stored(tmp_path / "home")
     assert record.status.value == "succeeded"
     (decided,) = [e.event for e in events if isinstance(e.event, ApprovalDecided)]
     assert (decided.outcome, decided.reason, decided.by) == ("denied", "Not On Fridays", who_am_i())
@@ -107,36 +117,23 @@ def test_no_with_a_reason_at_the_prompt_reaches_the_model(tmp_path: Path, repo: 
     assert not result.ok and result.text.endswith("Not On Fridays")
 
 
-def test_yes_at_the_prompt_runs_the_command_once(tmp_path: Path, repo: Path, project: Path) -> None:
-    home = tmp_path / "home"
-    term = start(project, home, repo)
-    try:
-        term.read_until("approve? ")
-        term.type("y\n")
-        term.read_until("approved ap-")
-        assert term.wait() == 0, term.seen[-3000:]
-    finally:
-        term.close()
-    record, _ = stored(home)
-    assert record.status.value == "succeeded"
-    assert (record.result or {})["patch"].count("+pushed") == 1
+def test_yes_at_the_prompt_runs_the_command_once(tmp_path: Path, term: Terminal) -> None:
+    term.read_until("approve? ")
+    term.type("y\n")
+    term.read_until("approved ap-")
+    assert term.wait() == 0, term.seen[-3000:]
+    assert pushed_once(tmp_path / "home")
 
 
-def test_a_decision_from_another_terminal_settles_the_question(tmp_path: Path, repo: Path, project: Path) -> None:
+def test_a_decision_from_another_terminal_settles_the_question(tmp_path: Path, project: Path, term: Terminal) -> None:
     home = tmp_path / "home"
-    term = start(project, home, repo)
-    try:
-        term.read_until("approve? ")
-        request = wait_for_request(home, project)
-        approved = run_corral("--home", str(home), "approve", str(request["id"]), cwd=project, home=None)
-        assert approved.returncode == 0, approved.stderr
-        term.read_until(f"{request['id']} was approved by {who_am_i()} meanwhile")
-        assert term.wait() == 0, term.seen[-3000:]
-    finally:
-        term.close()
-    record, _ = stored(home)
-    assert record.status.value == "succeeded"
-    assert (record.result or {})["patch"].count("+pushed") == 1
+    term.read_until("approve? ")
+    request = wait_for_request(home, project)
+    approved = run_corral("--home", str(home), "approve", str(request["id"]), cwd=project, home=None)
+    assert approved.returncode == 0, approved.stderr
+    term.read_until(f"{request['id']} was approved by {who_am_i()} meanwhile")
+    assert term.wait() == 0, term.seen[-3000:]
+    assert pushed_once(home)
 
 
 def test_interactive_without_a_terminal_is_refused(tmp_path: Path, repo: Path, project: Path) -> None:
