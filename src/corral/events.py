@@ -131,6 +131,17 @@ class ToolCalled(BaseEvent):
     call_id: str
     tool: str
     args: dict[str, Any] | str
+    parent_call_id: str | None = None
+    """The ``eval`` call whose program made this call (None: the model made it)."""
+
+
+class ProgramLogged(BaseEvent):
+    """A line a program wrote with ``log(...)``."""
+
+    type: Literal["program.log"] = "program.log"
+    call_id: str
+    """The ``eval`` call that ran the program."""
+    text: str
 
 
 class PolicyDecided(BaseEvent):
@@ -255,6 +266,7 @@ Event = Annotated[
     | ModelResponded
     | ModelFailed
     | ToolCalled
+    | ProgramLogged
     | PolicyDecided
     | RuleOfTwoHeld
     | ApprovalRequested

@@ -119,6 +119,26 @@ class ContextPolicy(_Strict):
     keep_recent_messages: Annotated[int, Field(ge=2)] = 6
 
 
+class ProgramsSpec(_Strict):
+    """What the programs an agent writes (its ``eval`` tool) may call, and the limits that bound each one."""
+
+    tools: tuple[str, ...] | None = None
+    """The tools a program may call as ``tools.<name>(...)``; default: the agent's own (``eval`` aside)."""
+    cpu_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """Interpreter time per program (waiting on tools excluded): an endless loop stops here."""
+    memory_mb: Annotated[int, Field(ge=8, le=16384)] = 256
+    wall_s: Annotated[float, Field(gt=0)] = 600.0
+    """Wall-clock time per program, its tool calls included."""
+    host_calls: Annotated[int, Field(ge=1, le=1_000_000)] = 1_000
+    """Tool calls (and ``log`` lines) per program; the next one raises inside it."""
+    output_chars: Annotated[int, Field(ge=100)] = 20_000
+    """Characters of printed output kept per program."""
+
+
+ENGINE_TOOLS = ("eval",)
+"""Tools an engine provides itself rather than the tool registry: ``eval`` runs programs."""
+
+
 class ModelPrice(_Strict):
     """A price override in USD per million tokens (``[prices."provider:model"]`` in corral.toml)."""
 
@@ -159,6 +179,8 @@ class AgentSpec(_Strict):
     """Scan tool results, the final text, the typed output and the patch for secrets nobody registered
     (detect-secrets): findings are replaced by ``[secret:detected:<type>]`` (the patch is flagged)."""
     context: ContextPolicy = ContextPolicy()
+    programs: ProgramsSpec = ProgramsSpec()
+    """With ``eval`` among the tools: what the agent's programs may call and their limits."""
     output_schema: dict[str, Any] | None = None
     """A JSON schema: when given, the run's result carries output validated against it."""
     max_output_tokens: Annotated[int, Field(gt=0)] | None = None
@@ -204,6 +226,17 @@ class AgentSpec(_Strict):
         if duplicates:
             raise ValueError(f"listed more than once: {', '.join(duplicates)}")
         return value
+
+    @model_validator(mode="after")
+    def _program_tools_are_the_agents(self) -> AgentSpec:
+        outside = [t for t in self.programs.tools or () if t not in self.tools or t in ENGINE_TOOLS]
+        if outside:
+            raise ValueError(
+                f"programs.tools: {', '.join(outside)} not among the agent's own tools "
+                f"({', '.join(t for t in self.tools if t not in ENGINE_TOOLS) or 'none'}); "
+                "a program may only call what the agent may"
+            )
+        return self
 
     @field_validator("output_schema")
     @classmethod
@@ -356,8 +389,8 @@ POLICY_ONLY_TOOLS = ("task",)
 
 
 def unknown_tools(names: tuple[str, ...], extra: tuple[str, ...] = ()) -> list[str]:
-    """The names that are neither built-in tools nor in ``extra``."""
-    return [t for t in names if t not in BUILTIN_TOOL_NAMES and t not in extra]
+    """The names that are neither built-in tools, engine tools (``eval``) nor in ``extra``."""
+    return [t for t in names if t not in BUILTIN_TOOL_NAMES and t not in ENGINE_TOOLS and t not in extra]
 
 
 def installed_engines() -> tuple[str, ...]:

@@ -40,6 +40,7 @@ from corral.events import (
     ModelResponded,
     ModelRetried,
     PolicyDecided,
+    ProgramLogged,
     RunFinished,
     RunResumed,
     RunStarted,
@@ -785,8 +786,11 @@ def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
         match e.event:
             case ModelResponded() as response:
                 turn = root.add(_model_label(e.seq, response))
-            case ToolCalled() as call:
-                tools[call.call_id] = (turn or root).add(_tool_label(e.seq, call))
+            case ToolCalled() as call:  # a program's calls go under its eval
+                parent = tools.get(call.parent_call_id or "") or turn or root
+                tools[call.call_id] = parent.add(_tool_label(e.seq, call))
+            case ProgramLogged(call_id=call_id, text=text) if call_id in tools:
+                tools[call_id].add(Text.assemble(_seq(e.seq, "dim"), ("log: ", "dim"), _one_line(text)))
             case ToolReturned(call_id=call_id) as result:
                 node = tools.get(call_id)
                 if node is not None:

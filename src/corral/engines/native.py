@@ -8,7 +8,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from typing import Any, ClassVar
 
@@ -46,10 +46,13 @@ from corral.errors import BudgetExceededError, ModelCallError
 from corral.events import Usage
 from corral.models.pricing import price_call
 from corral.models.providers import ModelTarget, api_key_for, build_model, context_window, resolve_target
+from corral.orchestration.interpreter import INTERPRETER
+from corral.orchestration.programs import EVAL_TOOL, ProgramTool
 from corral.policy.decide import Action, Decision, decide
+from corral.policy.rules import Capability
 from corral.secrets.redact import redact_data
 from corral.secrets.scanner import SCANNER
-from corral.spec import ModelPrice
+from corral.spec import ENGINE_TOOLS, ModelPrice
 from corral.tools.base import ToolContext, ToolDef, run_tool
 
 AGENTS_FILE = "AGENTS.md"
@@ -322,36 +325,76 @@ def reply_text(ok: bool, text: str) -> str:
     return text if ok else f"ERROR: {text}"
 
 
-def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int], calls: Counter[str]) -> Tool[Any]:
-    async def call_tool(run_ctx: RunContext[Any], **kwargs: Any) -> str:
-        n = next(counter)
-        call_id = run_ctx.tool_call_id or f"call-{n}"
-        ctx.emit(events.ToolCalled(key=f"tool:{n}:call", call_id=call_id, tool=tooldef.name, args=kwargs))
-        calls[tooldef.name] += 1
-        action = Action(
-            tool=tooldef.name,
-            arguments=kwargs,
-            capabilities=frozenset(tooldef.capabilities),
-            run_id=ctx.run_id,
-            agent=ctx.spec.name,
-            count=calls[tooldef.name],
+class _ToolCalls:
+    """Every tool call of one run, the model's and its programs': policy, the journal, the durable step."""
+
+    def __init__(self, ctx: EngineContext) -> None:
+        self._ctx = ctx
+        self._numbers = itertools.count()
+        self._calls: Counter[str] = Counter()  # per tool, for count rules; rebuilt the same way when a run resumes
+
+    def tool(self, tooldef: ToolDef) -> Tool[Any]:
+        """The tool as the model sees it."""
+
+        async def call_tool(run_ctx: RunContext[Any], **kwargs: Any) -> str:
+            return reply_text(*await self.call(tooldef, kwargs, run_ctx.tool_call_id))
+
+        return Tool.from_schema(
+            call_tool,
+            name=tooldef.name,
+            description=tooldef.description,
+            json_schema=tooldef.json_schema(),
+            takes_ctx=True,
         )
-        decision = decide(ctx.spec.policy, action)
-        if ctx.spec.policy.decides:  # an agent without a policy decides nothing: no event per call
-            ctx.emit(
-                events.PolicyDecided(
-                    key=f"tool:{n}:policy",
+
+    def eval_tool(self, programs: ProgramTool) -> Tool[Any]:
+        """``eval``: a program whose tool calls come back here, each with the eval's call as parent."""
+
+        async def run_eval(run_ctx: RunContext[Any], program: str) -> str:
+            n, call_id = self._start(EVAL_TOOL, {"program": program}, run_ctx.tool_call_id, None)
+            decision = await self._gate(n, call_id, EVAL_TOOL, frozenset(), {"program": program})
+            if not decision.allowed:
+                return reply_text(False, _refused(self._ctx, n, call_id, EVAL_TOOL, decision))
+            started = time.time()
+            outcome = await programs.run(program, call_id)
+            text, secrets = _scanned(self._ctx, outcome.text())
+            self._ctx.emit(
+                events.ToolReturned(
+                    key=f"tool:{n}:result",
+                    ts=started,
+                    duration_ms=(time.time() - started) * 1000,
                     call_id=call_id,
-                    tool=tooldef.name,
-                    verdict=decision.verdict,
-                    rule=decision.rule,
-                    reason=ctx.redact(decision.reason),
+                    tool=EVAL_TOOL,
+                    ok=outcome.ok,
+                    text=text,
+                    error=None if outcome.ok else _PROGRAM_ERRORS[outcome.error_kind or "runtime"],
                 )
             )
-        if decision.verdict == "ask":  # a person decides; this waits, durably, as long as it takes
-            decision = await ctx.ask(action, decision, call_id) if ctx.ask is not None else _NO_ONE_TO_ASK
+            self._secrets(n, call_id, EVAL_TOOL, secrets)
+            return reply_text(outcome.ok, text)
+
+        return Tool.from_schema(
+            run_eval,
+            name=EVAL_TOOL,
+            description=programs.description(),
+            json_schema={
+                "type": "object",
+                "properties": {"program": {"type": "string", "description": "The Python program to run."}},
+                "required": ["program"],
+                "additionalProperties": False,
+            },
+            takes_ctx=True,
+        )
+
+    async def call(
+        self, tooldef: ToolDef, kwargs: dict[str, Any], call_id: str | None, parent: str | None = None
+    ) -> tuple[bool, str]:
+        """One tool call: journaled, decided by policy (maybe by a person), run as a durable step."""
+        ctx = self._ctx
+        n, call_id = self._start(tooldef.name, kwargs, call_id, parent)
+        decision = await self._gate(n, call_id, tooldef.name, frozenset(tooldef.capabilities), kwargs)
         if not decision.allowed:
-            return _refused(ctx, n, call_id, tooldef.name, decision)
+            return False, _refused(ctx, n, call_id, tooldef.name, decision)
 
         async def execute(idempotency_key: str) -> dict[str, Any]:
             ctx.budget.check_wall_time()  # a command must not start once the run is out of time
@@ -383,25 +426,75 @@ def _tool_for(tooldef: ToolDef, ctx: EngineContext, counter: Iterator[int], call
                 exit_code=result.get("exit_code"),
             )
         )
-        if result.get("secrets"):
-            key, found = f"tool:{n}:secrets", result["secrets"]
-            ctx.emit(events.SecretsDetected(key=key, where="tool", call_id=call_id, tool=tooldef.name, findings=found))
-        return reply_text(result["ok"], result["text"])
+        self._secrets(n, call_id, tooldef.name, result.get("secrets") or [])
+        return result["ok"], result["text"]
 
-    return Tool.from_schema(
-        call_tool,
-        name=tooldef.name,
-        description=tooldef.description,
-        json_schema=tooldef.json_schema(),
-        takes_ctx=True,
-    )
+    def _start(self, tool: str, args: dict[str, Any], call_id: str | None, parent: str | None) -> tuple[int, str]:
+        n = next(self._numbers)
+        call_id = call_id or f"call-{n}"
+        self._ctx.emit(
+            events.ToolCalled(key=f"tool:{n}:call", call_id=call_id, tool=tool, args=args, parent_call_id=parent)
+        )
+        self._calls[tool] += 1
+        return n, call_id
+
+    async def _gate(
+        self, n: int, call_id: str, tool: str, capabilities: frozenset[Capability], kwargs: dict[str, Any]
+    ) -> Decision:
+        """What policy says about the call, after asking a person when it says ``ask``."""
+        ctx = self._ctx
+        action = Action(
+            tool=tool,
+            arguments=kwargs,
+            capabilities=capabilities,
+            run_id=ctx.run_id,
+            agent=ctx.spec.name,
+            count=self._calls[tool],
+        )
+        decision = decide(ctx.spec.policy, action)
+        if ctx.spec.policy.decides:  # an agent without a policy decides nothing: no event per call
+            ctx.emit(
+                events.PolicyDecided(
+                    key=f"tool:{n}:policy",
+                    call_id=call_id,
+                    tool=tool,
+                    verdict=decision.verdict,
+                    rule=decision.rule,
+                    reason=ctx.redact(decision.reason),
+                )
+            )
+        if decision.verdict == "ask":  # a person decides; this waits, durably, as long as it takes
+            decision = await ctx.ask(action, decision, call_id) if ctx.ask is not None else _NO_ONE_TO_ASK
+        return decision
+
+    def _secrets(self, n: int, call_id: str, tool: str, found: list[dict[str, Any]]) -> None:
+        if found:
+            key = f"tool:{n}:secrets"
+            self._ctx.emit(events.SecretsDetected(key=key, where="tool", call_id=call_id, tool=tool, findings=found))
+
+
+_PROGRAM_ERRORS = {
+    "syntax": "SyntaxError",
+    "type": "TypeCheckError",
+    "runtime": "ProgramError",
+    "limit": "LimitExceeded",
+}
+
+
+def _scanned(ctx: EngineContext, text: str) -> tuple[str, list[dict[str, Any]]]:
+    """A program's output as the model may see it: redacted, and scanned when the agent scans."""
+    text = ctx.redact(text)
+    if not ctx.spec.scan_secrets:
+        return text, []
+    scanned = SCANNER.scan(text)
+    return scanned.text, [finding.to_json() for finding in scanned.findings]
 
 
 _NO_ONE_TO_ASK = Decision(verdict="deny", reason="policy asks a person, and this engine runs without a runtime to ask")
 
 
 def _refused(ctx: EngineContext, n: int, call_id: str, tool: str, decision: Decision) -> str:
-    """A tool call policy did not allow: the model gets the reason as the tool's error, and it never runs."""
+    """A tool call policy did not allow: it never runs; the reason is its error (the model's, or the program's)."""
     rule = f" (rule {decision.rule})" if decision.rule else ""
     text = ctx.redact(f"denied by policy{rule}: {decision.reason}")
     ctx.emit(
@@ -409,7 +502,7 @@ def _refused(ctx: EngineContext, n: int, call_id: str, tool: str, decision: Deci
             key=f"tool:{n}:result", call_id=call_id, tool=tool, ok=False, text=text, error="PolicyDenied"
         )
     )
-    return reply_text(False, text)
+    return text
 
 
 def message_history(conversation: Conversation) -> list[ModelMessage]:
@@ -508,9 +601,19 @@ class NativeEngine(Engine):
             # A long continued conversation may need compacting before this run's first call.
             model.last_input_tokens = ctx.history.input_tokens
         window = spec.context.window_tokens or context_window(target) or DEFAULT_WINDOW_TOKENS
-        counter = itertools.count()
-        calls: Counter[str] = Counter()  # per tool, for count rules; rebuilt the same way when a run resumes
-        tools = [_tool_for(ctx.tools[name], ctx, counter, calls) for name in spec.tools]
+        calls = _ToolCalls(ctx)
+        tools = [calls.tool(ctx.tools[name]) for name in spec.tools if name not in ENGINE_TOOLS]
+        if EVAL_TOOL in spec.tools:
+            allowed = spec.programs.tools or tuple(name for name in spec.tools if name not in ENGINE_TOOLS)
+            programs = ProgramTool(
+                spec=spec.programs,
+                tools={name: ctx.tools[name] for name in allowed},
+                call_tool=calls.call,
+                emit=ctx.emit,
+                redact=ctx.redact,
+                interpreter=INTERPRETER,
+            )
+            tools.append(calls.eval_tool(programs))
         output_type: Any = str
         if spec.output_schema is not None:
             output_type = StructuredDict(spec.output_schema, name=spec.output_schema.get("title", "result"))

@@ -25,6 +25,7 @@ from corral import events as ev
 from corral.engines.base import Conversation, Engine, EngineContext, EngineResult, get_engine
 from corral.errors import BudgetExceededError, CorralError, RunTimeoutError, SandboxError, SpecError, UsageError
 from corral.events import Usage
+from corral.orchestration.interpreter import INTERPRETER
 from corral.policy import rule_of_two
 from corral.policy.budgets import BudgetClock
 from corral.policy.decide import Action, Decision
@@ -138,7 +139,10 @@ class Runtime:
                 # module brings the model SDKs, which commands like `corral cancel` never need).
                 from corral.models.providers import close_served_models
 
-                close_served_models()
+                try:
+                    close_served_models()
+                finally:
+                    INTERPRETER.close()  # the program interpreter's worker processes, if any started
 
     def subscribe(self, listener: Listener) -> None:
         """Receive every event this process emits, as it is emitted (for live views)."""

@@ -1,0 +1,280 @@
+"""Running one program in Monty: a warm worker pool, limits that bound it, host calls resolved concurrently.
+
+Monty runs the code in worker processes; the host answers each call the program makes
+(``FunctionSnapshot``) with a future, runs the host function as an asyncio task, and resumes the
+program with whichever results are ready (``FutureSnapshot``), so ``asyncio.gather`` over host
+calls really runs them together. Every blocking call into the pool goes through a worker thread:
+a program computing for seconds never stalls the event loop (and the run's other work).
+
+Limits: Monty enforces interpreter time, memory and recursion itself (the program cannot catch
+them); this module adds what Monty cannot see — wall-clock time including the time spent in host
+calls, the number of host calls, and the size of what the program prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+HostFunction = Callable[..., Awaitable[Any]]
+"""A function the program may call: ``await f(*args, **kwargs)`` on the host's event loop."""
+
+#: What the program's clock says: a fixed instant, so a program cannot tell time or read a timestamp
+#: that would make its replay differ (its random numbers are seeded for the same reason).
+FROZEN_CLOCK = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+VALUE_SHOWN_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one program may use. Monty enforces the first three; the runner the rest."""
+
+    cpu_s: float = 10.0
+    """Interpreter time (host calls excluded): an endless loop ends here."""
+    memory_mb: int = 256
+    recursion_depth: int = 200
+    wall_s: float = 600.0
+    """Wall-clock time of the whole program, host calls included."""
+    host_calls: int = 1_000
+    """Calls to the host (tools, log) one program may make; the next one raises inside it."""
+    output_chars: int = 20_000
+    """Characters of printed output kept; the rest is dropped with a note."""
+
+
+ErrorKind = Literal["syntax", "type", "runtime", "limit"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a program ended: its last expression's value and what it printed, or why it stopped."""
+
+    ok: bool
+    value: str | None = None
+    """The last expression's value as text (JSON when it is JSON-like), None when there is none."""
+    stdout: str = ""
+    error: str | None = None
+    error_kind: ErrorKind | None = None
+    host_calls: int = 0
+
+    def text(self) -> str:
+        """What the model reads."""
+        parts = []
+        if self.stdout:
+            parts.append(f"stdout:\n{self.stdout.rstrip()}")
+        if self.ok:
+            parts.append(f"value: {self.value}" if self.value is not None else "value: None")
+        else:
+            parts.append(f"{_ERROR_TITLES[self.error_kind or 'runtime']}:\n{self.error}")
+        return "\n".join(parts)
+
+
+_ERROR_TITLES: dict[str, str] = {
+    "syntax": "syntax error (nothing ran)",
+    "type": "type errors (nothing ran; fix the program and run it again)",
+    "runtime": "the program raised",
+    "limit": "the program was stopped",
+}
+
+
+class HostCallError(Exception):
+    """Raised by a host function to fail the call inside the program (as ``ToolError``) with this message."""
+
+
+class Interpreter:
+    """A warm pool of Monty workers for the process's programs; created on first use, closed with :meth:`close`."""
+
+    def __init__(self, *, processes: int = 2) -> None:
+        self._processes = processes
+        self._pool: Any = None
+        self._lock = threading.Lock()
+
+    def _ready(self) -> Any:
+        with self._lock:
+            if self._pool is None:
+                import pydantic_monty as pm
+
+                pool = pm.Monty(min_processes=1, max_processes=self._processes)
+                pool.__enter__()
+                self._pool = pool
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.__exit__(None, None, None)
+
+    async def run(
+        self,
+        program: str,
+        *,
+        functions: Mapping[str, HostFunction],
+        prelude: str = "",
+        stubs: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        limits: Limits = Limits(),
+    ) -> Outcome:
+        """Type-check ``program`` against ``stubs``, run it after ``prelude``, and return how it ended."""
+        import pydantic_monty as pm
+
+        pool = await asyncio.to_thread(self._ready)
+        checkout = pool.checkout(
+            limits={
+                "max_feed_duration_secs": limits.cpu_s,
+                "max_memory": limits.memory_mb * 1024 * 1024,
+                "max_recursion_depth": limits.recursion_depth,
+                "max_suspensions": max(10 * limits.host_calls, 10_000),  # ours binds first; see Limits
+            },
+            type_check=stubs is not None,
+            type_check_stubs=stubs,
+            type_check_format="concise",
+            os_policy={"datetime": FROZEN_CLOCK, "sleep": "zero", "random_start": {"seed": 0}},
+        )
+        printed = _Printed(limits.output_chars)
+        run = _Run(functions, limits)
+        session = await asyncio.to_thread(checkout.__enter__)
+        try:
+            if prelude:
+                await asyncio.to_thread(session.feed_run, prelude, skip_type_check=True)
+            async with asyncio.timeout(limits.wall_s):
+                value = await run.drive(session, program, dict(inputs or {}), printed)
+        except TimeoutError:
+            return run.failed(printed, "limit", f"wall-clock limit of {limits.wall_s:g} s reached (host calls count)")
+        except pm.MontySyntaxError as exc:
+            return run.failed(printed, "syntax", str(exc))
+        except pm.MontyTypingError as exc:
+            return run.failed(printed, "type", exc.display())
+        except pm.MontyRuntimeError as exc:
+            inner = exc.exception()
+            if isinstance(inner, TimeoutError | MemoryError) or "suspension limit" in str(exc):
+                return run.failed(printed, "limit", _limit_message(inner, limits))
+            return run.failed(printed, "runtime", exc.display())
+        finally:
+            await run.cancel_pending()
+            await asyncio.to_thread(checkout.__exit__, None, None, None)
+        return Outcome(ok=True, value=_shown(value), stdout=printed.text(), host_calls=run.calls)
+
+
+def _limit_message(inner: BaseException | None, limits: Limits) -> str:
+    if isinstance(inner, MemoryError):
+        return f"memory limit of {limits.memory_mb} MB reached ({inner})"
+    if isinstance(inner, TimeoutError):
+        return f"interpreter time limit of {limits.cpu_s:g} s reached ({inner})"
+    return str(inner)
+
+
+@dataclass
+class _Printed:
+    """What the program printed, up to a limit (past it, a note says how much was dropped)."""
+
+    limit: int
+    parts: list[str] = field(default_factory=list)
+    size: int = 0
+    dropped: int = 0
+
+    def __call__(self, stream: str, text: str) -> None:
+        room = self.limit - self.size
+        kept = text[: max(room, 0)]
+        if kept:
+            self.parts.append(kept)
+            self.size += len(kept)
+        self.dropped += len(text) - len(kept)
+
+    def text(self) -> str:
+        text = "".join(self.parts)
+        if self.dropped:
+            text += f"\n[... {self.dropped:,} more characters of output dropped (limit {self.limit:,})]"
+        return text
+
+
+class _Run:
+    """One program's host calls: started as tasks as the program makes them, handed back as they finish."""
+
+    def __init__(self, functions: Mapping[str, HostFunction], limits: Limits) -> None:
+        self._functions = functions
+        self._limits = limits
+        self._tasks: dict[int, asyncio.Task[Any]] = {}
+        self.calls = 0
+
+    async def drive(self, session: Any, program: str, inputs: dict[str, Any], printed: _Printed) -> Any:
+        import pydantic_monty as pm
+
+        snap = await asyncio.to_thread(session.feed_start, program, inputs=inputs, print_callback=printed)
+        while not isinstance(snap, pm.MontyComplete):
+            if isinstance(snap, pm.FunctionSnapshot):
+                answer = self._call(snap.function_name, tuple(snap.args), dict(snap.kwargs), snap.call_id)
+                snap = await asyncio.to_thread(snap.resume, answer)
+            elif isinstance(snap, pm.FutureSnapshot):
+                snap = await asyncio.to_thread(snap.resume, await self._settled(list(snap.pending_call_ids)))
+            else:  # a name the program reads that nobody defined: a NameError inside it
+                snap = await asyncio.to_thread(snap.resume)
+        return snap.output
+
+    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], call_id: int) -> Any:
+        """How to answer a call: a future (the call runs as a task), or an error raised in the program."""
+        function = self._functions.get(name)
+        if function is None:
+            return {"exc_type": "NameError", "message": f"name {name!r} is not defined"}
+        self.calls += 1
+        if self.calls > self._limits.host_calls:
+            message = f"limit: this program may make {self._limits.host_calls} host calls (tools, log); it made more"
+            return {"exc_type": "RuntimeError", "message": message}
+        self._tasks[call_id] = asyncio.ensure_future(function(*args, **kwargs))
+        return {"future": ...}
+
+    async def _settled(self, pending: list[int]) -> Any:
+        """The results of the pending calls that have finished (at least one: this waits for it)."""
+        waiting = [self._tasks[c] for c in pending if c in self._tasks]
+        if waiting:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        settled: dict[int, Any] = {}
+        for call_id in pending:
+            task = self._tasks.get(call_id)
+            if task is None or not task.done():
+                continue
+            del self._tasks[call_id]
+            error = task.exception()
+            if error is None:
+                settled[call_id] = {"return_value": task.result()}
+            else:
+                settled[call_id] = {"exc_type": "RuntimeError", "message": _message(error)}
+        return settled
+
+    async def cancel_pending(self) -> None:
+        """Host calls still running when the program ended (it raised, or ran out of time) are cancelled."""
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def failed(self, printed: _Printed, kind: ErrorKind, message: str) -> Outcome:
+        return Outcome(ok=False, stdout=printed.text(), error=message, error_kind=kind, host_calls=self.calls)
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, HostCallError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _shown(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if len(text) > VALUE_SHOWN_CHARS:
+        text = text[:VALUE_SHOWN_CHARS] + f"… ({len(text):,} characters; print less, or return a summary)"
+    return text
+
+
+#: The process's interpreter pool (its workers start on the first program); the runtime closes it.
+INTERPRETER = Interpreter()
