@@ -122,6 +122,19 @@ OVERRIDES = "Overrides of the agent's spec (recorded with the run)"
 TASK_AND_OUTPUT = "Task and output"
 
 
+def read_context(path: Path) -> str:
+    """``--context``: a file's text, or a directory's files (one ``size path`` line each, ``.git`` left out)."""
+    path = path.expanduser()
+    if path.is_dir():
+        lines = [
+            f"{p.stat().st_size}\t{p.relative_to(path)}"
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and ".git" not in p.relative_to(path).parts
+        ]
+        return "\n".join(lines) + "\n"
+    return read_text_file(path, "--context")
+
+
 def override_option(*names: str, help: str) -> Any:
     """An option of :class:`SpecOverrides`, listed under its own heading in ``--help``."""
     return typer.Option(*names, help=help, rich_help_panel=OVERRIDES)
@@ -590,6 +603,15 @@ def run(
     repo: Annotated[Path, typer.Option("--repo", "-r", help="Repository to work on (it is never modified).")] = Path(
         "."
     ),
+    context: Annotated[
+        Path | None,
+        typer.Option(
+            "--context",
+            help="A long input kept out of the prompt (a file's text, or a directory's file list): "
+            "the agent's programs read it as `context` (needs the eval tool).",
+            rich_help_panel=TASK_AND_OUTPUT,
+        ),
+    ] = None,
     *,
     overrides: SpecOverrides,
     options: RunOptions,
@@ -602,10 +624,11 @@ def run(
     assert path is not None
     spec = overrides.apply(load_config(path).agent(agent))
     options.check(repo)
+    long_input = read_context(context) if context is not None else None
 
     async def start(runtime: Runtime) -> list[str]:
         name_interrupted_runs(runtime, options)
-        return [(await runtime.submit(spec, text, repo)).id]
+        return [(await runtime.submit(spec, text, repo, context=long_input)).id]
 
     run_to_end(open_store(), start, options, title=f"corral · {spec.name}")
 

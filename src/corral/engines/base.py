@@ -101,6 +101,8 @@ class EngineContext:
     history: Conversation | None = None
     """The conversation this run follows up (``corral continue``); None for a new run. ``task`` is
     the next prompt. An engine that keeps its own session may ignore it."""
+    context: str | None = None
+    """A long input kept out of the prompt: programs read it as ``context`` (None: the run has none)."""
     ask: AskFn | None = None
     """Put an action policy said ``ask`` about before a person and wait (durably) for the answer: the
     decision that stands, ``allow`` or ``deny``. None (no runtime, no store): such actions are denied."""

@@ -47,7 +47,7 @@ from corral.events import Usage
 from corral.models.pricing import price_call
 from corral.models.providers import ModelTarget, api_key_for, build_model, context_window, resolve_target
 from corral.orchestration.interpreter import INTERPRETER
-from corral.orchestration.programs import EVAL_TOOL, ProgramTool
+from corral.orchestration.programs import EVAL_TOOL, ProgramTool, context_note
 from corral.policy.decide import Action, Decision, decide
 from corral.policy.rules import Capability
 from corral.secrets.redact import redact_data
@@ -594,6 +594,8 @@ class NativeEngine(Engine):
     ) -> EngineResult:
         spec = ctx.spec
         prompt = ctx.redact(ctx.task)
+        if ctx.context is not None:  # the input stays out of the conversation; the model reads about it
+            prompt += "\n\n" + ctx.redact(context_note(ctx.context))
         model = DurableModel(inner, ctx=ctx, target=target, prices=prices)
         history: list[ModelMessage] | None = None
         if ctx.history is not None:
@@ -612,6 +614,7 @@ class NativeEngine(Engine):
                 emit=ctx.emit,
                 redact=ctx.redact,
                 interpreter=INTERPRETER,
+                context=ctx.context,
             )
             tools.append(calls.eval_tool(programs))
         output_type: Any = str

@@ -23,6 +23,24 @@ CallTool = Callable[[ToolDef, dict[str, Any], str, str], Awaitable[tuple[bool, s
 """``(tool, arguments, call_id, parent_call_id) -> (ok, text)``: one tool call, as the engine makes it."""
 
 EVAL_TOOL = "eval"
+CONTEXT = "context"
+"""The name a run's long input has inside programs."""
+PREVIEW_CHARS = 1_000
+
+
+def context_note(context: str) -> str:
+    """What the model is told of a long input instead of the input itself: its size and how it begins."""
+    lines = context.count("\n") + (0 if context.endswith("\n") else 1)
+    preview = context[:PREVIEW_CHARS]
+    more = f"\n[... {len(context) - PREVIEW_CHARS:,} more characters]" if len(context) > PREVIEW_CHARS else ""
+    return (
+        f"[corral] This task comes with a long input that is not in this conversation: it is bound to "
+        f"`{CONTEXT}` (a str of {len(context):,} characters, {lines:,} lines) inside `{EVAL_TOOL}` programs. "
+        "Read it with code (slices, splitlines, searches) and work on it in parts; print only what you need. "
+        f"It begins:\n{preview}{more}"
+    )
+
+
 EVAL_DESCRIPTION = """\
 Run a short Python program (a subset of Python 3: no classes with inheritance, no generators) in a
 sandboxed interpreter. Use it to call tools many times, in parallel, and to filter, count or
@@ -63,6 +81,7 @@ class ProgramTool:
         emit: Callable[[events.BaseEvent], None],
         redact: Callable[[str], str],
         interpreter: Interpreter,
+        context: str | None = None,
     ) -> None:
         self._spec = spec
         self._tools = dict(tools)
@@ -70,7 +89,8 @@ class ProgramTool:
         self._emit = emit
         self._redact = redact
         self._interpreter = interpreter
-        self._stubs = stubs({name: tool.json_schema() for name, tool in self._tools.items()})
+        self._inputs = {CONTEXT: context} if context is not None else {}
+        self._stubs = stubs({name: tool.json_schema() for name, tool in self._tools.items()}, inputs=self._inputs)
         self._prelude = prelude(self._tools)
 
     def description(self) -> str:
@@ -105,5 +125,6 @@ class ProgramTool:
             functions={TOOL_CALL: call, LOG_CALL: log},
             prelude=self._prelude,
             stubs=self._stubs,
+            inputs=self._inputs,
             limits=limits_of(self._spec),
         )

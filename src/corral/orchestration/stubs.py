@@ -50,7 +50,7 @@ def tool_signature(name: str, schema: Mapping[str, Any]) -> str:
     return f"    async def {name}(self{keyword_only}) -> str: ..."
 
 
-def stubs(tools: Mapping[str, Mapping[str, Any]], *, inputs: Iterable[str] = ()) -> str:
+def stubs(tools: Mapping[str, Mapping[str, Any]], *, inputs: Mapping[str, Any] | None = None) -> str:
     """The stub module a program is type-checked against: ``tools``, ``log``, ``ToolError`` and the inputs.
 
     ``ToolError`` is ``RuntimeError``: Monty has no class inheritance, so a tool's failure (and a
@@ -69,8 +69,8 @@ def stubs(tools: Mapping[str, Mapping[str, Any]], *, inputs: Iterable[str] = ())
         "def log(*parts: object) -> None: ...",
     ]
     names = ["asyncio", "Tools", "tools", "ToolError", "log"]
-    for name in inputs:
-        lines.append(f"{name}: Any")
+    for name, value in (inputs or {}).items():  # typed as what they are (``context: str``)
+        lines.append(f"{name}: {type(value).__name__ if isinstance(value, str | int | float | bool) else 'Any'}")
         names.append(name)
     lines.append(f"__all__ = {names!r}")
     return "\n".join(lines) + "\n"

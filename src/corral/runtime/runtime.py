@@ -26,6 +26,7 @@ from corral.engines.base import Conversation, Engine, EngineContext, EngineResul
 from corral.errors import BudgetExceededError, CorralError, RunTimeoutError, SandboxError, SpecError, UsageError
 from corral.events import Usage
 from corral.orchestration.interpreter import INTERPRETER
+from corral.orchestration.programs import EVAL_TOOL
 from corral.policy import rule_of_two
 from corral.policy.budgets import BudgetClock
 from corral.policy.decide import Action, Decision
@@ -45,6 +46,8 @@ from corral.tools.builtin import BUILTIN_TOOLS
 log = logging.getLogger("corral.runtime")
 
 PATCH_FILE = "patch.diff"
+CONTEXT_FILE = "context.txt"
+"""A run's long input, in its run directory (redacted like everything corral writes)."""
 #: Written (atomically) once a run's outcome is decided, before its sandbox goes: a process killed
 #: while ending the run leaves it behind, and the replay finishes the run from it.
 OUTCOME_FILE = "outcome.json"
@@ -182,8 +185,13 @@ class Runtime:
         *,
         parent_id: str | None = None,
         continue_from: str | None = None,
+        context: str | None = None,
     ) -> RunRecord:
         """Record a run and start its workflow in this process; returns at once.
+
+        ``context`` is a long input kept out of the prompt (a file, a listing, a document): the
+        agent's programs read it as ``context`` and the model sees its size and first lines. It
+        needs the ``eval`` tool.
 
         ``continue_from`` names a finished run this one follows up (``corral continue``): the new
         run is its child, its conversation goes on from where that run's ended, and its workspace
@@ -196,6 +204,11 @@ class Runtime:
             raise UsageError(f"repository {repo} is not a directory")
         if not task.strip():
             raise UsageError("the task is empty")
+        if context is not None and EVAL_TOOL not in spec.tools:
+            raise UsageError(
+                f"agent '{spec.name}' cannot read a long input: programs read it, and its tools lack eval",
+                hint='add "eval" to the agent\'s tools',
+            )
         continues: RunRecord | None = None
         if continue_from is not None:
             continues = self.store.get_run(continue_from)
@@ -221,6 +234,10 @@ class Runtime:
             run_dir=str(self.store.runs_dir / run_id),
             executor_id=self.executor_id,
         )
+        if context is not None:  # before the workflow starts: the run reads it (again, when it resumes)
+            run_dir = Path(record.run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - one local write
+            (run_dir / CONTEXT_FILE).write_text(REDACTOR(context), encoding="utf-8")
         await workflow.start(run_id)
         return record
 
@@ -474,6 +491,7 @@ class Runtime:
             on_usage=on_usage,
             history=self._conversation_before(record.continues_id),
             ask=functools.partial(self._ask, spec),
+            context=_read_context(record),
         )
         remaining = budget.remaining_s()
         if remaining is None:
@@ -602,6 +620,14 @@ async def _remove_start(run_dir: Path) -> None:
     start = run_dir / START_DIRNAME
     if start.exists():
         await remove_tree(start)
+
+
+def _read_context(record: RunRecord) -> str | None:
+    """The run's long input (``submit(context=...)``), None when it has none."""
+    try:
+        return (Path(record.run_dir) / CONTEXT_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
 
 def run_patch(record: RunRecord) -> str:

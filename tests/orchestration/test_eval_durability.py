@@ -1,0 +1,102 @@
+"""A program killed mid-way resumes: its finished tool calls come back from their durable steps (never run
+again), the calls in flight run again, and the eval ends as if nothing happened."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.models.scripted import ScriptedServer, load_script
+from corral.store import RunStatus, Store
+from tests.e2e.cli_helpers import CORRAL, corral
+
+pytestmark = pytest.mark.slow
+
+PROGRAM = """
+for i in range(3):
+    await tools.execute(command=f"echo a-{i} >> progress.log")
+await asyncio.gather(*[tools.execute(command=f"sleep 3 && echo b-{i} >> progress.log") for i in range(3)])
+await tools.execute(command="echo c >> progress.log")
+(await tools.read_file(path="progress.log")).count("-")
+"""
+
+SCRIPT = f"""
+[[turns]]
+[[turns.tool_calls]]
+name = "eval"
+args = {{ program = '''{PROGRAM}''' }}
+
+[[turns]]
+text = "done"
+"""
+
+
+def workspace_log(home: Path) -> str:
+    store = Store.open(home=home)
+    try:
+        runs = store.list_runs()
+        if not runs:
+            return ""
+        run_dir = Path(runs[0].run_dir)
+        found = [p for p in run_dir.glob("**/progress.log") if p.is_file()]
+        return "".join(p.read_text(errors="replace") for p in found)
+    finally:
+        store.close()
+
+
+def test_sigkill_mid_program_then_resume_runs_each_finished_call_once(tmp_path: Path, repo: Path) -> None:
+    home = tmp_path / "home"
+    script = tmp_path / "script.toml"
+    script.write_text(SCRIPT)
+    with ScriptedServer(load_script(script)) as server:
+        (tmp_path / "corral.toml").write_text(
+            f'[agents.fixer]\nmodel = "openai:gpt-5-mini"\nbase_url = "{server.openai_base_url}"\n'
+            'tools = ["execute", "read_file", "eval"]\n'
+            "retry = { initial_backoff_s = 0.01, max_backoff_s = 0.05 }\n"
+            # bubblewrap: the commands in flight die with the killed process (on the local backend they
+            # would live on as orphans, and finish while the resumed run starts them again)
+            'sandbox = "bubblewrap"\n'
+        )
+        env = {**os.environ, "CORRAL_HOME": str(home)}
+        proc = subprocess.Popen(
+            [*CORRAL, "run", "fixer", "log the steps", "--repo", str(repo)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "a-2" not in workspace_log(home):  # the sequential calls are done; the gather is sleeping
+                assert time.monotonic() < deadline and proc.poll() is None, "the program never got going"
+                time.sleep(0.1)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert "b-" not in workspace_log(home)
+
+        resumed = corral("resume", cwd=tmp_path, home=home, timeout=120)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+    store = Store.open(home=home)
+    try:
+        (record,) = store.list_runs()
+        assert record.status is RunStatus.SUCCEEDED, record.error
+        patch = (record.result or {})["patch"]
+        for line in ("a-0", "a-1", "a-2", "b-0", "b-1", "b-2", "c"):
+            assert patch.count(f"+{line}\n") == 1, f"{line} ran {patch.count(f'+{line}')} times:\n{patch}"
+        events = store.events(record.id)
+        keys = [e.key for e in events]
+        assert len(keys) == len(set(keys)), "journal has a duplicate"
+        (result,) = [e.event for e in events if e.type == "tool.result" and getattr(e.event, "tool", "") == "eval"]
+        assert result.ok and "value: 6" in result.text, result.text  # type: ignore[attr-defined]
+    finally:
+        store.close()
