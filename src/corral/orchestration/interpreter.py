@@ -154,6 +154,8 @@ class Interpreter:
             if isinstance(inner, TimeoutError | MemoryError) or "suspension limit" in str(exc):
                 return run.failed(printed, "limit", _limit_message(inner, limits))
             return run.failed(printed, "runtime", exc.display())
+        except pm.MontyError as exc:  # a worker that crashed or went away, a value that cannot cross
+            return run.failed(printed, "runtime", f"the interpreter failed: {type(exc).__name__}: {exc}")
         finally:
             await run.cancel_pending()
             await asyncio.to_thread(checkout.__exit__, None, None, None)

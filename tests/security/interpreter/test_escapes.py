@@ -177,3 +177,12 @@ async def test_a_failed_tool_raises_a_catchable_tool_error(interpreter: Interpre
     program = "try:\n    await tools.read_file(path='x')\nexcept ToolError as e:\n    print('caught:', e)"
     outcome = await run(interpreter, program, Failing())
     assert outcome.ok and outcome.stdout.strip() == "caught: no such file: x"
+
+
+async def test_a_large_fan_out_does_not_meet_montys_default_of_1000_suspensions(interpreter: Interpreter) -> None:
+    host = Host()
+    wide = Limits(cpu_s=5.0, memory_mb=256, wall_s=60.0, host_calls=1_500)
+    program = "r = await asyncio.gather(*[tools.read_file(path=str(i)) for i in range(1200)])\nlen(r)"
+    outcome = await run(interpreter, program, host, wide)
+    assert outcome.ok and outcome.value == "1200", outcome.text()
+    assert len(host.calls) == 1200
