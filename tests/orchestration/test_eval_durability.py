@@ -14,6 +14,7 @@ import pytest
 from corral.models.scripted import ScriptedServer, load_script
 from corral.store import RunStatus, Store
 from tests.e2e.cli_helpers import CORRAL, corral
+from tests.orchestration.support import eval_script
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +26,7 @@ await tools.execute(command="echo c >> progress.log")
 (await tools.read_file(path="progress.log")).count("-")
 """
 
-SCRIPT = f"""
-[[turns]]
-[[turns.tool_calls]]
-name = "eval"
-args = {{ program = '''{PROGRAM}''' }}
-
-[[turns]]
-text = "done"
-"""
+SCRIPT = eval_script(PROGRAM)
 
 
 def workspace_log(home: Path) -> str:

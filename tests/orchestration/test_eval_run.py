@@ -13,6 +13,7 @@ from corral.events import PolicyDecided, ProgramLogged, ToolCalled, ToolReturned
 from corral.models.scripted import ScriptedServer
 from corral.store import RunStatus
 from tests.e2e.test_runs import events_of, run_once, script, spec_for
+from tests.orchestration.support import eval_script
 
 pytestmark = pytest.mark.anyio
 
@@ -29,20 +30,7 @@ hits = await tools.grep(pattern="def ")
 sizes
 """
 
-SCRIPT = f"""
-[[turns]]
-[[turns.tool_calls]]
-name = "eval"
-args = {{ program = '''{PROGRAM}''' }}
-
-[[turns]]
-[[turns.tool_calls]]
-name = "eval"
-args = {{ program = 'await tools.read_file(path=3)' }}
-
-[[turns]]
-text = "done"
-"""
+SCRIPT = eval_script(PROGRAM, "await tools.read_file(path=3)")
 
 POLICY = {
     "rules": [

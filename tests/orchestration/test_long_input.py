@@ -14,6 +14,7 @@ from corral.models.scripted import ScriptedServer
 from corral.runtime import Runtime
 from corral.store import RunStatus, Store
 from tests.e2e.test_runs import events_of, script, spec_for
+from tests.orchestration.support import eval_script
 
 pytestmark = pytest.mark.anyio
 
@@ -25,15 +26,7 @@ print(len(chunks), "chunks")
 {"lines": len(lines), "errors": sum(errors)}
 """
 
-SCRIPT = f"""
-[[turns]]
-[[turns.tool_calls]]
-name = "eval"
-args = {{ program = '''{PROGRAM}''' }}
-
-[[turns]]
-text = "1000 errors in 100000 lines"
-"""
+SCRIPT = eval_script(PROGRAM, answer="1000 errors in 100000 lines")
 
 
 def big_log() -> str:
