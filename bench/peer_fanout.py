@@ -23,12 +23,13 @@ corral's own ``.venv`` never holds the peer):
 2. runs one warm-up fan-out of ``--warmup`` dispatches (default C, so imports, schema builds and the first
    QuickJS runtime are not counted), then ``--repeats`` measured runs of ``await agent.ainvoke(...)``, each
    one root turn whose single ``eval`` call dispatches N subagents;
-3. reports, per measured run, its wall time (the whole ``ainvoke``: two root model calls, the QuickJS eval,
-   N subagent graphs) and wall / N as the per-dispatch cost; the peak RSS of the process
-   (``getrusage(RUSAGE_SELF).ru_maxrss``, which includes the interpreter, the imported libraries and the
-   warm-up) and its RSS after the warm-up, so the growth due to the fan-out is visible; and the count of
-   results that came back right, checked twice: in JavaScript (``results[i] === "ok:item i"``, returned through
-   the eval's result) and in Python (how many times the subagent model answered).
+3. reports, per measured run (the top-level figures are the fastest run's), its wall time (the whole
+   ``ainvoke``: two root model calls, the QuickJS eval, N subagent graphs) and wall / N as the per-dispatch
+   cost; the peak RSS of the process (``getrusage(RUSAGE_SELF).ru_maxrss``, which includes the interpreter, the
+   imported libraries and the warm-up) and its RSS after the warm-up, so the growth due to the fan-out is
+   visible; the count of results that came back right, checked twice: in JavaScript
+   (``results[i] === "ok:item i"``, returned through the eval's result) and in Python (how many times the
+   subagent model answered); and the most ``task()`` calls the JavaScript had in flight at once.
 
 The JavaScript (``--shape``) bounds concurrency at C in one of three ways, all real uses of the peer's API:
 
