@@ -26,8 +26,8 @@ corral's own ``.venv`` never holds the peer):
 3. reports, per measured run (the top-level figures are the fastest run's), its wall time (the whole
    ``ainvoke``: two root model calls, the QuickJS eval, N subagent graphs) and wall / N as the per-dispatch
    cost; the peak RSS of the process (``getrusage(RUSAGE_SELF).ru_maxrss``, which includes the interpreter, the
-   imported libraries and the warm-up) and its RSS after the warm-up, so the growth due to the fan-out is
-   visible; the count of results that came back right, checked twice: in JavaScript
+   imported libraries and the warm-up) and its RSS after the imports and after the warm-up, so the growth due
+   to the fan-out is visible; the count of results that came back right, checked twice: in JavaScript
    (``results[i] === "ok:item i"``, returned through the eval's result) and in Python (how many times the
    subagent model answered); and the most ``task()`` calls the JavaScript had in flight at once.
 
@@ -161,6 +161,7 @@ def measure(dispatches: int, concurrency: int, shape: str, warmup: int, repeats:
     from langchain_core.outputs import ChatGeneration, ChatResult
     from langchain_quickjs import CodeInterpreterMiddleware
 
+    rss_after_imports = _rss_mb()
     # CodeInterpreterMiddleware is marked beta; the run measures it as released, the warning says nothing more.
     warnings.filterwarnings("ignore", category=LangChainBetaWarning)
 
@@ -246,7 +247,7 @@ def measure(dispatches: int, concurrency: int, shape: str, warmup: int, repeats:
                     "js_max_in_flight": in_flight,
                 }
             )
-        return {"runs": runs, "rss_after_warmup_mb": rss_after_warmup}
+        return {"runs": runs, "rss_after_imports_mb": rss_after_imports, "rss_after_warmup_mb": rss_after_warmup}
 
     report = asyncio.run(run())
     return {
@@ -317,6 +318,7 @@ def report(args: argparse.Namespace, child: dict[str, Any]) -> dict[str, Any]:
         "wall_s": best["wall_s"],
         "ms_per_dispatch": best["ms_per_dispatch"],
         "peak_rss_mb": child["peak_rss_mb"],
+        "rss_after_imports_mb": child["rss_after_imports_mb"],
         "rss_after_warmup_mb": child["rss_after_warmup_mb"],
         "results_ok": min(run["results_ok"] for run in runs),
         "runs": runs,
@@ -339,7 +341,8 @@ def print_table(result: dict[str, Any]) -> None:
         ok = f"{run['results_ok']}/{result['dispatches']}"
         print(f"{index:>4} {run['wall_s']:>9.3f} {run['ms_per_dispatch']:>12.3f} {ok:>11}", file=out)
     print(
-        f"peak RSS {result['peak_rss_mb']} MB (after warm-up {result['rss_after_warmup_mb']} MB)",
+        f"peak RSS {result['peak_rss_mb']} MB (after imports {result['rss_after_imports_mb']} MB, "
+        f"after warm-up {result['rss_after_warmup_mb']} MB)",
         file=out,
     )
 
