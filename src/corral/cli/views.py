@@ -353,7 +353,7 @@ class LiveRunView:
         self._saved_handlers = logging.root.handlers[:]
         logging.root.handlers = [self._log_handler]
         if self.console.is_terminal:
-            self._live = Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
+            self._live = self._new_live()
             self._live.__enter__()
         return self
 
@@ -364,6 +364,9 @@ class LiveRunView:
                 self._live.__exit__(None, None, None)
         finally:
             logging.root.handlers = self._saved_handlers
+
+    def _new_live(self) -> Live:
+        return Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -388,7 +391,7 @@ class LiveRunView:
         finally:
             self._held = False
             self._unprinted.clear()  # the new panel shows them
-            self._live = Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
+            self._live = self._new_live()
             self._live.start()
 
     def on_event(self, run_id: str, event: BaseEvent) -> None:

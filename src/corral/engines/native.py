@@ -53,7 +53,7 @@ from corral.policy.rules import Capability
 from corral.secrets.redact import redact_data
 from corral.secrets.scanner import SCANNER
 from corral.spec import ENGINE_TOOLS, ModelPrice
-from corral.tools.base import ToolContext, ToolDef, run_tool
+from corral.tools.base import ToolContext, ToolDef, run_tool, scan_result
 
 AGENTS_FILE = "AGENTS.md"
 HISTORY_DIR = ".corral/history"
@@ -357,7 +357,8 @@ class _ToolCalls:
                 return reply_text(False, _refused(self._ctx, n, call_id, EVAL_TOOL, decision))
             started = time.time()
             outcome = await programs.run(program, call_id)
-            text, secrets = _scanned(self._ctx, outcome.text())
+            scan = SCANNER.scan if self._ctx.spec.scan_secrets else None
+            text, secrets = scan_result(scan, self._ctx.redact(outcome.text()))
             self._ctx.emit(
                 events.ToolReturned(
                     key=f"tool:{n}:result",
@@ -479,15 +480,6 @@ _PROGRAM_ERRORS = {
     "runtime": "ProgramError",
     "limit": "LimitExceeded",
 }
-
-
-def _scanned(ctx: EngineContext, text: str) -> tuple[str, list[dict[str, Any]]]:
-    """A program's output as the model may see it: redacted, and scanned when the agent scans."""
-    text = ctx.redact(text)
-    if not ctx.spec.scan_secrets:
-        return text, []
-    scanned = SCANNER.scan(text)
-    return scanned.text, [finding.to_json() for finding in scanned.findings]
 
 
 _NO_ONE_TO_ASK = Decision(verdict="deny", reason="policy asks a person, and this engine runs without a runtime to ask")

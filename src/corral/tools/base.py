@@ -163,7 +163,7 @@ async def run_tool(tooldef: ToolDef, ctx: ToolContext, raw_args: dict[str, Any] 
         ok, error = False, type(exc).__name__
         text = f"tool {tooldef.name} crashed: {type(exc).__name__}: {exc}"
     text, spilled_to = await _fit(ctx, _redact(ctx, text))
-    text, secrets = _scan(ctx, text, source)
+    text, secrets = scan_result(ctx.scan, text, source)  # a spilled file is scanned when it is read
     return ToolOutcome(
         ok=ok,
         text=text,
@@ -202,12 +202,17 @@ def _redact(ctx: ToolContext, text: str) -> str:
         return f"tool result withheld: redaction failed ({type(exc).__name__})"
 
 
-def _scan(ctx: ToolContext, text: str, source: str | None) -> tuple[str, list[dict[str, Any]]]:
-    """Secrets nobody registered, replaced in what the model sees (a spilled file is scanned when read)."""
-    if ctx.scan is None:
+def scan_result(
+    scan: Callable[[str, str | None], Scanned] | None, text: str, source: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """``text`` as the model may see it, and the findings as journaled; None: no scan.
+
+    A scanner that fails withholds the text: it never falls back to the unscanned text.
+    """
+    if scan is None:
         return text, []
     try:
-        scanned = ctx.scan(text, source)
+        scanned = scan(text, source)
     except Exception as exc:
         # Never fall back to the unscanned text.
         return f"tool result withheld: the secret scan failed ({type(exc).__name__})", []
