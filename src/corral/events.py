@@ -203,6 +203,40 @@ class ToolReturned(BaseEvent):
     """The exit code of the command the tool ran (``execute``; None otherwise or when it was killed)."""
 
 
+class TaskDispatched(BaseEvent):
+    """A program's ``task()`` started a child run (or found it already started, when the run resumed)."""
+
+    type: Literal["task.dispatch"] = "task.dispatch"
+    call_id: str
+    """The ``task`` call (its ``tool.call`` event has the program's ``eval`` call as parent)."""
+    child_id: str
+    agent: str
+    """The subagent type."""
+    label: str | None = None
+    mode: Literal["light", "workflow"]
+    """``light``: read-only, run inside its parent's process and step; ``workflow``: its own durable
+    workflow on the children's queue, with its own sandbox."""
+
+
+class TaskFinished(BaseEvent):
+    """A dispatched child run ended; what its parent's program received (a writer's patch merged or not)."""
+
+    type: Literal["task.finished"] = "task.finished"
+    call_id: str
+    child_id: str
+    status: str
+    """The child's status: ``succeeded``, ``failed`` or ``cancelled``."""
+    reused: bool = False
+    """The child had finished before (a resumed run): its result came from the store; it did not run again."""
+    patch_files: int = 0
+    merged: bool | None = None
+    """For a child that changed files: whether its patch applied to its parent's workspace."""
+    conflict: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
 class SecretsDetected(BaseEvent):
     """The secret scanner found secrets nobody registered: replaced before anything saw them (but a patch's)."""
 
@@ -272,6 +306,8 @@ Event = Annotated[
     | ApprovalRequested
     | ApprovalDecided
     | ToolReturned
+    | TaskDispatched
+    | TaskFinished
     | SecretsDetected
     | EgressAttempted
     | ContextCompacted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -133,6 +134,17 @@ class ProgramsSpec(_Strict):
     """Tool calls (and ``log`` lines) per program; the next one raises inside it."""
     output_chars: Annotated[int, Field(ge=100)] = 20_000
     """Characters of printed output kept per program."""
+    max_dispatches: Annotated[int, Field(ge=0, le=100_000)] = 200
+    """``task()`` calls per program; the next one raises inside it."""
+    max_run_dispatches: Annotated[int, Field(ge=0, le=1_000_000)] = 2_000
+    """``task()`` calls over the whole run (all its programs)."""
+    max_depth: Annotated[int, Field(ge=0, le=8)] = 2
+    """How deep the tree of runs may grow: a root run is at depth 0, its children at 1. A run at this
+    depth cannot dispatch."""
+    max_concurrent: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Children of one run running at the same time; more wait for a slot."""
+    schema_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """How many times a child whose answer does not match its schema is told why and asked again."""
 
 
 ENGINE_TOOLS = ("eval",)
@@ -183,6 +195,16 @@ class AgentSpec(_Strict):
     """With ``eval`` among the tools: what the agent's programs may call and their limits."""
     output_schema: dict[str, Any] | None = None
     """A JSON schema: when given, the run's result carries output validated against it."""
+    output_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """How many times an answer that does not match ``output_schema`` goes back to the model with the
+    reasons, before the run fails."""
+    output_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """How many times an answer that does not match ``output_schema`` goes back to the model with the
+    reasons, before the run fails."""
+    subagents: dict[str, AgentSpec] = {}
+    """The subagent types its programs may dispatch with ``task(..., agent=NAME)``, each a full agent
+    spec (in corral.toml: names of other agents in the file). The built-in roles (``explorer``,
+    ``worker``, ``reviewer``) are always available unless a declared type takes their name."""
     max_output_tokens: Annotated[int, Field(gt=0)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     prices: dict[str, ModelPrice] = {}
@@ -238,6 +260,14 @@ class AgentSpec(_Strict):
             )
         return self
 
+    @field_validator("subagents")
+    @classmethod
+    def _subagent_names(cls, value: dict[str, AgentSpec]) -> dict[str, AgentSpec]:
+        bad = [name for name in value if not SUBAGENT_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"subagent type names are identifiers (letters, digits, _ and -): {', '.join(bad)}")
+        return value
+
     @field_validator("output_schema")
     @classmethod
     def _schema_is_object(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -252,6 +282,18 @@ class AgentSpec(_Strict):
         if value.get("type") != "object":
             raise ValueError('the output schema must describe an object ("type": "object")')
         return value
+
+    def subagent_types(self) -> tuple[str, ...]:
+        """The names ``task(agent=...)`` accepts: the declared types, then the built-in roles."""
+        return tuple(dict.fromkeys([*self.subagents, *BUILTIN_ROLES]))
+
+    def subagent(self, name: str) -> AgentSpec | None:
+        """The spec of subagent type ``name`` (declared, else a built-in role made for this agent); None if unknown."""
+        if name in self.subagents:
+            return self.subagents[name]
+        if name in BUILTIN_ROLES:
+            return builtin_role(name, self)
+        return None
 
     @property
     def provider(self) -> str:
@@ -286,6 +328,73 @@ class AgentSpec(_Strict):
         except ValidationError as err:
             problems = [f"{_name_of(e['loc'], names or {})}: {_reason(e)}" for e in err.errors()]
             raise SpecError(f"agent '{self.name}': invalid override\n  " + "\n  ".join(problems)) from None
+
+
+SUBAGENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+READ_ONLY_TOOLS = ("read_file", "glob", "grep")
+REVIEW_FINDINGS_SCHEMA: dict[str, Any] = {
+    "title": "review",
+    "type": "object",
+    "properties": {
+        "findings": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string"},
+                    "line": {"type": "integer", "minimum": 0},
+                    "severity": {"type": "string", "enum": ["low", "medium", "high", "critical"]},
+                    "description": {"type": "string"},
+                },
+                "required": ["file", "line", "severity", "description"],
+                "additionalProperties": False,
+            },
+        }
+    },
+    "required": ["findings"],
+    "additionalProperties": False,
+}
+"""What a ``reviewer`` returns: ``{"findings": [{file, line, severity, description}, ...]}``."""
+
+#: The roles every agent with ``eval`` may dispatch without declaring them: what each may use, what it
+#: is told, and what it returns. A role inherits the dispatching agent's model, sandbox and policy.
+BUILTIN_ROLES: dict[str, dict[str, Any]] = {
+    "explorer": {
+        "tools": READ_ONLY_TOOLS,
+        "instructions": (
+            "You explore a repository to answer one question for another agent. You cannot change files. "
+            "Read only what you need; answer with short notes: the facts found, with file paths and line "
+            "numbers, and what you could not find."
+        ),
+    },
+    "reviewer": {
+        "tools": READ_ONLY_TOOLS,
+        "instructions": (
+            "You review code for another agent. You cannot change files. Read what the task points at and "
+            "report each real problem once, as a finding with its file, line, severity (low, medium, high, "
+            "critical) and a one-sentence description. No findings is a valid answer."
+        ),
+        "output_schema": REVIEW_FINDINGS_SCHEMA,
+    },
+    "worker": {
+        "tools": DEFAULT_TOOLS,
+        "instructions": (
+            "You make one change in a repository for another agent, in your own copy of its workspace; your "
+            "changes go back to it as a patch. Change only what the task asks, check your work (run the tests "
+            "if there are any), and end with a short summary of what you changed."
+        ),
+    },
+}
+
+#: What a built-in role takes over from the agent that dispatches it.
+_INHERITED = ("model", "base_url", "api_key_env", "engine", "retry", "sandbox", "policy", "scan_secrets", "prices")
+
+
+def builtin_role(role: str, parent: AgentSpec) -> AgentSpec:
+    """The built-in role ``role`` as ``parent`` dispatches it: the role's tools and words, ``parent``'s model."""
+    inherited = {name: getattr(parent, name) for name in _INHERITED}
+    return AgentSpec.model_validate({"name": role, **inherited, **BUILTIN_ROLES[role]})
 
 
 class ProjectConfig(BaseModel):
@@ -354,9 +463,18 @@ def parse_config(data: dict[str, Any], path: Path) -> ProjectConfig:
         raise SpecError(f"{path}: 'agents' must be a table of [agents.NAME] tables")
     prices_raw = data.get("prices", {})
     agents: dict[str, AgentSpec] = {}
+    declared: dict[str, tuple[str, ...]] = {}  # agent -> the subagent types it names (other agents, roles)
     for name, table in agents_raw.items():
         if not isinstance(table, dict):
             raise SpecError(f"{path}: agent '{name}': expected a table, got {type(table).__name__}")
+        table = dict(table)
+        named = table.pop("subagents", [])
+        if not isinstance(named, list) or not all(isinstance(n, str) for n in named):
+            raise SpecError(
+                f"{path}: agent '{name}': invalid spec\n  field 'subagents': a list of agent names "
+                f"(other [agents.NAME] tables, or the built-in roles {', '.join(BUILTIN_ROLES)})"
+            )
+        declared[name] = tuple(named)
         merged = {"name": name, **table}
         if prices_raw:
             merged["prices"] = {**prices_raw, **table.get("prices", {})}
@@ -381,7 +499,43 @@ def parse_config(data: dict[str, Any], path: Path) -> ProjectConfig:
                 f"{path}: agent '{name}': invalid spec\n  field 'tools': unknown tool(s) {', '.join(unknown)}",
                 hint=f"built-in tools: {', '.join(DEFAULT_TOOLS)}",
             )
-    return ProjectConfig(path=path, agents=agents)
+    return ProjectConfig(path=path, agents=_with_subagents(path, agents, declared))
+
+
+def _with_subagents(
+    path: Path, agents: dict[str, AgentSpec], declared: Mapping[str, tuple[str, ...]]
+) -> dict[str, AgentSpec]:
+    """Each agent with the specs of the subagent types it names embedded (a run records its whole tree).
+
+    A name is another agent of the file, or a built-in role (always available, so naming one only
+    documents it). Types nest: a subagent's own subagents come with it. A cycle is refused.
+    """
+    resolved: dict[str, AgentSpec] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> AgentSpec:
+        if name in resolved:
+            return resolved[name]
+        subagents: dict[str, AgentSpec] = {}
+        for sub in declared.get(name, ()):
+            if sub in chain or sub == name:
+                cycle = " -> ".join([*chain, name, sub])
+                raise SpecError(
+                    f"{path}: agent '{chain[0] if chain else name}': subagent types form a cycle: {cycle}",
+                    hint="an agent that splits its work among copies of itself does it in one program",
+                )
+            if sub in agents:
+                subagents[sub] = resolve(sub, (*chain, name))
+            elif sub not in BUILTIN_ROLES:
+                known = ", ".join([*sorted(agents), *BUILTIN_ROLES])
+                raise SpecError(
+                    f"{path}: agent '{name}': invalid spec\n  field 'subagents': no agent named {sub!r} "
+                    f"(agents and built-in roles: {known})"
+                )
+        spec = agents[name]
+        resolved[name] = spec.model_copy(update={"subagents": subagents}) if subagents else spec
+        return resolved[name]
+
+    return {name: resolve(name, ()) for name in agents}
 
 
 POLICY_ONLY_TOOLS = ("task",)

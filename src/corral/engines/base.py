@@ -78,6 +78,39 @@ class Conversation:
     (it was cancelled before the next one) has its result only here."""
 
 
+@dataclass(frozen=True)
+class ChildRequest:
+    """A subagent a program dispatched: a child run of ``spec`` on ``task``."""
+
+    call_id: str
+    """The ``task`` call that dispatches it: names the child for good (a resumed run finds it again)."""
+    spec: AgentSpec
+    task: str
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """How a child run ended, as its parent's program sees it."""
+
+    run_id: str
+    status: str
+    """``succeeded``, ``failed`` or ``cancelled``."""
+    text: str | None = None
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    patch_files: int = 0
+    conflict: str | None = None
+    """A writer's patch that did not apply to the parent's workspace: git's report (None: applied, or none)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded" and self.conflict is None
+
+
+DispatchFn = Callable[[ChildRequest], Awaitable[ChildResult]]
+"""Run a child to its end (or find the one that already ran) and say how it ended."""
+
 AskFn = Callable[[Action, Decision, str], Awaitable[Decision]]
 """``ask(action, decision, call_id)``: what a person decided about an action policy sent to them."""
 
@@ -106,6 +139,10 @@ class EngineContext:
     ask: AskFn | None = None
     """Put an action policy said ``ask`` about before a person and wait (durably) for the answer: the
     decision that stands, ``allow`` or ``deny``. None (no runtime, no store): such actions are denied."""
+    dispatch: DispatchFn | None = None
+    """Start a child run for a program's ``task()`` and wait for it. None (no runtime): ``task()`` fails."""
+    depth: int = 0
+    """Where this run sits in its tree: 0 for a root run, 1 for its children, ..."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, replace
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
 from pydantic_ai import Agent, ModelRetry, RunContext, StructuredDict, Tool
 from pydantic_ai.capabilities import ProcessHistory
 from pydantic_ai.exceptions import (
@@ -41,18 +42,18 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import UsageLimits
 
 from corral import events
-from corral.engines.base import Conversation, Engine, EngineContext, EngineResult
+from corral.engines.base import ChildRequest, ChildResult, Conversation, Engine, EngineContext, EngineResult
 from corral.errors import BudgetExceededError, ModelCallError
 from corral.events import Usage
 from corral.models.pricing import price_call
 from corral.models.providers import ModelTarget, api_key_for, build_model, context_window, resolve_target
 from corral.orchestration.interpreter import INTERPRETER
-from corral.orchestration.programs import EVAL_TOOL, ProgramTool, context_note
-from corral.policy.decide import Action, Decision, decide
+from corral.orchestration.programs import EVAL_TOOL, TASK_TOOL, ProgramTool, TaskCall, context_note
+from corral.policy.decide import Action, ActionKind, Decision, decide
 from corral.policy.rules import Capability
 from corral.secrets.redact import redact_data
 from corral.secrets.scanner import SCANNER
-from corral.spec import ENGINE_TOOLS, ModelPrice
+from corral.spec import ENGINE_TOOLS, AgentSpec, ModelPrice
 from corral.tools.base import ToolContext, ToolDef, run_tool, scan_result
 
 AGENTS_FILE = "AGENTS.md"
@@ -430,6 +431,81 @@ class _ToolCalls:
         self._secrets(n, call_id, tooldef.name, result.get("secrets") or [])
         return result["ok"], result["text"]
 
+    async def task(self, request: TaskCall) -> tuple[bool, Any]:
+        """A program's ``task()``: limits, policy (``kind="dispatch"``), then the child run, journaled as a call."""
+        ctx = self._ctx
+        args: dict[str, Any] = {"agent": request.agent, "description": request.description}
+        if request.label is not None:
+            args["label"] = request.label
+        if request.schema is not None:
+            args["schema"] = request.schema
+        n, call_id = self._start(TASK_TOOL, args, request.call_id, request.parent_call_id)
+        problem = self._dispatch_limit(request)
+        spec = ctx.spec.subagent(request.agent)
+        if problem is None and spec is None:  # the bridge checks the type; this is the boundary
+            problem = f"no subagent type {request.agent!r} in this agent's spec"
+        if problem is None and spec is not None:
+            try:
+                spec = _child_spec(spec, request.schema, ctx.spec.programs.schema_retries)
+            except ValueError as err:
+                problem = f"task(): {err}"
+        if problem is not None or spec is None:
+            text = ctx.redact(problem or "")
+            self._returned(
+                n, call_id, ok=False, text=text, error="LimitExceeded" if text.startswith("limit:") else "TaskError"
+            )
+            return False, text
+        capabilities = frozenset(
+            cap for tool in spec.tools if tool in ctx.tools for cap in ctx.tools[tool].capabilities
+        )
+        decision = await self._gate(n, call_id, TASK_TOOL, capabilities, args, kind="dispatch", count=request.number)
+        if not decision.allowed:
+            return False, _refused(ctx, n, call_id, TASK_TOOL, decision)
+        assert ctx.dispatch is not None  # checked among the limits
+        started = time.time()
+        result = await ctx.dispatch(ChildRequest(call_id, spec, request.description, request.label))
+        text = _task_text(result, request.agent)
+        self._returned(n, call_id, ok=result.ok, text=text, error=None if result.ok else "TaskError", ts=started)
+        if not result.ok:
+            return False, text
+        return True, result.output if result.output is not None else (result.text or "")
+
+    def _dispatch_limit(self, request: TaskCall) -> str | None:
+        """Why this dispatch may not happen (a limit, or no runtime to run children), or None."""
+        ctx, programs = self._ctx, self._ctx.spec.programs
+        if ctx.dispatch is None:
+            return "this engine runs without a runtime: it cannot start subagents"
+        if ctx.depth >= programs.max_depth:
+            return (
+                f"limit: this run is at depth {ctx.depth} of its tree, the deepest allowed "
+                f"(programs.max_depth = {programs.max_depth}): it cannot dispatch subagents"
+            )
+        if request.number > programs.max_dispatches:
+            return f"limit: a program may dispatch {programs.max_dispatches} subagents (programs.max_dispatches)"
+        if self._calls[TASK_TOOL] > programs.max_run_dispatches:
+            return (
+                f"limit: this run may dispatch {programs.max_run_dispatches} subagents in all "
+                "(programs.max_run_dispatches)"
+            )
+        return None
+
+    def _returned(
+        self, n: int, call_id: str, *, ok: bool, text: str, error: str | None, ts: float | None = None
+    ) -> None:
+        started = time.time() if ts is None else ts
+        self._ctx.emit(
+            events.ToolReturned(
+                key=f"tool:{n}:result",
+                ts=started,
+                duration_ms=(time.time() - started) * 1000,
+                call_id=call_id,
+                tool=TASK_TOOL,
+                ok=ok,
+                text=text,
+                error=error,
+            )
+        )
+
     def _start(self, tool: str, args: dict[str, Any], call_id: str | None, parent: str | None) -> tuple[int, str]:
         n = next(self._numbers)
         call_id = call_id or f"call-{n}"
@@ -440,7 +516,15 @@ class _ToolCalls:
         return n, call_id
 
     async def _gate(
-        self, n: int, call_id: str, tool: str, capabilities: frozenset[Capability], kwargs: dict[str, Any]
+        self,
+        n: int,
+        call_id: str,
+        tool: str,
+        capabilities: frozenset[Capability],
+        kwargs: dict[str, Any],
+        *,
+        kind: ActionKind = "tool",
+        count: int | None = None,
     ) -> Decision:
         """What policy says about the call, after asking a person when it says ``ask``."""
         ctx = self._ctx
@@ -450,7 +534,9 @@ class _ToolCalls:
             capabilities=capabilities,
             run_id=ctx.run_id,
             agent=ctx.spec.name,
-            count=self._calls[tool],
+            depth=ctx.depth,
+            count=self._calls[tool] if count is None else count,
+            kind=kind,
         )
         decision = decide(ctx.spec.policy, action)
         if ctx.spec.policy.decides:  # an agent without a policy decides nothing: no event per call
@@ -480,6 +566,43 @@ _PROGRAM_ERRORS = {
     "runtime": "ProgramError",
     "limit": "LimitExceeded",
 }
+
+
+_TASK_TEXT_CHARS = 4_000
+
+
+def _about(spec: AgentSpec) -> str:
+    """A subagent type in a few words, for the ``eval`` tool's description: its instructions' first sentence."""
+    first = spec.instructions.strip().split("\n", 1)[0]
+    sentence = first.split(". ", 1)[0].rstrip(".")
+    return (sentence[:157] + "...") if len(sentence) > 160 else sentence
+
+
+def _task_text(result: ChildResult, agent: str) -> str:
+    """A child's ending as its ``task`` call's result: the answer (shortened for the journal), or why it failed."""
+    who = f"subagent {agent} (run {result.run_id})"
+    if result.conflict is not None:
+        return (
+            f"{who} finished, but its changes ({result.patch_files} file(s)) do not apply to this workspace: "
+            f"{result.conflict}; `corral diff {result.run_id}` shows them"
+        )
+    if result.status != "succeeded":
+        return f"{who} {result.status}: {result.error or 'no reason given'}"
+    answer = json.dumps(result.output, ensure_ascii=False) if result.output is not None else (result.text or "")
+    if len(answer) > _TASK_TEXT_CHARS:
+        answer = answer[:_TASK_TEXT_CHARS] + f"… ({len(answer):,} characters)"
+    return answer
+
+
+def _child_spec(spec: AgentSpec, schema: dict[str, Any] | None, retries: int) -> AgentSpec:
+    """The subagent type's spec as dispatched: with the program's schema (validated like a spec's) and
+    the dispatching agent's number of corrections."""
+    if schema is None:
+        return spec.model_copy(update={"output_retries": retries})
+    try:
+        return AgentSpec.model_validate({**spec.model_dump(), "output_schema": schema, "output_retries": retries})
+    except ValidationError as err:
+        raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
 
 
 _NO_ONE_TO_ASK = Decision(verdict="deny", reason="policy asks a person, and this engine runs without a runtime to ask")
@@ -599,6 +722,7 @@ class NativeEngine(Engine):
         tools = [calls.tool(ctx.tools[name]) for name in spec.tools if name not in ENGINE_TOOLS]
         if EVAL_TOOL in spec.tools:
             allowed = spec.programs.tools or tuple(name for name in spec.tools if name not in ENGINE_TOOLS)
+            subagents = {name: spec.subagent(name) for name in spec.subagent_types()}
             programs = ProgramTool(
                 spec=spec.programs,
                 tools={name: ctx.tools[name] for name in allowed},
@@ -607,6 +731,9 @@ class NativeEngine(Engine):
                 redact=ctx.redact,
                 interpreter=INTERPRETER,
                 context=ctx.context,
+                dispatch=calls.task if ctx.dispatch is not None and ctx.depth < spec.programs.max_depth else None,
+                subagents={name: _about(sub) for name, sub in subagents.items() if sub is not None},
+                typed_subagents=frozenset(n for n, sub in subagents.items() if sub is not None and sub.output_schema),
             )
             tools.append(calls.eval_tool(programs))
         output_type: Any = str
@@ -622,7 +749,7 @@ class NativeEngine(Engine):
             instructions=await _instructions(ctx),
             tools=tools,
             output_type=output_type,
-            retries=3,
+            retries={"tools": 3, "output": spec.output_retries},
             name=spec.name,
             capabilities=[ProcessHistory(processor=_Compactor(ctx, model, window, prompt=prompt))],
         )

@@ -11,18 +11,40 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from corral import events
 from corral.orchestration.interpreter import HostCallError, Interpreter, Limits, Outcome
-from corral.orchestration.stubs import LOG_CALL, TOOL_CALL, prelude, stubs
+from corral.orchestration.stubs import LOG_CALL, TASK_CALL, TOOL_CALL, prelude, stubs
 from corral.spec import ProgramsSpec
 from corral.tools.base import ToolDef
 
 CallTool = Callable[[ToolDef, dict[str, Any], str, str], Awaitable[tuple[bool, str]]]
 """``(tool, arguments, call_id, parent_call_id) -> (ok, text)``: one tool call, as the engine makes it."""
 
+
+@dataclass(frozen=True)
+class TaskCall:
+    """One ``task(...)`` a program made, its arguments checked for shape (not yet for policy or limits)."""
+
+    description: str
+    agent: str
+    schema: dict[str, Any] | None
+    label: str | None
+    call_id: str
+    parent_call_id: str
+    number: int
+    """This is the program's ``number``-th dispatch (1-based)."""
+
+
+Dispatch = Callable[[TaskCall], Awaitable[tuple[bool, Any]]]
+"""One dispatch, as the engine makes it: ``(True, result)`` (the child's text, or its typed output), or
+``(False, message)`` (denied, over a limit, or the child failed): the message ``task()`` raises with."""
+
 EVAL_TOOL = "eval"
+TASK_TOOL = "task"
+"""How a program's dispatch appears in the journal and to policy (``tool = "task"`` in a rule)."""
 CONTEXT = "context"
 """The name a run's long input has inside programs."""
 PREVIEW_CHARS = 1_000
@@ -58,6 +80,15 @@ Inside the program:
 Limits: {cpu_s:g} s of interpreter time, {memory_mb} MB, {host_calls} tool calls, {wall_s:g} s in all.
 """
 
+TASK_DESCRIPTION = """- `await task(description, agent="{default}", schema=None, label=None)` hands a piece of work to a
+  subagent (a child run with its own context) and returns its answer: its final text, or a dict
+  when its type returns typed output or you pass a JSON `schema` (an object schema) for it.
+  A failed or refused dispatch raises `TaskError`. Dispatch many at once with `asyncio.gather`;
+  give each everything it needs in `description` (it sees nothing of this conversation).
+  Subagent types: {types}.
+  At most {max_dispatches} dispatches per program.
+"""
+
 
 def limits_of(spec: ProgramsSpec) -> Limits:
     return Limits(
@@ -82,6 +113,9 @@ class ProgramTool:
         redact: Callable[[str], str],
         interpreter: Interpreter,
         context: str | None = None,
+        dispatch: Dispatch | None = None,
+        subagents: Mapping[str, str] | None = None,
+        typed_subagents: frozenset[str] = frozenset(),
     ) -> None:
         self._spec = spec
         self._tools = dict(tools)
@@ -90,15 +124,30 @@ class ProgramTool:
         self._redact = redact
         self._interpreter = interpreter
         self._inputs = {CONTEXT: context} if context is not None else {}
-        self._stubs = stubs({name: tool.json_schema() for name, tool in self._tools.items()}, inputs=self._inputs)
-        self._prelude = prelude(self._tools)
+        self._dispatch = dispatch
+        # type -> what it is for (its first line of instructions), for the tool's description
+        self._subagents = dict(subagents or {}) if dispatch is not None else {}
+        self._default = next(iter(self._subagents), None)
+        self._stubs = stubs(
+            {name: tool.json_schema() for name, tool in self._tools.items()},
+            inputs=self._inputs,
+            subagents={name: name in typed_subagents for name in self._subagents},
+            default_subagent=self._default,
+        )
+        self._prelude = prelude(self._tools, default_subagent=self._default)
 
     def description(self) -> str:
         spec = self._spec
         names = ", ".join(f"`{name}`" for name in sorted(self._tools)) or "none"
-        return EVAL_DESCRIPTION.format(
+        text = EVAL_DESCRIPTION.format(
             tools=names, cpu_s=spec.cpu_s, memory_mb=spec.memory_mb, host_calls=spec.host_calls, wall_s=spec.wall_s
         )
+        if self._subagents:
+            types = "; ".join(f"`{name}`: {about}" for name, about in self._subagents.items())
+            head, sep, limits = text.rpartition("Limits:")
+            task = TASK_DESCRIPTION.format(default=self._default, types=types, max_dispatches=spec.max_dispatches)
+            text = head + task + sep + limits
+        return text
 
     async def run(self, program: str, call_id: str) -> Outcome:
         """Run one program for the eval call ``call_id``; its tool calls are journaled as that call's children."""
@@ -120,11 +169,36 @@ class ProgramTool:
             key = f"{call_id}:log:{next(numbers)}"
             self._emit(events.ProgramLogged(key=key, call_id=call_id, text=self._redact(str(text))))
 
-        return await self._interpreter.run(
+        dispatches = itertools.count(1)
+
+        async def task(description: Any, agent: Any, schema: Any = None, label: Any = None) -> Any:
+            if self._dispatch is None:
+                raise HostCallError("this agent cannot dispatch subagents")
+            if not isinstance(agent, str) or agent not in self._subagents:
+                available = ", ".join(self._subagents)
+                raise HostCallError(f"no subagent type {agent!r} in this agent's spec (available: {available})")
+            if not isinstance(description, str) or not description.strip():
+                raise HostCallError("task(): the description must be a non-empty string")
+            if schema is not None and not isinstance(schema, dict):
+                raise HostCallError("task(): schema must be a JSON schema (a dict) or None")
+            if label is not None and not isinstance(label, str):
+                raise HostCallError("task(): label must be a string or None")
+            number = next(dispatches)
+            request = TaskCall(description, agent, schema, label, f"{call_id}.{next(numbers)}", call_id, number)
+            ok, value = await self._dispatch(request)
+            if not ok:
+                raise HostCallError(str(value))
+            return value
+
+        outcome = await self._interpreter.run(
             program,
-            functions={TOOL_CALL: call, LOG_CALL: log},
+            functions={TOOL_CALL: call, LOG_CALL: log, TASK_CALL: task},
             prelude=self._prelude,
             stubs=self._stubs,
             inputs=self._inputs,
             limits=limits_of(self._spec),
         )
+        if outcome.error_kind == "type" and self._subagents and "`task`" in (outcome.error or ""):
+            types = ", ".join(self._subagents)
+            outcome = replace(outcome, error=f"{outcome.error.rstrip()}\n(task(): the subagent types are: {types})")
+        return outcome

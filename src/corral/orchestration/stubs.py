@@ -17,6 +17,8 @@ TOOL_CALL = "_corral_tool"
 """The host function every ``tools.<name>(...)`` becomes."""
 LOG_CALL = "_corral_log"
 """The host function ``log(...)`` becomes."""
+TASK_CALL = "_corral_task"
+"""The host function ``task(...)`` becomes."""
 
 _JSON_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "null": "None"}
 
@@ -50,14 +52,50 @@ def tool_signature(name: str, schema: Mapping[str, Any]) -> str:
     return f"    async def {name}(self{keyword_only}) -> str: ..."
 
 
-def stubs(tools: Mapping[str, Mapping[str, Any]], *, inputs: Mapping[str, Any] | None = None) -> str:
-    """The stub module a program is type-checked against: ``tools``, ``log``, ``ToolError`` and the inputs.
+def _literal(names: Iterable[str]) -> str:
+    return "Literal[" + ", ".join(repr(name) for name in names) + "]"
+
+
+def task_stubs(subagents: Mapping[str, bool], default: str) -> list[str]:
+    """``task()`` as overloads: the subagent types that return typed output (``True``) give a dict, the
+    others their final text, and any type asked for with ``schema=`` a dict. An undeclared type is a
+    type error before the program runs."""
+    typed = [name for name, has_schema in subagents.items() if has_schema]
+    plain = [name for name, has_schema in subagents.items() if not has_schema]
+    lines = []
+    for names, result in ((typed, "dict[str, Any]"), (plain, "str")):
+        if names:
+            default_here = f" = {default!r}" if default in names else ""
+            lines += [
+                "@overload",
+                f"async def task(description: str, agent: {_literal(names)}{default_here}, schema: None = None, "
+                f"label: str | None = None) -> {result}: ...",
+            ]
+    lines += [
+        "@overload",
+        f"async def task(description: str, agent: {_literal(subagents)} = {default!r}, *, schema: dict[str, Any], "
+        "label: str | None = None) -> dict[str, Any]: ...",
+        "TaskError = RuntimeError",
+    ]
+    return lines
+
+
+def stubs(
+    tools: Mapping[str, Mapping[str, Any]],
+    *,
+    inputs: Mapping[str, Any] | None = None,
+    subagents: Mapping[str, bool] | None = None,
+    default_subagent: str | None = None,
+) -> str:
+    """The stub module a program is type-checked against: ``tools``, ``log``, ``ToolError``, ``task`` and the inputs.
 
     ``ToolError`` is ``RuntimeError``: Monty has no class inheritance, so a tool's failure (and a
-    host-side limit) reaches the program as the built-in type, under a name that says what it is.
+    host-side limit) reaches the program as the built-in type, under a name that says what it is
+    (``TaskError`` too). ``subagents`` maps each type ``task()`` may dispatch to whether it returns
+    typed output; without it the program has no ``task``.
     """
     lines = [
-        "from typing import Any",
+        "from typing import Any, Literal, overload",
         "import asyncio",
         "",
         "class Tools:",
@@ -69,6 +107,9 @@ def stubs(tools: Mapping[str, Mapping[str, Any]], *, inputs: Mapping[str, Any] |
         "def log(*parts: object) -> None: ...",
     ]
     names = ["asyncio", "Tools", "tools", "ToolError", "log"]
+    if subagents:
+        lines += task_stubs(subagents, default_subagent or next(iter(subagents)))
+        names += ["task", "TaskError"]
     for name, value in (inputs or {}).items():  # typed as what they are (``context: str``)
         lines.append(f"{name}: {type(value).__name__ if isinstance(value, str | int | float | bool) else 'Any'}")
         names.append(name)
@@ -76,8 +117,8 @@ def stubs(tools: Mapping[str, Mapping[str, Any]], *, inputs: Mapping[str, Any] |
     return "\n".join(lines) + "\n"
 
 
-def prelude(tools: Iterable[str]) -> str:
-    """Sandbox code that gives ``tools``, ``log`` and ``ToolError`` their meaning."""
+def prelude(tools: Iterable[str], *, default_subagent: str | None = None) -> str:
+    """Sandbox code that gives ``tools``, ``log``, ``ToolError`` (and ``task`` with a default subagent type) their meaning."""
     methods = [
         f"    async def {name}(self, **kwargs):\n        return await {TOOL_CALL}({name!r}, kwargs)"
         for name in sorted(tools)
@@ -92,5 +133,14 @@ def prelude(tools: Iterable[str]) -> str:
             "tools = Tools()",
             "def log(*parts):",
             f"    {LOG_CALL}(' '.join(str(part) for part in parts))",
+            *(
+                [
+                    "TaskError = RuntimeError",
+                    f"async def task(description, agent={default_subagent!r}, schema=None, label=None):",
+                    f"    return await {TASK_CALL}(description, agent, schema, label)",
+                ]
+                if default_subagent is not None
+                else []
+            ),
         ]
     )

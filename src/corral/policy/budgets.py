@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from corral.errors import BudgetExceededError
 from corral.events import Usage
 from corral.spec import Budget
+
+
+@dataclass
+class ChildrenSpend:
+    """What a run's children have spent so far (their subtrees included): part of the run's own budget."""
+
+    usage: Usage = field(default_factory=Usage)
+
+    def add(self, usage: Usage) -> None:
+        self.usage = self.usage + usage
 
 
 @dataclass(frozen=True)
@@ -20,6 +30,8 @@ class BudgetClock:
 
     budget: Budget
     started_at: float
+    children: ChildrenSpend = field(default_factory=ChildrenSpend)
+    """Spent by the run's children: counted against its tokens and cost like its own model calls."""
 
     @property
     def deadline(self) -> float | None:
@@ -46,9 +58,33 @@ class BudgetClock:
         if self.remaining_s() == 0.0:
             raise self.wall_time_exceeded()
 
+    def share(self, own: Budget, used: Usage) -> Budget:
+        """A child's budget: its own limits, cut to what this run has left (``used`` by its own calls,
+        and its children's spending). A child never spends more than its parent has left; children
+        running at the same time share what is left, and the parent stops at its next model call once
+        they have spent it."""
+        spent = used + self.children.usage
+        changes: dict[str, float | int] = {}
+        if self.budget.max_tokens is not None:
+            left = max(1, self.budget.max_tokens - spent.total_tokens)
+            changes["max_tokens"] = left if own.max_tokens is None else min(own.max_tokens, left)
+        if self.budget.max_cost_usd is not None:
+            left_usd = max(1e-9, self.budget.max_cost_usd - spent.cost_usd)
+            changes["max_cost_usd"] = left_usd if own.max_cost_usd is None else min(own.max_cost_usd, left_usd)
+        remaining = self.remaining_s()
+        if remaining is not None:
+            left_s = max(1e-3, remaining)
+            own_s = own.max_wall_time_s
+            changes["max_wall_time_s"] = left_s if own_s is None else min(own_s, left_s)
+        return own.model_copy(update=changes) if changes else own
+
     def check_model_call(self, call: int, used: Usage) -> None:
-        """Before model call ``call`` (0-based) with ``used`` spent so far: raise if any limit is reached."""
+        """Before model call ``call`` (0-based) with ``used`` spent so far: raise if any limit is reached.
+
+        ``used`` is the run's own spending; its children's is added here.
+        """
         budget = self.budget
+        used = used + self.children.usage
         checks: list[tuple[str, float, float | None, bool]] = [
             ("max_turns", call + 1, budget.max_turns, False),
             ("max_tokens", used.total_tokens, budget.max_tokens, True),

@@ -22,18 +22,38 @@ from typing import Any
 os.environ.setdefault("PYDANTIC_AI_NO_BANNER", "1")
 
 from corral import events as ev
-from corral.engines.base import Conversation, Engine, EngineContext, EngineResult, get_engine
-from corral.errors import BudgetExceededError, CorralError, RunTimeoutError, SandboxError, SpecError, UsageError
+from corral.engines.base import (
+    ChildRequest,
+    ChildResult,
+    Conversation,
+    Engine,
+    EngineContext,
+    EngineResult,
+    LocalSteps,
+    Steps,
+    get_engine,
+)
+from corral.errors import (
+    BudgetExceededError,
+    CorralError,
+    RunNotFoundError,
+    RunTimeoutError,
+    SandboxError,
+    SpecError,
+    UsageError,
+)
 from corral.events import Usage
 from corral.orchestration.interpreter import INTERPRETER
 from corral.orchestration.programs import EVAL_TOOL
 from corral.policy import rule_of_two
-from corral.policy.budgets import BudgetClock
+from corral.policy.budgets import BudgetClock, ChildrenSpend
 from corral.policy.decide import Action, Decision
 from corral.runtime import approvals, recovery, workflow
+from corral.runtime.children import child_run_id, dispatched_by, runs_light
 from corral.runtime.sandboxing import START_DIRNAME, open_sandbox, patch_conflict, prepare_start
 from corral.sandbox.base import Sandbox, get_backend, mark_run_ended
-from corral.sandbox.patching import check_patch
+from corral.sandbox.patching import apply_patch, check_patch
+from corral.sandbox.view import ReadOnlyView
 from corral.sandbox.workspace import remove_tree
 from corral.secrets.redact import REDACTOR
 from corral.secrets.scanner import SCANNER
@@ -78,6 +98,8 @@ class _Outcome:
     error: str | None = None
     error_type: str | None = None
     notes: list[str] = field(default_factory=list)
+    children: ChildrenSpend = field(default_factory=ChildrenSpend)
+    """What the run's children spent (their subtrees included)."""
 
 
 class Runtime:
@@ -97,6 +119,10 @@ class Runtime:
         self._launched = False
         self._heartbeat: recovery.Heartbeat | None = None
         self._listeners: list[Listener] = []
+        self._stopping = False  # shutting down: runs in flight are interrupted, not ended
+        self._ended: dict[str, asyncio.Event] = {}  # runs someone here waits for (children), set as they end
+        self._slots: dict[str, asyncio.Semaphore] = {}  # per parent run: its children running at once
+        self._merging: dict[str, asyncio.Lock] = {}  # per parent run: one child's patch merged at a time
         store.journal.set_redactor(REDACTOR.data)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -119,6 +145,7 @@ class Runtime:
             self.shutdown()
 
     def launch(self) -> None:
+        self._stopping = False
         workflow.launch(system_database_url=self.store.dbos_url(), executor_id=self.executor_id, execute=self._execute)
         try:
             self.store.register_executor(self.executor_id, socket.gethostname(), os.getpid())
@@ -131,6 +158,7 @@ class Runtime:
         if not self._launched:
             return
         self._launched = False
+        self._stopping = True
         try:
             self.store.journal.flush()
             self.store.unregister_executor(self.executor_id)
@@ -275,9 +303,16 @@ class Runtime:
                 )
             if record.id not in {r.id for r in interrupted}:
                 raise UsageError(f"run {record.id} is being executed by {record.executor_id}; it is not interrupted")
+            parent = dispatched_by(record)
+            if parent is not None:
+                raise UsageError(
+                    f"run {record.id} is a subagent of run {parent}: it resumes with it",
+                    hint=f"`corral resume {record.root_id}`",
+                )
             candidates = [record]
         else:
-            candidates = interrupted
+            # A dispatched child resumes with its parent, which finds it again by its id.
+            candidates = [r for r in interrupted if dispatched_by(r) is None]
         for record in candidates:
             self.store.update_run(record.id, executor_id=self.executor_id)
             await workflow.resume(record.id)
@@ -393,10 +428,18 @@ class Runtime:
             except Exception:
                 log.exception("event listener failed")
 
-    async def _execute(self, run_id: str) -> dict[str, Any]:
+    async def _execute(self, run_id: str, *, view: Sandbox | None = None, depth: int | None = None) -> dict[str, Any]:
+        """Execute a run to its end: its workflow's body, or (``view`` given) a light child inside its parent.
+
+        A light child reads its parent's workspace through ``view``: no sandbox of its own, and its
+        model and tool calls are plain calls (the parent finds its result in the store if the process
+        dies after it ended, and runs it again if before).
+        """
         record = self.store.get_run(run_id)
         if record.status.finished:
             return {"status": record.status.value}
+        if depth is None:
+            depth = self._depth(record)
         spec = AgentSpec.model_validate(record.spec)
         resumed = record.started_at is not None
         started_at = record.started_at or time.time()
@@ -424,19 +467,23 @@ class Runtime:
         if decided is not None:  # the run had ended when its process died: only the record is missing
             self._finish(record.id, *decided)
             return {"status": decided[0].status.value}
-        budget = BudgetClock(spec.budget, started_at)
         outcome = _Outcome()
+        budget = BudgetClock(spec.budget, started_at, outcome.children)
         sandbox: Sandbox | None = None
         try:
-            sandbox = await open_sandbox(
-                record,
-                spec,
-                REDACTOR,
-                lambda event: self._emit(run_id, event),
-                start_patches=self._patches_before(record.continues_id),
-                notes=outcome.notes,
-            )
-            result = await self._run_engine(record, spec, sandbox, budget, outcome)
+            if view is not None:
+                sandbox = view
+            else:
+                sandbox = await open_sandbox(
+                    record,
+                    spec,
+                    REDACTOR,
+                    lambda event: self._emit(run_id, event),
+                    start_patches=self._patches_before(record.continues_id),
+                    notes=outcome.notes,
+                )
+            steps: Steps = workflow.DbosSteps() if view is None else LocalSteps(run_id)
+            result = await self._run_engine(record, spec, sandbox, budget, outcome, steps=steps, depth=depth)
             outcome.status, outcome.text, outcome.output = RunStatus.SUCCEEDED, result.text, result.output
         except BudgetExceededError as err:
             self._emit(
@@ -449,7 +496,12 @@ class Runtime:
             log.exception("run %s failed", run_id)
             outcome.error, outcome.error_type = REDACTOR(f"{type(err).__name__}: {err}"), type(err).__name__
         except BaseException as exc:
-            if not await workflow.was_cancelled(self.store.dbos_url(), run_id, exc):
+            # A light child is cancelled with its parent's program (a limit, a cancel); it is only
+            # interrupted when the whole process stops, and then runs again when its parent resumes.
+            cancelled = (view is not None and not self._stopping) or await workflow.was_cancelled(
+                self.store.dbos_url(), run_id, exc
+            )
+            if not cancelled:
                 # The process is going away (Ctrl-C, shutdown): the run is interrupted, not ended.
                 # Its sandbox's files stay for `corral resume`; its processes, mounts and cgroups go now.
                 if sandbox is not None:
@@ -464,8 +516,24 @@ class Runtime:
     def _engine(self, name: str) -> Engine:
         return self.engines[name] if name in self.engines else get_engine(name)
 
+    def _depth(self, record: RunRecord) -> int:
+        """How many dispatches above ``record`` its tree has (a follow-up run is not a dispatch)."""
+        depth = 0
+        while dispatched_by(record) is not None:
+            depth += 1
+            record = self.store.get_run(record.parent_id or "")
+        return depth
+
     async def _run_engine(
-        self, record: RunRecord, spec: AgentSpec, sandbox: Sandbox, budget: BudgetClock, outcome: _Outcome
+        self,
+        record: RunRecord,
+        spec: AgentSpec,
+        sandbox: Sandbox,
+        budget: BudgetClock,
+        outcome: _Outcome,
+        *,
+        steps: Steps,
+        depth: int,
     ) -> EngineResult:
         engine = self._engine(spec.engine)
         written_at = 0.0
@@ -483,7 +551,7 @@ class Runtime:
             spec=spec,
             task=record.task,
             sandbox=sandbox,
-            steps=workflow.DbosSteps(),
+            steps=steps,
             emit=lambda event: self._emit(record.id, event),
             redact=REDACTOR,
             tools=self.tools,
@@ -492,7 +560,9 @@ class Runtime:
             history=self._conversation_before(record.continues_id),
             ask=functools.partial(self._ask, spec),
             context=_read_context(record),
+            depth=depth,
         )
+        ctx.dispatch = functools.partial(self._dispatch, record, spec, sandbox, budget, depth, outcome)
         remaining = budget.remaining_s()
         if remaining is None:
             return await engine.run(ctx)
@@ -504,6 +574,136 @@ class Runtime:
             if budget.remaining_s() == 0.0:
                 raise budget.wall_time_exceeded() from None
             raise
+
+    # -- children: the runs programs dispatch with task() -------------------------------------------
+
+    async def _dispatch(
+        self,
+        parent: RunRecord,
+        parent_spec: AgentSpec,
+        sandbox: Sandbox,
+        budget: BudgetClock,
+        depth: int,
+        outcome: _Outcome,
+        request: ChildRequest,
+    ) -> ChildResult:
+        """Run the child ``request`` asks for to its end (see ``runtime/children.py``), or find it ended.
+
+        A child that ended before (the parent is being resumed) is not run again: its result comes
+        from the store. One that was interrupted runs again (light) or resumes (workflow).
+        """
+        child_id = child_run_id(parent.id, request.call_id)
+        light = runs_light(request.spec, self.tools)
+        self._emit(
+            parent.id,
+            ev.TaskDispatched(
+                key=f"task:{request.call_id}:dispatch",
+                call_id=request.call_id,
+                child_id=child_id,
+                agent=request.spec.name,
+                label=request.label,
+                mode="light" if light else "workflow",
+            ),
+        )
+        try:
+            existing: RunRecord | None = self.store.get_run(child_id)
+        except RunNotFoundError:
+            existing = None
+        if existing is not None and existing.status.finished:
+            return await self._child_ended(parent, sandbox, budget, request.call_id, existing, reused=True)
+        slots = self._slots.setdefault(parent.id, asyncio.Semaphore(parent_spec.programs.max_concurrent))
+        async with slots:
+            if existing is None:
+                own = outcome.usage[0] if outcome.usage else Usage()
+                spec = request.spec.model_copy(update={"budget": budget.share(request.spec.budget, own)})
+                self.store.create_run(
+                    id=child_id,
+                    parent_id=parent.id,
+                    root_id=parent.root_id,
+                    agent=spec.name,
+                    spec=spec.model_dump(mode="json"),
+                    spec_hash=spec.content_hash(),
+                    task=REDACTOR(request.task),
+                    repo=str(sandbox.workspace),
+                    run_dir=str(self.store.runs_dir / child_id),
+                    executor_id=self.executor_id,
+                )
+            if light:
+                await self._execute(child_id, view=ReadOnlyView(sandbox), depth=depth + 1)
+            else:
+                await self._run_child_workflow(child_id, depth + 1, existing)
+        return await self._child_ended(parent, sandbox, budget, request.call_id, self.store.get_run(child_id))
+
+    async def _run_child_workflow(self, child_id: str, depth: int, existing: RunRecord | None) -> None:
+        """Queue (or resume) the child's workflow and wait for it to end; if the wait is cancelled by
+        its parent (a limit, a cancel) rather than by this process stopping, the child is cancelled too."""
+        ended = self._ended.setdefault(child_id, asyncio.Event())
+        try:
+            if existing is None:
+                await workflow.enqueue_child(child_id, depth)
+            elif existing.interrupted:  # its process died with its parent's: this process takes it on
+                self.store.update_run(child_id, executor_id=self.executor_id)
+                await workflow.resume(child_id)
+            while not self.store.get_run(child_id).status.finished:
+                with contextlib.suppress(TimeoutError):  # another process may run it: look again each second
+                    async with asyncio.timeout(1.0):
+                        await ended.wait()
+        except BaseException:
+            if not self._stopping and not self.store.get_run(child_id).status.finished:
+                await asyncio.shield(asyncio.to_thread(workflow.request_cancel, self.store.dbos_url(), child_id))
+            raise
+        finally:
+            self._ended.pop(child_id, None)
+
+    async def _child_ended(
+        self,
+        parent: RunRecord,
+        sandbox: Sandbox,
+        budget: BudgetClock,
+        call_id: str,
+        child: RunRecord,
+        *,
+        reused: bool = False,
+    ) -> ChildResult:
+        """What the program gets from an ended child; a writer's patch is merged into the parent's workspace."""
+        result = child.result or {}
+        patch = str(result.get("patch") or "")
+        files = int(result.get("files_changed") or 0)
+        merged: bool | None = None
+        conflict: str | None = None
+        if patch and child.status is RunStatus.SUCCEEDED:
+            async with self._merging.setdefault(parent.id, asyncio.Lock()):
+                report = await apply_patch(sandbox.workspace, patch)
+            merged = report.applies or report.already_applied  # already there: merged before the parent resumed
+            if not merged:
+                conflict = REDACTOR("; ".join(report.problems[:5]) or "git apply failed")
+        spent = Usage.model_validate(result["tree_usage"]) if result.get("tree_usage") else child.usage
+        budget.children.add(spent)
+        self._emit(
+            parent.id,
+            ev.TaskFinished(
+                key=f"task:{call_id}:finished",
+                call_id=call_id,
+                child_id=child.id,
+                status=child.status.value,
+                reused=reused,
+                patch_files=files,
+                merged=merged,
+                conflict=conflict,
+                input_tokens=spent.input_tokens,
+                output_tokens=spent.output_tokens,
+                cost_usd=spent.cost_usd,
+            ),
+        )
+        return ChildResult(
+            run_id=child.id,
+            status=child.status.value,
+            text=result.get("text"),
+            output=result.get("output"),
+            error=child.error,
+            patch_files=files,
+            conflict=conflict,
+        )
 
     async def _conclude(self, record: RunRecord, sandbox: Sandbox | None, outcome: _Outcome) -> None:
         """End a run on every path: keep its patch, remove its sandbox, then record the outcome.
@@ -531,6 +731,9 @@ class Runtime:
                 "notes": outcome.notes,
             }
         )
+        if outcome.children.usage != Usage():  # what the run and its children spent: its parent's share
+            own = outcome.usage[0] if outcome.usage else Usage()
+            result["tree_usage"] = (own + outcome.children.usage).model_dump()
         if record.spec.get("scan_secrets", True):
             try:
                 self._scan_result(record.id, result)
@@ -613,6 +816,9 @@ class Runtime:
             ),
         )
         self.store.journal.flush()
+        ended = self._ended.get(run_id)
+        if ended is not None:  # a parent in this process waits for this child
+            ended.set()
 
 
 async def _remove_start(run_dir: Path) -> None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from dbos import DBOS, DBOSClient, SetWorkflowID
 from dbos._error import DBOSWorkflowCancelledError, DBOSWorkflowConflictIDError  # not re-exported by dbos 3.4
 
-from corral.errors import RuntimeStateError
+from corral.errors import RuntimeStateError, UsageError
 
 T = TypeVar("T")
 
@@ -157,6 +158,7 @@ def destroy() -> None:
         DBOS.destroy(destroy_registry=False)
     finally:
         _EXECUTE = None
+        _QUEUES.clear()
 
 
 async def start(run_id: str) -> None:
@@ -171,6 +173,53 @@ async def resume(run_id: str) -> None:
         await start(run_id)
     else:
         await DBOS.resume_workflow_async(run_id)
+
+
+CHILD_QUEUE = "corral.children.depth-{depth}"
+"""The queue of the children at one depth of their trees: children wait for their own children, so
+one queue per depth keeps a full queue of parents from starving the children they wait for."""
+#: Children with their own workflow (and sandbox) running at once, per depth, over every process of the store.
+CHILD_CONCURRENCY_ENV = "CORRAL_CHILD_CONCURRENCY"
+DEFAULT_CHILD_CONCURRENCY = 16
+_QUEUE_POLL_S = 0.05
+_QUEUES: dict[int, Any] = {}
+
+
+def child_concurrency() -> int:
+    """The global limit of children running at once per depth (``CORRAL_CHILD_CONCURRENCY``, default 16)."""
+    value = os.environ.get(CHILD_CONCURRENCY_ENV, "")
+    try:
+        return max(1, int(value)) if value else DEFAULT_CHILD_CONCURRENCY
+    except ValueError:
+        raise UsageError(f"{CHILD_CONCURRENCY_ENV} must be a whole number, got {value!r}") from None
+
+
+def _queue(depth: int) -> Any:
+    queue = _QUEUES.get(depth)
+    if queue is None:
+        queue = DBOS.register_queue(
+            CHILD_QUEUE.format(depth=depth),
+            global_concurrency=child_concurrency(),
+            polling_interval_sec=_QUEUE_POLL_S,
+            on_conflict="always_update",
+        )
+        _QUEUES[depth] = queue
+    return queue
+
+
+async def enqueue_child(run_id: str, depth: int) -> None:
+    """Queue the workflow of child run ``run_id`` (its id is the workflow id; queueing it again is a no-op).
+
+    The child is a workflow of its own, not a DBOS child workflow of its parent: its parent finds it
+    again by its id (made from the dispatching call's), not by the position of a step in its own
+    history, which concurrent dispatches do not keep from one execution to the next.
+    """
+
+    def enqueue() -> None:  # in a thread that does not carry the parent workflow's context
+        with SetWorkflowID(run_id):
+            _queue(depth).enqueue(_run_workflow, run_id)
+
+    await asyncio.get_running_loop().run_in_executor(None, enqueue)
 
 
 def _decision_topic(approval_id: str) -> str:
