@@ -198,7 +198,8 @@ class ProgramTool:
             inputs=self._inputs,
             limits=limits_of(self._spec),
         )
-        if outcome.error_kind == "type" and self._subagents and "`task`" in (outcome.error or ""):
+        error = outcome.error or ""
+        if outcome.error_kind == "type" and self._subagents and "`task`" in error:
             types = ", ".join(self._subagents)
-            outcome = replace(outcome, error=f"{outcome.error.rstrip()}\n(task(): the subagent types are: {types})")
+            outcome = replace(outcome, error=f"{error.rstrip()}\n(task(): the subagent types are: {types})")
         return outcome
