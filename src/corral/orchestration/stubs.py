@@ -118,7 +118,7 @@ def stubs(
 
 
 def prelude(tools: Iterable[str], *, default_subagent: str | None = None) -> str:
-    """Sandbox code that gives ``tools``, ``log`` and ``ToolError`` their meaning (and ``task``, given its default type)."""
+    """Sandbox code giving ``tools``, ``log``, ``ToolError`` (and ``task``, given its default type) their meaning."""
     methods = [
         f"    async def {name}(self, **kwargs):\n        return await {TOOL_CALL}({name!r}, kwargs)"
         for name in sorted(tools)
