@@ -1,0 +1,123 @@
+"""A fan-out killed mid-way resumes: every child that had ended is not run again (its result comes from the
+store), the children in flight run again or resume, the worker's patch lands once, and the program ends as if
+nothing happened. Killed at several points: early, mid-way, near the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.models.scripted import ScriptedServer, load_script
+from corral.store import RunStatus, Store
+from tests.e2e.cli_helpers import CORRAL, corral
+from tests.orchestration.support import eval_script
+
+pytestmark = pytest.mark.slow
+
+FILES = 12
+PROGRAM = f"""
+files = ["file-" + str(i) + ".py" for i in range({FILES})]
+work = [task("review " + f + " now", agent="reviewer", label=f) for f in files]
+note, reviews = await asyncio.gather(task("add NOTES.md", agent="worker"), asyncio.gather(*work))
+sum(len(r["findings"]) for r in reviews)
+"""
+
+CHILDREN = """
+[[routes]]
+match = "You review code"
+[[routes.turns]]
+delay = 0.4
+output = { findings = [{ file = "f.py", line = 1, severity = "low", description = "a nit" }] }
+
+[[routes]]
+match = "You make one change"
+[[routes.turns]]
+delay = 0.5
+[[routes.turns.tool_calls]]
+name = "write_file"
+args = { path = "NOTES.md", content = "written once\\n" }
+[[routes.turns]]
+text = "wrote NOTES.md"
+"""
+
+
+def children_of_root(home: Path) -> list:  # noqa: ANN001 - RunRecords
+    store = Store.open(home=home)
+    try:
+        roots = [r for r in store.list_runs(limit=None) if r.parent_id is None]
+        return store.children(roots[0].id) if roots else []
+    finally:
+        store.close()
+
+
+def requests_for(server: ScriptedServer, description: str) -> int:
+    """Model requests of the child given ``description`` (the root's requests hold it too, in its program;
+    they are the ones that offer the ``eval`` tool, whose description shows ``asyncio.gather``)."""
+    bodies = [json.dumps(r.body) for r in server.requests]
+    return sum(1 for body in bodies if description in body and "asyncio.gather" not in body)
+
+
+@pytest.mark.parametrize("kill_after", [1, 6, 11], ids=lambda k: f"after-{k}-children")
+def test_sigkill_mid_fan_out_then_resume_runs_no_ended_child_again(
+    tmp_path: Path, repo: Path, kill_after: int
+) -> None:
+    home = tmp_path / "home"
+    script = tmp_path / "script.toml"
+    script.write_text(eval_script(PROGRAM, answer="reviewed") + CHILDREN)
+    with ScriptedServer(load_script(script)) as server:
+        (tmp_path / "corral.toml").write_text(
+            f'[agents.lead]\nmodel = "openai:gpt-5.2"\nbase_url = "{server.openai_base_url}"\n'
+            'tools = ["read_file", "eval"]\n'
+            "retry = { initial_backoff_s = 0.01, max_backoff_s = 0.05 }\n"
+            'sandbox = "bubblewrap"\n'
+            "programs = { max_concurrent = 3 }\n"
+        )
+        proc = subprocess.Popen(
+            [*CORRAL, "run", "lead", "review every file", "--repo", str(repo)],
+            cwd=tmp_path,
+            env={**os.environ, "CORRAL_HOME": str(home)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while sum(c.status is RunStatus.SUCCEEDED for c in children_of_root(home)) < kill_after:
+                assert time.monotonic() < deadline and proc.poll() is None, "the fan-out never got going"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        ended_before = {c.id: c.task for c in children_of_root(home) if c.status.finished}
+        asked_before = {task: requests_for(server, task) for task in ended_before.values()}
+        assert len(ended_before) >= kill_after
+
+        resumed = corral("resume", cwd=tmp_path, home=home, timeout=180)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        for task, asked in asked_before.items():  # an ended child's model was never asked again
+            assert requests_for(server, task) == asked, f"{task!r} ran again"
+
+    store = Store.open(home=home)
+    try:
+        (root,) = [r for r in store.list_runs(limit=None) if r.parent_id is None]
+        assert root.status is RunStatus.SUCCEEDED, root.error
+        children = store.children(root.id)
+        assert len(children) == FILES + 1 and all(c.status is RunStatus.SUCCEEDED for c in children)
+        patch = (root.result or {})["patch"]
+        assert patch.count("+written once") == 1, patch
+        events = store.events(root.id)
+        keys = [e.key for e in events]
+        assert len(keys) == len(set(keys)), "the journal has a duplicate"
+        finished = [e.event.child_id for e in events if e.type == "task.finished"]  # type: ignore[attr-defined]
+        assert sorted(finished) == sorted(c.id for c in children)  # one each, whichever process journaled it
+        (result,) = [e.event for e in events if e.type == "tool.result" and getattr(e.event, "tool", "") == "eval"]
+        assert result.ok and f"value: {FILES}" in result.text, result.text  # type: ignore[attr-defined]
+    finally:
+        store.close()
