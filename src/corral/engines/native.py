@@ -545,6 +545,7 @@ class _ToolCalls:
                     key=f"tool:{n}:policy",
                     call_id=call_id,
                     tool=tool,
+                    kind=kind,
                     verdict=decision.verdict,
                     rule=decision.rule,
                     reason=ctx.redact(decision.reason),
