@@ -47,7 +47,7 @@ text = "wrote NOTES.md"
 """
 
 
-def children_of_root(home: Path) -> list:  # noqa: ANN001 - RunRecords
+def children_of_root(home: Path) -> list:
     store = Store.open(home=home)
     try:
         roots = [r for r in store.list_runs(limit=None) if r.parent_id is None]
@@ -64,9 +64,7 @@ def requests_for(server: ScriptedServer, description: str) -> int:
 
 
 @pytest.mark.parametrize("kill_after", [1, 6, 11], ids=lambda k: f"after-{k}-children")
-def test_sigkill_mid_fan_out_then_resume_runs_no_ended_child_again(
-    tmp_path: Path, repo: Path, kill_after: int
-) -> None:
+def test_sigkill_mid_fan_out_then_resume_runs_no_ended_child_again(tmp_path: Path, repo: Path, kill_after: int) -> None:
     home = tmp_path / "home"
     script = tmp_path / "script.toml"
     script.write_text(eval_script(PROGRAM, answer="reviewed") + CHILDREN)

@@ -4,6 +4,7 @@ workspace; forged types, limits and policy stop a dispatch inside the program.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from corral.events import TaskDispatched, TaskFinished, ToolCalled, ToolReturned
 from corral.models.scripted import ScriptedServer
 from corral.store import RunStatus, Store
+from tests.e2e.cli_helpers import corral
 from tests.e2e.test_runs import events_of, run_once, script, spec_for
 from tests.orchestration.support import eval_script
 
@@ -71,6 +73,20 @@ async def test_reviewers_fan_out_as_light_children_with_typed_results(home: Path
     assert len(finished) == 2 and all(f.status == "succeeded" and not f.reused for f in finished)
     child_events = [e.event.type for e in events_of(home, children[0].id)]
     assert child_events[0] == "run.started" and child_events[-1] == "run.finished"
+    # corral trace: the program under its eval, each child's own tree under the task that dispatched it
+    shown = corral("trace", record.id, cwd=tmp_path, home=home)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    eval_line = next(i for i, line in enumerate(lines) if "eval(" in line)
+    indent = len(lines[eval_line]) - len(lines[eval_line].lstrip())
+    assert any("reviews = await asyncio.gather" in line for line in lines[eval_line:])
+    child_headers = [line for line in lines if line.lstrip().startswith("run ") and "reviewer" in line]
+    assert len(child_headers) == 2
+    assert all(len(h) - len(h.lstrip()) > indent for h in child_headers)
+    data = json.loads(corral("trace", record.id, "--json", cwd=tmp_path, home=home).stdout)
+    assert sorted(c["run"]["id"] for c in data["children"]) == sorted(c.id for c in children)
+    assert {c["dispatched_by"] for c in data["children"]} == {t.call_id for t in tasks}
+    assert data["children"][0]["events"][0]["type"] == "run.started"
 
 
 async def test_a_worker_gets_its_own_sandbox_and_its_patch_merges_into_the_parent(

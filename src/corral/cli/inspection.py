@@ -17,6 +17,7 @@ from corral.errors import UsageError
 
 if TYPE_CHECKING:
     from corral.cli.removal import Removal
+    from corral.cli.views import RunTrace
     from corral.store import RunRecord, Store
 
 RunIdArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
@@ -119,10 +120,22 @@ def trace(
     if follow:
         raise typer.Exit(follow_run(store, record, json_out=json_out))
     events = store.events(record.id)
+    children = child_traces(store, record.id)
     if json_out:
-        write_json(trace_data(record, events))
+        write_json(trace_data(record, events, children))
     else:
-        print_trace(console, record, events)
+        print_trace(console, record, events, children)
+
+
+def child_traces(store: Store, run_id: str) -> dict[str, RunTrace]:
+    """The traces of the runs ``run_id``'s programs dispatched, and of theirs, by child run id."""
+    from corral.cli.views import RunTrace
+
+    return {
+        child.id: RunTrace(child, store.events(child.id), child_traces(store, child.id))
+        for child in store.children(run_id)
+        if child.dispatched_by == run_id
+    }
 
 
 # -- trace --follow ---------------------------------------------------------------------------------

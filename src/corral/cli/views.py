@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,6 +46,8 @@ from corral.events import (
     RunStarted,
     SandboxCreated,
     SecretsDetected,
+    TaskDispatched,
+    TaskFinished,
     ToolCalled,
     ToolReturned,
     Usage,
@@ -731,8 +733,20 @@ def print_show(console: Console, record: RunRecord) -> None:
 # -- corral trace -----------------------------------------------------------------------------------
 
 
-def trace_data(record: RunRecord, events: list[EventRecord]) -> dict[str, Any]:
-    """The JSON form of ``corral trace``: every event, plus the model and tool calls they describe."""
+@dataclass(frozen=True)
+class RunTrace:
+    """A run's journal and the traces of the children its programs dispatched, by child run id."""
+
+    record: RunRecord
+    events: list[EventRecord]
+    children: Mapping[str, RunTrace] = field(default_factory=dict)
+
+
+def trace_data(
+    record: RunRecord, events: list[EventRecord], children: Mapping[str, RunTrace] | None = None
+) -> dict[str, Any]:
+    """The JSON form of ``corral trace``: every event, the model and tool calls they describe, and the
+    children's traces (each with the ``task`` call that dispatched it)."""
     model_calls: dict[int, dict[str, Any]] = {}
     tool_calls: dict[str, dict[str, Any]] = {}
     for e in events:
@@ -762,11 +776,16 @@ def trace_data(record: RunRecord, events: list[EventRecord]) -> dict[str, Any]:
                 )
             case _:
                 pass
+    dispatches = {e.event.child_id: e.event.call_id for e in events if isinstance(e.event, TaskDispatched)}
     return {
         "run": run_summary(record),
         "model_calls": [model_calls[k] for k in sorted(model_calls)],
         "tool_calls": list(tool_calls.values()),
         "events": [e.to_json() for e in events],
+        "children": [
+            {"dispatched_by": dispatches.get(child_id), **trace_data(t.record, t.events, t.children)}
+            for child_id, t in (children or {}).items()
+        ],
     }
 
 
@@ -780,8 +799,32 @@ def run_header(record: RunRecord) -> Text:
     )
 
 
-def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
-    """The journal as a tree: each model call, with the tool calls it made (and their outcome) under it."""
+PROGRAM_LINES_SHOWN = 40
+
+
+def _program_label(program: str) -> Text:
+    lines = program.strip("\n").splitlines()
+    shown = lines[:PROGRAM_LINES_SHOWN]
+    more = (
+        f"\n… {len(lines) - len(shown)} more lines (`corral trace --json` has them)" if len(lines) > len(shown) else ""
+    )
+    return safe("\n".join(shown) + more, "dim")
+
+
+def _task_finished_label(seq: int, finished: TaskFinished) -> Text:
+    merged = {True: ", patch merged", False: ", patch NOT merged", None: ""}[finished.merged]
+    words = f"{finished.status}{merged}{' (from the store)' if finished.reused else ''}"
+    return Text.assemble(
+        _seq(seq, "dim"),
+        (words, "green" if finished.status == "succeeded" and finished.merged is not False else "red"),
+        f" · {fmt_tokens(finished.input_tokens + finished.output_tokens)} tokens · {fmt_cost(finished.cost_usd)}",
+        *([("\n  conflict: ", "red"), safe(finished.conflict)] if finished.conflict else []),
+    )
+
+
+def trace_tree(record: RunRecord, events: list[EventRecord], children: Mapping[str, RunTrace] | None = None) -> Tree:
+    """The journal as a tree: each model call, with the tool calls it made (and their outcome) under it;
+    a program's calls under its ``eval``, and each child run's own tree under the ``task`` that dispatched it."""
     root = Tree(run_header(record))
     turn: Tree | None = None
     tools: dict[str, Tree] = {}
@@ -792,6 +835,16 @@ def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
             case ToolCalled() as call:  # a program's calls go under its eval
                 parent = tools.get(call.parent_call_id or "") or turn or root
                 tools[call.call_id] = parent.add(_tool_label(e.seq, call))
+                if call.tool == "eval" and isinstance(call.args, dict) and isinstance(call.args.get("program"), str):
+                    tools[call.call_id].add(_program_label(call.args["program"]))
+            case TaskDispatched(call_id=call_id, child_id=child_id) if call_id in tools:
+                child = (children or {}).get(child_id)
+                if child is not None:
+                    tools[call_id].children.append(trace_tree(child.record, child.events, child.children))
+                else:
+                    tools[call_id].add(Text.assemble(_seq(e.seq, "dim"), (f"child run {child_id}", "dim")))
+            case TaskFinished(call_id=call_id) as finished if call_id in tools:
+                tools[call_id].add(_task_finished_label(e.seq, finished))
             case ProgramLogged(call_id=call_id, text=text) if call_id in tools:
                 tools[call_id].add(Text.assemble(_seq(e.seq, "dim"), ("log: ", "dim"), _one_line(text)))
             case ToolReturned(call_id=call_id) as result:
@@ -817,14 +870,17 @@ def trace_tree(record: RunRecord, events: list[EventRecord]) -> Tree:
 
 def _tree_lines(tree: Tree, depth: int = 0) -> Iterator[Text]:
     label = tree.label if isinstance(tree.label, Text) else Text(str(tree.label))
-    yield Text.assemble("  " * depth, label)
+    for line in label.split("\n"):  # a program's lines, a conflict report: each indented with its node
+        yield Text.assemble("  " * depth, line)
     for child in tree.children:
         yield from _tree_lines(child, depth + 1)
 
 
-def print_trace(console: Console, record: RunRecord, events: list[EventRecord]) -> None:
+def print_trace(
+    console: Console, record: RunRecord, events: list[EventRecord], children: Mapping[str, RunTrace] | None = None
+) -> None:
     """The trace tree; plain, it is indented lines, each whole."""
-    tree = trace_tree(record, events)
+    tree = trace_tree(record, events, children)
     if plain(console):
         print_lines(console, _tree_lines(tree))
     else:

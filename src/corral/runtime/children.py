@@ -24,7 +24,6 @@ from collections.abc import Mapping
 
 from corral.policy.rules import Capability
 from corral.spec import AgentSpec
-from corral.store import RunRecord
 from corral.tools.base import ToolDef
 
 LIGHT_CAPABILITIES = frozenset({Capability.READS_WORKSPACE})
@@ -34,13 +33,6 @@ def child_run_id(parent_id: str, call_id: str) -> str:
     """The id of the child that call ``call_id`` of run ``parent_id`` dispatches: the same every time."""
     digest = hashlib.sha256(f"{parent_id}\0{call_id}".encode()).digest()[:12]
     return base64.b32encode(digest).decode().lower().rstrip("=")[:20]
-
-
-def dispatched_by(record: RunRecord) -> str | None:
-    """The run whose program dispatched ``record``, or None (a root run, or a follow-up of a run)."""
-    if record.parent_id is None or record.parent_id == record.continues_id:
-        return None
-    return record.parent_id
 
 
 def runs_light(spec: AgentSpec, tools: Mapping[str, ToolDef]) -> bool:

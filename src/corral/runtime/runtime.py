@@ -49,7 +49,7 @@ from corral.policy import rule_of_two
 from corral.policy.budgets import BudgetClock, ChildrenSpend
 from corral.policy.decide import Action, Decision
 from corral.runtime import approvals, recovery, workflow
-from corral.runtime.children import child_run_id, dispatched_by, runs_light
+from corral.runtime.children import child_run_id, runs_light
 from corral.runtime.sandboxing import START_DIRNAME, open_sandbox, patch_conflict, prepare_start
 from corral.sandbox.base import Sandbox, get_backend, mark_run_ended
 from corral.sandbox.patching import apply_patch, check_patch
@@ -303,7 +303,7 @@ class Runtime:
                 )
             if record.id not in {r.id for r in interrupted}:
                 raise UsageError(f"run {record.id} is being executed by {record.executor_id}; it is not interrupted")
-            parent = dispatched_by(record)
+            parent = record.dispatched_by
             if parent is not None:
                 raise UsageError(
                     f"run {record.id} is a subagent of run {parent}: it resumes with it",
@@ -312,7 +312,7 @@ class Runtime:
             candidates = [record]
         else:
             # A dispatched child resumes with its parent, which finds it again by its id.
-            candidates = [r for r in interrupted if dispatched_by(r) is None]
+            candidates = [r for r in interrupted if r.dispatched_by is None]
         for record in candidates:
             self.store.update_run(record.id, executor_id=self.executor_id)
             await workflow.resume(record.id)
@@ -519,7 +519,7 @@ class Runtime:
     def _depth(self, record: RunRecord) -> int:
         """How many dispatches above ``record`` its tree has (a follow-up run is not a dispatch)."""
         depth = 0
-        while dispatched_by(record) is not None:
+        while record.dispatched_by is not None:
             depth += 1
             record = self.store.get_run(record.parent_id or "")
         return depth

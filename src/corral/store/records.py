@@ -60,6 +60,14 @@ class RunRecord(BaseModel):
     """Unfinished, and the process executing it is gone (see ``Store.interrupted_runs``)."""
 
     @property
+    def dispatched_by(self) -> str | None:
+        """The run whose program dispatched this one (``task()``), or None: a root run, or a follow-up
+        (``corral continue``), whose parent is the run it continues."""
+        if self.parent_id is None or self.parent_id == self.continues_id:
+            return None
+        return self.parent_id
+
+    @property
     def display_status(self) -> str:
         """What to show a person: the stored status, or ``interrupted`` when its process is gone."""
         return INTERRUPTED if self.interrupted else self.status.value
