@@ -23,6 +23,7 @@ context as typed constructor arguments, never as attributes patched on later::
     ├── ModelCallError               a model call failed for good (attempts, cause_type)
     ├── BudgetExceededError          a budget limit was reached (limit, value, maximum)
     ├── RunFailedError
+    ├── ProgramFailedError           a script run's program raised, or broke a limit (error_kind)
     ├── RunTimeoutError              waiting for a run gave up (the run itself goes on)
     └── RuntimeStateError            corral's own invariants (a workflow with no Runtime, ...)
 """
@@ -180,6 +181,15 @@ class BudgetExceededError(CorralError):
 
 class RunFailedError(CorralError):
     """A run ended in the failed state."""
+
+
+class ProgramFailedError(CorralError):
+    """The program of a script run (``corral script``) did not end well: a syntax or type error, an
+    exception it raised, or a limit it reached (``error_kind``: syntax, type, runtime, limit)."""
+
+    def __init__(self, message: str, *, error_kind: str) -> None:
+        super().__init__(message, hint="`corral trace RUN` shows each call the program made")
+        self.error_kind = error_kind
 
 
 class RunTimeoutError(CorralError):

@@ -388,7 +388,7 @@ BUILTIN_ROLES: dict[str, dict[str, Any]] = {
 }
 
 #: What a built-in role takes over from the agent that dispatches it.
-_INHERITED = ("model", "base_url", "api_key_env", "engine", "retry", "sandbox", "policy", "scan_secrets", "prices")
+_INHERITED = ("model", "base_url", "api_key_env", "retry", "sandbox", "policy", "scan_secrets", "prices")
 
 
 def builtin_role(role: str, parent: AgentSpec) -> AgentSpec:

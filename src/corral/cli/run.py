@@ -633,6 +633,59 @@ def run(
     run_to_end(open_store(), start, options, title=f"corral · {spec.name}")
 
 
+@app.command("script")
+@option_groups
+def script(
+    program: Annotated[
+        Path, typer.Argument(help="The Python file to run: the language, bridges and limits of a model's programs.")
+    ],
+    repo: Annotated[Path, typer.Option("--repo", "-r", help="Repository to work on (it is never modified).")] = Path(
+        "."
+    ),
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            "--agent",
+            "-a",
+            help="Run as this agent of corral.toml: its tools, subagent types, policy and limits "
+            "(default: an agent with the built-in tools; then --model is needed).",
+        ),
+    ] = None,
+    *,
+    overrides: SpecOverrides,
+    options: RunOptions,
+) -> None:
+    """Run a Python file of orchestration (task(), tools.*) as a run: the same journal, limits and policy."""
+    from corral.spec import DEFAULT_TOOLS, AgentSpec, load_config
+
+    if options.task_file is not None:
+        raise UsageError("--task-file has no meaning for a script: the file is the task")
+    text = read_text_file(program, "FILE")
+    if not text.strip():
+        raise UsageError(f"{clean(program)} is empty")
+    if agent is not None:
+        path = config_path()
+        assert path is not None
+        spec = load_config(path).agent(agent)
+    elif overrides.model is None:
+        raise UsageError(
+            "a script needs a model for the subagents it dispatches",
+            hint="give --model (e.g. --model anthropic:claude-sonnet-4-5), or --agent NAME from corral.toml",
+        )
+    else:
+        spec = AgentSpec(name="script", model=overrides.model, tools=(*DEFAULT_TOOLS, "eval"))
+    spec = overrides.apply(spec)
+    tools = spec.tools if "eval" in spec.tools else (*spec.tools, "eval")
+    spec = spec.with_overrides(engine="script", tools=tools)
+    options.check(repo)
+
+    async def start(runtime: Runtime) -> list[str]:
+        name_interrupted_runs(runtime, options)
+        return [(await runtime.submit(spec, text, repo)).id]
+
+    run_to_end(open_store(), start, options, title=f"corral script · {clean(program.name)}")
+
+
 @app.command("continue")
 @option_groups
 def continue_(

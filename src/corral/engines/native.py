@@ -43,11 +43,11 @@ from pydantic_ai.usage import UsageLimits
 
 from corral import events
 from corral.engines.base import ChildRequest, ChildResult, Conversation, Engine, EngineContext, EngineResult
-from corral.errors import BudgetExceededError, ModelCallError
+from corral.errors import BudgetExceededError, ModelCallError, ProgramFailedError
 from corral.events import Usage
 from corral.models.pricing import price_call
 from corral.models.providers import ModelTarget, api_key_for, build_model, context_window, resolve_target
-from corral.orchestration.interpreter import INTERPRETER
+from corral.orchestration.interpreter import INTERPRETER, Outcome
 from corral.orchestration.programs import EVAL_TOOL, TASK_TOOL, ProgramTool, TaskCall, context_note
 from corral.policy.decide import Action, ActionKind, Decision, decide
 from corral.policy.rules import Capability
@@ -352,28 +352,8 @@ class _ToolCalls:
         """``eval``: a program whose tool calls come back here, each with the eval's call as parent."""
 
         async def run_eval(run_ctx: RunContext[Any], program: str) -> str:
-            n, call_id = self._start(EVAL_TOOL, {"program": program}, run_ctx.tool_call_id, None)
-            decision = await self._gate(n, call_id, EVAL_TOOL, frozenset(), {"program": program})
-            if not decision.allowed:
-                return reply_text(False, _refused(self._ctx, n, call_id, EVAL_TOOL, decision))
-            started = time.time()
-            outcome = await programs.run(program, call_id)
-            scan = SCANNER.scan if self._ctx.spec.scan_secrets else None
-            text, secrets = scan_result(scan, self._ctx.redact(outcome.text()))
-            self._ctx.emit(
-                events.ToolReturned(
-                    key=f"tool:{n}:result",
-                    ts=started,
-                    duration_ms=(time.time() - started) * 1000,
-                    call_id=call_id,
-                    tool=EVAL_TOOL,
-                    ok=outcome.ok,
-                    text=text,
-                    error=None if outcome.ok else _PROGRAM_ERRORS[outcome.error_kind or "runtime"],
-                )
-            )
-            self._secrets(n, call_id, EVAL_TOOL, secrets)
-            return reply_text(outcome.ok, text)
+            ok, text, _ = await self.run_program(programs, program, run_ctx.tool_call_id)
+            return reply_text(ok, text)
 
         return Tool.from_schema(
             run_eval,
@@ -430,6 +410,34 @@ class _ToolCalls:
         )
         self._secrets(n, call_id, tooldef.name, result.get("secrets") or [])
         return result["ok"], result["text"]
+
+    async def run_program(
+        self, programs: ProgramTool, program: str, call_id: str | None
+    ) -> tuple[bool, str, Outcome | None]:
+        """One ``eval``: policy on the program, the program (its calls journaled under it), its result
+        redacted and scanned. Returns (ok, the text the model reads, the outcome; None if refused)."""
+        n, call_id = self._start(EVAL_TOOL, {"program": program}, call_id, None)
+        decision = await self._gate(n, call_id, EVAL_TOOL, frozenset(), {"program": program})
+        if not decision.allowed:
+            return False, _refused(self._ctx, n, call_id, EVAL_TOOL, decision), None
+        started = time.time()
+        outcome = await programs.run(program, call_id)
+        scan = SCANNER.scan if self._ctx.spec.scan_secrets else None
+        text, secrets = scan_result(scan, self._ctx.redact(outcome.text()))
+        self._ctx.emit(
+            events.ToolReturned(
+                key=f"tool:{n}:result",
+                ts=started,
+                duration_ms=(time.time() - started) * 1000,
+                call_id=call_id,
+                tool=EVAL_TOOL,
+                ok=outcome.ok,
+                text=text,
+                error=None if outcome.ok else _PROGRAM_ERRORS[outcome.error_kind or "runtime"],
+            )
+        )
+        self._secrets(n, call_id, EVAL_TOOL, secrets)
+        return outcome.ok, text, outcome
 
     async def task(self, request: TaskCall) -> tuple[bool, Any]:
         """A program's ``task()``: limits, policy (``kind="dispatch"``), then the child run, journaled as a call."""
@@ -570,6 +578,44 @@ _PROGRAM_ERRORS = {
 
 
 _TASK_TEXT_CHARS = 4_000
+
+
+def _program_tool(ctx: EngineContext, calls: _ToolCalls) -> ProgramTool:
+    """What the run's programs may call (its tools, ``task()`` and its subagent types) and their limits."""
+    spec = ctx.spec
+    allowed = spec.programs.tools or tuple(name for name in spec.tools if name not in ENGINE_TOOLS)
+    subagents = {name: sub for name in spec.subagent_types() if (sub := spec.subagent(name)) is not None}
+    return ProgramTool(
+        spec=spec.programs,
+        tools={name: ctx.tools[name] for name in allowed},
+        call_tool=calls.call,
+        emit=ctx.emit,
+        redact=ctx.redact,
+        interpreter=INTERPRETER,
+        context=ctx.context,
+        dispatch=calls.task if ctx.dispatch is not None and ctx.depth < spec.programs.max_depth else None,
+        subagents={name: _about(sub) for name, sub in subagents.items()},
+        typed_subagents=frozenset(name for name, sub in subagents.items() if sub.output_schema),
+    )
+
+
+class ScriptEngine(Engine):
+    """A run whose task is a program a person wrote (``corral script``): no model drives it.
+
+    The program runs exactly as a model's ``eval`` does — the same interpreter, bridges, limits,
+    policy and journal — and its printed output and last value are the run's text. The spec's
+    model is the one its subagents (the built-in roles) use.
+    """
+
+    name: ClassVar[str] = "script"
+
+    async def run(self, ctx: EngineContext) -> EngineResult:
+        calls = _ToolCalls(ctx)
+        ok, text, outcome = await calls.run_program(_program_tool(ctx, calls), ctx.task, "script")
+        if not ok:
+            kind = outcome.error_kind if outcome is not None and outcome.error_kind else "refused"
+            raise ProgramFailedError(f"the script's program failed:\n{text}", error_kind=kind)
+        return EngineResult(text=text, turns=0)
 
 
 def _about(spec: AgentSpec) -> str:
@@ -722,21 +768,7 @@ class NativeEngine(Engine):
         calls = _ToolCalls(ctx)
         tools = [calls.tool(ctx.tools[name]) for name in spec.tools if name not in ENGINE_TOOLS]
         if EVAL_TOOL in spec.tools:
-            allowed = spec.programs.tools or tuple(name for name in spec.tools if name not in ENGINE_TOOLS)
-            subagents = {name: spec.subagent(name) for name in spec.subagent_types()}
-            programs = ProgramTool(
-                spec=spec.programs,
-                tools={name: ctx.tools[name] for name in allowed},
-                call_tool=calls.call,
-                emit=ctx.emit,
-                redact=ctx.redact,
-                interpreter=INTERPRETER,
-                context=ctx.context,
-                dispatch=calls.task if ctx.dispatch is not None and ctx.depth < spec.programs.max_depth else None,
-                subagents={name: _about(sub) for name, sub in subagents.items() if sub is not None},
-                typed_subagents=frozenset(n for n, sub in subagents.items() if sub is not None and sub.output_schema),
-            )
-            tools.append(calls.eval_tool(programs))
+            tools.append(calls.eval_tool(_program_tool(ctx, calls)))
         output_type: Any = str
         if spec.output_schema is not None:
             output_type = StructuredDict(spec.output_schema, name=spec.output_schema.get("title", "result"))
