@@ -615,7 +615,15 @@ class Runtime:
         async with slots:
             if existing is None:
                 own = outcome.usage[0] if outcome.usage else Usage()
-                spec = request.spec.model_copy(update={"budget": budget.share(request.spec.budget, own)})
+                # The tree's limits hold in every subtree: what the child has left to spend, and how
+                # deep it may go (a subagent type's own max_depth cannot take it deeper).
+                depth_limit = min(request.spec.programs.max_depth, parent_spec.programs.max_depth)
+                spec = request.spec.model_copy(
+                    update={
+                        "budget": budget.share(request.spec.budget, own),
+                        "programs": request.spec.programs.model_copy(update={"max_depth": depth_limit}),
+                    }
+                )
                 self.store.create_run(
                     id=child_id,
                     parent_id=parent.id,
