@@ -424,18 +424,8 @@ class _ToolCalls:
         outcome = await programs.run(program, call_id)
         scan = SCANNER.scan if self._ctx.spec.scan_secrets else None
         text, secrets = scan_result(scan, self._ctx.redact(outcome.text()))
-        self._ctx.emit(
-            events.ToolReturned(
-                key=f"tool:{n}:result",
-                ts=started,
-                duration_ms=(time.time() - started) * 1000,
-                call_id=call_id,
-                tool=EVAL_TOOL,
-                ok=outcome.ok,
-                text=text,
-                error=None if outcome.ok else _PROGRAM_ERRORS[outcome.error_kind or "runtime"],
-            )
-        )
+        error = None if outcome.ok else _PROGRAM_ERRORS[outcome.error_kind or "runtime"]
+        self._returned(n, call_id, EVAL_TOOL, ok=outcome.ok, text=text, error=error, ts=started)
         self._secrets(n, call_id, EVAL_TOOL, secrets)
         return outcome.ok, text, outcome
 
@@ -459,9 +449,8 @@ class _ToolCalls:
                 problem = f"task(): {err}"
         if problem is not None or spec is None:
             text = ctx.redact(problem or "")
-            self._returned(
-                n, call_id, ok=False, text=text, error="LimitExceeded" if text.startswith("limit:") else "TaskError"
-            )
+            error = "LimitExceeded" if text.startswith("limit:") else "TaskError"
+            self._returned(n, call_id, TASK_TOOL, ok=False, text=text, error=error)
             return False, text
         capabilities = frozenset(
             cap for tool in spec.tools if tool in ctx.tools for cap in ctx.tools[tool].capabilities
@@ -473,7 +462,8 @@ class _ToolCalls:
         started = time.time()
         result = await ctx.dispatch(ChildRequest(call_id, spec, request.description, request.label))
         text = _task_text(result, request.agent)
-        self._returned(n, call_id, ok=result.ok, text=text, error=None if result.ok else "TaskError", ts=started)
+        error = None if result.ok else "TaskError"
+        self._returned(n, call_id, TASK_TOOL, ok=result.ok, text=text, error=error, ts=started)
         if not result.ok:
             return False, text
         return True, result.output if result.output is not None else (result.text or "")
@@ -498,8 +488,9 @@ class _ToolCalls:
         return None
 
     def _returned(
-        self, n: int, call_id: str, *, ok: bool, text: str, error: str | None, ts: float | None = None
+        self, n: int, call_id: str, tool: str, *, ok: bool, text: str, error: str | None, ts: float | None = None
     ) -> None:
+        """The ``tool.result`` event of an engine tool (``eval``, ``task``) that started at ``ts``."""
         started = time.time() if ts is None else ts
         self._ctx.emit(
             events.ToolReturned(
@@ -507,7 +498,7 @@ class _ToolCalls:
                 ts=started,
                 duration_ms=(time.time() - started) * 1000,
                 call_id=call_id,
-                tool=TASK_TOOL,
+                tool=tool,
                 ok=ok,
                 text=text,
                 error=error,
