@@ -288,4 +288,4 @@ def test_an_unknown_engine_is_an_error_naming_the_installed_ones(tmp_path: Path)
     path.write_text('[agents.a]\nmodel = "openai:gpt-5"\nengine = "claude-code"\n')
     with pytest.raises(SpecError) as caught:
         load_config(path)
-    assert "field 'engine': unknown engine 'claude-code' (installed: native)" in str(caught.value)
+    assert "field 'engine': unknown engine 'claude-code' (installed: native, script)" in str(caught.value)

@@ -60,8 +60,10 @@ def footprint(tmp: Path, run_dirs: list[Path]) -> dict[str, list[str]]:
     return found
 
 
-def wait_gone(token: str) -> list[int]:
-    for _ in range(100):
+def wait_gone(token: str, within_s: float = 15.0) -> list[int]:
+    """The processes still carrying ``token`` once they are gone, or after ``within_s`` (a loaded machine
+    takes seconds to reap a killed tree)."""
+    for _ in range(int(within_s / 0.05)):
         if not processes_with(token):
             break
         time.sleep(0.05)
