@@ -173,6 +173,13 @@ def run_corral(args: argparse.Namespace) -> dict[str, Any]:
     if done.returncode != 0:
         raise SystemExit(f"the corral fan-out exited {done.returncode} (its stderr is above)")
     child = json.loads(done.stdout)
+    wrong = [
+        run
+        for run in child["runs"]
+        if run["results_ok"] != args.dispatches or run["children_stored"] != args.dispatches
+    ]
+    if wrong:
+        raise SystemExit(f"the corral fan-out gave wrong results: {wrong[0]}")
     best = min(child["runs"], key=lambda run: run["eval_s"])
     return {**child, "ms_per_dispatch": best["ms_per_dispatch"], "eval_s": best["eval_s"], "durable": True}
 
@@ -218,7 +225,9 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     out = sys.stderr
-    print(f"fan-out: N={result['dispatches']} C={result['concurrency']} warm-up={result['warmup_dispatches']}", file=out)
+    print(
+        f"fan-out: N={result['dispatches']} C={result['concurrency']} warm-up={result['warmup_dispatches']}", file=out
+    )
     print(f"{'':24} {'ms/dispatch':>12} {'wall s':>8} {'peak RSS MB':>12} {'ok':>10} durable", file=out)
     rows = [("corral (light children)", result["corral"])]
     if result["peer"] is not None:

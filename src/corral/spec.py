@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -547,8 +548,10 @@ def unknown_tools(names: tuple[str, ...], extra: tuple[str, ...] = ()) -> list[s
     return [t for t in names if t not in BUILTIN_TOOL_NAMES and t not in ENGINE_TOOLS and t not in extra]
 
 
+@functools.cache
 def installed_engines() -> tuple[str, ...]:
-    """Names in the ``corral.engines`` entry point group (read from package metadata, nothing imported)."""
+    """Names in the ``corral.engines`` entry point group (read from package metadata once per process,
+    nothing imported: reading it costs milliseconds, and every spec validation asks)."""
     from importlib.metadata import entry_points
 
     return tuple(sorted({ep.name for ep in entry_points(group=ENGINE_ENTRY_POINTS)}))

@@ -36,7 +36,6 @@ from corral.engines.base import (
 from corral.errors import (
     BudgetExceededError,
     CorralError,
-    RunNotFoundError,
     RunTimeoutError,
     SandboxError,
     SpecError,
@@ -59,6 +58,7 @@ from corral.secrets.redact import REDACTOR
 from corral.secrets.scanner import SCANNER
 from corral.spec import AgentSpec, unknown_tools
 from corral.store import RunRecord, RunStatus, Store
+from corral.store.db import usage_columns
 from corral.store.records import ApprovalRecord
 from corral.tools.base import ToolDef
 from corral.tools.builtin import BUILTIN_TOOLS
@@ -123,6 +123,7 @@ class Runtime:
         self._ended: dict[str, asyncio.Event] = {}  # runs someone here waits for (children), set as they end
         self._slots: dict[str, asyncio.Semaphore] = {}  # per parent run: its children running at once
         self._merging: dict[str, asyncio.Lock] = {}  # per parent run: one child's patch merged at a time
+        self._ended_here: dict[str, RunRecord] = {}  # light children as they ended, for their parent to read
         store.journal.set_redactor(REDACTOR.data)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -428,22 +429,32 @@ class Runtime:
             except Exception:
                 log.exception("event listener failed")
 
-    async def _execute(self, run_id: str, *, view: Sandbox | None = None, depth: int | None = None) -> dict[str, Any]:
+    async def _execute(
+        self,
+        run_id: str,
+        *,
+        view: Sandbox | None = None,
+        depth: int | None = None,
+        record: RunRecord | None = None,
+        fresh: bool = False,
+    ) -> dict[str, Any]:
         """Execute a run to its end: its workflow's body, or (``view`` given) a light child inside its parent.
 
         A light child reads its parent's workspace through ``view``: no sandbox of its own, and its
         model and tool calls are plain calls (the parent finds its result in the store if the process
         dies after it ended, and runs it again if before).
         """
-        record = self.store.get_run(run_id)
+        if record is None:
+            record = self.store.get_run(run_id)
         if record.status.finished:
             return {"status": record.status.value}
         if depth is None:
             depth = self._depth(record)
         spec = AgentSpec.model_validate(record.spec)
-        resumed = record.started_at is not None
+        resumed = record.started_at is not None and not fresh
         started_at = record.started_at or time.time()
-        self.store.update_run(run_id, status=RunStatus.RUNNING, started_at=started_at, executor_id=self.executor_id)
+        if not fresh:  # a fresh light child's row was made running, by this executor
+            self.store.update_run(run_id, status=RunStatus.RUNNING, started_at=started_at, executor_id=self.executor_id)
         self._emit(
             run_id,
             ev.RunStarted(
@@ -463,7 +474,7 @@ class Runtime:
             self._emit(run_id, ev.RuleOfTwoHeld(key="rule_of_two", verdict=check.verdict, ungated=list(check.ungated)))
         if resumed:
             self._emit(run_id, ev.RunResumed(key=f"run.resumed:{self.executor_id}", executor_id=self.executor_id))
-        decided = _read_outcome(Path(record.run_dir))
+        decided = None if view is not None else _read_outcome(Path(record.run_dir))
         if decided is not None:  # the run had ended when its process died: only the record is missing
             self._finish(record.id, *decided)
             return {"status": decided[0].status.value}
@@ -483,7 +494,9 @@ class Runtime:
                     notes=outcome.notes,
                 )
             steps: Steps = workflow.DbosSteps() if view is None else LocalSteps(run_id)
-            result = await self._run_engine(record, spec, sandbox, budget, outcome, steps=steps, depth=depth)
+            result = await self._run_engine(
+                record, spec, sandbox, budget, outcome, steps=steps, depth=depth, resumed=resumed
+            )
             outcome.status, outcome.text, outcome.output = RunStatus.SUCCEEDED, result.text, result.output
         except BudgetExceededError as err:
             self._emit(
@@ -534,9 +547,10 @@ class Runtime:
         *,
         steps: Steps,
         depth: int,
+        resumed: bool,
     ) -> EngineResult:
         engine = self._engine(spec.engine)
-        written_at = 0.0
+        written_at = 0.0 if record.dispatched_by is None else time.monotonic()  # a child's: when it ends
 
         def on_usage(usage: Usage, turns: int) -> None:
             nonlocal written_at
@@ -559,10 +573,11 @@ class Runtime:
             on_usage=on_usage,
             history=self._conversation_before(record.continues_id),
             ask=functools.partial(self._ask, spec),
-            context=_read_context(record),
+            context=None if isinstance(sandbox, ReadOnlyView) else _read_context(record),
             depth=depth,
         )
-        ctx.dispatch = functools.partial(self._dispatch, record, spec, sandbox, budget, depth, outcome)
+        # A run that never ran before has no children yet: its dispatches need not look for them.
+        ctx.dispatch = functools.partial(self._dispatch, record, spec, sandbox, budget, depth, outcome, resumed)
         remaining = budget.remaining_s()
         if remaining is None:
             return await engine.run(ctx)
@@ -585,6 +600,7 @@ class Runtime:
         budget: BudgetClock,
         depth: int,
         outcome: _Outcome,
+        resumed: bool,
         request: ChildRequest,
     ) -> ChildResult:
         """Run the child ``request`` asks for to its end (see ``runtime/children.py``), or find it ended.
@@ -605,15 +621,16 @@ class Runtime:
                 mode="light" if light else "workflow",
             ),
         )
-        try:
-            existing: RunRecord | None = self.store.get_run(child_id)
-        except RunNotFoundError:
-            existing = None
+        # Only a resumed run can find a child it started before (a new run's dispatches skip the look).
+        existing = self.store.find_run(child_id) if resumed else None
         if existing is not None and existing.status.finished:
             return await self._child_ended(parent, sandbox, budget, request.call_id, existing, reused=True)
+        if existing is not None:  # started before this run resumed: is its process gone?
+            existing = self.store.get_run(child_id)
         slots = self._slots.setdefault(parent.id, asyncio.Semaphore(parent_spec.programs.max_concurrent))
         async with slots:
-            if existing is None:
+            record = existing
+            if record is None:
                 own = outcome.usage[0] if outcome.usage else Usage()
                 # The tree's limits hold in every subtree: what the child has left to spend, and how
                 # deep it may go (a subagent type's own max_depth cannot take it deeper).
@@ -624,7 +641,9 @@ class Runtime:
                         "programs": request.spec.programs.model_copy(update={"max_depth": depth_limit}),
                     }
                 )
-                self.store.create_run(
+                fresh = {"status": RunStatus.RUNNING.value, "started_at": time.time()} if light else {}
+                record = self.store.create_run(
+                    **fresh,
                     id=child_id,
                     parent_id=parent.id,
                     root_id=parent.root_id,
@@ -637,10 +656,13 @@ class Runtime:
                     executor_id=self.executor_id,
                 )
             if light:
-                await self._execute(child_id, view=ReadOnlyView(sandbox), depth=depth + 1)
+                view = ReadOnlyView(sandbox)
+                await self._execute(child_id, view=view, depth=depth + 1, record=record, fresh=existing is None)
             else:
                 await self._run_child_workflow(child_id, depth + 1, existing)
-        return await self._child_ended(parent, sandbox, budget, request.call_id, self.store.get_run(child_id))
+        ended = self._ended_here.pop(child_id, None) or self.store.find_run(child_id)
+        assert ended is not None  # made above, and runs are only removed by `corral rm` of a whole tree
+        return await self._child_ended(parent, sandbox, budget, request.call_id, ended)
 
     async def _run_child_workflow(self, child_id: str, depth: int, existing: RunRecord | None) -> None:
         """Queue (or resume) the child's workflow and wait for it to end; if the wait is cancelled by
@@ -754,12 +776,17 @@ class Runtime:
                     "and the patch is unscanned"
                 )
         run_dir = Path(record.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - small local writes
-        (run_dir / PATCH_FILE).write_text(patch)
-        _write_outcome(run_dir, outcome, result)
-        # From here the run can never resume: if this process dies before destroy() completes, the
-        # sweep removes what is left, and a replay finishes the run from its outcome file.
-        mark_run_ended(run_dir)
+        if isinstance(sandbox, ReadOnlyView):
+            # A light child owns no sandbox and leaves no files: its row is its record, and if the process
+            # dies before the row is written its parent runs it again.
+            sandbox = None
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - small local writes
+            (run_dir / PATCH_FILE).write_text(patch)
+            _write_outcome(run_dir, outcome, result)
+            # From here the run can never resume: if this process dies before destroy() completes, the
+            # sweep removes what is left, and a replay finishes the run from its outcome file.
+            mark_run_ended(run_dir)
         if sandbox is not None:
             try:
                 await sandbox.destroy()
@@ -768,7 +795,7 @@ class Runtime:
                 result["notes"].append("the sandbox could not be removed; `corral sandbox prune` retries")
             else:
                 await _remove_start(run_dir)
-        self._finish(record.id, outcome, result)
+        self._finish(record.id, outcome, result, record=record)
 
     def _scan_result(self, run_id: str, result: dict[str, Any]) -> None:
         """Secrets nobody registered: replaced in the final text and typed output, flagged in the patch.
@@ -791,21 +818,28 @@ class Runtime:
         if patch_secrets:
             self._emit(run_id, ev.SecretsDetected(key="secrets:patch", where="patch", findings=patch_secrets))
 
-    def _finish(self, run_id: str, outcome: _Outcome, result: dict[str, Any]) -> None:
-        """Record how the run ended: its row (status, result, usage) and the closing ``run.finished`` event."""
-        record = self.store.get_run(run_id)
-        if record.status.finished:
-            return
+    def _finish(
+        self, run_id: str, outcome: _Outcome, result: dict[str, Any], *, record: RunRecord | None = None
+    ) -> None:
+        """Record how the run ended: its row (status, result, usage) and the closing ``run.finished`` event.
+
+        ``record`` is the run as its execution here read it (unfinished: this executor owns it); without
+        it the row is read again, and a run recorded finished meanwhile is left as it is.
+        """
+        if record is None:
+            record = self.store.find_run(run_id)
+            if record is None or record.status.finished:
+                return
+        finished_at = time.time()
         usage, turns = outcome.usage or (record.usage, record.turns)
-        if outcome.usage is not None:
-            self.store.set_usage(run_id, usage, turns)
-        self.store.update_run(
+        self.store.update_run(  # one write: the outcome, and the usage it ended with
             run_id,
             status=outcome.status,
             result=result,
             error=outcome.error,
             error_type=outcome.error_type,
-            finished_at=time.time(),
+            finished_at=finished_at,
+            **usage_columns(usage, turns),
         )
         self._emit(
             run_id,
@@ -823,7 +857,22 @@ class Runtime:
                 cost_usd=usage.cost_usd,
             ),
         )
-        self.store.journal.flush()
+        if (
+            record.dispatched_by is None
+        ):  # a root's journal is whole once it is seen finished (a child's: with its root's)
+            self.store.journal.flush()
+        else:
+            self._ended_here[run_id] = record.model_copy(
+                update={
+                    "status": outcome.status,
+                    "result": result,
+                    "error": outcome.error,
+                    "error_type": outcome.error_type,
+                    "finished_at": finished_at,
+                    "usage": usage,
+                    "turns": turns,
+                }
+            )
         ended = self._ended.get(run_id)
         if ended is not None:  # a parent in this process waits for this child
             ended.set()

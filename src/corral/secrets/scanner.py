@@ -135,6 +135,8 @@ class SecretScanner:
     def scan_patch(self, patch: str) -> tuple[Finding, ...]:
         """Secrets on the lines a patch adds, by file and new line number; the patch itself is not changed."""
         added = _added_lines(patch)
+        if not added:  # most runs' patches: nothing to scan, and no detector settings to swap in
+            return ()
         findings: list[Finding] = []
         prefilter = self._ready()
         with self._lock, _settings():

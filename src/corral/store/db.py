@@ -134,6 +134,20 @@ def _row_to_record(row: RunRow, live_executors: set[str]) -> RunRecord:
     )
 
 
+def usage_columns(usage: Usage, turns: int) -> dict[str, Any]:
+    """A run's usage as the columns of its row (for ``update_run``)."""
+    return {
+        "turns": turns,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cost_usd": usage.cost_usd,
+        "unpriced_calls": usage.unpriced_calls,
+    }
+
+
 class Store:
     """Runs, events and executors in one SQL database (SQLite by default, Postgres by URL)."""
 
@@ -253,10 +267,16 @@ class Store:
     # -- runs -------------------------------------------------------------------------------------
 
     def create_run(self, **fields: Any) -> RunRecord:
-        row = RunRow(status=RunStatus.QUEUED.value, created_at=time.time(), **fields)
-        with Session(self.engine) as session, session.begin():
+        row = RunRow(**{"status": RunStatus.QUEUED.value, "created_at": time.time(), **fields})
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
             session.add(row)
-        return self.get_run(fields["id"])
+        return _row_to_record(row, {row.executor_id} if row.executor_id else set())
+
+    def find_run(self, run_id: str) -> RunRecord | None:
+        """The run with exactly this id, or None; ``interrupted`` is not worked out (it is always False)."""
+        with Session(self.engine) as session:
+            row = session.get(RunRow, run_id)
+            return None if row is None else _row_to_record(row, {row.executor_id or ""})
 
     def get_run(self, run_id: str) -> RunRecord:
         """A run by id or by a unique id prefix."""
@@ -343,17 +363,7 @@ class Store:
             conn.execute(update(RunRow).where(RunRow.id == run_id).values(**fields))
 
     def set_usage(self, run_id: str, usage: Usage, turns: int) -> None:
-        self.update_run(
-            run_id,
-            turns=turns,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            cost_usd=usage.cost_usd,
-            unpriced_calls=usage.unpriced_calls,
-        )
+        self.update_run(run_id, **usage_columns(usage, turns))
 
     # -- removing runs ----------------------------------------------------------------------------
 
