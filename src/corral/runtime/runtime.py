@@ -13,7 +13,7 @@ import secrets as _random
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,8 @@ _CANCEL_WAIT_S = 30.0
 # A run's usage is written to its row at most this often while it runs (for `corral runs`), and
 # always when it ends; the journal's model.response events hold every call's usage anyway.
 _USAGE_WRITE_EVERY_S = 1.0
+#: How often a workflow waiting on light children looks for a cancel (DBOS cannot deliver one to them).
+CANCEL_WATCH_S = 1.0
 
 Listener = Callable[[str, ev.BaseEvent], None]
 
@@ -124,6 +126,8 @@ class Runtime:
         self._slots: dict[str, asyncio.Semaphore] = {}  # per parent run: its children running at once
         self._merging: dict[str, asyncio.Lock] = {}  # per parent run: one child's patch merged at a time
         self._ended_here: dict[str, RunRecord] = {}  # light children as they ended, for their parent to read
+        self._workflow_tasks: dict[str, asyncio.Task[Any]] = {}  # run workflows executing here, by id
+        self._watchers: dict[str, tuple[asyncio.Task[None], int]] = {}  # per workflow: cancel watcher, users
         store.journal.set_redactor(REDACTOR.data)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -354,10 +358,23 @@ class Runtime:
         approvals.withdraw(self.store, record.id)  # a run waiting on a person wakes up to its cancel
         if record.id in {r.id for r in self.interrupted_runs()}:
             await self._end_abandoned(record, sandbox_state)
+            await self._end_abandoned_children(record.id)
             return self.store.get_run(record.id)
         with contextlib.suppress(RunTimeoutError):
             return await self.wait(record.id, timeout_s=wait_s)
         return self.store.get_run(record.id)
+
+    async def _end_abandoned_children(self, run_id: str) -> None:
+        """The unfinished runs dispatched under a cancelled run whose process is gone end cancelled too
+        (a live process cancels its children itself, as their parent's program stops)."""
+        for child in self.store.run_trees([run_id])[1:]:
+            if child.status.finished or not child.interrupted:
+                continue
+            state = None
+            if not runs_light(AgentSpec.model_validate(child.spec), self.tools):  # it has a workflow
+                state = workflow.request_cancel(self.store.dbos_url(), child.id)
+            approvals.withdraw(self.store, child.id)
+            await self._end_abandoned(child, state)
 
     async def _end_abandoned(self, record: RunRecord, sandbox_state: dict[str, Any] | None) -> None:
         """Finish a cancelled run whose executor is gone: keep its patch, remove its sandbox."""
@@ -437,6 +454,7 @@ class Runtime:
         depth: int | None = None,
         record: RunRecord | None = None,
         fresh: bool = False,
+        workflow_id: str | None = None,
     ) -> dict[str, Any]:
         """Execute a run to its end: its workflow's body, or (``view`` given) a light child inside its parent.
 
@@ -444,6 +462,29 @@ class Runtime:
         model and tool calls are plain calls (the parent finds its result in the store if the process
         dies after it ended, and runs it again if before).
         """
+        if view is None:  # this is the run's own workflow: its task, for a cancel DBOS cannot deliver
+            workflow_id = run_id
+            task = asyncio.current_task()
+            if task is not None:
+                self._workflow_tasks[run_id] = task
+        try:
+            return await self._execute_run(
+                run_id, view=view, depth=depth, record=record, fresh=fresh, workflow_id=workflow_id or run_id
+            )
+        finally:
+            if view is None:
+                self._workflow_tasks.pop(run_id, None)
+
+    async def _execute_run(
+        self,
+        run_id: str,
+        *,
+        view: Sandbox | None,
+        depth: int | None,
+        record: RunRecord | None,
+        fresh: bool,
+        workflow_id: str,
+    ) -> dict[str, Any]:
         if record is None:
             record = self.store.get_run(run_id)
         if record.status.finished:
@@ -495,7 +536,15 @@ class Runtime:
                 )
             steps: Steps = workflow.DbosSteps() if view is None else LocalSteps(run_id)
             result = await self._run_engine(
-                record, spec, sandbox, budget, outcome, steps=steps, depth=depth, resumed=resumed
+                record,
+                spec,
+                sandbox,
+                budget,
+                outcome,
+                steps=steps,
+                depth=depth,
+                resumed=resumed,
+                workflow_id=workflow_id,
             )
             outcome.status, outcome.text, outcome.output = RunStatus.SUCCEEDED, result.text, result.output
         except BudgetExceededError as err:
@@ -548,6 +597,7 @@ class Runtime:
         steps: Steps,
         depth: int,
         resumed: bool,
+        workflow_id: str,
     ) -> EngineResult:
         engine = self._engine(spec.engine)
         written_at = 0.0 if record.dispatched_by is None else time.monotonic()  # a child's: when it ends
@@ -577,7 +627,9 @@ class Runtime:
             depth=depth,
         )
         # A run that never ran before has no children yet: its dispatches need not look for them.
-        ctx.dispatch = functools.partial(self._dispatch, record, spec, sandbox, budget, depth, outcome, resumed)
+        ctx.dispatch = functools.partial(
+            self._dispatch, record, spec, sandbox, budget, depth, outcome, resumed, workflow_id
+        )
         remaining = budget.remaining_s()
         if remaining is None:
             return await engine.run(ctx)
@@ -601,6 +653,7 @@ class Runtime:
         depth: int,
         outcome: _Outcome,
         resumed: bool,
+        workflow_id: str,
         request: ChildRequest,
     ) -> ChildResult:
         """Run the child ``request`` asks for to its end (see ``runtime/children.py``), or find it ended.
@@ -657,12 +710,56 @@ class Runtime:
                 )
             if light:
                 view = ReadOnlyView(sandbox)
-                await self._execute(child_id, view=view, depth=depth + 1, record=record, fresh=existing is None)
+                async with self._watching(workflow_id):
+                    await self._execute(
+                        child_id,
+                        view=view,
+                        depth=depth + 1,
+                        record=record,
+                        fresh=existing is None,
+                        workflow_id=workflow_id,
+                    )
             else:
                 await self._run_child_workflow(child_id, depth + 1, existing)
         ended = self._ended_here.pop(child_id, None) or self.store.find_run(child_id)
         assert ended is not None  # made above, and runs are only removed by `corral rm` of a whole tree
         return await self._child_ended(parent, sandbox, budget, request.call_id, ended)
+
+    @contextlib.asynccontextmanager
+    async def _watching(self, workflow_id: str) -> AsyncIterator[None]:
+        """While light children run, watch their workflow for a cancel.
+
+        DBOS delivers a cancel at a step boundary or by preempting the step in flight; a workflow that
+        only waits on light children (which take no steps) would not hear of it until they all end. One
+        watcher per workflow reads its status each second and cancels its task.
+        """
+        watcher, users = self._watchers.get(workflow_id, (None, 0))
+        if watcher is None:
+            watcher = asyncio.create_task(self._watch_for_cancel(workflow_id))
+        self._watchers[workflow_id] = (watcher, users + 1)
+        try:
+            yield
+        finally:
+            watcher, users = self._watchers[workflow_id]
+            if users == 1:
+                del self._watchers[workflow_id]
+                watcher.cancel()
+            else:
+                self._watchers[workflow_id] = (watcher, users - 1)
+
+    async def _watch_for_cancel(self, workflow_id: str) -> None:
+        while True:
+            await asyncio.sleep(CANCEL_WATCH_S)
+            try:
+                found = await workflow.status(self.store.dbos_url(), workflow_id)
+            except Exception:  # a failed read is not a cancel; the next one may answer
+                log.debug("reading the status of workflow %s failed", workflow_id, exc_info=True)
+                continue
+            if found == "CANCELLED":
+                task = self._workflow_tasks.get(workflow_id)
+                if task is not None:
+                    task.cancel()
+                return
 
     async def _run_child_workflow(self, child_id: str, depth: int, existing: RunRecord | None) -> None:
         """Queue (or resume) the child's workflow and wait for it to end; if the wait is cancelled by

@@ -98,8 +98,10 @@ async def was_cancelled(system_database_url: str, run_id: str, exc: BaseExceptio
     """
     if _contains(exc, DBOSWorkflowCancelledError):
         return True
-    if _contains(exc, DBOSWorkflowConflictIDError):
-        return await _status_outside(system_database_url, run_id) == "CANCELLED"
+    if _contains(exc, DBOSWorkflowConflictIDError) or _contains(exc, asyncio.CancelledError):
+        # A plain asyncio cancel is this process stopping, or corral's own watcher acting on a cancel
+        # DBOS could not deliver (see ``cancelled``): the workflow's status tells which.
+        return await status(system_database_url, run_id) == "CANCELLED"
     return False
 
 
@@ -110,7 +112,7 @@ def _contains(exc: BaseException, kind: type[BaseException]) -> bool:
     return isinstance(exc, kind)
 
 
-async def _status_outside(system_database_url: str, run_id: str) -> str | None:
+async def status(system_database_url: str, run_id: str) -> str | None:
     """The workflow's status read with a client: inside a workflow, DBOS would make the read a step."""
 
     def read() -> str | None:
