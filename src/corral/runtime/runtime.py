@@ -128,6 +128,7 @@ class Runtime:
         self._ended_here: dict[str, RunRecord] = {}  # light children as they ended, for their parent to read
         self._workflow_tasks: dict[str, asyncio.Task[Any]] = {}  # run workflows executing here, by id
         self._watchers: dict[str, tuple[asyncio.Task[None], int]] = {}  # per workflow: cancel watcher, users
+        self._cancelled_here: set[str] = set()  # workflows whose cancel a watcher delivered
         store.journal.set_redactor(REDACTOR.data)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -474,6 +475,7 @@ class Runtime:
         finally:
             if view is None:
                 self._workflow_tasks.pop(run_id, None)
+                self._cancelled_here.discard(run_id)
 
     async def _execute_run(
         self,
@@ -560,9 +562,10 @@ class Runtime:
         except BaseException as exc:
             # A light child is cancelled with its parent's program (a limit, a cancel); it is only
             # interrupted when the whole process stops, and then runs again when its parent resumes.
-            cancelled = (view is not None and not self._stopping) or await workflow.was_cancelled(
-                self.store.dbos_url(), run_id, exc
-            )
+            if view is not None or run_id in self._cancelled_here:
+                cancelled = not self._stopping
+            else:
+                cancelled = await workflow.was_cancelled(self.store.dbos_url(), run_id, exc)
             if not cancelled:
                 # The process is going away (Ctrl-C, shutdown): the run is interrupted, not ended.
                 # Its sandbox's files stay for `corral resume`; its processes, mounts and cgroups go now.
@@ -758,6 +761,7 @@ class Runtime:
             if found == "CANCELLED":
                 task = self._workflow_tasks.get(workflow_id)
                 if task is not None:
+                    self._cancelled_here.add(workflow_id)  # its task's CancelledError is this cancel
                     task.cancel()
                 return
 

@@ -98,9 +98,7 @@ async def was_cancelled(system_database_url: str, run_id: str, exc: BaseExceptio
     """
     if _contains(exc, DBOSWorkflowCancelledError):
         return True
-    if _contains(exc, DBOSWorkflowConflictIDError) or _contains(exc, asyncio.CancelledError):
-        # A plain asyncio cancel is this process stopping, or corral's own watcher acting on a cancel
-        # DBOS could not deliver (see ``cancelled``): the workflow's status tells which.
+    if _contains(exc, DBOSWorkflowConflictIDError):
         return await status(system_database_url, run_id) == "CANCELLED"
     return False
 
