@@ -9,7 +9,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import ErrorDetails
@@ -144,6 +144,10 @@ class ProgramsSpec(_Strict):
     depth cannot dispatch."""
     max_concurrent: Annotated[int, Field(ge=1, le=1024)] = 16
     """Children of one run running at the same time; more wait for a slot."""
+    persistence: Literal["call", "turn", "thread"] = "call"
+    """What a program sees of the programs before it: nothing (``call``: a fresh interpreter each time),
+    the globals of the programs of the same model turn (``turn``), or of every program of the run
+    (``thread``: variables and functions live on, like a notebook)."""
     schema_retries: Annotated[int, Field(ge=0, le=10)] = 2
     """How many times a child whose answer does not match its schema is told why and asked again."""
 

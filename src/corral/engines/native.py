@@ -352,7 +352,7 @@ class _ToolCalls:
         """``eval``: a program whose tool calls come back here, each with the eval's call as parent."""
 
         async def run_eval(run_ctx: RunContext[Any], program: str) -> str:
-            ok, text, _ = await self.run_program(programs, program, run_ctx.tool_call_id)
+            ok, text, _ = await self.run_program(programs, program, run_ctx.tool_call_id, run_ctx.run_step)
             return reply_text(ok, text)
 
         return Tool.from_schema(
@@ -412,7 +412,7 @@ class _ToolCalls:
         return result["ok"], result["text"]
 
     async def run_program(
-        self, programs: ProgramTool, program: str, call_id: str | None
+        self, programs: ProgramTool, program: str, call_id: str | None, turn: int | None = None
     ) -> tuple[bool, str, Outcome | None]:
         """One ``eval``: policy on the program, the program (its calls journaled under it), its result
         redacted and scanned. Returns (ok, the text the model reads, the outcome; None if refused)."""
@@ -421,7 +421,7 @@ class _ToolCalls:
         if not decision.allowed:
             return False, _refused(self._ctx, n, call_id, EVAL_TOOL, decision), None
         started = time.time()
-        outcome = await programs.run(program, call_id)
+        outcome = await programs.run(program, call_id, turn)
         scan = SCANNER.scan if self._ctx.spec.scan_secrets else None
         text, secrets = scan_result(scan, self._ctx.redact(outcome.text()))
         error = None if outcome.ok else _PROGRAM_ERRORS[outcome.error_kind or "runtime"]
@@ -758,8 +758,25 @@ class NativeEngine(Engine):
         window = spec.context.window_tokens or context_window(target) or DEFAULT_WINDOW_TOKENS
         calls = _ToolCalls(ctx)
         tools = [calls.tool(ctx.tools[name]) for name in spec.tools if name not in ENGINE_TOOLS]
-        if EVAL_TOOL in spec.tools:
-            tools.append(calls.eval_tool(_program_tool(ctx, calls)))
+        programs = _program_tool(ctx, calls) if EVAL_TOOL in spec.tools else None
+        if programs is not None:
+            tools.append(calls.eval_tool(programs))
+        try:
+            return await self._loop(ctx, model, prompt, history, tools, window)
+        finally:
+            if programs is not None:
+                await asyncio.shield(programs.close())  # a session kept across programs goes back to the pool
+
+    async def _loop(
+        self,
+        ctx: EngineContext,
+        model: DurableModel,
+        prompt: str,
+        history: list[ModelMessage] | None,
+        tools: list[Tool[Any]],
+        window: int,
+    ) -> EngineResult:
+        spec = ctx.spec
         output_type: Any = str
         if spec.output_schema is not None:
             output_type = StructuredDict(spec.output_schema, name=spec.output_schema.get("title", "result"))

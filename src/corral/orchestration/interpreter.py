@@ -13,11 +13,15 @@ calls, the number of host calls, and the size of what the program prints.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import re
+import textwrap
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -119,47 +123,211 @@ class Interpreter:
         inputs: Mapping[str, Any] | None = None,
         limits: Limits = Limits(),
     ) -> Outcome:
-        """Type-check ``program`` against ``stubs``, run it after ``prelude``, and return how it ended."""
+        """Type-check ``program`` against ``stubs``, run it after ``prelude`` in a session of its own, and
+        return how it ended."""
+        async with self.session(prelude=prelude, stubs=stubs, limits=limits) as session:
+            return await session.run(program, functions=functions, inputs=inputs)
+
+    def open_session(
+        self, *, prelude: str = "", stubs: str | None = None, limits: Limits = Limits(), persistent: bool = True
+    ) -> ProgramSession:
+        """A session the caller keeps across programs and must ``close()`` (see :meth:`session`)."""
+        return ProgramSession(self, prelude=prelude, stubs=stubs, limits=limits, persistent=persistent)
+
+    @contextlib.asynccontextmanager
+    async def session(
+        self, *, prelude: str = "", stubs: str | None = None, limits: Limits = Limits(), persistent: bool = False
+    ) -> AsyncIterator[ProgramSession]:
+        """A session for one program, or (``persistent``) for several in turn, each seeing what the earlier
+        ones defined; returned to the pool when the block ends, whatever ends it."""
+        session = ProgramSession(self, prelude=prelude, stubs=stubs, limits=limits, persistent=persistent)
+        try:
+            yield session
+        finally:
+            await asyncio.shield(session.close())
+
+
+class ProgramSession:
+    """One Monty checkout: the prelude fed once, then programs fed one after the other.
+
+    Persistent, a program sees the globals of the programs before it (a REPL). Monty's type checker
+    does not know those globals, so each program is checked first in a scratch session whose stubs
+    declare them (as ``Any``), with the program as the body of a function that is defined and never
+    called: checked, not run. Then it runs here unchecked.
+    """
+
+    def __init__(
+        self, interpreter: Interpreter, *, prelude: str, stubs: str | None, limits: Limits, persistent: bool
+    ) -> None:
+        self._interpreter = interpreter
+        self._prelude = prelude
+        self._stubs = stubs
+        self._limits = limits
+        self._persistent = persistent
+        self._checkout: Any = None
+        self._session: Any = None
+        self._defined: dict[str, None] = {}  # globals the programs so far assign, in order
+        self._lock = asyncio.Lock()  # one program at a time in a session
+
+    def _monty_limits(self, host_calls: int) -> dict[str, Any]:
+        limits = self._limits
+        return {
+            "max_feed_duration_secs": limits.cpu_s,
+            "max_memory": limits.memory_mb * 1024 * 1024,
+            "max_recursion_depth": limits.recursion_depth,
+            "max_suspensions": host_calls,
+        }
+
+    async def _open(self) -> Any:
+        if self._session is None:
+            pool = await asyncio.to_thread(self._interpreter._ready)
+            # Our host-call limit binds first (see Limits); a persistent session serves many programs.
+            suspensions = 10_000_000 if self._persistent else max(10 * self._limits.host_calls, 10_000)
+            self._checkout = pool.checkout(
+                limits=self._monty_limits(suspensions),
+                type_check=self._stubs is not None and not self._persistent,
+                type_check_stubs=None if self._persistent else self._stubs,
+                type_check_format="concise",
+                os_policy=OS_POLICY,
+            )
+            self._session = await asyncio.to_thread(self._checkout.__enter__)
+            if self._prelude:
+                await asyncio.to_thread(self._session.feed_run, self._prelude, skip_type_check=True)
+        return self._session
+
+    async def close(self) -> None:
+        checkout, self._checkout, self._session = self._checkout, None, None
+        if checkout is not None:
+            await asyncio.to_thread(checkout.__exit__, None, None, None)
+
+    async def run(
+        self, program: str, *, functions: Mapping[str, HostFunction], inputs: Mapping[str, Any] | None = None
+    ) -> Outcome:
+        """Run ``program`` (type-checked first) and return how it ended."""
         import pydantic_monty as pm
 
-        pool = await asyncio.to_thread(self._ready)
-        checkout = pool.checkout(
-            limits={
-                "max_feed_duration_secs": limits.cpu_s,
-                "max_memory": limits.memory_mb * 1024 * 1024,
-                "max_recursion_depth": limits.recursion_depth,
-                "max_suspensions": max(10 * limits.host_calls, 10_000),  # ours binds first; see Limits
-            },
-            type_check=stubs is not None,
-            type_check_stubs=stubs,
-            type_check_format="concise",
-            os_policy={"datetime": FROZEN_CLOCK, "sleep": "zero", "random_start": {"seed": 0}},
-        )
+        limits = self._limits
         printed = _Printed(limits.output_chars)
         run = _Run(functions, limits)
-        session = await asyncio.to_thread(checkout.__enter__)
-        try:
-            if prelude:
-                await asyncio.to_thread(session.feed_run, prelude, skip_type_check=True)
-            async with asyncio.timeout(limits.wall_s):
-                value = await run.drive(session, program, dict(inputs or {}), printed)
-        except TimeoutError:
-            return run.failed(printed, "limit", f"wall-clock limit of {limits.wall_s:g} s reached (host calls count)")
-        except pm.MontySyntaxError as exc:
-            return run.failed(printed, "syntax", str(exc))
-        except pm.MontyTypingError as exc:
-            return run.failed(printed, "type", exc.display())
-        except pm.MontyRuntimeError as exc:
-            inner = exc.exception()
-            if isinstance(inner, TimeoutError | MemoryError) or "suspension limit" in str(exc):
-                return run.failed(printed, "limit", _limit_message(inner, limits))
-            return run.failed(printed, "runtime", exc.display())
-        except pm.MontyError as exc:  # a worker that crashed or went away, a value that cannot cross
-            return run.failed(printed, "runtime", f"the interpreter failed: {type(exc).__name__}: {exc}")
-        finally:
-            await run.cancel_pending()
-            await asyncio.to_thread(checkout.__exit__, None, None, None)
-        return Outcome(ok=True, value=_shown(value), stdout=printed.text(), host_calls=run.calls)
+        async with self._lock:
+            try:
+                if self._persistent and self._stubs is not None:
+                    problem = await self._check(program)
+                    if problem is not None:
+                        return run.failed(printed, *problem)
+                session = await self._open()
+                self._defined.update(dict.fromkeys(defined_names(program)))
+                async with asyncio.timeout(limits.wall_s):
+                    value = await run.drive(
+                        session, program, dict(inputs or {}), printed, skip_type_check=self._persistent
+                    )
+            except TimeoutError:
+                return run.failed(
+                    printed, "limit", f"wall-clock limit of {limits.wall_s:g} s reached (host calls count)"
+                )
+            except pm.MontySyntaxError as exc:
+                return run.failed(printed, "syntax", str(exc))
+            except pm.MontyTypingError as exc:
+                return run.failed(printed, "type", exc.display())
+            except pm.MontyRuntimeError as exc:
+                inner = exc.exception()
+                if isinstance(inner, TimeoutError | MemoryError) or "suspension limit" in str(exc):
+                    return run.failed(printed, "limit", _limit_message(inner, limits))
+                return run.failed(printed, "runtime", exc.display())
+            except pm.MontyError as exc:  # a worker that crashed or went away, a value that cannot cross
+                await self.close()  # its state is gone: the next program starts a fresh session
+                return run.failed(printed, "runtime", f"the interpreter failed: {type(exc).__name__}: {exc}")
+            finally:
+                await run.cancel_pending()
+            return Outcome(ok=True, value=_shown(value), stdout=printed.text(), host_calls=run.calls)
+
+    async def _check(self, program: str) -> tuple[ErrorKind, str] | None:
+        """Type-check ``program`` as if the earlier programs' globals were declared: (kind, message) or None."""
+        import pydantic_monty as pm
+
+        known = [name for name in self._defined if name.isidentifier()]
+        stubs = _with_globals(self._stubs or "", known)
+        body = textwrap.indent(program, "    ") if program.strip() else "    pass"
+        declared = f"    global {', '.join(known)}\n" if known else ""
+        wrapped = f"async def {_CHECK_FUNCTION}():\n{declared}{body}\n"
+        pool = await asyncio.to_thread(self._interpreter._ready)
+
+        def check() -> tuple[ErrorKind, str] | None:
+            with pool.checkout(
+                limits=self._monty_limits(10),
+                type_check=True,
+                type_check_stubs=stubs,
+                type_check_format="concise",
+                os_policy=OS_POLICY,
+            ) as scratch:
+                try:
+                    scratch.feed_run(wrapped)
+                except pm.MontySyntaxError as exc:
+                    return "syntax", _unwrapped(str(exc), 1 + bool(known))
+                except pm.MontyTypingError as exc:
+                    return "type", _unwrapped(exc.display(), 1 + bool(known))
+            return None
+
+        return await asyncio.to_thread(check)
+
+
+_CHECK_FUNCTION = "__corral_checked_program"
+OS_POLICY: dict[str, Any] = {"datetime": FROZEN_CLOCK, "sleep": "zero", "random_start": {"seed": 0}}
+
+
+def _with_globals(stubs: str, names: list[str]) -> str:
+    """``stubs`` with ``names`` declared ``Any`` and exported too."""
+    if not names:
+        return stubs
+    lines = stubs.splitlines()
+    exported = [line for line in lines if line.startswith("__all__ = ")]
+    kept = [line for line in lines if not line.startswith("__all__ = ")]
+    current = ast.literal_eval(exported[-1].removeprefix("__all__ = ")) if exported else []
+    new = [name for name in names if name not in current]
+    return (
+        "\n".join(
+            ["from typing import Any", *kept, *(f"{name}: Any" for name in new), f"__all__ = {[*current, *new]!r}"]
+        )
+        + "\n"
+    )
+
+
+_PLACE = re.compile(r"main\.py:(\d+):(\d+)")
+
+
+def _unwrapped(message: str, shift: int) -> str:
+    """A checker's message about the wrapped program, with its places as they are in the program itself."""
+
+    def place(found: re.Match[str]) -> str:
+        return f"main.py:{max(1, int(found[1]) - shift)}:{max(1, int(found[2]) - 4)}"
+
+    return _PLACE.sub(place, message).replace(f"{_CHECK_FUNCTION}", "program")
+
+
+def defined_names(program: str) -> list[str]:
+    """The global names a program binds at its top level (assignments, loops, defs, imports), in order."""
+    try:
+        tree = compile(program, "<program>", "exec", flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    except (SyntaxError, ValueError):
+        return []
+    names: list[str] = []
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.append(node.name)
+                continue
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names.extend((alias.asname or alias.name).split(".")[0] for alias in node.names)
+                continue
+            for child in ast.walk(node):
+                if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                    names.append(child.id)
+                elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+                    break  # a nested scope: its names are its own (approximate: stop looking in this statement)
+
+    visit(list(tree.body))
+    return list(dict.fromkeys(names))
 
 
 def _limit_message(inner: BaseException | None, limits: Limits) -> str:
@@ -203,10 +371,14 @@ class _Run:
         self._tasks: dict[int, asyncio.Task[Any]] = {}
         self.calls = 0
 
-    async def drive(self, session: Any, program: str, inputs: dict[str, Any], printed: _Printed) -> Any:
+    async def drive(
+        self, session: Any, program: str, inputs: dict[str, Any], printed: _Printed, *, skip_type_check: bool = False
+    ) -> Any:
         import pydantic_monty as pm
 
-        snap = await asyncio.to_thread(session.feed_start, program, inputs=inputs, print_callback=printed)
+        snap = await asyncio.to_thread(
+            session.feed_start, program, inputs=inputs, print_callback=printed, skip_type_check=skip_type_check
+        )
         while not isinstance(snap, pm.MontyComplete):
             if isinstance(snap, pm.FunctionSnapshot):
                 answer = self._call(snap.function_name, tuple(snap.args), dict(snap.kwargs), snap.call_id)

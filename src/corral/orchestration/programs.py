@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from corral import events
-from corral.orchestration.interpreter import HostCallError, Interpreter, Limits, Outcome
+from corral.orchestration.interpreter import HostCallError, Interpreter, Limits, Outcome, ProgramSession
 from corral.orchestration.stubs import LOG_CALL, TASK_CALL, TOOL_CALL, prelude, stubs
 from corral.spec import ProgramsSpec
 from corral.tools.base import ToolDef
@@ -135,6 +135,8 @@ class ProgramTool:
             default_subagent=self._default,
         )
         self._prelude = prelude(self._tools, default_subagent=self._default)
+        self._session: ProgramSession | None = None
+        self._session_turn: int | None = None
 
     def description(self) -> str:
         spec = self._spec
@@ -149,8 +151,26 @@ class ProgramTool:
             text = head + task + sep + limits
         return text
 
-    async def run(self, program: str, call_id: str) -> Outcome:
-        """Run one program for the eval call ``call_id``; its tool calls are journaled as that call's children."""
+    async def close(self) -> None:
+        """Give back the interpreter session kept across programs (``turn`` and ``thread`` persistence)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _session_for(self, turn: int | None) -> ProgramSession:
+        """The session this program runs in: the run's (thread), the turn's (turn), or a new one (call)."""
+        if self._session is not None and (self._spec.persistence == "thread" or turn == self._session_turn):
+            return self._session
+        await self.close()
+        self._session = self._interpreter.open_session(
+            prelude=self._prelude, stubs=self._stubs, limits=limits_of(self._spec), persistent=True
+        )
+        self._session_turn = turn
+        return self._session
+
+    async def run(self, program: str, call_id: str, turn: int | None = None) -> Outcome:
+        """Run one program for the eval call ``call_id`` (made in model turn ``turn``); its tool calls are
+        journaled as that call's children."""
         numbers = itertools.count(1)
 
         async def call(name: str, arguments: dict[str, Any]) -> str:
@@ -190,14 +210,19 @@ class ProgramTool:
                 raise HostCallError(str(value))
             return value
 
-        outcome = await self._interpreter.run(
-            program,
-            functions={TOOL_CALL: call, LOG_CALL: log, TASK_CALL: task},
-            prelude=self._prelude,
-            stubs=self._stubs,
-            inputs=self._inputs,
-            limits=limits_of(self._spec),
-        )
+        functions = {TOOL_CALL: call, LOG_CALL: log, TASK_CALL: task}
+        if self._spec.persistence == "call":
+            outcome = await self._interpreter.run(
+                program,
+                functions=functions,
+                prelude=self._prelude,
+                stubs=self._stubs,
+                inputs=self._inputs,
+                limits=limits_of(self._spec),
+            )
+        else:
+            session = await self._session_for(turn)
+            outcome = await session.run(program, functions=functions, inputs=self._inputs)
         error = outcome.error or ""
         if outcome.error_kind == "type" and self._subagents and "`task`" in error:
             types = ", ".join(self._subagents)
