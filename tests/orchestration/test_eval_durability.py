@@ -93,3 +93,68 @@ def test_sigkill_mid_program_then_resume_runs_each_finished_call_once(tmp_path: 
         assert result.ok and "value: 6" in result.text, result.text  # type: ignore[attr-defined]
     finally:
         store.close()
+
+
+THREAD_SCRIPT = """
+[[turns]]
+[[turns.tool_calls]]
+name = "eval"
+args = { program = '''first = await tools.execute(command="echo one >> progress.log && echo one")
+seen = ["one" if "one" in first else "missing"]''' }
+
+[[turns]]
+[[turns.tool_calls]]
+name = "eval"
+args = { program = '''await tools.execute(command="sleep 3 && echo two >> progress.log")
+seen + ["two"]''' }
+
+[[turns]]
+text = "done"
+"""
+
+
+def test_thread_state_survives_a_sigkill_and_resume(tmp_path: Path, repo: Path) -> None:
+    """With persistence = "thread", the second turn's program reads what the first defined, also when the
+    process died in between and the run resumed: the replay rebuilds the state without running anything twice."""
+    home = tmp_path / "home"
+    script = tmp_path / "script.toml"
+    script.write_text(THREAD_SCRIPT)
+    with ScriptedServer(load_script(script)) as server:
+        (tmp_path / "corral.toml").write_text(
+            f'[agents.fixer]\nmodel = "openai:gpt-5.2"\nbase_url = "{server.openai_base_url}"\n'
+            'tools = ["execute", "read_file", "eval"]\nsandbox = "bubblewrap"\n'
+            'programs = { persistence = "thread" }\n'
+        )
+        env = {**os.environ, "CORRAL_HOME": str(home)}
+        proc = subprocess.Popen(
+            [*CORRAL, "run", "fixer", "two steps", "--repo", str(repo)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "one" not in workspace_log(home) or len(server.requests) < 2:
+                assert time.monotonic() < deadline and proc.poll() is None, "the first program never ran"
+                time.sleep(0.1)
+            time.sleep(1.0)  # the second program is sleeping in its command
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        resumed = corral("resume", cwd=tmp_path, home=home, timeout=120)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+    store = Store.open(home=home)
+    try:
+        (record,) = store.list_runs()
+        assert record.status is RunStatus.SUCCEEDED, record.error
+        patch = (record.result or {})["patch"]
+        assert patch.count("+one\n") == 1 and patch.count("+two\n") == 1, patch
+        results = [e.event for e in store.events(record.id) if e.type == "tool.result"]
+        last = [r for r in results if getattr(r, "tool", "") == "eval"][-1]
+        assert last.ok and 'value: ["one", "two"]' in last.text, last.text  # type: ignore[attr-defined]
+    finally:
+        store.close()
