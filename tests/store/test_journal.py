@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from corral.errors import JournalClosedError, JournalError, JournalTimeoutError
+from corral.errors import JournalClosedError, JournalError, JournalTimeoutError, RunNotFoundError
 from corral.events import ToolReturned
 from corral.secrets.redact import Redactor
 from corral.store import Store
@@ -269,3 +269,51 @@ def test_the_recorded_head_revision_is_alembics_head() -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
+
+
+def deferred_run(store: Store, run_id: str) -> None:
+    store.create_run(
+        defer=True,
+        id=run_id,
+        parent_id=None,
+        root_id=run_id,
+        agent="a",
+        spec={},
+        spec_hash="h",
+        task="t",
+        repo="/r",
+        run_dir="/d",
+        executor_id=None,
+    )
+
+
+def test_a_deferred_run_row_commits_before_its_events_and_once(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    deferred_run(store, "light")
+    store.journal.append("light", result("first"))  # the row is queued ahead of it: the foreign key holds
+    store.update_run("light", defer=True, status="succeeded", turns=3)
+    deferred_run(store, "light")  # a replayed insert leaves the row (and its update) as they are
+    store.journal.append("light", result("second"))
+    store.journal.flush()
+    record = store.get_run("light")
+    assert (record.status.value, record.turns) == ("succeeded", 3)
+    assert [(e.key, e.seq) for e in store.events("light")] == [("first", 1), ("second", 2)]
+    store.close()
+
+
+def test_a_deferred_row_write_that_fails_is_never_silent(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.journal.flush()
+    sql(store, "DROP TABLE corral_events")  # the batch holding the row write and an event fails as a whole
+    deferred_run(store, "light")
+    store.journal.append("light", result("first"))
+    with pytest.raises(JournalError) as raised:
+        store.journal.flush(timeout_s=10)
+    assert raised.value.events == 2
+    with pytest.raises(RunNotFoundError):  # rolled back with the events: nothing half-written
+        store.get_run("light")
+    EventRow.__table__.create(store.engine)
+    store.journal.flush(timeout_s=10)
+    assert store.get_run("light").task == "t"
+    assert [e.key for e in store.events("light")] == ["first"]
+    store.close()

@@ -129,6 +129,7 @@ class Runtime:
         self._workflow_tasks: dict[str, asyncio.Task[Any]] = {}  # run workflows executing here, by id
         self._watchers: dict[str, tuple[asyncio.Task[None], int]] = {}  # per workflow: cancel watcher, users
         self._cancelled_here: set[str] = set()  # workflows whose cancel a watcher delivered
+        self._views: dict[str, ReadOnlyView] = {}  # per run executing here: the view its light children read
         store.journal.set_redactor(REDACTOR.data)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -700,6 +701,7 @@ class Runtime:
                 fresh = {"status": RunStatus.RUNNING.value, "started_at": time.time()} if light else {}
                 record = self.store.create_run(
                     **fresh,
+                    defer=light,  # a light child's row goes with its journal's group commit
                     id=child_id,
                     parent_id=parent.id,
                     root_id=parent.root_id,
@@ -712,7 +714,7 @@ class Runtime:
                     executor_id=self.executor_id,
                 )
             if light:
-                view = ReadOnlyView(sandbox)
+                view = sandbox if isinstance(sandbox, ReadOnlyView) else self._view_of(parent.id, sandbox)
                 async with self._watching(workflow_id):
                     await self._execute(
                         child_id,
@@ -727,6 +729,13 @@ class Runtime:
         ended = self._ended_here.pop(child_id, None) or self.store.find_run(child_id)
         assert ended is not None  # made above, and runs are only removed by `corral rm` of a whole tree
         return await self._child_ended(parent, sandbox, budget, request.call_id, ended)
+
+    def _view_of(self, run_id: str, sandbox: Sandbox) -> ReadOnlyView:
+        """The read-only view of a run's workspace its light children share (one per run, made once)."""
+        view = self._views.get(run_id)
+        if view is None or view.source is not sandbox:
+            view = self._views[run_id] = ReadOnlyView(sandbox)
+        return view
 
     @contextlib.asynccontextmanager
     async def _watching(self, workflow_id: str) -> AsyncIterator[None]:
@@ -877,7 +886,8 @@ class Runtime:
                     "and the patch is unscanned"
                 )
         run_dir = Path(record.run_dir)
-        if isinstance(sandbox, ReadOnlyView):
+        light = isinstance(sandbox, ReadOnlyView)
+        if light:
             # A light child owns no sandbox and leaves no files: its row is its record, and if the process
             # dies before the row is written its parent runs it again.
             sandbox = None
@@ -896,7 +906,9 @@ class Runtime:
                 result["notes"].append("the sandbox could not be removed; `corral sandbox prune` retries")
             else:
                 await _remove_start(run_dir)
-        self._finish(record.id, outcome, result, record=record)
+        for table in (self._views, self._slots, self._merging):  # what its children shared
+            table.pop(record.id, None)
+        self._finish(record.id, outcome, result, record=record, defer=light)
 
     def _scan_result(self, run_id: str, result: dict[str, Any]) -> None:
         """Secrets nobody registered: replaced in the final text and typed output, flagged in the patch.
@@ -920,7 +932,13 @@ class Runtime:
             self._emit(run_id, ev.SecretsDetected(key="secrets:patch", where="patch", findings=patch_secrets))
 
     def _finish(
-        self, run_id: str, outcome: _Outcome, result: dict[str, Any], *, record: RunRecord | None = None
+        self,
+        run_id: str,
+        outcome: _Outcome,
+        result: dict[str, Any],
+        *,
+        record: RunRecord | None = None,
+        defer: bool = False,
     ) -> None:
         """Record how the run ended: its row (status, result, usage) and the closing ``run.finished`` event.
 
@@ -935,6 +953,7 @@ class Runtime:
         usage, turns = outcome.usage or (record.usage, record.turns)
         self.store.update_run(  # one write: the outcome, and the usage it ended with
             run_id,
+            defer=defer,  # a light child's row goes with its journal (its parent reads its end in memory)
             status=outcome.status,
             result=result,
             error=outcome.error,
@@ -958,11 +977,9 @@ class Runtime:
                 cost_usd=usage.cost_usd,
             ),
         )
-        if (
-            record.dispatched_by is None
-        ):  # a root's journal is whole once it is seen finished (a child's: with its root's)
+        if record.dispatched_by is None:  # a root's journal is whole once it is seen finished
             self.store.journal.flush()
-        else:
+        if defer:  # its row is not committed yet: its parent, in this process, reads its end from here
             self._ended_here[run_id] = record.model_copy(
                 update={
                     "status": outcome.status,

@@ -62,8 +62,11 @@ class ReadOnlyView(Sandbox):
         raise SandboxError("a read-only view is not recorded; it is made again from its parent's sandbox")
 
     async def suspend(self) -> None:
-        self._destroyed = True
+        """Nothing to give back: the view holds nothing."""
 
     async def destroy(self) -> None:
-        """Close the view; the workspace is its parent's and stays."""
-        self._destroyed = True
+        """Nothing to remove: the workspace is its parent's and stays. The view stays usable, so one view
+        serves every read-only child of a run (its parent's sandbox closing closes it)."""
+
+    def _check_open(self) -> None:
+        self.source._check_open()

@@ -266,10 +266,16 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------------
 
-    def create_run(self, **fields: Any) -> RunRecord:
-        row = RunRow(**{"status": RunStatus.QUEUED.value, "created_at": time.time(), **fields})
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            session.add(row)
+    def create_run(self, *, defer: bool = False, **fields: Any) -> RunRecord:
+        """Record a new run. ``defer``: its row is written by the journal with the events around it (in
+        their group commit, not a transaction of its own); it is committed before the run's first event."""
+        values = {"status": RunStatus.QUEUED.value, "created_at": time.time(), **fields}
+        row = RunRow(**values)
+        if defer:
+            self.journal.write_run(values["id"], insert=values)
+        else:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                session.add(row)
         return _row_to_record(row, {row.executor_id} if row.executor_id else set())
 
     def find_run(self, run_id: str) -> RunRecord | None:
@@ -356,9 +362,13 @@ class Store:
             live = self.live_executor_ids() if any(r.status in UNFINISHED for r in rows) else set()
             return [_row_to_record(r, live) for r in rows]
 
-    def update_run(self, run_id: str, **fields: Any) -> None:
+    def update_run(self, run_id: str, *, defer: bool = False, **fields: Any) -> None:
+        """Change a run's columns; ``defer``: through the journal, in order with its events (see ``create_run``)."""
         if isinstance(fields.get("status"), RunStatus):
             fields["status"] = fields["status"].value
+        if defer:
+            self.journal.write_run(run_id, update=fields)
+            return
         with self.engine.begin() as conn:
             conn.execute(update(RunRow).where(RunRow.id == run_id).values(**fields))
 

@@ -23,12 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, Insert, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from corral.errors import JournalClosedError, JournalError, JournalTimeoutError, UsageError
 from corral.events import BaseEvent, event_payload, parse_event
-from corral.store.models import EventRow
+from corral.store.models import EventRow, RunRow
 from corral.store.records import EventRecord
 
 log = logging.getLogger("corral.journal")
@@ -57,10 +58,27 @@ class _Pending:
     data: dict[str, Any]
 
 
+@dataclass(slots=True)
+class _RowWrite:
+    """A write to a run's row, committed in order with the events around it (``Journal.write_run``)."""
+
+    run_id: str
+    insert: dict[str, Any] | None = None
+    """The whole row of a new run (a run already there is left as it is)."""
+    update: dict[str, Any] | None = None
+
+
 @dataclass
 class _RunCursor:
     next_seq: int
     keys: set[str] = field(default_factory=set)
+
+
+def _insert_ignoring_existing(dialect: str, values: dict[str, Any]) -> Insert:
+    """``INSERT`` of a run row that does nothing when the run is there already (a replayed write)."""
+    if dialect == "postgresql":
+        return postgresql.insert(RunRow).values(**values).on_conflict_do_nothing(index_elements=["id"])
+    return sqlite.insert(RunRow).values(**values).on_conflict_do_nothing(index_elements=["id"])
 
 
 class Journal:
@@ -85,7 +103,7 @@ class Journal:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the writer waits here for events or a flush
         self._done = threading.Condition(self._lock)  # flush() waits here for the writer's attempts
-        self._pending: list[_Pending] = []  # appended, not committed; the head is what the writer tries
+        self._pending: list[_Pending | _RowWrite] = []  # appended, not committed; the head is what the writer tries
         self._appended = 0
         self._committed = 0
         self._attempts = 0  # write attempts finished, successful or not
@@ -142,6 +160,26 @@ class Journal:
             self._appended += 1
             # Wake the writer only when it may be idle: the rest of a burst joins the batch it is
             # gathering, so a turn's events cost one thread hand-off and one transaction.
+            if len(self._pending) == 1 or len(self._pending) >= self._max_batch:
+                self._work.notify()
+
+    def write_run(
+        self, run_id: str, *, insert: dict[str, Any] | None = None, update: dict[str, Any] | None = None
+    ) -> None:
+        """Queue a write of a run's row (a new run's ``insert``, or an ``update`` of its columns), committed
+        with the events in the order they were appended: a run's insert before its first event.
+
+        For runs written in bulk (the light children of a fan-out): their rows cost no transaction of
+        their own. The same guarantees as events (``flush()`` waits for them; a failure is never silent).
+        """
+        item = _RowWrite(run_id, insert=insert, update=update)
+        with self._lock:
+            if self._closed:
+                raise JournalClosedError(run_id, "run row")
+            if self._broken:
+                raise self._error(extra=1)
+            self._pending.append(item)
+            self._appended += 1
             if len(self._pending) == 1 or len(self._pending) >= self._max_batch:
                 self._work.notify()
 
@@ -243,7 +281,7 @@ class Journal:
                 self._failures, self._cause, self._broken = 0, None, False
                 self._done.notify_all()
 
-    def _wait_after_failure(self, err: Exception, batch: list[_Pending]) -> None:
+    def _wait_after_failure(self, err: Exception, batch: list[_Pending | _RowWrite]) -> None:
         for item in batch:  # the database may have changed under us: reload these runs' sequences
             self._cursors.pop(item.run_id, None)
         with self._lock:
@@ -294,14 +332,29 @@ class Journal:
             self._cursors[run_id] = cursor
         return cursor
 
-    def _write_batch(self, batch: list[_Pending]) -> list[dict[str, Any]]:
-        """Insert the batch in one transaction; the rows written (events already there are skipped)."""
+    def _write_run(self, conn: Any, item: _RowWrite, staged: dict[str, _RunCursor]) -> None:
+        if item.insert is not None:
+            statement = _insert_ignoring_existing(self._engine.dialect.name, item.insert)
+            if conn.execute(statement).rowcount == 1 and item.run_id not in staged:
+                staged[item.run_id] = _RunCursor(1)  # a new run has no events: no need to read its sequence
+        if item.update is not None:
+            conn.execute(update(RunRow).where(RunRow.id == item.run_id).values(**item.update))
+
+    def _write_batch(self, batch: list[_Pending | _RowWrite]) -> list[dict[str, Any]]:
+        """Write the batch in one transaction; the event rows written (events already there are skipped)."""
         for attempt in range(3):
             rows: list[dict[str, Any]] = []
             staged: dict[str, _RunCursor] = {}
             try:
                 with self._engine.begin() as conn:
+                    written = 0  # event rows of ``rows`` already inserted
                     for item in batch:
+                        if isinstance(item, _RowWrite):
+                            if len(rows) > written:  # the events before it go first
+                                conn.execute(insert(EventRow), rows[written:])
+                                written = len(rows)
+                            self._write_run(conn, item, staged)
+                            continue
                         cursor = staged.get(item.run_id)
                         if cursor is None:
                             base = self._cursor(conn, item.run_id)
@@ -321,8 +374,8 @@ class Journal:
                             }
                         )
                         cursor.next_seq += 1
-                    if rows:
-                        conn.execute(insert(EventRow), rows)
+                    if len(rows) > written:
+                        conn.execute(insert(EventRow), rows[written:])
             except IntegrityError:
                 # Another process wrote to one of these runs: reload their cursors and retry.
                 for run_id in staged:
