@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Insert, func, insert, select, update
+from sqlalchemy import Engine, Insert, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -74,11 +74,14 @@ class _RunCursor:
     keys: set[str] = field(default_factory=set)
 
 
-def _insert_ignoring_existing(dialect: str, values: dict[str, Any]) -> Insert:
+def _insert_ignoring_existing(dialect: str) -> Insert:
     """``INSERT`` of a run row that does nothing when the run is there already (a replayed write)."""
-    if dialect == "postgresql":
-        return postgresql.insert(RunRow).values(**values).on_conflict_do_nothing(index_elements=["id"])
-    return sqlite.insert(RunRow).values(**values).on_conflict_do_nothing(index_elements=["id"])
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(RunRow).on_conflict_do_nothing(index_elements=["id"])
+
+
+#: ``UPDATE`` of a run's row: the columns set are the parameters given (besides ``_run_id``).
+_UPDATE_RUN = update(RunRow).where(RunRow.id == bindparam("_run_id"))
 
 
 class Journal:
@@ -96,6 +99,7 @@ class Journal:
         if not retry_delays_s:
             raise UsageError("retry_delays_s needs at least one delay")
         self._engine = engine
+        self._insert_run = _insert_ignoring_existing(engine.dialect.name)
         self._redact: Redact = redact or (lambda s: s)
         self._flush_interval_s = flush_interval_s
         self._max_batch = max_batch
@@ -333,12 +337,12 @@ class Journal:
         return cursor
 
     def _write_run(self, conn: Any, item: _RowWrite, staged: dict[str, _RunCursor]) -> None:
-        if item.insert is not None:
-            statement = _insert_ignoring_existing(self._engine.dialect.name, item.insert)
-            if conn.execute(statement).rowcount == 1 and item.run_id not in staged:
-                staged[item.run_id] = _RunCursor(1)  # a new run has no events: no need to read its sequence
+        # One statement each, compiled once: the values travel as parameters.
+        inserted = item.insert is not None and conn.execute(self._insert_run, item.insert).rowcount == 1
+        if inserted and item.run_id not in staged:
+            staged[item.run_id] = _RunCursor(1)  # a new run has no events: no need to read its sequence
         if item.update is not None:
-            conn.execute(update(RunRow).where(RunRow.id == item.run_id).values(**item.update))
+            conn.execute(_UPDATE_RUN, {**item.update, "_run_id": item.run_id})
 
     def _write_batch(self, batch: list[_Pending | _RowWrite]) -> list[dict[str, Any]]:
         """Write the batch in one transaction; the event rows written (events already there are skipped)."""
