@@ -310,3 +310,21 @@ async def test_unknown_backend_and_empty_task_are_usage_errors(home: Path, repo:
                 await runtime.submit(AgentSpec(name="a", model="openai:gpt-5", sandbox="nope"), "t", repo)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+async def test_a_run_without_tools_is_one_direct_model_call_on_every_wire(
+    provider: str, home: Path, repo: Path, tmp_path: Path
+) -> None:
+    """No tools and no schema: one model call (pydantic-ai's direct request), metered and journaled like any."""
+    text = "[[turns]]\ntext = 'The answer is 42.'\n"
+    with ScriptedServer(script(tmp_path, text)) as server:
+        record = await run_once(home, spec_for(server, provider, tools=[]), repo, task="what is six times seven?")
+        sent = server.requests
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    assert record.result is not None and record.result["text"] == "The answer is 42."
+    events = [e.event for e in events_of(home, record.id)]
+    assert [e.type for e in events].count("model.response") == 1 == len(sent) and record.usage.input_tokens > 0
+    assert record.usage.cost_usd > 0 and record.turns == 1
+    body = str(sent[0].body)
+    assert "what is six times seven?" in body and "careful software engineer" in body  # task and instructions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
@@ -161,7 +162,10 @@ class Engine(ABC):
     async def run(self, ctx: EngineContext) -> EngineResult: ...
 
 
+@functools.cache
 def _entry_points() -> dict[str, EntryPoint]:
+    """The group's entry points, read from the installed packages' metadata once per process (a read
+    costs milliseconds, and every run asks)."""
     found: dict[str, EntryPoint] = {}
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(entry_point.name, entry_point)

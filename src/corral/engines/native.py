@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 from pydantic_ai import Agent, ModelRetry, RunContext, StructuredDict, Tool
 from pydantic_ai.capabilities import ProcessHistory
+from pydantic_ai.direct import model_request
 from pydantic_ai.exceptions import (
     ModelAPIError,
     ModelConnectionError,
@@ -706,6 +707,15 @@ class _ClosingReplies:
         return replace(part, content=content, metadata=None, outcome="success")
 
 
+def _settings(spec: AgentSpec) -> ModelSettings | None:
+    settings: ModelSettings = {}
+    if spec.max_output_tokens is not None:
+        settings["max_tokens"] = spec.max_output_tokens
+    if spec.temperature is not None:
+        settings["temperature"] = spec.temperature
+    return settings or None
+
+
 async def _instructions(ctx: EngineContext) -> str:
     text = ctx.spec.instructions.strip()
     try:
@@ -762,10 +772,25 @@ class NativeEngine(Engine):
         if programs is not None:
             tools.append(calls.eval_tool(programs))
         try:
+            if not tools and spec.output_schema is None and history is None:
+                answered = await self._one_call(ctx, model, prompt)
+                if answered is not None:
+                    return answered
             return await self._loop(ctx, model, prompt, history, tools, window)
         finally:
             if programs is not None:
                 await asyncio.shield(programs.close())  # a session kept across programs goes back to the pool
+
+    async def _one_call(self, ctx: EngineContext, model: DurableModel, prompt: str) -> EngineResult | None:
+        """A run with no tools and no schema is one model call: made directly (pydantic-ai's
+        ``direct.model_request``), through the same durable, metered, journaled model. None when the
+        answer holds no text (then the agent loop runs, as for any run, and asks again)."""
+        request = ModelRequest(parts=[UserPromptPart(prompt)], instructions=await _instructions(ctx))
+        response = await model_request(model, [request], model_settings=_settings(ctx.spec))
+        text = "".join(part.content for part in response.parts if isinstance(part, TextPart))
+        if not text.strip() or response.tool_calls:
+            return None
+        return EngineResult(text=text, output=None, turns=model.calls)
 
     async def _loop(
         self,
@@ -780,11 +805,7 @@ class NativeEngine(Engine):
         output_type: Any = str
         if spec.output_schema is not None:
             output_type = StructuredDict(spec.output_schema, name=spec.output_schema.get("title", "result"))
-        settings: ModelSettings = {}
-        if spec.max_output_tokens is not None:
-            settings["max_tokens"] = spec.max_output_tokens
-        if spec.temperature is not None:
-            settings["temperature"] = spec.temperature
+        settings = _settings(spec)
         agent = Agent(
             model,
             instructions=await _instructions(ctx),
@@ -812,7 +833,7 @@ class NativeEngine(Engine):
                 prompt,
                 message_history=history,
                 usage_limits=UsageLimits(request_limit=None),
-                model_settings=settings or None,
+                model_settings=settings,
             )
         output = result.output
         if isinstance(output, str):

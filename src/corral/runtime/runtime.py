@@ -457,6 +457,7 @@ class Runtime:
         record: RunRecord | None = None,
         fresh: bool = False,
         workflow_id: str | None = None,
+        spec: AgentSpec | None = None,
     ) -> dict[str, Any]:
         """Execute a run to its end: its workflow's body, or (``view`` given) a light child inside its parent.
 
@@ -471,7 +472,13 @@ class Runtime:
                 self._workflow_tasks[run_id] = task
         try:
             return await self._execute_run(
-                run_id, view=view, depth=depth, record=record, fresh=fresh, workflow_id=workflow_id or run_id
+                run_id,
+                view=view,
+                depth=depth,
+                record=record,
+                fresh=fresh,
+                workflow_id=workflow_id or run_id,
+                known_spec=spec,
             )
         finally:
             if view is None:
@@ -487,6 +494,7 @@ class Runtime:
         record: RunRecord | None,
         fresh: bool,
         workflow_id: str,
+        known_spec: AgentSpec | None = None,
     ) -> dict[str, Any]:
         if record is None:
             record = self.store.get_run(run_id)
@@ -494,7 +502,8 @@ class Runtime:
             return {"status": record.status.value}
         if depth is None:
             depth = self._depth(record)
-        spec = AgentSpec.model_validate(record.spec)
+        # A fresh light child's spec is the one its parent just made (the row holds its dump).
+        spec = known_spec if known_spec is not None else AgentSpec.model_validate(record.spec)
         resumed = record.started_at is not None and not fresh
         started_at = record.started_at or time.time()
         if not fresh:  # a fresh light child's row was made running, by this executor
@@ -686,7 +695,7 @@ class Runtime:
             existing = self.store.get_run(child_id)
         slots = self._slots.setdefault(parent.id, asyncio.Semaphore(parent_spec.programs.max_concurrent))
         async with slots:
-            record = existing
+            record, spec = existing, None
             if record is None:
                 own = outcome.usage[0] if outcome.usage else Usage()
                 # The tree's limits hold in every subtree: what the child has left to spend, and how
@@ -723,6 +732,7 @@ class Runtime:
                         record=record,
                         fresh=existing is None,
                         workflow_id=workflow_id,
+                        spec=spec,
                     )
             else:
                 await self._run_child_workflow(child_id, depth + 1, existing)
