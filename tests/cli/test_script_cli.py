@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from corral.store import RunStatus, Store
 from tests.e2e.cli_helpers import corral
+
+pytestmark = pytest.mark.slow  # each test starts corral processes
 
 PROGRAM = """
 files = sorted((await tools.glob(pattern="*.py")).split())

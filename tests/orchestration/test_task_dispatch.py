@@ -51,6 +51,7 @@ def stored(home: Path, run_id: str):
         store.close()
 
 
+@pytest.mark.slow  # runs corral trace twice
 async def test_reviewers_fan_out_as_light_children_with_typed_results(home: Path, repo: Path, tmp_path: Path) -> None:
     text = eval_script(REVIEW) + CHILD_ROUTES
     with ScriptedServer(script(tmp_path, text)) as server:
@@ -89,6 +90,7 @@ async def test_reviewers_fan_out_as_light_children_with_typed_results(home: Path
     assert data["children"][0]["events"][0]["type"] == "run.started"
 
 
+@pytest.mark.slow
 async def test_a_worker_gets_its_own_sandbox_and_its_patch_merges_into_the_parent(
     home: Path, repo: Path, tmp_path: Path
 ) -> None:

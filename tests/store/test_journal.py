@@ -301,6 +301,7 @@ def test_a_deferred_run_row_commits_before_its_events_and_once(tmp_path: Path) -
     store.close()
 
 
+@pytest.mark.slow  # the journal's real retry schedule: seconds
 def test_a_deferred_row_write_that_fails_is_never_silent(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     store.journal.flush()
