@@ -542,10 +542,12 @@ class Sandbox(ABC):
         path = os.fspath(path)
         if "\0" in path:
             raise PathEscapeError(f"path contains a NUL byte: {path!r}")
-        try:
-            real = Path(os.path.realpath(self.workspace / path))  # an absolute `path` replaces the root
-        except OSError as exc:  # a component was swapped (symlink <-> directory) between two lookups
-            raise PathEscapeError(f"path {path!r} changed while it was being resolved") from exc
+        real = self._plain_path(path)
+        if real is None:
+            try:
+                real = Path(os.path.realpath(self.workspace / path))  # an absolute `path` replaces the root
+            except OSError as exc:  # a component was swapped (symlink <-> directory) between two lookups
+                raise PathEscapeError(f"path {path!r} changed while it was being resolved") from exc
         if real != self.workspace and not real.is_relative_to(self.workspace):
             raise PathEscapeError(
                 f"path {path!r} resolves outside the workspace",
@@ -553,6 +555,28 @@ class Sandbox(ABC):
             )
         if must_exist and not os.path.lexists(real):
             raise SandboxError(f"no such file or directory in the workspace: {path}")
+        return real
+
+    def _plain_path(self, path: str) -> Path | None:
+        """``path`` resolved without ``realpath`` when it is relative, has no ``..`` and no symlink on the way
+        (the common case: the workspace root is resolved once, so only ``path``'s own components are looked
+        at, one ``lstat`` each); None otherwise, and ``realpath`` decides. A component that does not exist
+        ends the walk: what follows it cannot be a symlink either."""
+        parts = [part for part in path.split("/") if part not in ("", ".")]
+        if path.startswith("/") or ".." in parts:
+            return None
+        real = self.workspace
+        for index, part in enumerate(parts):
+            candidate = real / part
+            try:
+                mode = os.lstat(candidate).st_mode
+            except FileNotFoundError:
+                return real.joinpath(*parts[index:])
+            except OSError:
+                return None
+            if stat.S_ISLNK(mode):
+                return None
+            real = candidate
         return real
 
     def _relative(self, host_path: Path) -> str:
