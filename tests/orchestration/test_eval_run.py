@@ -105,3 +105,15 @@ async def test_the_trace_shows_a_programs_calls_under_its_eval(home: Path, repo:
     assert any('read_file(path="calc.py")' in line for line in under)
     assert any('execute(command="rm -rf /workspace")  ✗ PolicyDenied' in line for line in under)
     assert any("log: read 3 files" in line for line in under)
+
+
+async def test_a_log_line_written_last_is_journaled(home: Path, repo: Path, tmp_path: Path) -> None:
+    program = (
+        'files = await asyncio.gather(*[tools.read_file(path=p) for p in ["calc.py", "AGENTS.md"]])\n'
+        'log("read", len(files))'
+    )
+    with ScriptedServer(script(tmp_path, eval_script(program))) as server:
+        record = await run_once(home, spec_for(server, tools=["read_file", "eval"]), repo)
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    logged = [e.event for e in events_of(home, record.id) if isinstance(e.event, ProgramLogged)]
+    assert [e.text for e in logged] == ["read 2"]

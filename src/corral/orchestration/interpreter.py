@@ -376,21 +376,48 @@ class _Run:
     ) -> Any:
         import pydantic_monty as pm
 
-        snap = await asyncio.to_thread(
-            session.feed_start, program, inputs=inputs, print_callback=printed, skip_type_check=skip_type_check
-        )
-        while not isinstance(snap, pm.MontyComplete):
-            if isinstance(snap, pm.FunctionSnapshot):
-                answer = self._call(snap.function_name, tuple(snap.args), dict(snap.kwargs), snap.call_id)
-                snap = await asyncio.to_thread(snap.resume, answer)
-            elif isinstance(snap, pm.FutureSnapshot):
-                snap = await asyncio.to_thread(snap.resume, await self._settled(list(snap.pending_call_ids)))
-            else:  # a name the program reads that nobody defined: a NameError inside it
-                snap = await asyncio.to_thread(snap.resume)
-        return snap.output
+        made: list[tuple[int, HostFunction, tuple[Any, ...], dict[str, Any]]] = []
 
-    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], call_id: int) -> Any:
-        """How to answer a call: a future (the call runs as a task), or an error raised in the program."""
+        def start() -> Any:
+            snap = session.feed_start(program, inputs=inputs, print_callback=printed, skip_type_check=skip_type_check)
+            return self._through_calls(snap, made)
+
+        def resume(snap: Any, *answer: Any) -> Any:
+            return self._through_calls(snap.resume(*answer), made)
+
+        snap = await asyncio.to_thread(start)
+        while True:
+            for call_id, function, args, kwargs in made:  # the calls the program made, started as tasks
+                self._tasks[call_id] = asyncio.ensure_future(function(*args, **kwargs))
+            if isinstance(snap, pm.MontyComplete):
+                if made:  # let what it started last without waiting (a log line) run before the end
+                    await asyncio.sleep(0)
+                return snap.output
+            made.clear()
+            if isinstance(snap, pm.FutureSnapshot):
+                snap = await asyncio.to_thread(resume, snap, await self._settled(list(snap.pending_call_ids)))
+            else:  # a name the program reads that nobody defined: a NameError inside it
+                snap = await asyncio.to_thread(resume, snap)
+
+    def _through_calls(self, snap: Any, made: list[tuple[int, HostFunction, tuple[Any, ...], dict[str, Any]]]) -> Any:
+        """In a worker thread: answer each call the program makes with a future at once, noting it in
+        ``made`` (its task starts on the event loop), until the program ends, waits, or reads an unknown
+        name. A fan-out of N calls costs one thread hand-off, not N."""
+        import pydantic_monty as pm
+
+        while isinstance(snap, pm.FunctionSnapshot):
+            snap = snap.resume(self._call(snap.function_name, tuple(snap.args), dict(snap.kwargs), snap.call_id, made))
+        return snap
+
+    def _call(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        call_id: int,
+        made: list[tuple[int, HostFunction, tuple[Any, ...], dict[str, Any]]],
+    ) -> Any:
+        """How to answer a call: a future (the call is noted in ``made``), or an error raised in the program."""
         function = self._functions.get(name)
         if function is None:
             return {"exc_type": "NameError", "message": f"name {name!r} is not defined"}
@@ -398,7 +425,7 @@ class _Run:
         if self.calls > self._limits.host_calls:
             message = f"limit: this program may make {self._limits.host_calls} host calls (tools, log); it made more"
             return {"exc_type": "RuntimeError", "message": message}
-        self._tasks[call_id] = asyncio.ensure_future(function(*args, **kwargs))
+        made.append((call_id, function, args, kwargs))
         return {"future": ...}
 
     async def _settled(self, pending: list[int]) -> Any:
