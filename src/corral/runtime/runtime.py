@@ -774,8 +774,8 @@ class Runtime:
             await asyncio.sleep(CANCEL_WATCH_S)
             try:
                 found = await workflow.status(self.store.dbos_url(), workflow_id)
-            except Exception:  # a failed read is not a cancel; the next one may answer
-                log.debug("reading the status of workflow %s failed", workflow_id, exc_info=True)
+            except Exception:  # a failed read is not a cancel; the next one may answer, but say so
+                log.warning("run %s: looking for a cancel failed; trying again", workflow_id, exc_info=True)
                 continue
             if found == "CANCELLED":
                 task = self._workflow_tasks.get(workflow_id)
