@@ -35,9 +35,23 @@ def start_exec(tmp: Path, token: str, home: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def sleeping_inside(token: str) -> bool:
+    """Whether the sandboxed ``sleep TOKEN`` itself runs (corral's and bwrap's command lines hold the token too)."""
+    wanted = f"sleep\0{token}\0".encode()
+    for pid in processes_with(token):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == wanted:
+                return True
+        except OSError:  # gone meanwhile
+            continue
+    return False
+
+
 def wait_running(proc: subprocess.Popen[str], token: str) -> None:
+    """Until the command runs in the sandbox: bwrap has set up its death signals by then (a kill while bwrap
+    is still starting can leave its sandbox to ``corral sandbox prune``, which kills it through its cgroup)."""
     deadline = time.monotonic() + 60
-    while not processes_with(f"sleep {token}") or len(processes_with(token)) < 2:
+    while not sleeping_inside(token):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the sandboxed command never started"
         time.sleep(0.05)
@@ -58,6 +72,21 @@ def footprint(tmp: Path, run_dirs: list[Path]) -> dict[str, list[str]]:
     found = host_footprint(tmp, run_dirs)
     found.pop("bwrap dirs")  # other tests' sandboxes share /tmp/.bubblewrap-*
     return found
+
+
+def describe_processes(pids: list[int]) -> str:
+    """What is left of each process: its parent, state and command line (for a failure's message)."""
+    lines = []
+    for pid in pids:
+        try:
+            status = dict(
+                line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line
+            )
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        lines.append(f"{pid} ppid={status.get('PPid')} state={status.get('State')} {cmdline}")
+    return "\n".join(lines)
 
 
 def wait_gone(token: str, within_s: float = 15.0) -> list[int]:
@@ -107,7 +136,8 @@ def test_after_sigkill_prune_removes_everything_the_one_shot_sandbox_left(tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert wait_gone(token) == []  # bwrap --die-with-parent: the command dies with corral
+    left = wait_gone(token)
+    assert left == [], describe_processes(left)  # bwrap --die-with-parent: the command dies with corral
     assert footprint(tmp_path, run_dirs)["mounts"], "SIGKILL skipped cleanup: the sandbox should still be there"
 
     env = {**os.environ, "CORRAL_HOME": str(home)}

@@ -67,6 +67,7 @@ from corral.sandbox.bubblewrap.setup import (
     make_workspace,
     nearly_full,
     overlay_possible,
+    parent_guard,
     proxy_wanted,
     read_child_pid,
     repo_owner,
@@ -189,11 +190,19 @@ class BubblewrapSandbox(Sandbox):
         self._launcher = [] if can_limit_other_users() else rlimit_wrapper(self._rlimits)
         if self._launcher:
             self._rlimits = []
+        # The sandbox dies with this process (see ``parent_guard``): the death signal is asked for after
+        # the last change of credentials (a change clears it), and a shell then checks the parent lives.
+        guard, alive = parent_guard()
+        check = ["/bin/sh", "-c", f'{alive} && exec "$@"', "corral-guard"]
         if privileged():
             # setpriv drops to the sandbox uid; Popen(user=...) would do it too, but only with a full fork.
-            self._launcher = [*setpriv_argv(state.uid, state.gid), *self._launcher]
-        if self._cgroup is not None:
-            self._launcher = [*self._cgroup.join_argv(), *self._launcher]  # first, while it may still move
+            self._launcher = [*setpriv_argv(state.uid, state.gid, pdeathsig=True), *check, *self._launcher]
+            if self._cgroup is not None:  # first, while it may still move
+                self._launcher = [*self._cgroup.join_argv(), *self._launcher]
+        elif self._cgroup is not None:
+            self._launcher = [*guard, *self._cgroup.join_argv(first=alive), *self._launcher]
+        else:
+            self._launcher = [*guard, *check, *self._launcher]
         self._proxy = proxy
         self._secret_values = tuple(value for value in secret_values if value)
         self._inits: dict[int, int] = {}  # bwrap pid -> pidfd of the sandbox's init

@@ -165,8 +165,9 @@ class SandboxCgroup:
         if pids is not None:
             (pids / "pids.max").write_text(str(limits.pids) if limits.pids is not None else "max")
 
-    def join_argv(self) -> list[str]:
-        """A command prefix that moves itself into the sandbox's groups, then execs the rest.
+    def join_argv(self, *, first: str = "true") -> list[str]:
+        """A command prefix that moves itself into the sandbox's groups, then execs the rest (after the
+        shell command ``first``, which must succeed).
 
         bwrap started this way clones the sandbox inside the groups, so the cgroup namespace it makes
         is rooted at the sandbox's own group: commands see ``/`` in /proc/self/cgroup and find their
@@ -175,7 +176,8 @@ class SandboxCgroup:
         """
         files = sorted({str(directory / "cgroup.procs") for directory in self.dirs.values()})
         moves = " && ".join(f'echo 0 > "${index}"' for index in range(1, len(files) + 1))
-        return ["/bin/sh", "-c", f'{moves} && shift {len(files)} && exec "$@"', "corral-cgroup", *files]
+        script = f'{first} && {moves} && shift {len(files)} && exec "$@"'
+        return ["/bin/sh", "-c", script, "corral-cgroup", *files]
 
     def inside_binds(self) -> list[tuple[Path, str]]:
         """The groups and where commands see them: /sys/fs/cgroup itself (v2), or a controller's directory (v1)."""

@@ -70,9 +70,25 @@ def nearly_full(mount_point: Path) -> bool:
     return free < max(1024 * 1024, info.f_blocks * info.f_frsize // 100)
 
 
-def setpriv_argv(uid: int, gid: int) -> list[str]:
+def parent_guard() -> tuple[list[str], str]:
+    """A prefix and a shell test that tie a sandbox's processes to this process's life.
+
+    bwrap's ``--die-with-parent`` asks for SIGKILL when its parent dies, but only once bwrap has
+    started: a corral killed while bwrap is still starting leaves it orphaned, and it runs the command
+    anyway. So the launcher asks first (``setpriv --pdeathsig``, inherited across the execs that follow),
+    and the shell that comes next checks that its parent is still this process: if not, it died before
+    the signal was asked for, and nothing starts.
+    """
     setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+    return [setpriv, "--pdeathsig", "KILL", "--"], f'[ "$PPID" = "{os.getpid()}" ] || exit 137'
+
+
+def setpriv_argv(uid: int, gid: int, *, pdeathsig: bool = False) -> list[str]:
+    """Drop to ``uid``/``gid``; with ``pdeathsig``, ask for SIGKILL when the parent dies, after the drop
+    (setpriv applies it last; a death signal asked for before a change of credentials is cleared)."""
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    death = ["--pdeathsig", "KILL"] if pdeathsig else []
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *death, "--"]
 
 
 def repo_owner(repo: Path) -> tuple[int, int]:
