@@ -4,9 +4,6 @@ cancel could interrupt) stops within seconds; a tree whose process was killed en
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,9 +12,9 @@ import pytest
 from corral.models.scripted import ScriptedServer, load_script
 from corral.runtime import Runtime
 from corral.store import RunStatus, Store
-from tests.e2e.cli_helpers import CORRAL, corral
+from tests.e2e.cli_helpers import corral
 from tests.e2e.test_runs import script, spec_for
-from tests.orchestration.support import eval_script
+from tests.orchestration.support import eval_script, run_then_kill
 
 pytestmark = pytest.mark.slow
 
@@ -61,23 +58,13 @@ def test_cancel_ends_a_killed_tree_whole(tmp_path: Path, repo: Path) -> None:
             f'[agents.lead]\nmodel = "openai:gpt-5.2"\nbase_url = "{server.openai_base_url}"\n'
             'tools = ["read_file", "eval"]\nsandbox = "local"\n'
         )
-        proc = subprocess.Popen(
-            [*CORRAL, "run", "lead", "do both", "--repo", str(repo)],
-            cwd=tmp_path,
-            env={**os.environ, "CORRAL_HOME": str(home)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        run_then_kill(
+            tmp_path,
+            home,
+            ["lead", "do both", "--repo", str(repo)],
+            lambda: running_children(home) >= 2,
+            what="the children's start",
         )
-        try:
-            deadline = time.monotonic() + 60
-            while running_children(home) < 2:
-                assert time.monotonic() < deadline and proc.poll() is None, "the children never started"
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         store = Store.open(home=home)
         try:
             (root,) = [r for r in store.list_runs() if r.parent_id is None]

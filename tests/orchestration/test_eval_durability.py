@@ -3,18 +3,14 @@ again), the calls in flight run again, and the eval ends as if nothing happened.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from corral.models.scripted import ScriptedServer, load_script
 from corral.store import RunStatus, Store
-from tests.e2e.cli_helpers import CORRAL, corral
-from tests.orchestration.support import eval_script
+from tests.e2e.cli_helpers import corral
+from tests.orchestration.support import eval_script, run_then_kill
 
 pytestmark = pytest.mark.slow
 
@@ -55,25 +51,15 @@ def test_sigkill_mid_program_then_resume_runs_each_finished_call_once(tmp_path: 
             # would live on as orphans, and finish while the resumed run starts them again)
             'sandbox = "bubblewrap"\n'
         )
-        env = {**os.environ, "CORRAL_HOME": str(home)}
-        proc = subprocess.Popen(
-            [*CORRAL, "run", "fixer", "log the steps", "--repo", str(repo)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        # the sequential calls are done; the gather is sleeping
+        run_then_kill(
+            tmp_path,
+            home,
+            ["fixer", "log the steps", "--repo", str(repo)],
+            lambda: "a-2" in workspace_log(home),
+            what="the program's first calls",
+            settle_s=0.5,
         )
-        try:
-            deadline = time.monotonic() + 60
-            while "a-2" not in workspace_log(home):  # the sequential calls are done; the gather is sleeping
-                assert time.monotonic() < deadline and proc.poll() is None, "the program never got going"
-                time.sleep(0.1)
-            time.sleep(0.5)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert "b-" not in workspace_log(home)
 
         resumed = corral("resume", cwd=tmp_path, home=home, timeout=120)
@@ -125,25 +111,14 @@ def test_thread_state_survives_a_sigkill_and_resume(tmp_path: Path, repo: Path) 
             'tools = ["execute", "read_file", "eval"]\nsandbox = "bubblewrap"\n'
             'programs = { persistence = "thread" }\n'
         )
-        env = {**os.environ, "CORRAL_HOME": str(home)}
-        proc = subprocess.Popen(
-            [*CORRAL, "run", "fixer", "two steps", "--repo", str(repo)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        run_then_kill(  # the second program is sleeping in its command
+            tmp_path,
+            home,
+            ["fixer", "two steps", "--repo", str(repo)],
+            lambda: "one" in workspace_log(home) and len(server.requests) >= 2,
+            what="the first program",
+            settle_s=1.0,
         )
-        try:
-            deadline = time.monotonic() + 60
-            while "one" not in workspace_log(home) or len(server.requests) < 2:
-                assert time.monotonic() < deadline and proc.poll() is None, "the first program never ran"
-                time.sleep(0.1)
-            time.sleep(1.0)  # the second program is sleeping in its command
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         resumed = corral("resume", cwd=tmp_path, home=home, timeout=120)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 

@@ -5,18 +5,14 @@ nothing happened. Killed at several points: early, mid-way, near the end."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from corral.models.scripted import ScriptedServer, load_script
 from corral.store import RunStatus, Store
-from tests.e2e.cli_helpers import CORRAL, corral
-from tests.orchestration.support import eval_script
+from tests.e2e.cli_helpers import corral
+from tests.orchestration.support import eval_script, run_then_kill
 
 pytestmark = pytest.mark.slow
 
@@ -76,23 +72,13 @@ def test_sigkill_mid_fan_out_then_resume_runs_no_ended_child_again(tmp_path: Pat
             'sandbox = "bubblewrap"\n'
             "programs = { max_concurrent = 3 }\n"
         )
-        proc = subprocess.Popen(
-            [*CORRAL, "run", "lead", "review every file", "--repo", str(repo)],
-            cwd=tmp_path,
-            env={**os.environ, "CORRAL_HOME": str(home)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        run_then_kill(
+            tmp_path,
+            home,
+            ["lead", "review every file", "--repo", str(repo)],
+            lambda: sum(c.status is RunStatus.SUCCEEDED for c in children_of_root(home)) >= kill_after,
+            what="the fan-out",
         )
-        try:
-            deadline = time.monotonic() + 90
-            while sum(c.status is RunStatus.SUCCEEDED for c in children_of_root(home)) < kill_after:
-                assert time.monotonic() < deadline and proc.poll() is None, "the fan-out never got going"
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         ended_before = {c.id: c.task for c in children_of_root(home) if c.status.finished}
         asked_before = {task: requests_for(server, task) for task in ended_before.values()}
         assert len(ended_before) >= kill_after
