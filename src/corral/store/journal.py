@@ -155,9 +155,13 @@ class Journal:
             event.duration_ms,
             self._redact(event_payload(event)),
         )
+        self._enqueue(item, run_id, item.key)
+
+    def _enqueue(self, item: _Pending | _RowWrite, run_id: str, what: str) -> None:
+        """Queue an event or a row write for the writer (refused once closed, or while broken)."""
         with self._lock:
             if self._closed:
-                raise JournalClosedError(run_id, item.key)
+                raise JournalClosedError(run_id, what)
             if self._broken:
                 raise self._error(extra=1)
             self._pending.append(item)
@@ -176,16 +180,7 @@ class Journal:
         For runs written in bulk (the light children of a fan-out): their rows cost no transaction of
         their own. The same guarantees as events (``flush()`` waits for them; a failure is never silent).
         """
-        item = _RowWrite(run_id, insert=insert, update=update)
-        with self._lock:
-            if self._closed:
-                raise JournalClosedError(run_id, "run row")
-            if self._broken:
-                raise self._error(extra=1)
-            self._pending.append(item)
-            self._appended += 1
-            if len(self._pending) == 1 or len(self._pending) >= self._max_batch:
-                self._work.notify()
+        self._enqueue(_RowWrite(run_id, insert=insert, update=update), run_id, "run row")
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Block until everything appended before this call is committed.
