@@ -152,6 +152,9 @@ class GitUser(BaseModel):
 PackageCache = Literal["off", "read-only", "read-write"]
 """Whether a sandbox sees the per-user package cache (pip, npm, uv), and whether its writes reach it."""
 
+SANDBOX_PYTHON = "/usr/bin/python3"
+"""The Python corral's own helpers inside an isolated sandbox run under (the egress relay, the resident init)."""
+
 RESERVED_MOUNT_PATHS = ("/etc", "/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/workspace", "/home/corral")
 """Where a sandbox mounts its own things (or must never see the host's): no host mount at or under them."""
 SYSTEM_MOUNT_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")

@@ -17,11 +17,9 @@ from pydantic import SecretStr
 from corral.errors import SandboxError
 from corral.sandbox import Limits, NetworkProfile, Sandbox, SandboxRequest, ScopedSecret, get_backend
 from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend, bubblewrap_available
-from corral.sandbox.bubblewrap.dirs import SandboxDirs
 from corral.sandbox.bubblewrap.limits import cgroup_support, enforced_limits
-from corral.sandbox.bubblewrap.overlay import unmount_all
 from corral.sandbox.egress.proxy import NO_RETRY_ENV
-from tests.sandbox.bubblewrap.conftest import MakeBwrap
+from tests.sandbox.bubblewrap.conftest import MakeBwrap, simulate_reboot
 from tests.sandbox.host import processes_with
 
 pytestmark = pytest.mark.anyio
@@ -108,7 +106,7 @@ async def test_inside_identity_is_a_plain_user_without_capabilities(make: MakeBw
 async def test_host_processes_are_invisible(make: MakeBwrap) -> None:
     sandbox = await make()
     code, out, _ = await sh(sandbox, "ls /proc | grep -E '^[0-9]+$' | wc -l")
-    assert code == 0 and int(out) <= 6  # the sandbox's init, the egress relay, the shell, ls, grep, wc
+    assert code == 0 and int(out) <= 7  # bwrap's pid 1, the egress relay, the resident init, sh, ls, grep, wc
 
 
 async def test_home_and_tmp_are_private_to_the_sandbox_and_persist_across_execs(make: MakeBwrap) -> None:
@@ -407,12 +405,7 @@ async def test_attach_after_a_reboot_mounts_everything_again(make: MakeBwrap) ->
     sandbox = await make(env={"K": "v"})
     await sandbox.exec("echo kept > note.txt && echo home > ~/h", timeout=10)
     state = json.loads(json.dumps(sandbox.state()))
-    dirs = SandboxDirs(sandbox.run_dir, privileged=True)
-    # A reboot takes every mount (and /run) away; the run dir and the disk image stay.
-    assert dirs.portal is not None
-    unmount_all(dirs.portal)
-    unmount_all(dirs.workspace)
-    unmount_all(dirs.run_dir)
+    simulate_reboot(sandbox)  # the run dir and the disk image stay
     assert not (sandbox.workspace / "note.txt").exists()
     attached = await BubblewrapSandboxBackend().attach({**state, "env": {"K": "v"}})
     code, out, _ = await sh(attached, 'cat note.txt ~/h; echo "$K"')

@@ -12,8 +12,8 @@ import pytest
 
 from corral.sandbox import SandboxRequest
 from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapSandboxBackend
-from corral.sandbox.bubblewrap.dirs import SandboxDirs
-from corral.sandbox.bubblewrap.overlay import IdShift, foreign_entries, unmount_all
+from corral.sandbox.bubblewrap.overlay import IdShift, foreign_entries
+from tests.sandbox.bubblewrap.conftest import simulate_reboot
 from tests.sandbox.conftest import build_repo, digest_tree, skip_unless_bubblewrap_runs
 
 pytestmark = [
@@ -112,10 +112,7 @@ async def test_a_reattached_sandbox_keeps_the_other_owners_files_its_own(make: M
     sandbox = await make(repo)
     await sh(sandbox, "echo edit >> README.md")
     state = json.loads(json.dumps(sandbox.state()))
-    dirs = SandboxDirs(sandbox.run_dir, privileged=True)
-    assert dirs.portal is not None
-    for mounted in (dirs.portal, dirs.workspace, dirs.run_dir):  # what a reboot takes away
-        unmount_all(mounted)
+    simulate_reboot(sandbox)
     attached = await BubblewrapSandboxBackend().attach({**state, "env": IDENTITY})
     assert await sh(attached, 'find . \\( ! -user "$(id -u)" -o ! -group "$(id -g)" \\) -print') == ""
     await sh(attached, "git commit -qam again")

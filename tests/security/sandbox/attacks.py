@@ -52,6 +52,7 @@ SYSCALLS_X86_64 = {
     "clone3": 435,
     "renameat2": 316,
     "pidfd_open": 434,
+    "pidfd_getfd": 438,
     "pidfd_send_signal": 424,
 }
 

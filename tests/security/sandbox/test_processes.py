@@ -307,3 +307,41 @@ async def test_cannot_inject_into_a_host_terminal_with_tiocsti(make_sandbox: San
     finally:
         os.close(master)
         os.close(slave)
+
+
+async def test_commands_cannot_reach_into_the_process_that_starts_them(make_sandbox: SandboxFactory) -> None:
+    """A sandbox's commands run as the same uid as its resident init, which holds the line to corral:
+    its memory, descriptors and socket must stay out of their reach."""
+    sandbox = await make_sandbox()
+    attack = await run_attack(
+        sandbox,
+        """
+        init = os.getppid()
+        def peek():
+            with open(f"/proc/{init}/mem", "rb") as handle:
+                for line in read(f"/proc/{init}/maps").decode().splitlines():
+                    handle.seek(int(line.split("-")[0], 16))
+                    return handle.read(16)
+        attempt("read its memory", peek)
+        attempt("open its memory for writing", os.open, f"/proc/{init}/mem", os.O_WRONLY)
+        attempt("read its environment", read, f"/proc/{init}/environ")
+        attempt("list its descriptors", os.listdir, f"/proc/{init}/fd")
+        def open_descriptors():
+            opened = []
+            for fd in range(3, 64):
+                try:
+                    opened.append(os.open(f"/proc/{init}/fd/{fd}", os.O_RDWR))
+                except FileNotFoundError:
+                    continue
+            return require(opened, "no descriptor of the init could be opened")
+        attempt("open its descriptors by path", open_descriptors)
+        def steal():
+            pidfd = sys_call("pidfd_open", init, 0)
+            return [sys_call("pidfd_getfd", pidfd, fd, 0) for fd in range(3, 16)]
+        attempt("pidfd_getfd its descriptors", steal)
+        attempt("ptrace attach", sys_call, "ptrace", 16, init, 0, 0)
+        """,
+    )
+    succeeded = {label: str(outcome) for label, outcome in attack.succeeded().items()}
+    assert not succeeded, f"ESCAPE: a command reached into the sandbox's init: {succeeded}"
+    assert len(attack.outcomes) == 7, attack.evidence()

@@ -10,7 +10,6 @@ import functools
 import logging
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +29,6 @@ from corral.sandbox.base import (
     SandboxRequest,
     SandboxState,
     ScopedSecret,
-    start_process,
 )
 from corral.sandbox.bubblewrap import overlay, rootfs
 from corral.sandbox.bubblewrap.dirs import (
@@ -51,6 +49,7 @@ from corral.sandbox.bubblewrap.identity import INSIDE_HOME, INSIDE_SHELL, INSIDE
 from corral.sandbox.bubblewrap.limits import (
     DISK_POLL_INTERVAL,
     LimitCounters,
+    SandboxCgroup,
     apply_rlimits,
     can_limit_other_users,
     disk_usage,
@@ -59,6 +58,7 @@ from corral.sandbox.bubblewrap.limits import (
     rlimits,
 )
 from corral.sandbox.bubblewrap.overlay import IdShift
+from corral.sandbox.bubblewrap.resident import LaunchFds, ResidentInit, init_argv
 from corral.sandbox.bubblewrap.seccomp import seccomp_available, seccomp_filter
 from corral.sandbox.bubblewrap.setup import (
     Strategy,
@@ -69,14 +69,13 @@ from corral.sandbox.bubblewrap.setup import (
     overlay_possible,
     parent_guard,
     proxy_wanted,
-    read_child_pid,
     repo_owner,
     setpriv_argv,
     start_proxy,
     tmp_size_mb,
 )
 from corral.sandbox.bubblewrap.sweep import sweep_once
-from corral.sandbox.types import Limits, NetworkProfile, PackageCache
+from corral.sandbox.types import SANDBOX_PYTHON, Limits, NetworkProfile, PackageCache
 from corral.sandbox.workspace import check_paths
 
 logger = logging.getLogger("corral.sandbox")
@@ -118,10 +117,9 @@ class BubblewrapState(SandboxState):
 
 @dataclasses.dataclass
 class _ExecRecord:
-    """What one exec started: bwrap's pid, a pidfd for the sandbox's init, and why the sandbox killed it."""
+    """What one exec started (its key for ``_kill``), and whether the disk watcher killed it."""
 
-    bwrap_pid: int | None = None
-    init_pidfd: int | None = None
+    command: int | None = None
     disk_killed: bool = False
 
 
@@ -163,10 +161,14 @@ def _egress_proxy_class() -> Any:
 
 
 class BubblewrapSandbox(Sandbox):
-    """Commands run in fresh namespaces, as an unprivileged uid, under seccomp and the sandbox's cgroups.
+    """Commands run in the sandbox's namespaces, as an unprivileged uid, under seccomp and its cgroups.
 
-    Each exec is one bwrap: its own pid namespace, so killing that namespace's init takes every process
-    the command started, including those that called setsid or double-forked.
+    One bwrap per sandbox, started on the first exec (or ahead, ``start()``): its resident init
+    (``sandbox_init.py``) forks every command. Each command is a child subreaper leading its own
+    session, so what it leaves running (double forks, ``setsid``) comes back to the init, which kills
+    it when the command ends; a timeout kills the command's whole tree. Killing the namespace's pid 1
+    takes everything at once (destroy, suspend). An init that dies (a command may kill it: same uid)
+    is started again by the next exec.
     """
 
     backend_name: ClassVar[str] = "bubblewrap"
@@ -205,7 +207,7 @@ class BubblewrapSandbox(Sandbox):
             self._launcher = [*guard, *check, *self._launcher]
         self._proxy = proxy
         self._secret_values = tuple(value for value in secret_values if value)
-        self._inits: dict[int, int] = {}  # bwrap pid -> pidfd of the sandbox's init
+        self._resident: ResidentInit | None = None
         self._prefix = self._bwrap_prefix()
         self._seccomp = seccomp_filter()
         self._last_disk_usage: int | None = None
@@ -294,85 +296,53 @@ class BubblewrapSandbox(Sandbox):
                     clean[name] = value.replace(secret, "[redacted]")
         return clean
 
+    def start(self) -> ResidentInit:
+        """Start the sandbox's resident init now if it is not running (``await ….ready()`` to wait for it)."""
+        self._check_open()
+        if self._resident is None or not self._resident.alive:
+            self._resident = ResidentInit(
+                argv_for=self._init_argv, seccomp=self._seccomp, prepare=self._prepare, name=str(self.workspace)
+            )
+        return self._resident
+
+    def _init_argv(self, fds: LaunchFds) -> list[str]:
+        command = init_argv(SANDBOX_PYTHON, fds)
+        if self._proxy is not None:
+            command = [*self._proxy.relay_argv(f"{_INSIDE_RUN}/egress.sock", _PROXY_PORT), "--", *command]
+        return [
+            *self._launcher,
+            *self._prefix,
+            "--chdir", "/",
+            "--seccomp", str(fds.seccomp),
+            "--info-fd", str(fds.info),
+            "--block-fd", str(fds.block),
+            "--",
+            *command,
+        ]  # fmt: skip
+
+    def _prepare(self, child: int) -> None:
+        """Put the sandbox's first process under the rlimits (bwrap started in its cgroups) before it runs anything."""
+        try:
+            apply_rlimits(child, self._rlimits)
+        except ProcessLookupError:
+            return  # bwrap's setup failed and exited meanwhile; its stderr says why
+        except OSError as exc:
+            raise SandboxError(f"cannot apply the sandbox's limits: {exc}") from exc
+
     async def _spawn(
         self, protocol: asyncio.SubprocessProtocol, argv: list[str], *, cwd: Path, env: dict[str, str]
     ) -> asyncio.SubprocessTransport:
         record = _current_exec.get(None) or _ExecRecord()
-        command = argv
-        if self._proxy is not None:
-            command = [*self._proxy.relay_argv(f"{_INSIDE_RUN}/egress.sock", _PROXY_PORT), "--", *argv]
         inside_cwd = self.inside_path(cwd)
         env = self._sandbox_env(env) | {"PWD": inside_cwd}
-        setenv = [arg for name, value in env.items() for arg in ("--setenv", name, value)]
-        seccomp_r, seccomp_w = os.pipe()
-        info_r, info_w = os.pipe()
-        block_r, block_w = os.pipe()
-        try:
-            os.write(seccomp_w, self._seccomp)
-            os.close(seccomp_w)
-            full = [
-                *self._launcher,
-                *self._prefix,
-                "--chdir", inside_cwd,
-                *setenv,
-                "--seccomp", str(seccomp_r),
-                "--info-fd", str(info_w),
-                "--block-fd", str(block_r),
-                "--",
-                *command,
-            ]  # fmt: skip
-            pass_fds = (seccomp_r, info_w, block_r)
-            transport = await start_process(protocol, full, cwd=Path("/"), env={}, pass_fds=pass_fds)
-        except BaseException:
-            for fd in (seccomp_w, info_r, block_w):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            raise
-        finally:
-            for fd in (seccomp_r, info_w, block_r):
-                os.close(fd)
-        record.bwrap_pid = transport.get_pid()
-        try:
-            await self._release(record, info_r, block_w)
-        except BaseException:
-            self._kill(record.bwrap_pid)
-            transport.close()
-            raise
-        finally:
-            for fd in (info_r, block_w):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        if self._destroyed:  # destroy() ran while bwrap was starting, before exec could register it
-            self._killed_by_destroy.add(record.bwrap_pid)
-            self._kill(record.bwrap_pid)
-        return transport
-
-    async def _release(self, record: _ExecRecord, info_r: int, block_w: int) -> None:
-        """Put the sandbox's init under the rlimits (bwrap started in its cgroups), then let it start the command."""
-        child = await read_child_pid(info_r)
-        if child is None:  # bwrap failed before cloning; its exit status and stderr say why
-            return
-        try:
-            record.init_pidfd = os.pidfd_open(child)
-        except ProcessLookupError:
-            return
-        assert record.bwrap_pid is not None
-        self._inits[record.bwrap_pid] = record.init_pidfd
-        try:
-            apply_rlimits(child, self._rlimits)
-        except ProcessLookupError:
-            return  # bwrap's setup failed and exited meanwhile
-        except OSError as exc:
-            raise SandboxError(f"cannot apply the sandbox's limits: {exc}") from exc
-        with contextlib.suppress(BrokenPipeError):
-            os.write(block_w, b"x")
+        command = await self.start().run(protocol, argv, cwd=inside_cwd, env=env)
+        record.command = command.get_pid()
+        return command
 
     def _kill(self, pgid: int) -> None:
-        pidfd = self._inits.get(pgid)
-        if pidfd is not None:
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # the pid namespace dies with its init
-        super()._kill(pgid)
+        # Only keys of this sandbox's commands come here (negative: never a host process group).
+        if self._resident is not None and pgid < 0:
+            self._resident.kill(-pgid)
 
     async def exec(
         self,
@@ -401,10 +371,6 @@ class BubblewrapSandbox(Sandbox):
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             _current_exec.reset(token)
-            if record.bwrap_pid is not None:
-                self._inits.pop(record.bwrap_pid, None)
-            if record.init_pidfd is not None:
-                os.close(record.init_pidfd)
         after = self._cgroup.counters() if self._cgroup else LimitCounters()
         notes = limit_notes(self._state.limits, before, after, result.exit_code, disk_killed=record.disk_killed)
         if self._state.disk_image and nearly_full(self._dirs.disk):
@@ -431,9 +397,9 @@ class BubblewrapSandbox(Sandbox):
                 return
             self._last_disk_usage = used
             growing = previous is None or used > previous
-            if used > limit and growing and record.bwrap_pid is not None:
+            if used > limit and growing and record.command is not None:
                 record.disk_killed = True
-                self._kill(record.bwrap_pid)
+                self._kill(record.command)
                 return
             previous = used
 
@@ -506,6 +472,10 @@ class BubblewrapSandbox(Sandbox):
     async def _close(self, release: Callable[[], Awaitable[None]]) -> None:
         """What suspend and destroy share: no process, no proxy, then ``release`` the host's side, then the lock."""
         self._stop_commands()
+        if self._resident is not None:
+            resident, self._resident = self._resident, None
+            resident.close()
+            await resident.wait_closed()
         if self._proxy is not None:
             proxy, self._proxy = self._proxy, None
             with contextlib.suppress(Exception):
@@ -514,6 +484,15 @@ class BubblewrapSandbox(Sandbox):
         if self._lock_fd is not None:
             lock_fd, self._lock_fd = self._lock_fd, None
             os.close(lock_fd)
+
+
+async def _emptied(cgroup: SandboxCgroup) -> None:
+    """Kill every process in the sandbox's cgroups and wait (a few seconds at most) until none is left."""
+    deadline = asyncio.get_running_loop().time() + _EXIT_TIMEOUT
+    cgroup.kill_all()
+    while cgroup.processes() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+        cgroup.kill_all()
 
 
 class BubblewrapSandboxBackend(SandboxBackend):
@@ -635,6 +614,13 @@ class BubblewrapSandboxBackend(SandboxBackend):
         check_mounts(parsed.mounts, repo=parsed.repo, run_dir=parsed.run_dir)
         if parsed.package_cache != "off":
             prepare_package_cache()
+        cgroup = dirs.cgroup()
+        if cgroup is not None:
+            # Processes left by the corral that died are nobody's now, and the mounts they still hold
+            # (a disk image's filesystem, with writes not yet on the image) must be gone before the
+            # workspace is mounted again.
+            cgroup.create(parsed.limits)
+            await _emptied(cgroup)
         try:
             ensure_mounted(
                 dirs,
@@ -648,10 +634,6 @@ class BubblewrapSandboxBackend(SandboxBackend):
             )
         except OSError as exc:
             raise SandboxError(f"sandbox is gone: its workspace cannot be mounted again ({exc})") from exc
-        cgroup = dirs.cgroup()
-        if cgroup is not None:
-            cgroup.create(parsed.limits)
-            cgroup.kill_all()  # commands left running by the process that died are nobody's now
         secrets = tuple(ScopedSecret.model_validate(secret) for secret in state.get("secrets", ()))
         proxy = None
         if proxy_wanted(parsed.network):

@@ -34,12 +34,12 @@ from corral.sandbox.egress.policy import (
 )
 from corral.sandbox.egress.presets import expand
 from corral.sandbox.egress.secrets import SecretGuard
+from corral.sandbox.types import SANDBOX_PYTHON
 
 logger = logging.getLogger("corral.sandbox.egress.proxy")
 
 SOCKET_NAME = "egress.sock"
 RELAY_SOURCE = Path(__file__).with_name("relay.py")
-SANDBOX_PYTHON = "/usr/bin/python3"
 MAX_BODY = 64 * 1024 * 1024
 """Request bodies are held in memory to be inspected for placeholders; larger ones get 413."""
 IDLE_TIMEOUT = 120.0  # a kept-alive client connection with no new request
