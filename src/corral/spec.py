@@ -78,6 +78,9 @@ class SandboxProfile(_Strict):
     cache and its own downloads stay its own. ``off``: every run downloads everything."""
     mounts: Mounts = ()
     """Host directories (a toolchain, a virtualenv) the sandbox sees read-only at the same path."""
+    pool: Annotated[int, Field(ge=0, le=64)] = 0
+    """Sandboxes of this shape kept prepared by a long-lived process (bubblewrap, as root): a run or a
+    child run then gets one in milliseconds. 0: each is made when asked for."""
 
     @model_validator(mode="before")
     @classmethod

@@ -101,6 +101,7 @@ def profile_request(
         git_user=profile.git_user,
         package_cache=profile.package_cache,
         mounts=profile.mounts,
+        pool=profile.pool,
     )
 
 

@@ -20,7 +20,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from corral.errors import PathEscapeError, SandboxError
 from corral.events import EgressAttempted
@@ -135,6 +135,9 @@ class SandboxRequest(BaseModel):
     """Whether commands see the per-user package cache (isolated backends; ``local`` sees the host anyway)."""
     mounts: Mounts = ()
     """Host directories commands see read-only at the same path (isolated backends)."""
+    pool: int = Field(default=0, ge=0, le=64)
+    """Keep this many sandboxes like this one prepared, for later creates in this process (bubblewrap as
+    root; requests without secrets or TLS interception); 0: none."""
 
     def exec_env(self) -> dict[str, str]:
         """The variables a backend gives every exec from this request: the git identity, then ``env``."""

@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 
 from corral.sandbox.base import Limits, NetworkProfile, Sandbox, SandboxBackend, SandboxRequest, get_backend
+from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend, close_pools
+from corral.sandbox.bubblewrap.identity import runs_as_root
+from corral.sandbox.bubblewrap.pool import POOL_DIRNAME
 from tests.security.sandbox.attacks import host_mount_points
 
 BACKEND_NAME = os.environ.get("CORRAL_ESCAPE_BACKEND", "bubblewrap")
@@ -105,6 +108,8 @@ class SandboxFactory:
     backend: SandboxBackend
     repo: Path
     root: Path
+    pooled: bool = False
+    """Every sandbox comes from a warm pool (prepared before the test's repo was known, then handed out)."""
     created: list[Sandbox] = field(default_factory=list)
     known_mounts: set[str] = field(default_factory=set)
     """Host mounts the backend itself made (e.g. an overlay on the workspace), seen right after create."""
@@ -124,8 +129,13 @@ class SandboxFactory:
             env=env or {},
             limits=limits or Limits(),
             network=network or NetworkProfile(),
+            pool=1 if self.pooled else 0,
         )
+        if self.pooled:
+            assert isinstance(self.backend, BubblewrapSandboxBackend), "pooling is bubblewrap's"
+            assert await self.backend.warm(request) == 1, "no sandbox could be prepared for the pool"
         sandbox = await self.backend.create(request)
+        assert getattr(sandbox, "pooled", False) == self.pooled
         self.created.append(sandbox)
         self.known_mounts |= {point for point in host_mount_points() if point.startswith(str(self.root))}
         return sandbox
@@ -133,7 +143,12 @@ class SandboxFactory:
     def new_mounts(self, under: Path | None = None) -> list[str]:
         """Host mount points below ``under`` (default: every run dir) that the backend did not make."""
         prefix = str(under or self.root)
-        return sorted(p for p in host_mount_points() if p.startswith(prefix) and p not in self.known_mounts)
+        pool = str(self.root / POOL_DIRNAME) + "/"  # sandboxes being prepared by the pool, not by any test
+        return sorted(
+            p
+            for p in host_mount_points()
+            if p.startswith(prefix) and p not in self.known_mounts and not p.startswith(pool)
+        )
 
 
 def _unmount_strays(factory: SandboxFactory) -> list[str]:
@@ -144,11 +159,15 @@ def _unmount_strays(factory: SandboxFactory) -> list[str]:
     return strays
 
 
-@pytest.fixture
+@pytest.fixture(params=["fresh", "pooled"] if BACKEND_NAME == "bubblewrap" else ["fresh"])
 async def make_sandbox(
-    anyio_backend: str, backend: SandboxBackend, repo: Path, tmp_path: Path
+    request: pytest.FixtureRequest, anyio_backend: str, backend: SandboxBackend, repo: Path, tmp_path: Path
 ) -> AsyncIterator[SandboxFactory]:
-    factory = SandboxFactory(backend=backend, repo=repo, root=tmp_path / "runs")
+    """Every attack runs twice on bubblewrap: on a sandbox made for it, and on one from a warm pool."""
+    pooled = request.param == "pooled"
+    if pooled and not runs_as_root():
+        pytest.skip("sandboxes are pooled only when corral runs as root")
+    factory = SandboxFactory(backend=backend, repo=repo, root=tmp_path / "runs", pooled=pooled)
     factory.root.mkdir()
     yield factory
     strays = _unmount_strays(factory)
@@ -158,6 +177,11 @@ async def make_sandbox(
             await sandbox.destroy()
         except Exception as exc:
             errors.append(f"{sandbox.workspace}: {exc}")
+    if pooled:
+        try:
+            await close_pools()
+        except Exception as exc:
+            errors.append(f"closing the pool: {exc}")
     assert not strays, f"ESCAPE: sandbox mounts appeared in the host mount namespace: {strays}"
     assert not errors, f"destroy failed: {errors}"
 

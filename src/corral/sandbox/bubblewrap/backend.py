@@ -58,6 +58,7 @@ from corral.sandbox.bubblewrap.limits import (
     rlimits,
 )
 from corral.sandbox.bubblewrap.overlay import IdShift
+from corral.sandbox.bubblewrap.pool import SandboxPool, hand_over, mount_pending_workspace, pool_shape
 from corral.sandbox.bubblewrap.resident import LaunchFds, ResidentInit, init_argv
 from corral.sandbox.bubblewrap.seccomp import seccomp_available, seccomp_filter
 from corral.sandbox.bubblewrap.setup import (
@@ -76,7 +77,7 @@ from corral.sandbox.bubblewrap.setup import (
 )
 from corral.sandbox.bubblewrap.sweep import sweep_once
 from corral.sandbox.types import SANDBOX_PYTHON, Limits, NetworkProfile, PackageCache
-from corral.sandbox.workspace import check_paths
+from corral.sandbox.workspace import WorkspaceSnapshot, check_paths
 
 logger = logging.getLogger("corral.sandbox")
 
@@ -113,6 +114,26 @@ class BubblewrapState(SandboxState):
     package_cache: PackageCache = "off"
     mounts: tuple[str, ...] = ()
     """Host directories bound read-only at the same path (bound again on every resume)."""
+    ident: str | None = None
+    """The sandbox's id, when it is not its run dir's (a pooled sandbox keeps the one it was prepared under)."""
+
+    @classmethod
+    def pending(cls, dirs: SandboxDirs, *, uid: int, request: SandboxRequest, disk_image: bool) -> BubblewrapState:
+        """The state of a pooled sandbox before it is handed out: no repository, an empty workspace."""
+        return cls(
+            backend="bubblewrap",
+            run_dir=dirs.run_dir,
+            snapshot=WorkspaceSnapshot(workspace=dirs.pending_workspace, git_dir=dirs.git_dir, commit=""),
+            strategy="overlay",
+            repo=dirs.run_dir,
+            uid=uid,
+            gid=uid,
+            network=request.network,
+            limits=request.limits,
+            disk_image=disk_image,
+            package_cache=request.package_cache,
+            mounts=request.mounts,
+        )
 
 
 @dataclasses.dataclass
@@ -181,10 +202,14 @@ class BubblewrapSandbox(Sandbox):
         proxy: Any = None,
         secret_values: Sequence[str] = (),
         lock_fd: int | None = None,
+        resident: ResidentInit | None = None,
+        pool: SandboxPool | None = None,
     ) -> None:
         super().__init__(run_dir=state.run_dir, snapshot=state.snapshot, env=env)
         self._state = state
-        self._dirs = SandboxDirs(state.run_dir, privileged=privileged())
+        self._dirs = SandboxDirs(state.run_dir, privileged=privileged(), ident=state.ident)
+        self._pool = pool  # a pooled sandbox's destroy() leaves the host's side of it to its pool
+        self._release: asyncio.Task[None] | None = None
         self._cgroup = self._dirs.cgroup()
         controllers = self._cgroup.controllers if self._cgroup else frozenset()
         self._rlimits = rlimits(state.limits, cgroup_controllers=controllers)
@@ -207,7 +232,7 @@ class BubblewrapSandbox(Sandbox):
             self._launcher = [*guard, *check, *self._launcher]
         self._proxy = proxy
         self._secret_values = tuple(value for value in secret_values if value)
-        self._resident: ResidentInit | None = None
+        self._resident = resident
         self._prefix = self._bwrap_prefix()
         self._seccomp = seccomp_filter()
         self._last_disk_usage: int | None = None
@@ -295,6 +320,11 @@ class BubblewrapSandbox(Sandbox):
                 if secret in value:
                     clean[name] = value.replace(secret, "[redacted]")
         return clean
+
+    @property
+    def pooled(self) -> bool:
+        """Whether this sandbox came from a pool of prepared ones (its destroy() then finishes in the background)."""
+        return self._pool is not None
 
     def start(self) -> ResidentInit:
         """Start the sandbox's resident init now if it is not running (``await ….ready()`` to wait for it)."""
@@ -466,24 +496,65 @@ class BubblewrapSandbox(Sandbox):
         await self._close(lambda: release_host(self._dirs))
 
     async def destroy(self) -> None:
-        """Kill every process, stop the proxy, unmount, remove the run's files and give back the uid."""
-        await self._close(lambda: teardown(self._dirs, uid=self._state.uid))
+        """Kill every process, stop the proxy, unmount, remove the run's files and give back the uid.
+
+        A pooled sandbox's processes are killed at once; the rest is its pool's background work
+        (``SandboxPool.drain()``, ``close_pools()``), so that handing sandboxes out and back stays cheap.
+        """
+        if self._pool is None:
+            await self._close(lambda: teardown(self._dirs, uid=self._state.uid))
+            return
+        if self._release is None:  # a second destroy() finds the release under way
+            self._stop_commands()
+            if self._resident is not None:
+                self._resident.close()  # every process of the sandbox dies now, not when the release runs
+            self._release = asyncio.get_running_loop().create_task(
+                self._close(lambda: teardown(self._dirs, uid=self._state.uid))
+            )
+            self._pool.defer(self._release)
 
     async def _close(self, release: Callable[[], Awaitable[None]]) -> None:
         """What suspend and destroy share: no process, no proxy, then ``release`` the host's side, then the lock."""
         self._stop_commands()
-        if self._resident is not None:
-            resident, self._resident = self._resident, None
-            resident.close()
-            await resident.wait_closed()
-        if self._proxy is not None:
-            proxy, self._proxy = self._proxy, None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(proxy.stop(), _EXIT_TIMEOUT)
-        await release()
-        if self._lock_fd is not None:
-            lock_fd, self._lock_fd = self._lock_fd, None
-            os.close(lock_fd)
+        try:
+            if self._resident is not None:
+                resident, self._resident = self._resident, None
+                resident.close()
+                await resident.wait_closed()
+            if self._proxy is not None:
+                proxy, self._proxy = self._proxy, None
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proxy.stop(), _EXIT_TIMEOUT)
+        finally:  # cancelled while waiting, the host's side is still given back
+            try:
+                await release()
+            finally:
+                if self._lock_fd is not None:
+                    lock_fd, self._lock_fd = self._lock_fd, None
+                    os.close(lock_fd)
+
+
+_pools: dict[tuple[int, str], SandboxPool] = {}
+"""This process's pools, by event loop and shape (a slot's egress proxy serves on the loop that made it)."""
+
+
+def _pool_for(shape: str, request: SandboxRequest) -> SandboxPool:
+    key = (id(asyncio.get_running_loop()), shape)
+    pool = _pools.get(key)
+    if pool is None:
+        pool = _pools[key] = SandboxPool(template=request.model_copy(update={"on_egress": None}), size=request.pool)
+    return pool
+
+
+async def close_pools() -> None:
+    """Destroy the prepared sandboxes of this loop's pools and finish every pooled sandbox's release.
+
+    A long-lived process calls it before it exits; a process that dies instead leaves its slots to the
+    next sweep (they are marked ended from the start).
+    """
+    loop = id(asyncio.get_running_loop())
+    for key in [key for key in _pools if key[0] == loop]:
+        await _pools.pop(key).close()
 
 
 async def _emptied(cgroup: SandboxCgroup) -> None:
@@ -514,9 +585,16 @@ class BubblewrapSandboxBackend(SandboxBackend):
         check_mounts(request.mounts, repo=repo, run_dir=workspace.parent)
         if request.package_cache != "off":
             prepare_package_cache()
+        # Creation is a durable step: it may run again, over what an earlier attempt made.
+        earlier = SandboxDirs.of(workspace.parent, privileged=privileged())
+        await teardown(earlier, uid=read_identity(earlier))
+        shape = pool_shape(request)
+        if shape is not None:
+            pooled = await self._from_pool(shape, request, repo)
+            if pooled is not None:
+                return pooled
         dirs = SandboxDirs(workspace.parent, privileged=privileged())
         proxy_class = _egress_proxy_class() if proxy_wanted(request.network) else None
-        await teardown(dirs, uid=read_identity(dirs))  # creation is a durable step: it may run again
         dirs.state.mkdir()
         lock_fd = hold(dirs)
         uid = claim_uid(dirs.run_dir, state_dirname=STATE_DIRNAME)
@@ -582,6 +660,59 @@ class BubblewrapSandboxBackend(SandboxBackend):
             logger.warning(_HOST_NETWORK_WARNING, sandbox.workspace)
         return sandbox
 
+    async def warm(self, request: SandboxRequest) -> int:
+        """Prepare ``request.pool`` sandboxes of the request's shape now (a server calls it at start-up);
+        the number ready. 0 when the request cannot be pooled (see ``SandboxRequest.pool``)."""
+        shape = pool_shape(request)
+        return 0 if shape is None else await _pool_for(shape, request).filled()
+
+    async def _from_pool(self, shape: str, request: SandboxRequest, repo: Path) -> BubblewrapSandbox | None:
+        """A prepared sandbox of the request's shape with the request's workspace, or None (none ready)."""
+        pool = _pool_for(shape, request)
+        slot = pool.take()
+        if slot is None:
+            pool.fill()
+            return None
+        dirs = hand_over(slot, request.run_dir)
+        try:
+            shift = IdShift(*repo_owner(repo), slot.uid, slot.uid)
+            strategy, snapshot, baseline = await make_workspace(dirs, repo, shift)
+            mount_pending_workspace(dirs)
+            if slot.proxy is not None:
+                slot.proxy.report_to(request.on_egress)
+            state = BubblewrapState(
+                backend=self.name,
+                run_dir=dirs.run_dir,
+                snapshot=snapshot,
+                strategy=strategy,
+                repo=repo,
+                uid=slot.uid,
+                gid=slot.uid,
+                network=request.network,
+                limits=request.limits,
+                disk_image=slot.disk_image and strategy == "overlay",
+                disk_baseline=baseline,
+                package_cache=request.package_cache,
+                mounts=request.mounts,
+                ident=dirs.id,
+            )
+            sandbox = BubblewrapSandbox(
+                state=state,
+                env=request.exec_env(),
+                proxy=slot.proxy,
+                lock_fd=slot.lock_fd,
+                resident=slot.resident,
+                pool=pool,
+            )
+        except BaseException:
+            await slot.discard()  # what is left of it is in the run dir now
+            raise
+        finally:
+            pool.fill()  # the next slot is prepared once this one is handed out, not while
+        if request.network.mode == "host":
+            logger.warning(_HOST_NETWORK_WARNING, sandbox.workspace)
+        return sandbox
+
     async def attach(self, state: dict[str, Any]) -> BubblewrapSandbox:
         """Re-open a sandbox; mounts and cgroups lost to a reboot are made again.
 
@@ -594,7 +725,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
             parsed = BubblewrapState.model_validate(recorded)
         except ValidationError as exc:
             raise SandboxError(f"not a bubblewrap sandbox state: {exc.error_count()} invalid field(s)") from exc
-        dirs = SandboxDirs(parsed.run_dir, privileged=privileged())
+        dirs = SandboxDirs(parsed.run_dir, privileged=privileged(), ident=parsed.ident)
         try:
             lock_fd = hold(dirs)
         except (FileNotFoundError, NotADirectoryError):

@@ -78,10 +78,17 @@ class SandboxDirs:
 
     run_dir: Path
     privileged: bool
+    ident: str | None = None
+    """The sandbox's id when it is not its run dir's (a pooled sandbox keeps the id it was prepared under)."""
+
+    @classmethod
+    def of(cls, run_dir: Path, *, privileged: bool) -> SandboxDirs:
+        """The dirs of an existing sandbox: its id as its identity file records it."""
+        return cls(run_dir, privileged=privileged, ident=read_identity_id(run_dir))
 
     @property
     def id(self) -> str:
-        return sandbox_id(self.run_dir)
+        return self.ident or sandbox_id(self.run_dir)
 
     @property
     def workspace(self) -> Path:
@@ -113,6 +120,11 @@ class SandboxDirs:
     @property
     def home(self) -> Path:
         return self.disk / "home"
+
+    @property
+    def pending_workspace(self) -> Path:
+        """A pooled sandbox's /workspace until it is handed out: empty, under a shared mount in the portal."""
+        return self.state / "pending-workspace"
 
     @property
     def identity_file(self) -> Path:
@@ -208,12 +220,23 @@ def in_use(run_dir: Path) -> bool:
 
 
 def write_identity(dirs: SandboxDirs, uid: int) -> None:
-    dirs.identity_file.write_text(json.dumps({"uid": uid}))
+    """Record the sandbox's uid and id (its id is its run dir's unless it was prepared elsewhere: a pool)."""
+    record = {"uid": uid} | ({"id": dirs.ident} if dirs.ident else {})
+    dirs.identity_file.write_text(json.dumps(record))
 
 
 def read_identity(dirs: SandboxDirs) -> int | None:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         return int(json.loads(dirs.identity_file.read_text())["uid"])
+    return None
+
+
+def read_identity_id(run_dir: Path) -> str | None:
+    """The id recorded in ``run_dir``'s identity file, if it records one."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        ident = json.loads((run_dir / STATE_DIRNAME / "identity.json").read_text()).get("id")
+        if isinstance(ident, str) and len(ident) == 16 and all(c in "0123456789abcdef" for c in ident):
+            return ident
     return None
 
 
@@ -227,12 +250,18 @@ def ensure_mounted(
     disk_image: bool,
     package_cache: str = "off",
     mounts: Sequence[str] = (),
+    pending: bool = False,
 ) -> None:
-    """Make every mount the sandbox needs, skipping those that exist (after a reboot, all of them)."""
+    """Make every mount the sandbox needs, skipping those that exist (after a reboot, all of them).
+
+    ``pending``: a pooled sandbox, with no repository yet: its /workspace is an empty directory bound
+    shared in the portal, so that the workspace mounted on it when it is handed out reaches the
+    sandbox's running namespace (``repo`` and ``strategy`` are then unused).
+    """
     mounted = overlay.mount_points()
     if disk_image and str(dirs.disk) not in mounted:
         mount_image(dirs.image, dirs.disk)
-    if strategy == "overlay" and str(dirs.workspace) not in mounted:
+    if strategy == "overlay" and not pending and str(dirs.workspace) not in mounted:
         overlay.mount_overlay(dirs.layers(repo), shift)
     portal = dirs.portal
     if portal is None:
@@ -242,11 +271,17 @@ def ensure_mounted(
     os.chmod(PORTAL_ROOT, 0o711)
     portal.mkdir(mode=0o700, exist_ok=True)
     os.chown(portal, shift.sandbox_uid, shift.sandbox_gid)
-    for name, source in (("workspace", dirs.workspace), ("home", dirs.home)):
+    if pending:
+        dirs.pending_workspace.mkdir(exist_ok=True)
+        os.chown(dirs.pending_workspace, shift.sandbox_uid, shift.sandbox_gid)
+    workspace = dirs.pending_workspace if pending else dirs.workspace
+    for name, source in (("workspace", workspace), ("home", dirs.home)):
         target = portal / name
         target.mkdir(exist_ok=True)
         if str(target) not in mounted:
             overlay.bind_mount(source, target)
+    if pending:
+        overlay.make_shared(portal / "workspace")
     dirs.tmp.mkdir(exist_ok=True)
     if str(dirs.tmp) not in mounted:
         overlay.mount_tmpfs(dirs.tmp, size_mb=tmp_mb, uid=shift.sandbox_uid, gid=shift.sandbox_gid)

@@ -29,7 +29,8 @@ def runs_as_root() -> bool:
 
 
 @contextlib.contextmanager
-def _registry_lock() -> Iterator[None]:
+def registry_lock() -> Iterator[None]:
+    """Held while claims change hands: a sweep decides under it, a pool hands a sandbox over under it."""
     try:
         REGISTRY_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(REGISTRY_DIR / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -52,7 +53,7 @@ def claim_uid(owner: Path, *, state_dirname: str) -> int:
     if not runs_as_root():
         return os.getuid()
     record = str(owner).encode()
-    with _registry_lock():
+    with registry_lock():
         for slot in range(SANDBOX_UID_COUNT):
             uid = SANDBOX_UID_BASE + slot
             path = REGISTRY_DIR / str(uid)
@@ -79,7 +80,7 @@ def reclaim_uid(uid: int, owner: Path, *, state_dirname: str) -> bool:
         return uid == os.getuid()
     record = str(owner).encode()
     path = REGISTRY_DIR / str(uid)
-    with _registry_lock():
+    with registry_lock():
         holder = _read(path)
         if holder not in (None, record) and (Path(os.fsdecode(holder)) / state_dirname).is_dir():
             return False
@@ -92,22 +93,35 @@ def release_uid(uid: int, owner: Path) -> None:
     if not runs_as_root() or not SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT:
         return
     path = REGISTRY_DIR / str(uid)
-    with _registry_lock():
+    with registry_lock():
         if _read(path) == str(owner).encode():
             path.unlink(missing_ok=True)
 
 
-def claims() -> dict[int, Path]:
-    """Every claimed sandbox uid and the run dir it names (root only; empty otherwise)."""
+def claims(*, locked: bool = False) -> dict[int, Path]:
+    """Every claimed sandbox uid and the run dir it names (root only; empty otherwise).
+
+    ``locked``: the caller holds ``registry_lock()`` already.
+    """
     if not runs_as_root() or not REGISTRY_DIR.is_dir():
         return {}
-    found: dict[int, Path] = {}
-    with _registry_lock():
+    with contextlib.nullcontext() if locked else registry_lock():
+        found: dict[int, Path] = {}
         for path in REGISTRY_DIR.iterdir():
             holder = _read(path) if path.name.isdigit() else None
             if holder is not None:
                 found[int(path.name)] = Path(os.fsdecode(holder))
     return found
+
+
+def hand_over_uid(uid: int, old: Path, new: Path) -> None:
+    """Move ``old``'s claim of ``uid`` to ``new`` (the caller holds ``registry_lock()``)."""
+    path = REGISTRY_DIR / str(uid)
+    if _read(path) != str(old).encode():
+        raise SandboxError(f"sandbox uid {uid} is not held by {old}")
+    partial = path.with_name(f".{uid}.tmp")
+    partial.write_bytes(str(new).encode())
+    partial.replace(path)
 
 
 def _read(path: Path) -> bytes | None:

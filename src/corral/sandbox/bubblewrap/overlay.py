@@ -31,7 +31,7 @@ from corral.sandbox.workspace import (
 
 logger = logging.getLogger("corral.sandbox")
 
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC = 0x2, 0x4, 0x1000, 0x4000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_SHARED = 0x2, 0x4, 0x1000, 0x4000, 1 << 20
 _MNT_DETACH, _UMOUNT_NOFOLLOW = 0x2, 0x8
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442  # x86_64 and aarch64 share these
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
@@ -189,6 +189,28 @@ def bind_idmapped(source: Path, target: Path, shift: IdShift) -> None:
         os.close(fd)
 
 
+_SMALL_TREE = 2_000  # entries walked in-process before handing the walk to find(1)
+
+
+def _foreign_in_small_tree(starts: Sequence[str], shift: IdShift) -> list[str] | None:
+    """What ``foreign_entries`` finds, walked here when the tree is small (a subprocess would cost more
+    than the walk); None once it has seen ``_SMALL_TREE`` entries."""
+    found: list[str] = []
+    pending = list(starts)
+    seen = 0
+    while pending:
+        path = pending.pop()
+        seen += 1
+        if seen > _SMALL_TREE:
+            return None
+        info = os.lstat(path)
+        if info.st_uid != shift.host_uid or info.st_gid != shift.host_gid:
+            found.append(path)  # a foreign directory stands for its subtree
+        elif stat.S_ISDIR(info.st_mode):
+            pending.extend(os.path.join(path, name) for name in os.listdir(path))
+    return found
+
+
 async def foreign_entries(lower: Path, shift: IdShift) -> list[str]:
     """Repo-relative paths of the topmost entries not owned by ``shift.host_uid:host_gid``, sorted.
 
@@ -199,6 +221,10 @@ async def foreign_entries(lower: Path, shift: IdShift) -> list[str]:
     starts = [str(lower / name) for name in sorted(os.listdir(lower)) if name != SCRATCH_DIRNAME]
     if not starts:
         return []
+    small = _foreign_in_small_tree(starts, shift)
+    if small is not None:
+        prefix = len(str(lower)) + 1
+        return sorted(path[prefix:] for path in small)
     find = shutil.which("find") or "/usr/bin/find"
     owner = ["(", "!", "-uid", str(shift.host_uid), "-o", "!", "-gid", str(shift.host_gid), ")"]
     done = await run_process(
@@ -275,6 +301,11 @@ def bind_mount(source: Path, target: Path) -> None:
     check(libc().mount(os.fsencode(source), os.fsencode(target), None, _MS_BIND | _MS_REC, None), "bind mount")
 
 
+def make_shared(target: Path) -> None:
+    """Make the mount at ``target`` shared: mounts made on it later reach its copies in sandboxes."""
+    check(libc().mount(None, os.fsencode(target), None, _MS_SHARED, None), "make shared")
+
+
 def mount_points() -> set[str]:
     """Every mount point in this mount namespace."""
     try:
@@ -301,19 +332,23 @@ def _unescape(field: str) -> str:
     return bytes(field, "ascii").decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
 
 
+_UNMOUNT_ROUNDS = 8
+
+
 def unmount_all(path: Path) -> None:
     """Unmount everything at or below ``path`` (detaching what is busy); raise if something stays."""
     lib = libc()
     points = mount_points_under(path)
-    if not points:
-        return
-    for point in points:
-        target = os.fsencode(point)
-        if lib.umount2(target, _UMOUNT_NOFOLLOW) != 0:
-            check(lib.umount2(target, _UMOUNT_NOFOLLOW | _MNT_DETACH), f"umount {point}")
-    left = mount_points_under(path)
-    if left:
-        raise SandboxError(f"could not unmount {', '.join(left)}")
+    for _ in range(_UNMOUNT_ROUNDS):  # a path may hold mounts stacked on each other: one comes off per round
+        if not points:
+            return
+        for point in points:
+            target = os.fsencode(point)
+            if lib.umount2(target, _UMOUNT_NOFOLLOW) != 0:
+                check(lib.umount2(target, _UMOUNT_NOFOLLOW | _MNT_DETACH), f"umount {point}")
+        points = mount_points_under(path)
+    if points:
+        raise SandboxError(f"could not unmount {', '.join(points)}")
 
 
 # -- the diff --------------------------------------------------------------------------------

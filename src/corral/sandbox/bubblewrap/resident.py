@@ -118,7 +118,8 @@ class ResidentInit:
 
     async def ready(self) -> None:
         """Wait until the init listens; SandboxError if it could not start."""
-        await asyncio.wrap_future(self._started)
+        # Shielded: a caller that gives up waiting must not cancel the start itself (the thread finishes it).
+        await asyncio.shield(asyncio.wrap_future(self._started))
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -181,8 +182,14 @@ class ResidentInit:
         self._kill_namespace()
 
     async def wait_closed(self) -> None:
-        """Until the namespace is gone and bwrap reaped (after ``close``)."""
-        await asyncio.to_thread(self._thread.join, START_TIMEOUT + _EXIT_TIMEOUT)
+        """Until the namespace is gone and bwrap reaped (after ``close``).
+
+        Polls rather than joining the thread in an executor: it runs during shutdown too (a run that
+        was interrupted suspends its sandbox), when the loop's executor may take no more work.
+        """
+        deadline = time.monotonic() + START_TIMEOUT + _EXIT_TIMEOUT
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
 
     def _kill_namespace(self) -> None:
         if self._pidfd is not None:
@@ -207,9 +214,11 @@ class ResidentInit:
             self._finish()
             if not isinstance(exc, SandboxError):
                 exc = SandboxError(f"the sandbox could not start: {exc}")
-            self._started.set_exception(exc)
+            if not self._started.done():
+                self._started.set_exception(exc)
             return
-        self._started.set_result(None)
+        if not self._started.done():
+            self._started.set_result(None)
         try:
             self._serve()
         except Exception:  # a bug here must not leave the sandbox running

@@ -43,9 +43,8 @@ from corral.sandbox.bubblewrap.dirs import (
     portal_path,
     release_image,
     remove_quickly,
-    sandbox_id,
 )
-from corral.sandbox.bubblewrap.identity import claims, release_uid, runs_as_root
+from corral.sandbox.bubblewrap.identity import claims, registry_lock, release_uid, runs_as_root
 from corral.sandbox.bubblewrap.limits import cgroup_support
 from corral.sandbox.workspace import WORKSPACE_DIRNAME
 
@@ -113,19 +112,18 @@ async def sweep_orphans() -> SweepReport:
     report = SweepReport()
     found = _found_on_host()
     claimed = claims()
-    owners = {sandbox_id(run_dir): run_dir for run_dir in claimed.values()}
+    owners = {SandboxDirs.of(run_dir, privileged=True).id: run_dir for run_dir in claimed.values()}
     for ident in found:
         owner = _image_owner(ident)
         if owner is not None:
             owners.setdefault(ident, owner)
     for ident in sorted(found.keys() | owners.keys()):
         owner = owners.get(ident)
-        if owner is not None and _has_state(owner):
-            if in_use(owner):
-                report.in_use.append(owner)
-                continue
-            if not run_ended(owner):
-                report.resumable.append(owner)
+        if _kept(owner, report):
+            continue
+        with registry_lock():  # a pool may have handed this sandbox to a run since the claims were read
+            now = _owner_now(ident)
+            if now is not None and now != owner and _kept(now, report):
                 continue
         await _remove_sandbox(ident, owner, found.get(ident, []), report)
     for uid, run_dir in sorted(claimed.items()):
@@ -137,6 +135,27 @@ async def sweep_orphans() -> SweepReport:
     for line in report.failed:
         logger.warning("could not remove a leftover sandbox item: %s", line)
     return report
+
+
+def _kept(owner: Path | None, report: SweepReport) -> bool:
+    """Whether the sandbox of ``owner`` (a run dir) stays: open in a live process, or resumable."""
+    if owner is None or not _has_state(owner):
+        return False
+    if in_use(owner):
+        report.in_use.append(owner)
+        return True
+    if not run_ended(owner):
+        report.resumable.append(owner)
+        return True
+    return False
+
+
+def _owner_now(ident: str) -> Path | None:
+    """The run dir that holds sandbox ``ident`` now (the caller holds ``registry_lock()``)."""
+    for run_dir in claims(locked=True).values():
+        if SandboxDirs.of(run_dir, privileged=True).id == ident:
+            return run_dir
+    return _image_owner(ident)
 
 
 async def _remove_sandbox(ident: str, owner: Path | None, paths: list[Path], report: SweepReport) -> None:
@@ -175,7 +194,7 @@ async def _remove_sandbox(ident: str, owner: Path | None, paths: list[Path], rep
 
 async def _remove_run_files(run_dir: Path, report: SweepReport) -> None:
     """The workspace, baseline and state of an ended run: what its sandbox's destroy() would have removed."""
-    dirs = SandboxDirs(run_dir, privileged=True)
+    dirs = SandboxDirs.of(run_dir, privileged=True)
     mounted = overlay.mount_points_under(run_dir)
     if mounted:  # never delete through a mount (the repository's view, say)
         report.failed.append(f"files of ended run {run_dir}: still mounted: {', '.join(mounted)}")
@@ -203,7 +222,7 @@ def _mounts_of(ident: str, owner: Path | None) -> list[Path]:
     found: set[Path] = set()
     for point in map(Path, points):
         for run_dir in (point.parent, point.parent.parent):
-            ours = (owner is not None and run_dir == owner) or sandbox_id(run_dir) == ident
+            ours = (owner is not None and run_dir == owner) or SandboxDirs.of(run_dir, privileged=True).id == ident
             if ours and point in (run_dir / WORKSPACE_DIRNAME, run_dir / STATE_DIRNAME / "disk"):
                 found.add(point)
     # The workspace's overlay sits on the disk: unmount it first.

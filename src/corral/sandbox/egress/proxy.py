@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -207,6 +208,11 @@ class EgressProxy:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+    def report_to(self, on_event: Callable[[EgressAttempted], None] | None) -> None:
+        """Send egress events of connections accepted from now on to ``on_event`` (a pooled sandbox's proxy,
+        made before its run was known, learns that run's journal when it is handed out)."""
+        self._forwarder = dataclasses.replace(self._forwarder, on_event=on_event)
 
     def relay_argv(self, sandbox_socket: str, listen_port: int) -> list[str]:
         """See the module-level ``relay_argv``; ``sandbox_socket`` is where ``socket_path`` is mounted."""

@@ -1,0 +1,270 @@
+"""A warm pool of prepared bubblewrap sandboxes: what ``create()`` costs, paid before it is asked for.
+
+A sandbox's cost is mostly independent of its repository: a uid, cgroups, a disk image, the portal
+with its /tmp and home, the egress proxy, and bwrap with its resident init. A pool keeps ``size`` of
+those *slots* ready for one shape of request (network, limits, package cache, mounts), each with an
+empty /workspace that is a shared mount in its portal. Handing one out (``take``) mounts the
+request's workspace (the overlay on the repository, as ``create`` does) and binds it there, which
+reaches the running sandbox by mount propagation; the slot's state directory moves into the
+request's run dir, and its uid claim and disk-image note name that run dir, under the uid
+registry's lock so that a sweep never sees a slot half handed over. The sandbox keeps the id it
+was prepared under (recorded in its identity file).
+
+A pooled sandbox's ``destroy()`` kills its processes at once and returns; unmounting and removing
+its files happens in the pool's background (``drain()`` waits for it), and a new slot is prepared.
+
+Only privileged corral (root) pools: the workspace must be a mount. Requests with secrets or TLS
+interception are not pooled (their proxy is made for them); neither are one-off shapes unless asked.
+A slot's run dir is marked ended from the start and its holder directory carries the one-shot
+marker: if the process dies, a sweep removes every slot it left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from corral.errors import SandboxError
+from corral.sandbox.base import SandboxRequest, mark_run_ended
+from corral.sandbox.bubblewrap import overlay
+from corral.sandbox.bubblewrap.dirs import (
+    STATE_DIRNAME,
+    SandboxDirs,
+    ensure_mounted,
+    hold,
+    prepare_package_cache,
+    privileged,
+    teardown,
+    write_identity,
+)
+from corral.sandbox.bubblewrap.identity import claim_uid, hand_over_uid, registry_lock
+from corral.sandbox.bubblewrap.overlay import IdShift
+from corral.sandbox.bubblewrap.setup import make_disk, proxy_wanted, start_proxy, tmp_size_mb
+from corral.sandbox.bubblewrap.sweep import ONE_SHOT_MARKER
+
+if TYPE_CHECKING:
+    from corral.sandbox.bubblewrap.resident import ResidentInit
+
+logger = logging.getLogger("corral.sandbox")
+
+POOL_DIRNAME = ".sandbox-pool"
+"""Beside the run dirs (same filesystem: a slot's state directory is renamed into a run dir)."""
+_STOP_TIMEOUT = 5.0
+
+
+def pool_shape(request: SandboxRequest) -> str | None:
+    """The key of the pool a request can take from, or None when it cannot be pooled."""
+    network = request.network
+    if request.pool <= 0 or not privileged() or request.secrets or network.intercept_tls:
+        return None
+    shape = {
+        "network": network.model_dump(mode="json"),
+        "limits": request.limits.model_dump(mode="json"),
+        "package_cache": request.package_cache,
+        "mounts": list(request.mounts),
+        "root": str(Path(request.run_dir).parent),
+    }
+    return json.dumps(shape, sort_keys=True)
+
+
+@dataclass
+class Slot:
+    """One prepared sandbox: everything but its workspace, its resident init running."""
+
+    dirs: SandboxDirs
+    uid: int
+    lock_fd: int
+    disk_image: bool
+    proxy: Any
+    resident: ResidentInit
+    holder: Path | None
+    """The pool's directory holding the slot's run dir, until the slot is handed over."""
+
+    async def discard(self) -> None:
+        """Destroy a slot (never handed out, or whose hand-over failed): all of it, and only what corral made."""
+        self.resident.close()
+        try:
+            await self.resident.wait_closed()
+            if self.proxy is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.proxy.stop(), _STOP_TIMEOUT)
+            await teardown(self.dirs, uid=self.uid)
+            if self.holder is not None:
+                shutil.rmtree(self.holder, ignore_errors=True)
+        finally:
+            os.close(self.lock_fd)
+
+
+@dataclass
+class SandboxPool:
+    """Prepared sandboxes of one shape, refilled in the background on the loop that made the pool."""
+
+    template: SandboxRequest
+    size: int
+    ready: list[Slot] = field(default_factory=list)
+    _filling: asyncio.Task[None] | None = None
+    _releases: set[asyncio.Task[None]] = field(default_factory=set)
+    _failures: list[BaseException] = field(default_factory=list)
+    _closed: bool = False
+
+    @property
+    def root(self) -> Path:
+        return Path(self.template.run_dir).parent / POOL_DIRNAME
+
+    def fill(self) -> None:
+        """Prepare slots in the background until ``size`` are ready (no-op while one fill runs)."""
+        if self._closed or (self._filling is not None and not self._filling.done()):
+            return
+        self._filling = asyncio.get_running_loop().create_task(self._fill())
+
+    async def filled(self) -> int:
+        """Fill now and wait for it; the number of ready slots (fewer than ``size`` if preparing one failed)."""
+        self.fill()
+        if self._filling is not None:
+            await asyncio.shield(self._filling)
+        return len(self.ready)
+
+    async def _fill(self) -> None:
+        while not self._closed and len(self.ready) < self.size:
+            try:
+                slot = await self._prepare()
+            except Exception as exc:  # a pool must never stop a run: create() makes its own sandbox
+                logger.warning("could not prepare a pooled sandbox (%s); later creates make their own", exc)
+                return
+            if self._closed:
+                await slot.discard()
+                return
+            self.ready.append(slot)
+
+    def take(self) -> Slot | None:
+        """A ready slot, or None; the caller then calls ``fill()``."""
+        return self.ready.pop(0) if self.ready else None
+
+    def defer(self, release: asyncio.Task[None]) -> None:
+        """Track a handed-out sandbox's release (after its ``destroy()``) until it is done."""
+        self._releases.add(release)
+        release.add_done_callback(self._released)
+
+    def _released(self, release: asyncio.Task[None]) -> None:
+        self._releases.discard(release)
+        error = None if release.cancelled() else release.exception()
+        if error is not None:
+            logger.error("releasing a pooled sandbox failed: %s", error)
+            self._failures.append(error)
+
+    async def drain(self) -> None:
+        """Wait for every deferred release; SandboxError if any failed (each is also logged when it does)."""
+        while self._releases:
+            await asyncio.gather(*list(self._releases), return_exceptions=True)
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise SandboxError(f"{len(failures)} pooled sandbox(es) could not be released; the first: {failures[0]}")
+
+    async def close(self) -> None:
+        """Destroy the ready slots, stop filling, and wait for deferred releases."""
+        self._closed = True
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._filling
+        slots, self.ready = self.ready, []
+        for slot in slots:
+            with contextlib.suppress(Exception):
+                await slot.discard()
+        await self.drain()
+
+    async def _prepare(self) -> Slot:
+        from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapState, _egress_proxy_class
+
+        request = self.template
+        holder = self.root / secrets.token_hex(8)
+        holder.mkdir(parents=True)
+        (holder / ONE_SHOT_MARKER).write_text("corral sandbox pool\n")
+        run_dir = holder / "run"
+        run_dir.mkdir()
+        mark_run_ended(run_dir)  # if this process dies, the slot is garbage, not a run to resume
+        dirs = SandboxDirs(run_dir, privileged=True)
+        dirs.state.mkdir()
+        lock_fd = hold(dirs)
+        uid = claim_uid(run_dir, state_dirname=STATE_DIRNAME)
+        proxy: Any = None
+        resident: ResidentInit | None = None
+        try:
+            write_identity(dirs, uid)
+            shift = IdShift(0, 0, uid, uid)  # the repository's owner is not known yet: unused while pending
+            if request.package_cache != "off":
+                prepare_package_cache()
+            disk_image = await make_disk(dirs, request.limits, overlay_possible=True)
+            dirs.home.mkdir()
+            os.chown(dirs.home, uid, uid)
+            ensure_mounted(
+                dirs,
+                repo=run_dir,
+                strategy="overlay",
+                shift=shift,
+                tmp_mb=tmp_size_mb(request.limits),
+                disk_image=disk_image,
+                package_cache=request.package_cache,
+                mounts=request.mounts,
+                pending=True,
+            )
+            cgroup = dirs.cgroup()
+            if cgroup is not None:
+                cgroup.create(request.limits)
+            if proxy_wanted(request.network):
+                proxy = await start_proxy(_egress_proxy_class(), request, dirs, uid)
+            state = BubblewrapState.pending(dirs, uid=uid, request=request, disk_image=disk_image)
+            resident = BubblewrapSandbox(state=state, env={}, proxy=proxy).start()
+            await resident.ready()
+        except BaseException:
+            try:
+                if resident is not None:
+                    resident.close()
+                    await resident.wait_closed()
+                if proxy is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(proxy.stop(), _STOP_TIMEOUT)
+                await teardown(dirs, uid=uid)
+                shutil.rmtree(holder, ignore_errors=True)
+            finally:
+                os.close(lock_fd)
+            raise
+        return Slot(
+            dirs=dirs, uid=uid, lock_fd=lock_fd, disk_image=disk_image, proxy=proxy, resident=resident, holder=holder
+        )
+
+
+def hand_over(slot: Slot, run_dir: Path) -> SandboxDirs:
+    """Move a slot's state into ``run_dir`` and make ``run_dir`` its owner, all at once for a sweep."""
+    dirs = SandboxDirs(run_dir, privileged=True, ident=slot.dirs.id)
+    with registry_lock():
+        os.rename(slot.dirs.state, dirs.state)
+        try:
+            hand_over_uid(slot.uid, slot.dirs.run_dir, run_dir)
+        except BaseException:
+            os.rename(dirs.state, slot.dirs.state)
+            raise
+        if slot.disk_image:
+            dirs.image_owner.write_text(str(run_dir))
+    holder, slot.dirs, slot.holder = slot.holder, dirs, None
+    write_identity(dirs, slot.uid)
+    if holder is not None:
+        shutil.rmtree(holder, ignore_errors=True)  # only the pool's markers are left in it
+    return dirs
+
+
+def mount_pending_workspace(dirs: SandboxDirs) -> None:
+    """Show the run dir's workspace (just mounted) as the pooled sandbox's /workspace."""
+    assert dirs.portal is not None
+    try:
+        overlay.bind_mount(dirs.workspace, dirs.portal / "workspace")
+    except OSError as exc:
+        raise SandboxError(f"cannot show the workspace to a pooled sandbox: {exc}") from exc
