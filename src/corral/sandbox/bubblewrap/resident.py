@@ -188,7 +188,7 @@ class ResidentInit:
         was interrupted suspends its sandbox), when the loop's executor may take no more work.
         """
         deadline = time.monotonic() + START_TIMEOUT + _EXIT_TIMEOUT
-        while self._thread.is_alive() and time.monotonic() < deadline:
+        while self._thread.is_alive() and time.monotonic() < deadline:  # noqa: ASYNC110 - a thread, no loop
             await asyncio.sleep(0.002)
 
     def _kill_namespace(self) -> None:
