@@ -27,18 +27,25 @@ def processes_with(token: str) -> list[int]:
     return found
 
 
-def host_footprint(root: Path, run_dirs: list[Path] | None = None) -> dict[str, list[str]]:
+def host_footprint(
+    root: Path, run_dirs: list[Path] | None = None, *, ids: set[str] = frozenset()
+) -> dict[str, list[str]]:
     """What sandboxes whose run dirs are under ``root`` hold on the host (other tests may run beside us).
 
-    ``run_dirs`` names them when they are not ``root/run*`` or ``root/runs/*`` (they may be gone already).
+    ``run_dirs`` names them when they are not ``root/run*`` or ``root/runs/*`` (they may be gone already);
+    ``ids`` adds sandboxes whose id is not their run dir's (pooled ones keep the id they were prepared under).
     """
     if run_dirs is None:
         run_dirs = [p for p in [*root.glob("run*"), *root.glob("runs/*")] if p.is_dir() and p.name != "runs"]
-    ids = {sandbox_id(path.resolve()) for path in run_dirs}
+    ids = {sandbox_id(path.resolve()) for path in run_dirs} | set(ids)
     support = cgroup_support()
     bases = support.bases.values() if support else ()
     owners = {str(path.resolve()) for path in run_dirs}
-    claims = [p for p in glob.glob(f"{REGISTRY_DIR}/[0-9]*") if Path(p).read_text(errors="replace") in owners]
+    claims = [
+        p
+        for p in glob.glob(f"{REGISTRY_DIR}/[0-9]*")
+        if (owner := Path(p).read_text(errors="replace")) in owners or owner.startswith(f"{root.resolve()}/")
+    ]
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
     backing = [Path(p).read_text().strip() for p in glob.glob("/sys/block/loop*/loop/backing_file")]
     return {

@@ -38,7 +38,7 @@ async def make(anyio_backend: str, tmp_path: Path) -> AsyncIterator[MakeBwrap]:
 
 def simulate_reboot(sandbox: BubblewrapSandbox) -> None:
     """What a reboot takes from a sandbox: its processes (the resident init's namespace), every mount, /run."""
-    dirs = SandboxDirs(sandbox.run_dir, privileged=True)
+    dirs = SandboxDirs.of(sandbox.run_dir, privileged=True)
     cgroup = dirs.cgroup()
     assert dirs.portal is not None and cgroup is not None
     deadline = time.monotonic() + 5

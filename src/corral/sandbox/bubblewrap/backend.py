@@ -45,6 +45,7 @@ from corral.sandbox.bubblewrap.dirs import (
     teardown,
     write_identity,
 )
+from corral.sandbox.bubblewrap.diskimage import loop_devices_for, wait_detached
 from corral.sandbox.bubblewrap.identity import INSIDE_HOME, INSIDE_SHELL, INSIDE_USER, claim_uid, reclaim_uid
 from corral.sandbox.bubblewrap.limits import (
     DISK_POLL_INTERVAL,
@@ -752,6 +753,12 @@ class BubblewrapSandboxBackend(SandboxBackend):
             # workspace is mounted again.
             cgroup.create(parsed.limits)
             await _emptied(cgroup)
+        if parsed.disk_image and str(dirs.disk) not in overlay.mount_points() and loop_devices_for(dirs.image):
+            # Its filesystem is still mounted in a namespace the kernel is tearing down: a second mount of
+            # the image now would be a second filesystem over the same blocks, missing the first's writes.
+            held = await wait_detached(dirs.image)
+            if held:
+                raise SandboxError(f"sandbox's disk image {dirs.image} is still in use ({', '.join(held)})")
         try:
             ensure_mounted(
                 dirs,

@@ -177,9 +177,13 @@ class SandboxPool:
                 await self._filling
         slots, self.ready = self.ready, []
         for slot in slots:
-            with contextlib.suppress(Exception):
+            try:
                 await slot.discard()
+            except Exception as exc:
+                self._failures.append(exc)
         await self.drain()
+        with contextlib.suppress(OSError):
+            self.root.rmdir()  # corral's own directory, once empty
 
     async def _prepare(self) -> Slot:
         from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapState, _egress_proxy_class

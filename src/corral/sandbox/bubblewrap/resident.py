@@ -119,7 +119,9 @@ class ResidentInit:
     async def ready(self) -> None:
         """Wait until the init listens; SandboxError if it could not start."""
         # Shielded: a caller that gives up waiting must not cancel the start itself (the thread finishes it).
-        await asyncio.shield(asyncio.wrap_future(self._started))
+        started = asyncio.wrap_future(self._started)
+        started.add_done_callback(lambda future: future.cancelled() or future.exception())  # retrieved if unawaited
+        await asyncio.shield(started)
 
     # -- commands ---------------------------------------------------------------------------
 
