@@ -71,7 +71,7 @@ async def test_an_allowlist_run_sends_the_real_secret_only_to_its_host_and_journ
     from corral.sandbox.bubblewrap import backend as bubblewrap
 
     monkeypatch.setattr(
-        bubblewrap, "_egress_proxy_class", lambda: functools.partial(EgressProxy, upstream_ca_file=fresh.test_ca)
+        bubblewrap, "egress_proxy_class", lambda: functools.partial(EgressProxy, upstream_ca_file=fresh.test_ca)
     )
     monkeypatch.setenv("API_TOKEN", SECRET_VALUE)
     allowed_host = f"localhost:{fresh.https.port}"

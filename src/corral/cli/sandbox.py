@@ -189,6 +189,7 @@ async def _exec(command: list[str], *, profile: SandboxProfile, repo: Path | Non
         source = repo or Path(tmp, "empty")
         source.mkdir(exist_ok=True)
         request = profile_request(profile, repo=source, run_dir=run_dir, on_egress=on_egress)
+        request = request.model_copy(update={"pool": 0})  # one sandbox, one command: nothing to prepare ahead
         sandbox = await chosen.create(request)
         kept: Path | None = None
         try:

@@ -50,7 +50,7 @@ from corral.policy.decide import Action, Decision
 from corral.runtime import approvals, recovery, workflow
 from corral.runtime.children import child_run_id, runs_light
 from corral.runtime.sandboxing import START_DIRNAME, open_sandbox, patch_conflict, prepare_start
-from corral.sandbox.base import Sandbox, get_backend, mark_run_ended
+from corral.sandbox.base import Sandbox, close_backends, get_backend, mark_run_ended
 from corral.sandbox.patching import apply_patch, check_patch
 from corral.sandbox.view import ReadOnlyView
 from corral.sandbox.workspace import remove_tree
@@ -149,7 +149,10 @@ class Runtime:
                 await self._heartbeat.__aexit__(None, None, None)
                 self._heartbeat = None
         finally:
-            self.shutdown()
+            try:
+                await close_backends()  # prepared sandboxes (``sandbox.pool``) and pooled releases under way
+            finally:
+                self.shutdown()
 
     def launch(self) -> None:
         self._stopping = False

@@ -748,6 +748,14 @@ class SandboxBackend(ABC):
     async def attach(self, state: dict[str, Any]) -> Sandbox:
         """Re-open a sandbox from ``Sandbox.state()``; raise SandboxError if it is gone."""
 
+    async def close(self) -> None:
+        """Give back what the backend keeps for this event loop between sandboxes (prepared ones, say).
+
+        A process that made sandboxes calls it before its loop ends; the sandboxes it handed out are
+        not affected, except that those whose destroy() left work behind see it finished. Default: nothing.
+        """
+        return
+
     def _load_state(self, state: dict[str, Any]) -> SandboxState:
         """Validate a state dict for this backend and check that its directories still exist."""
         try:
@@ -779,6 +787,15 @@ def available_backends() -> list[str]:
     return sorted(_entry_points())
 
 
+async def close_backends() -> None:
+    """``close()`` every backend this process has loaded (see ``SandboxBackend.close``)."""
+    for backend_class in list(_loaded):
+        await backend_class().close()
+
+
+_loaded: set[type[SandboxBackend]] = set()
+
+
 def get_backend(name: str) -> SandboxBackend:
     """An instance of the backend registered as ``name``."""
     found = _entry_points()
@@ -794,4 +811,5 @@ def get_backend(name: str) -> SandboxBackend:
         raise SandboxError(f"sandbox backend {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
     if not (isinstance(backend_class, type) and issubclass(backend_class, SandboxBackend)):
         raise SandboxError(f"entry point {name!r} is not a SandboxBackend: {backend_class!r}")
+    _loaded.add(backend_class)
     return backend_class()

@@ -41,7 +41,7 @@ async def sandboxed(
 
     # The upstreams' certificates come from a test CA, which the proxy must trust on top of the system store.
     proxy_class = functools.partial(EgressProxy, upstream_ca_file=fresh.test_ca)
-    monkeypatch.setattr(bubblewrap, "_egress_proxy_class", lambda: proxy_class)
+    monkeypatch.setattr(bubblewrap, "egress_proxy_class", lambda: proxy_class)
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "README.md").write_text("egress e2e\n")
@@ -187,7 +187,7 @@ async def make_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Async
 
     async def make(network: NetworkProfile, events: list[EgressAttempted], **proxy_options: object) -> Sandbox:
         proxy_class = functools.partial(EgressProxy, **proxy_options)
-        monkeypatch.setattr(bubblewrap, "_egress_proxy_class", lambda: proxy_class)
+        monkeypatch.setattr(bubblewrap, "egress_proxy_class", lambda: proxy_class)
         repo = tmp_path / f"repo{len(made)}"
         repo.mkdir()
         (repo / "README.md").write_text("egress e2e\n")

@@ -64,6 +64,7 @@ from corral.sandbox.bubblewrap.resident import LaunchFds, ResidentInit, init_arg
 from corral.sandbox.bubblewrap.seccomp import seccomp_available, seccomp_filter
 from corral.sandbox.bubblewrap.setup import (
     Strategy,
+    egress_proxy_class,
     egress_sources,
     make_disk,
     make_workspace,
@@ -83,6 +84,7 @@ from corral.sandbox.workspace import WorkspaceSnapshot, check_paths
 logger = logging.getLogger("corral.sandbox")
 
 _EXIT_TIMEOUT = 5.0
+_REFILL_DELAY_S = 0.1
 _PROXY_PORT = 3128
 _INSIDE_RUN = "/run/corral"
 _LOCAL = f"{INSIDE_HOME}/.local"
@@ -169,17 +171,6 @@ def bubblewrap_available() -> tuple[bool, str]:
     who = "a dedicated unprivileged uid per sandbox" if privileged() else f"your uid ({os.getuid()})"
     workspace = "overlayfs on an idmapped view of the repo" if privileged() else "a copy of the repo"
     return True, f"{version}; commands run as {who}; workspace: {workspace}; seccomp: {seccomp_detail}"
-
-
-def _egress_proxy_class() -> Any:
-    try:
-        from corral.sandbox.egress.proxy import EgressProxy  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise SandboxError(
-            "allowlist needs the egress proxy",
-            hint=f"the egress proxy (corral.sandbox.egress.proxy) is not available: {exc}",
-        ) from None
-    return EgressProxy
 
 
 class BubblewrapSandbox(Sandbox):
@@ -547,6 +538,15 @@ def _pool_for(shape: str, request: SandboxRequest) -> SandboxPool:
     return pool
 
 
+async def drain_pools() -> None:
+    """Wait until every pooled sandbox destroyed so far is released and every pool refilled (this loop's)."""
+    loop = id(asyncio.get_running_loop())
+    for key, pool in list(_pools.items()):
+        if key[0] == loop:
+            await pool.drain()
+            await pool.filled()
+
+
 async def close_pools() -> None:
     """Destroy the prepared sandboxes of this loop's pools and finish every pooled sandbox's release.
 
@@ -595,7 +595,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
             if pooled is not None:
                 return pooled
         dirs = SandboxDirs(workspace.parent, privileged=privileged())
-        proxy_class = _egress_proxy_class() if proxy_wanted(request.network) else None
+        proxy_class = egress_proxy_class() if proxy_wanted(request.network) else None
         dirs.state.mkdir()
         lock_fd = hold(dirs)
         uid = claim_uid(dirs.run_dir, state_dirname=STATE_DIRNAME)
@@ -661,6 +661,9 @@ class BubblewrapSandboxBackend(SandboxBackend):
             logger.warning(_HOST_NETWORK_WARNING, sandbox.workspace)
         return sandbox
 
+    async def close(self) -> None:
+        await close_pools()
+
     async def warm(self, request: SandboxRequest) -> int:
         """Prepare ``request.pool`` sandboxes of the request's shape now (a server calls it at start-up);
         the number ready. 0 when the request cannot be pooled (see ``SandboxRequest.pool``)."""
@@ -709,7 +712,9 @@ class BubblewrapSandboxBackend(SandboxBackend):
             await slot.discard()  # what is left of it is in the run dir now
             raise
         finally:
-            pool.fill()  # the next slot is prepared once this one is handed out, not while
+            # The next slot is prepared once this sandbox is handed out and has started its first work:
+            # on a small machine, preparing one (bwrap, a disk image) competes with its first commands.
+            asyncio.get_running_loop().call_later(_REFILL_DELAY_S, pool.fill)
         if request.network.mode == "host":
             logger.warning(_HOST_NETWORK_WARNING, sandbox.workspace)
         return sandbox
@@ -782,7 +787,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 secrets=secrets,
                 on_egress=state.get("on_egress"),
             )
-            proxy = await start_proxy(_egress_proxy_class(), request, dirs, parsed.uid)
+            proxy = await start_proxy(egress_proxy_class(), request, dirs, parsed.uid)
         elif parsed.network.mode == "host":
             logger.warning(_HOST_NETWORK_WARNING, parsed.snapshot.workspace)
         values = [secret.value.get_secret_value() for secret in secrets]

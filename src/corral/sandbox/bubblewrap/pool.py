@@ -47,7 +47,7 @@ from corral.sandbox.bubblewrap.dirs import (
 )
 from corral.sandbox.bubblewrap.identity import claim_uid, hand_over_uid, registry_lock
 from corral.sandbox.bubblewrap.overlay import IdShift
-from corral.sandbox.bubblewrap.setup import make_disk, proxy_wanted, start_proxy, tmp_size_mb
+from corral.sandbox.bubblewrap.setup import egress_proxy_class, make_disk, proxy_wanted, start_proxy, tmp_size_mb
 from corral.sandbox.bubblewrap.sweep import ONE_SHOT_MARKER
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class SandboxPool:
             self.root.rmdir()  # corral's own directory, once empty
 
     async def _prepare(self) -> Slot:
-        from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapState, _egress_proxy_class
+        from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapState
 
         request = self.template
         holder = self.root / secrets.token_hex(8)
@@ -224,7 +224,7 @@ class SandboxPool:
             if cgroup is not None:
                 cgroup.create(request.limits)
             if proxy_wanted(request.network):
-                proxy = await start_proxy(_egress_proxy_class(), request, dirs, uid)
+                proxy = await start_proxy(egress_proxy_class(), request, dirs, uid)
             state = BubblewrapState.pending(dirs, uid=uid, request=request, disk_image=disk_image)
             resident = BubblewrapSandbox(state=state, env={}, proxy=proxy).start()
             await resident.ready()

@@ -159,6 +159,18 @@ async def make_disk(dirs: SandboxDirs, limits: Limits, *, overlay_possible: bool
     return True
 
 
+def egress_proxy_class() -> Any:
+    """The egress proxy class, imported when a sandbox needs one (h11 and cryptography otherwise stay out)."""
+    try:
+        from corral.sandbox.egress.proxy import EgressProxy  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise SandboxError(
+            "allowlist needs the egress proxy",
+            hint=f"the egress proxy (corral.sandbox.egress.proxy) is not available: {exc}",
+        ) from None
+    return EgressProxy
+
+
 def proxy_wanted(network: NetworkProfile) -> bool:
     """Whether a sandbox gets an egress proxy: ``allowlist`` always; ``none`` a deny-all one, so that clients
     fail at once with a reason naming the policy instead of retrying DNS, wherever the relay can run."""
