@@ -203,36 +203,44 @@ class BubblewrapSandbox(Sandbox):
         self._pool = pool  # a pooled sandbox's destroy() leaves the host's side of it to its pool
         self._release: asyncio.Task[None] | None = None
         self._cgroup = self._dirs.cgroup()
-        controllers = self._cgroup.controllers if self._cgroup else frozenset()
-        self._rlimits = rlimits(state.limits, cgroup_controllers=controllers)
-        # Without the right to prlimit(2) the sandbox's processes, bwrap is started through prlimit(1).
-        self._launcher = [] if can_limit_other_users() else rlimit_wrapper(self._rlimits)
-        if self._launcher:
-            self._rlimits = []
-        # The sandbox dies with this process (see ``parent_guard``): the death signal is asked for after
-        # the last change of credentials (a change clears it), and a shell then checks the parent lives.
-        guard, alive = parent_guard()
-        check = ["/bin/sh", "-c", f'{alive} && exec "$@"', "corral-guard"]
-        if privileged():
-            # setpriv drops to the sandbox uid; Popen(user=...) would do it too, but only with a full fork.
-            self._launcher = [*setpriv_argv(state.uid, state.gid, pdeathsig=True), *check, *self._launcher]
-            if self._cgroup is not None:  # first, while it may still move
-                self._launcher = [*self._cgroup.join_argv(), *self._launcher]
-        elif self._cgroup is not None:
-            self._launcher = [*guard, *self._cgroup.join_argv(first=alive), *self._launcher]
-        else:
-            self._launcher = [*guard, *check, *self._launcher]
         self._proxy = proxy
         self._secret_values = tuple(value for value in secret_values if value)
         self._resident = resident
-        self._prefix = self._bwrap_prefix()
-        self._seccomp = seccomp_filter()
         self._last_disk_usage: int | None = None
         # Held until destroy: while it is, no sweep touches this sandbox. Taken over last, so that
         # if anything above raises, the caller still owns (and closes) the fd.
         self._lock_fd = lock_fd
 
     # -- starting commands ----------------------------------------------------------------
+
+    @functools.cached_property
+    def _launch(self) -> tuple[list[str], list[tuple[int, tuple[int, int]]]]:
+        """How bwrap is started (the commands before it) and the rlimits set on the sandbox's first process.
+
+        Worked out when the resident init first starts, not when the sandbox is made: a pooled sandbox
+        is handed out with its init running and may never need it.
+        """
+        state = self._state
+        controllers = self._cgroup.controllers if self._cgroup else frozenset()
+        limits = rlimits(state.limits, cgroup_controllers=controllers)
+        # Without the right to prlimit(2) the sandbox's processes, bwrap is started through prlimit(1).
+        launcher = [] if can_limit_other_users() else rlimit_wrapper(limits)
+        if launcher:
+            limits = []
+        # The sandbox dies with this process (see ``parent_guard``): the death signal is asked for after
+        # the last change of credentials (a change clears it), and a shell then checks the parent lives.
+        guard, alive = parent_guard()
+        check = ["/bin/sh", "-c", f'{alive} && exec "$@"', "corral-guard"]
+        if privileged():
+            # setpriv drops to the sandbox uid; Popen(user=...) would do it too, but only with a full fork.
+            launcher = [*setpriv_argv(state.uid, state.gid, pdeathsig=True), *check, *launcher]
+            if self._cgroup is not None:  # first, while it may still move
+                launcher = [*self._cgroup.join_argv(), *launcher]
+        elif self._cgroup is not None:
+            launcher = [*guard, *self._cgroup.join_argv(first=alive), *launcher]
+        else:
+            launcher = [*guard, *check, *launcher]
+        return launcher, limits
 
     def _bwrap_prefix(self) -> list[str]:
         dirs, network = self._dirs, self._state.network.mode
@@ -323,7 +331,7 @@ class BubblewrapSandbox(Sandbox):
         self._check_open()
         if self._resident is None or not self._resident.alive:
             self._resident = ResidentInit(
-                argv_for=self._init_argv, seccomp=self._seccomp, prepare=self._prepare, name=str(self.workspace)
+                argv_for=self._init_argv, seccomp=seccomp_filter(), prepare=self._prepare, name=str(self.workspace)
             )
         return self._resident
 
@@ -332,8 +340,8 @@ class BubblewrapSandbox(Sandbox):
         if self._proxy is not None:
             command = [*self._proxy.relay_argv(f"{_INSIDE_RUN}/egress.sock", _PROXY_PORT), "--", *command]
         return [
-            *self._launcher,
-            *self._prefix,
+            *self._launch[0],
+            *self._bwrap_prefix(),
             "--chdir", "/",
             "--seccomp", str(fds.seccomp),
             "--info-fd", str(fds.info),
@@ -345,7 +353,7 @@ class BubblewrapSandbox(Sandbox):
     def _prepare(self, child: int) -> None:
         """Put the sandbox's first process under the rlimits (bwrap started in its cgroups) before it runs anything."""
         try:
-            apply_rlimits(child, self._rlimits)
+            apply_rlimits(child, self._launch[1])
         except ProcessLookupError:
             return  # bwrap's setup failed and exited meanwhile; its stderr says why
         except OSError as exc:

@@ -149,9 +149,11 @@ class OverlayPaths:
 
 
 def prepare_layers(paths: OverlayPaths, shift: IdShift) -> None:
-    """Make empty upper/work dirs and the mount point; the repo's own ``.corral`` is hidden by a whiteout."""
-    for directory in (paths.upper, paths.work, paths.merged):
-        directory.mkdir(parents=True)
+    """Make empty upper/work dirs (a pooled sandbox has them already) and the mount point; the repo's own
+    ``.corral`` is hidden by a whiteout."""
+    for directory in (paths.upper, paths.work):
+        directory.mkdir(parents=True, exist_ok=True)
+    paths.merged.mkdir(parents=True)
     lower_root = paths.lower.stat()
     os.chmod(paths.upper, stat.S_IMODE(lower_root.st_mode))
     os.chown(paths.upper, shift.sandbox_uid, shift.sandbox_gid)  # the workspace root belongs to the sandbox

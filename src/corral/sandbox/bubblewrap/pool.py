@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import SandboxError
-from corral.sandbox.base import SandboxRequest, mark_run_ended
+from corral.sandbox.base import RUN_ENDED_MARKER, SandboxRequest, mark_run_ended
 from corral.sandbox.bubblewrap import overlay
 from corral.sandbox.bubblewrap.dirs import (
     STATE_DIRNAME,
@@ -42,6 +42,7 @@ from corral.sandbox.bubblewrap.dirs import (
     hold,
     prepare_package_cache,
     privileged,
+    sandbox_id,
     teardown,
     write_identity,
 )
@@ -195,7 +196,8 @@ class SandboxPool:
         run_dir = holder / "run"
         run_dir.mkdir()
         mark_run_ended(run_dir)  # if this process dies, the slot is garbage, not a run to resume
-        dirs = SandboxDirs(run_dir, privileged=True)
+        # The id is recorded from the start: the identity file moves with the state into the run dir.
+        dirs = SandboxDirs(run_dir, privileged=True, ident=sandbox_id(run_dir))
         dirs.state.mkdir()
         lock_fd = hold(dirs)
         uid = claim_uid(run_dir, state_dirname=STATE_DIRNAME)
@@ -209,6 +211,10 @@ class SandboxPool:
             disk_image = await make_disk(dirs, request.limits, overlay_possible=True)
             dirs.home.mkdir()
             os.chown(dirs.home, uid, uid)
+            layers = dirs.layers(run_dir)  # the overlay's upper and work dirs, ready on the disk
+            for directory in (layers.upper, layers.work):
+                directory.mkdir()
+            os.chown(layers.upper, uid, uid)
             ensure_mounted(
                 dirs,
                 repo=run_dir,
@@ -250,7 +256,7 @@ def hand_over(slot: Slot, run_dir: Path) -> SandboxDirs:
     """Move a slot's state into ``run_dir`` and make ``run_dir`` its owner, all at once for a sweep."""
     dirs = SandboxDirs(run_dir, privileged=True, ident=slot.dirs.id)
     with registry_lock():
-        os.rename(slot.dirs.state, dirs.state)
+        os.rename(slot.dirs.state, dirs.state)  # its identity file, recording the id, goes with it
         try:
             hand_over_uid(slot.uid, slot.dirs.run_dir, run_dir)
         except BaseException:
@@ -259,10 +265,20 @@ def hand_over(slot: Slot, run_dir: Path) -> SandboxDirs:
         if slot.disk_image:
             dirs.image_owner.write_text(str(run_dir))
     holder, slot.dirs, slot.holder = slot.holder, dirs, None
-    write_identity(dirs, slot.uid)
     if holder is not None:
-        shutil.rmtree(holder, ignore_errors=True)  # only the pool's markers are left in it
+        _remove_holder(holder)
     return dirs
+
+
+def _remove_holder(holder: Path) -> None:
+    """The pool's directory a slot was prepared in, holding only markers once the slot is handed over."""
+    try:  # the four entries it holds, without a tree walk
+        os.unlink(holder / "run" / RUN_ENDED_MARKER)
+        os.rmdir(holder / "run")
+        os.unlink(holder / ONE_SHOT_MARKER)
+        os.rmdir(holder)
+    except OSError:
+        shutil.rmtree(holder, ignore_errors=True)
 
 
 def mount_pending_workspace(dirs: SandboxDirs) -> None:

@@ -151,7 +151,7 @@ class ResidentInit:
         finally:
             os.close(out_w)
             os.close(err_w)
-        await command.connect(out_r, err_r)
+        command.connect(out_r, err_r)
         return command
 
     def kill(self, ident: int) -> None:
@@ -387,15 +387,38 @@ class ResidentInit:
             self._sock.close()
 
 
-class _PipeReader(asyncio.Protocol):
-    def __init__(self, protocol: asyncio.SubprocessProtocol, fd: int) -> None:
-        self._protocol, self._fd = protocol, fd
+class _PipeReader:
+    """One output pipe of a command, read straight off the loop's selector (no transport: each of those
+    costs loop iterations to set up, and a command has two)."""
 
-    def data_received(self, data: bytes) -> None:
-        self._protocol.pipe_data_received(self._fd, data)
+    _CHUNK = 256 * 1024
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._protocol.pipe_connection_lost(self._fd, exc)
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, number: int, protocol: asyncio.SubprocessProtocol):
+        self._loop, self._fd, self._number, self._protocol = loop, fd, number, protocol
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, self._CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(exc)
+            return
+        if data:
+            self._protocol.pipe_data_received(self._number, data)
+        else:
+            self.close()
+
+    def close(self, exc: Exception | None = None) -> None:
+        """Stop reading (at EOF, or when the exec is done with the command); tells the protocol once."""
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        self._loop.remove_reader(fd)
+        os.close(fd)
+        self._protocol.pipe_connection_lost(self._number, exc)
 
 
 class ResidentCommand(asyncio.SubprocessTransport):
@@ -410,19 +433,21 @@ class ResidentCommand(asyncio.SubprocessTransport):
         self._init, self.ident, self._loop, self._protocol = init, ident, loop, protocol
         self._returncode: int | None = None
         self._ended = False
-        self._pipes: list[asyncio.BaseTransport] = []
+        self._pipes: list[_PipeReader] = []
 
-    async def connect(self, out_r: int, err_r: int) -> None:
-        for fd, number in ((out_r, 1), (err_r, 2)):
-            pipe = os.fdopen(fd, "rb", buffering=0)
-            try:
-                transport, _ = await self._loop.connect_read_pipe(lambda n=number: _PipeReader(self._protocol, n), pipe)
-            except BaseException:
-                pipe.close()
-                if number == 1:
-                    os.close(err_r)
-                raise
-            self._pipes.append(transport)
+    def connect(self, out_r: int, err_r: int) -> None:
+        """Read the command's stdout and stderr (this takes the two descriptors)."""
+        try:
+            self._pipes.append(_PipeReader(self._loop, out_r, 1, self._protocol))
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        try:
+            self._pipes.append(_PipeReader(self._loop, err_r, 2, self._protocol))
+        except BaseException:
+            os.close(err_r)
+            raise
 
     def exited(self, code: int | None) -> None:
         """From the init's thread: the command's main process ended (None: killed with the sandbox)."""
@@ -453,7 +478,7 @@ class ResidentCommand(asyncio.SubprocessTransport):
         return self._ended
 
     def get_pipe_transport(self, fd: int) -> Any:
-        return self._pipes[fd - 1] if 0 < fd <= len(self._pipes) else None
+        return None  # the pipes are read without transports
 
     def send_signal(self, signal: int) -> None:
         raise NotImplementedError("a sandbox command is only ever killed")
