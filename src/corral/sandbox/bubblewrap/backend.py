@@ -722,7 +722,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
         finally:
             # The next slot is prepared once this sandbox is handed out and has started its first work:
             # on a small machine, preparing one (bwrap, a disk image) competes with its first commands.
-            asyncio.get_running_loop().call_later(_REFILL_DELAY_S, pool.fill)
+            pool.fill_later(_REFILL_DELAY_S)
         if request.network.mode == "host":
             logger.warning(_HOST_NETWORK_WARNING, sandbox.workspace)
         return sandbox

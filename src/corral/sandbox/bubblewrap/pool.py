@@ -112,6 +112,7 @@ class SandboxPool:
     size: int
     ready: list[Slot] = field(default_factory=list)
     _filling: asyncio.Task[None] | None = None
+    _refill: asyncio.TimerHandle | None = None
     _releases: set[asyncio.Task[None]] = field(default_factory=set)
     _failures: list[BaseException] = field(default_factory=list)
     _closed: bool = False
@@ -125,6 +126,12 @@ class SandboxPool:
         if self._closed or (self._filling is not None and not self._filling.done()):
             return
         self._filling = asyncio.get_running_loop().create_task(self._fill())
+
+    def fill_later(self, delay: float) -> None:
+        """``fill()`` after ``delay`` seconds without a newer call: a burst of hand-outs is refilled after it."""
+        if self._refill is not None:
+            self._refill.cancel()
+        self._refill = asyncio.get_running_loop().call_later(delay, self.fill)
 
     async def filled(self) -> int:
         """Fill now and wait for it; the number of ready slots (fewer than ``size`` if preparing one failed)."""
@@ -172,6 +179,8 @@ class SandboxPool:
     async def close(self) -> None:
         """Destroy the ready slots, stop filling, and wait for deferred releases."""
         self._closed = True
+        if self._refill is not None:
+            self._refill.cancel()
         if self._filling is not None:
             self._filling.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

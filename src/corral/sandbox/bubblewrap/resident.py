@@ -1,7 +1,7 @@
 """The host's side of a sandbox's resident init (``sandbox_init.py``): start it once, run commands through it.
 
-Starting bwrap costs ≈ 9 ms of namespaces and mounts, and the sandbox's cgroups and the egress relay
-add more; a resident init pays that once per sandbox, and each command then costs a fork inside it
+Starting bwrap costs 4 to 9 ms of namespaces and mounts (BENCHMARKS.md), and the sandbox's cgroups and
+the egress relay add more; a resident init pays that once per sandbox, and each command then costs a fork inside it
 plus one message each way. The init runs in the sandbox (its uid, namespaces, seccomp filter and
 rlimits), so everything it says is untrusted: its lines are parsed strictly, a malformed one ends it,
 nothing it sends can carry file descriptors to the host, and a send that would block is a dead init.
@@ -128,8 +128,16 @@ class ResidentInit:
     async def run(
         self, protocol: asyncio.SubprocessProtocol, argv: Sequence[str], *, cwd: str, env: dict[str, str]
     ) -> ResidentCommand:
-        """Start ``argv`` inside (``cwd`` as the sandbox sees it); its output goes to ``protocol``."""
-        await self.ready()
+        """Start ``argv`` inside (``cwd`` as the sandbox sees it); its output goes to ``protocol``.
+
+        ValueError for a NUL byte in the command, its directory or its environment (as a local exec).
+        """
+        if any("\0" in text for text in (*argv, cwd, *env, *env.values())):
+            raise ValueError("embedded null byte")
+        if self._started.done():
+            self._started.result()  # raises if it could not start
+        else:
+            await self.ready()
         loop = asyncio.get_running_loop()
         ident = next(_ids)
         payload = marshal.dumps(("run", ident, list(argv), cwd, env), 2)
@@ -305,8 +313,10 @@ class ResidentInit:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise SandboxError(f"the sandbox did not start within {START_TIMEOUT:.0f}s{self._stderr_note()}")
-            watched = [fd, stderr] if self._stderr_open else [fd]
-            ready, _, _ = select.select(watched, [], [], remaining)
+            poller = select.poll()  # not select(): a busy process has descriptors past FD_SETSIZE
+            for each in [fd, stderr] if self._stderr_open else [fd]:
+                poller.register(each, select.POLLIN)
+            ready = {each for each, _ in poller.poll(None if remaining is None else remaining * 1000)}
             if stderr in ready:
                 self._drain_stderr()
             if fd in ready:
@@ -338,9 +348,10 @@ class ResidentInit:
         except subprocess.TimeoutExpired:
             logger.warning("sandbox %s: bwrap (pid %s) did not exit", self._name, self._popen.pid)
         deadline = time.monotonic() + 0.5
+        poller = select.poll()
+        poller.register(self._popen.stderr.fileno(), select.POLLIN)
         while self._stderr_open and time.monotonic() < deadline:
-            ready, _, _ = select.select([self._popen.stderr], [], [], deadline - time.monotonic())
-            if ready:
+            if poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
                 self._drain_stderr()
 
     def _read_line(self, deadline: float | None) -> bytes | None:

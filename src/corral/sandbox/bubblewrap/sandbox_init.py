@@ -97,7 +97,7 @@ def _child(argv: list, cwd: str, env: dict, out: int, err: int, devnull: int) ->
         _prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
         _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         posix.setsid()
-        for number in (_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGCHLD):
+        for number in (_signal.SIGPIPE, _signal.SIGXFSZ):  # ignored here; exec resets only handled ones
             _signal.signal(number, _signal.SIG_DFL)
         posix.dup2(devnull, 0)
         posix.dup2(out, 1)
