@@ -203,6 +203,7 @@ class BubblewrapSandbox(Sandbox):
         self._pool = pool  # a pooled sandbox's destroy() leaves the host's side of it to its pool
         self._release: asyncio.Task[None] | None = None
         self._cgroup = self._dirs.cgroup()
+        self._counters: LimitCounters | None = None  # the cgroups' kill and refusal counts, as last read
         self._proxy = proxy
         self._secret_values = tuple(value for value in secret_values if value)
         self._resident = resident
@@ -388,7 +389,9 @@ class BubblewrapSandbox(Sandbox):
             spill_limit = min(spill_limit, self._state.limits.disk_mb * 1024 * 1024 // 4)
         record = _ExecRecord()
         token = _current_exec.set(record)
-        before = self._cgroup.counters() if self._cgroup else LimitCounters()
+        # The counters only grow: what the last exec read after it is where this one starts.
+        before = self._counters if self._counters is not None else self._read_counters()
+        self._counters = None  # read afresh by the next exec if this one raises
         polled = self._state.limits.disk_mb is not None and not self._state.disk_image
         watcher = asyncio.create_task(self._watch_disk(record)) if polled else None
         try:
@@ -401,7 +404,7 @@ class BubblewrapSandbox(Sandbox):
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             _current_exec.reset(token)
-        after = self._cgroup.counters() if self._cgroup else LimitCounters()
+        after = self._counters = self._read_counters()
         notes = limit_notes(self._state.limits, before, after, result.exit_code, disk_killed=record.disk_killed)
         if self._state.disk_image and nearly_full(self._dirs.disk):
             notes.append(
@@ -413,6 +416,9 @@ class BubblewrapSandbox(Sandbox):
             stderr = result.stderr + ("" if not result.stderr or result.stderr.endswith("\n") else "\n")
             result = dataclasses.replace(result, stderr=stderr + "\n".join(notes) + "\n")
         return result
+
+    def _read_counters(self) -> LimitCounters:
+        return self._cgroup.counters() if self._cgroup else LimitCounters()
 
     async def _watch_disk(self, record: _ExecRecord) -> None:
         """Kill the command when the workspace grows past ``disk_mb`` (checked every DISK_POLL_INTERVAL s)."""
