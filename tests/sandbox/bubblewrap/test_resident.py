@@ -9,12 +9,21 @@ import sys
 import pytest
 
 from corral.errors import SandboxError
-from corral.sandbox.bubblewrap.resident import LaunchFds, ResidentInit
+from corral.sandbox.bubblewrap.resident import LaunchFds, ResidentInit, compiled_init
 from tests.sandbox.bubblewrap.conftest import MakeBwrap
 from tests.sandbox.host import processes_with
 from tests.security.sandbox.attacks import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def init_program(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with each init: the C one (where it compiles) and the Python one (the fallback)."""
+    if request.param == "c" and compiled_init()[0] is None:
+        pytest.skip(f"the C init cannot be built here: {compiled_init()[1]}")
+    monkeypatch.setenv("CORRAL_SANDBOX_INIT", request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -94,6 +103,22 @@ async def test_commands_start_with_only_their_standard_streams_open(make: MakeBw
     sandbox = await make()
     result = await sandbox.exec(["/usr/bin/python3", "-c", "import os; print(sorted(os.listdir('/proc/self/fd')))"])
     assert result.stdout == "['0', '1', '2', '3']\n", result  # 3: the listing's own directory
+
+
+async def test_commands_cannot_read_the_init(make: MakeBwrap, init_program: str) -> None:
+    sandbox = await make()
+    expected = "/proc/self/fd/" if init_program == "c" else "python3"
+    assert expected in (await sandbox.exec("tr '\\0' ' ' < /proc/$PPID/cmdline")).stdout
+    for what in ("environ", "mem", "fd/0"):
+        result = await sandbox.exec(f"cat /proc/$PPID/{what}")
+        assert result.exit_code != 0 and "Permission denied" in result.stderr, (what, result)
+
+
+async def test_an_unknown_init_is_refused(make: MakeBwrap, monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox = await make()
+    monkeypatch.setenv("CORRAL_SANDBOX_INIT", "rust")
+    with pytest.raises(SandboxError, match="CORRAL_SANDBOX_INIT must be 'c' or 'python'"):
+        await sandbox.exec("true")
 
 
 async def test_a_missing_command_exits_127_and_says_why(make: MakeBwrap) -> None:

@@ -60,7 +60,7 @@ from corral.sandbox.bubblewrap.limits import (
 )
 from corral.sandbox.bubblewrap.overlay import IdShift
 from corral.sandbox.bubblewrap.pool import SandboxPool, hand_over, mount_pending_workspace, pool_shape
-from corral.sandbox.bubblewrap.resident import LaunchFds, ResidentInit, init_argv
+from corral.sandbox.bubblewrap.resident import LaunchFds, ResidentInit, compiled_init, init_argv
 from corral.sandbox.bubblewrap.seccomp import seccomp_available, seccomp_filter
 from corral.sandbox.bubblewrap.setup import (
     Strategy,
@@ -170,7 +170,9 @@ def bubblewrap_available() -> tuple[bool, str]:
         return False, f"bwrap cannot create namespaces here: {result.stderr.strip() or result.returncode}"
     who = "a dedicated unprivileged uid per sandbox" if privileged() else f"your uid ({os.getuid()})"
     workspace = "overlayfs on an idmapped view of the repo" if privileged() else "a copy of the repo"
-    return True, f"{version}; commands run as {who}; workspace: {workspace}; seccomp: {seccomp_detail}"
+    binary, why_not = compiled_init()
+    init = "compiled (C)" if binary is not None else f"Python ({why_not})"
+    return True, f"{version}; commands run as {who}; workspace: {workspace}; seccomp: {seccomp_detail}; init: {init}"
 
 
 class BubblewrapSandbox(Sandbox):

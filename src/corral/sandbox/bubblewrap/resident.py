@@ -19,13 +19,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
 import itertools
 import json
 import logging
-import marshal
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +42,7 @@ from corral.errors import SandboxError
 logger = logging.getLogger("corral.sandbox")
 
 INIT_SOURCE = Path(__file__).with_name("sandbox_init.py")
+C_INIT_SOURCE = Path(__file__).with_name("sandbox_init.c")
 START_TIMEOUT = 10.0
 """Seconds for bwrap to report its first process and for the init to say it is ready."""
 _SEND_TIMEOUT = 5.0  # an init that takes no message for this long is stopped (it could be SIGSTOPped)
@@ -62,8 +64,67 @@ path), so ``ps`` inside shows this line rather than the whole program."""
 
 
 def init_argv(python: str, fds: LaunchFds) -> list[str]:
-    """The command that runs the init inside the sandbox, talking to corral on ``fds.init_socket``."""
+    """The command that runs the init inside the sandbox, talking to corral on ``fds.init_socket``: the
+    compiled init (an inherited descriptor of it) where there is one, else the Python one."""
+    if fds.binary is not None:
+        return [f"/proc/self/fd/{fds.binary}", str(fds.init_socket)]
     return [python, "-I", "-S", "-c", _BOOT, str(fds.source), str(fds.init_socket)]
+
+
+def _run_frame(ident: int, argv: Sequence[str], cwd: str, env: dict[str, str]) -> bytes:
+    """A ``run`` frame's payload (see sandbox_init.py for the format)."""
+    strings = [cwd, *argv, *(f"{name}={value}" for name, value in env.items())]
+    head = b"r" + ident.to_bytes(8, "big") + len(argv).to_bytes(4, "big") + len(env).to_bytes(4, "big")
+    return head + b"".join(os.fsencode(text) + b"\0" for text in strings)
+
+
+def init_program() -> str:
+    """Which init sandboxes start: ``c`` when it compiled here, else ``python``; ``CORRAL_SANDBOX_INIT``
+    (``c`` or ``python``) chooses, ``c`` failing loudly where it cannot compile."""
+    chosen = os.environ.get("CORRAL_SANDBOX_INIT", "").strip().lower()
+    if chosen not in ("", "c", "python"):
+        raise SandboxError(f"CORRAL_SANDBOX_INIT must be 'c' or 'python', not {chosen!r}")
+    if chosen == "python":
+        return "python"
+    binary, why = compiled_init()
+    if binary is None and chosen == "c":
+        raise SandboxError(f"CORRAL_SANDBOX_INIT=c, but the C init cannot be built here: {why}")
+    return "c" if binary is not None else "python"
+
+
+@functools.cache
+def compiled_init() -> tuple[Path | None, str]:
+    """The C init built for this machine (once, cached by its source's hash) and, if none, why not."""
+    source = C_INIT_SOURCE.read_bytes()
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        return None, "no C compiler (cc or gcc) on PATH"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    target = Path(base, "corral", "sandbox-init", f"init-{hashlib.sha256(source).hexdigest()[:16]}")
+    if target.is_file() and os.access(target, os.X_OK):
+        return target, ""
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        built = subprocess.run(
+            [compiler, "-O2", "-o", str(partial), "-x", "c", "-"],
+            input=source,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        if built.returncode != 0:
+            reason = built.stderr.decode(errors="replace").strip()[-500:]
+            logger.warning("the C sandbox init did not compile (%s); sandboxes use the Python one", reason)
+            return None, f"{compiler} failed: {reason}"
+        partial.chmod(0o755)
+        partial.replace(target)  # atomic: another process may be building the same source
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("the C sandbox init could not be built (%s); sandboxes use the Python one", exc)
+        return None, str(exc)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target, ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +136,8 @@ class LaunchFds:
     seccomp: int
     info: int
     block: int
+    binary: int | None = None
+    """The compiled init, when there is one (``source`` is then the Python one's, unused)."""
 
 
 @functools.cache
@@ -134,13 +197,15 @@ class ResidentInit:
         """
         if any("\0" in text for text in (*argv, cwd, *env, *env.values())):
             raise ValueError("embedded null byte")
+        if any("=" in name or not name for name in env):
+            raise ValueError(f"illegal environment variable name: {next(n for n in env if '=' in n or not n)!r}")
         if self._started.done():
             self._started.result()  # raises if it could not start
         else:
             await self.ready()
         loop = asyncio.get_running_loop()
         ident = next(_ids)
-        payload = marshal.dumps(("run", ident, list(argv), cwd, env), 2)
+        payload = _run_frame(ident, argv, cwd, env)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         command = ResidentCommand(self, ident, loop, protocol)
@@ -168,7 +233,7 @@ class ResidentInit:
             if ident not in self._commands or not self.alive:
                 return
             with contextlib.suppress(SandboxError):
-                self._send(marshal.dumps(("kill", ident), 2))
+                self._send(b"k" + ident.to_bytes(8, "big"))
 
     def _send(self, payload: bytes, *, fds: Sequence[int] = ()) -> None:
         """One frame to the init (the lock held); an init that does not take it is stopped."""
@@ -244,11 +309,15 @@ class ResidentInit:
         seccomp_r, seccomp_w = os.pipe()
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
+        binary_fd: int | None = None
         try:
             for fd, data in ((source_w, _init_source()), (seccomp_w, self._seccomp)):
                 os.write(fd, data)  # both fit in a pipe's buffer
                 os.close(fd)
-            fds = LaunchFds(self._child_sock.fileno(), source_r, seccomp_r, info_w, block_r)
+            binary = compiled_init()[0] if init_program() == "c" else None
+            binary_fd = os.open(binary, os.O_RDONLY | os.O_CLOEXEC) if binary is not None else None
+            fds = LaunchFds(self._child_sock.fileno(), source_r, seccomp_r, info_w, block_r, binary_fd)
+            passed = (fds.init_socket, source_r, seccomp_r, info_w, block_r)
             self._popen = subprocess.Popen(
                 self._argv_for(fds),
                 cwd="/",
@@ -257,7 +326,7 @@ class ResidentInit:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                pass_fds=(fds.init_socket, source_r, seccomp_r, info_w, block_r),
+                pass_fds=passed if binary_fd is None else (*passed, binary_fd),
             )
         except BaseException:
             for fd in (source_w, seccomp_w, info_r, block_w):
@@ -265,7 +334,7 @@ class ResidentInit:
                     os.close(fd)
             raise
         finally:
-            for fd in (source_r, seccomp_r, info_w, block_r):
+            for fd in (source_r, seccomp_r, info_w, block_r, *([binary_fd] if binary_fd is not None else [])):
                 os.close(fd)
             self._child_sock.close()
         self._check_closed()

@@ -5,10 +5,13 @@ Usage: python3 -I -S sandbox_init.py FD   (FD: a Unix stream socket to corral)
 Standard library only, like the egress relay: it runs under the sandbox's /usr/bin/python3, as
 ``python3 -c SOURCE``, once per sandbox (not per command), so only built-in modules and ``ctypes``.
 
-corral sends frames of ``len (4 bytes, big-endian) + marshal((op, id, ...))``; a ``run`` frame carries
-the command's stdout and stderr as file descriptors (SCM_RIGHTS). The init answers with ASCII lines:
-``R`` once it listens, ``E <id> <code>`` when a command's main process ends (the code a shell would
-show: 128 + N for a signal). It keeps the guarantees one bwrap per command gave:
+corral sends frames: u32 length (big-endian), then op (``r`` run, ``k`` kill), u64 id (big-endian)
+and, for ``r``: u32 argc, u32 envc, then the working directory, the argv strings and the
+``KEY=VALUE`` strings, each NUL-terminated; a ``run`` frame carries the command's stdout and stderr
+as file descriptors (SCM_RIGHTS). The init answers with ASCII lines: ``R`` once it listens,
+``E <id> <code>`` when a command's main process ends (the code a shell would show: 128 + N for a
+signal). ``sandbox_init.c`` is the same program in C, which corral runs where it can compile it.
+It keeps the guarantees one bwrap per command gave:
 
 - every command leads its own session and is a child subreaper: whatever it starts and abandons
   (double forks, ``setsid``) is reparented to the command while it runs, then to this init when it
@@ -24,7 +27,6 @@ and it exits, taking the sandbox's namespaces with it, when corral closes the so
 import _signal  # pyright: ignore[reportMissingImports] - no stubs; the wrapper would import enum
 import _socket
 import ctypes
-import marshal
 import posix
 import select
 import sys
@@ -66,26 +68,34 @@ def _receive(sock: "_socket.socket") -> tuple[tuple, list[int]]:
             fds += [int.from_bytes(data[i : i + 4], sys.byteorder) for i in range(0, len(data) - len(data) % 4, 4)]
     header += _read_exact(sock, 4 - len(header))
     size = int.from_bytes(header, "big")
-    if size > _MAX_FRAME:
-        _fail(f"frame of {size} bytes")
-    return marshal.loads(_read_exact(sock, size)), fds
+    if size < 9 or size > _MAX_FRAME:
+        _fail(f"a frame of {size} bytes")
+    frame = _read_exact(sock, size)
+    op, ident = frame[:1], int.from_bytes(frame[1:9], "big")
+    if op != b"r" or size < 17:
+        return (op.decode(), ident), fds
+    argc, envc = int.from_bytes(frame[9:13], "big"), int.from_bytes(frame[13:17], "big")
+    strings = frame[17:].split(b"\0")
+    cwd, argv, pairs = strings[0], strings[1 : 1 + argc], strings[1 + argc : 1 + argc + envc]
+    env = dict(pair.split(b"=", 1) for pair in pairs)
+    return ("run", ident, argv, cwd, env), fds
 
 
-def _exec_path(name: str, env: dict) -> None:
+def _exec_path(name: bytes, env: dict) -> None:
     """execvpe: a name without a slash is looked up on the command's own PATH."""
-    if "/" in name:
+    if b"/" in name:
         posix.execve(name, _ARGV, env)
     error: OSError | None = None
-    for directory in env.get("PATH", "/usr/bin:/bin").split(":"):
+    for directory in env.get(b"PATH", b"/usr/bin:/bin").split(b":"):
         try:
-            posix.execve(f"{directory or '.'}/{name}", _ARGV, env)
+            posix.execve((directory or b".") + b"/" + name, _ARGV, env)
         except OSError as exc:
             if error is None or exc.errno != _ENOENT:  # like execvp: a found-but-refused file wins
                 error = exc
     raise error or FileNotFoundError(_ENOENT, "No such file or directory")
 
 
-_ARGV: list[str] = []
+_ARGV: list[bytes] = []
 
 
 def _child(argv: list, cwd: str, env: dict, out: int, err: int, devnull: int) -> None:
@@ -108,7 +118,8 @@ def _child(argv: list, cwd: str, env: dict, out: int, err: int, devnull: int) ->
         _exec_path(argv[0], env)
     except OSError as exc:
         code = 127 if exc.errno == _ENOENT else 126
-        _quietly(posix.write, 2, f"corral: cannot run {argv[0]!r}: {exc.strerror or exc}\n".encode(errors="replace"))
+        name = argv[0].decode(errors="replace")
+        _quietly(posix.write, 2, f"corral: cannot run '{name}': {exc.strerror or exc}\n".encode(errors="replace"))
         posix._exit(code)
     except BaseException:
         posix._exit(126)
@@ -167,13 +178,18 @@ class Init:
 
     def handle(self, message: tuple, fds: list[int]) -> None:
         op = message[0]
-        if op == "run" and len(fds) == 2:
+        if op == "run" and (len(fds) != 2 or not message[2]):  # not what corral sends: refused, answered
+            for fd in fds:
+                posix.close(fd)
+            self.answer(f"E {message[1]} 126")
+        elif op == "run":
             _op, ident, argv, cwd, env = message
             out, err = fds
             try:
                 pid = posix.fork()
             except OSError as exc:  # the pids limit, most likely: say so where the command's errors go
-                _quietly(posix.write, err, f"corral: cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode())
+                name = argv[0].decode(errors="replace")
+                _quietly(posix.write, err, f"corral: cannot start '{name}': {exc.strerror or exc}\n".encode())
                 posix.close(out)
                 posix.close(err)
                 self.answer(f"E {ident} 126")
@@ -184,7 +200,7 @@ class Init:
             posix.close(err)
             self.commands[pid] = ident
             self.pids[ident] = pid
-        elif op == "kill":
+        elif op == "k":
             pid = self.pids.get(message[1])
             if pid is not None:
                 tree = _children_of()
