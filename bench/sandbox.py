@@ -437,40 +437,17 @@ def targets(results: dict[str, Result], files: int) -> list[dict[str, Any]]:
     floor = results[FLOOR_ID].p50() if FLOOR_ID in results else None
     found: list[dict[str, Any]] = []
     for row_id, limit, what in (
-        ("lifecycle/bubblewrap/pooled", LIFECYCLE_RATIO_TARGET, "pooled create+exec+destroy"),
-        ("exec/bubblewrap/argv", EXEC_RATIO_TARGET, "exec(['true']) on an existing sandbox"),
+        ("lifecycle/bubblewrap/pooled", LIFECYCLE_RATIO_TARGET, "bubblewrap pooled create+exec+destroy"),
+        ("exec/bubblewrap/argv", EXEC_RATIO_TARGET, "bubblewrap exec(['true']) on an existing sandbox"),
     ):
-        row = results.get(row_id)
-        if row is None:
-            continue
-        p50 = row.p50()
-        ratio = p50 / floor if p50 is not None and floor else None
-        found.append(
-            {
-                "id": f"target/{row_id}_vs_floor",
-                "description": f"bubblewrap {what} p50 within {limit:g}x of raw fork+exec p50",
-                "measured": round(ratio, 2) if ratio is not None else None,
-                "limit": limit,
-                "met": ratio <= limit if ratio is not None else None,
-                "reason": None if ratio is not None else row.reason,
-            }
-        )
+        if row_id in results:
+            found.append(_ratio_target(f"target/{row_id}_vs_floor", what, results[row_id], floor, limit))
     for name in BACKENDS:
         lifecycle, ready = results.get(f"lifecycle/{name}/sh"), results.get(f"workspace/{name}")
         if lifecycle is not None:
-            p50 = lifecycle.p50()
-            ratio = p50 / floor if p50 is not None and floor else None
+            what = f"{name} create+exec+destroy"
             found.append(
-                {
-                    "id": f"target/{name}/lifecycle_vs_floor",
-                    "description": (
-                        f"{name} create+exec+destroy p50 within {LIFECYCLE_RATIO_TARGET:g}x of raw fork+exec p50"
-                    ),
-                    "measured": round(ratio, 2) if ratio is not None else None,
-                    "limit": LIFECYCLE_RATIO_TARGET,
-                    "met": ratio <= LIFECYCLE_RATIO_TARGET if ratio is not None else None,
-                    "reason": None if ratio is not None else lifecycle.reason,
-                }
+                _ratio_target(f"target/{name}/lifecycle_vs_floor", what, lifecycle, floor, LIFECYCLE_RATIO_TARGET)
             )
         if ready is not None:
             p50 = ready.p50()
@@ -485,6 +462,20 @@ def targets(results: dict[str, Result], files: int) -> list[dict[str, Any]]:
                 }
             )
     return found
+
+
+def _ratio_target(target_id: str, what: str, row: Result, floor: float | None, limit: float) -> dict[str, Any]:
+    """A target of the form "``what`` p50 within ``limit``x of the floor's p50", measured on ``row``."""
+    p50 = row.p50()
+    ratio = p50 / floor if p50 is not None and floor else None
+    return {
+        "id": target_id,
+        "description": f"{what} p50 within {limit:g}x of raw fork+exec p50",
+        "measured": round(ratio, 2) if ratio is not None else None,
+        "limit": limit,
+        "met": ratio <= limit if ratio is not None else None,
+        "reason": None if ratio is not None else row.reason,
+    }
 
 
 def render_table(report: dict[str, Any], results: list[Result]) -> str:

@@ -25,7 +25,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_starter_spec_is_valid(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, STARTER_SPEC))
     spec = config.agent("fixer")
-    assert spec.model == "anthropic:claude-sonnet-4-5"
+    assert spec.model == "anthropic:claude-sonnet-5-5"
     assert spec.sandbox.backend == "bubblewrap"
     assert spec.sandbox.network.mode == "none"
     assert spec.budget.max_cost_usd == 5.0
@@ -38,7 +38,7 @@ def test_broken_toml_names_the_file(tmp_path: Path) -> None:
 
 
 def test_invalid_field_names_file_agent_and_field(tmp_path: Path) -> None:
-    path = write(tmp_path, '[agents.fixer]\nmodel = "openai:gpt-5"\n[agents.fixer.budget]\nmax_turns = "many"\n')
+    path = write(tmp_path, '[agents.fixer]\nmodel = "openai:gpt-6.1"\n[agents.fixer.budget]\nmax_turns = "many"\n')
     with pytest.raises(SpecError) as info:
         load_config(path)
     message = str(info.value)
@@ -48,31 +48,32 @@ def test_invalid_field_names_file_agent_and_field(tmp_path: Path) -> None:
 
 
 def test_unknown_field_is_rejected(tmp_path: Path) -> None:
-    path = write(tmp_path, '[agents.a]\nmodel = "openai:gpt-5"\nmodle = "typo"\n')
+    path = write(tmp_path, '[agents.a]\nmodel = "openai:gpt-6.1"\nmodle = "typo"\n')
     with pytest.raises(SpecError, match=r"field 'modle'"):
         load_config(path)
 
 
 def test_model_without_provider_is_rejected(tmp_path: Path) -> None:
-    path = write(tmp_path, '[agents.a]\nmodel = "gpt-5"\n')
+    path = write(tmp_path, '[agents.a]\nmodel = "gpt-6.1-sol"\n')
     with pytest.raises(SpecError, match=r"field 'model'.*provider:model"):
         load_config(path)
 
 
 def test_unknown_tool_is_rejected(tmp_path: Path) -> None:
-    path = write(tmp_path, '[agents.a]\nmodel = "openai:gpt-5"\ntools = ["read_file", "rm_rf"]\n')
+    path = write(tmp_path, '[agents.a]\nmodel = "openai:gpt-6.1"\ntools = ["read_file", "rm_rf"]\n')
     with pytest.raises(SpecError, match=r"field 'tools': unknown tool\(s\) rm_rf"):
         load_config(path)
 
 
 def test_invalid_output_schema_is_rejected(tmp_path: Path) -> None:
-    path = write(tmp_path, '[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.output_schema]\ntype = "nonsense"\n')
+    path = write(tmp_path, '[agents.a]\nmodel = "openai:gpt-6.1"\n[agents.a.output_schema]\ntype = "nonsense"\n')
     with pytest.raises(SpecError, match=r"field 'output_schema'"):
         load_config(path)
 
 
 def test_unknown_agent_lists_the_defined_ones(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, '[agents.a]\nmodel = "openai:gpt-5"\n[agents.b]\nmodel = "openai:gpt-5"\n'))
+    two = '[agents.a]\nmodel = "openai:gpt-6.1"\n[agents.b]\nmodel = "openai:gpt-6.1"\n'
+    config = load_config(write(tmp_path, two))
     with pytest.raises(UnknownAgentError, match=r"no agent named 'c'.*defined: a, b"):
         config.agent("c")
 
@@ -88,18 +89,18 @@ def test_project_prices_reach_every_agent(tmp_path: Path) -> None:
 
 
 def test_spec_from_python_and_hash_is_stable() -> None:
-    a = AgentSpec(name="x", model="openai:gpt-5-mini", sandbox="local")
-    b = AgentSpec(name="x", model="openai:gpt-5-mini", sandbox={"backend": "local"})
+    a = AgentSpec(name="x", model="openai:gpt-6.1-terra", sandbox="local")
+    b = AgentSpec(name="x", model="openai:gpt-6.1-terra", sandbox={"backend": "local"})
     assert a.content_hash() == b.content_hash()
-    assert a.with_overrides(model="anthropic:claude-sonnet-4-5").content_hash() != a.content_hash()
+    assert a.with_overrides(model="anthropic:claude-sonnet-5-5").content_hash() != a.content_hash()
 
 
 def test_secrets_as_a_list_or_scoped_to_hosts(tmp_path: Path) -> None:
     config = load_config(
         write(
             tmp_path,
-            '[agents.a]\nmodel = "openai:gpt-5"\nsecrets = ["NPM_TOKEN"]\n'
-            '[agents.b]\nmodel = "openai:gpt-5"\n[agents.b.secrets.GITHUB_TOKEN]\nhosts = ["api.github.com"]\n',
+            '[agents.a]\nmodel = "openai:gpt-6.1"\nsecrets = ["NPM_TOKEN"]\n'
+            '[agents.b]\nmodel = "openai:gpt-6.1"\n[agents.b.secrets.GITHUB_TOKEN]\nhosts = ["api.github.com"]\n',
         )
     )
     assert config.agent("a").secrets["NPM_TOKEN"].hosts == ()
@@ -117,7 +118,7 @@ def test_secrets_as_a_list_or_scoped_to_hosts(tmp_path: Path) -> None:
     ],
 )
 def test_bad_network_policies_are_rejected(tmp_path: Path, network: str, message: str) -> None:
-    path = write(tmp_path, f'[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.sandbox]\n{network}\n')
+    path = write(tmp_path, f'[agents.a]\nmodel = "openai:gpt-6.1"\n[agents.a.sandbox]\n{network}\n')
     with pytest.raises(SpecError, match=message):
         load_config(path)
 
@@ -148,7 +149,7 @@ def test_an_allow_entry_the_egress_proxy_would_refuse_fails_at_spec_load(tmp_pat
     allow = json.dumps(["pypi.org", entry])
     path = write(
         tmp_path,
-        f'[agents.fixer]\nmodel = "openai:gpt-5"\n[agents.fixer.sandbox]\nnetwork = "allowlist"\nallow = {allow}\n',
+        f'[agents.fixer]\nmodel = "openai:gpt-6.1"\n[agents.fixer.sandbox]\nnetwork = "allowlist"\nallow = {allow}\n',
     )
     with pytest.raises(SpecError) as info:  # ...so the spec refuses it too, naming file, agent, field and entry
         load_config(path)
@@ -162,7 +163,7 @@ def test_an_allow_entry_the_egress_proxy_would_refuse_fails_at_spec_load(tmp_pat
 @pytest.mark.parametrize("entry", BAD_HOST_PATTERNS)
 def test_a_secret_scope_the_egress_proxy_would_refuse_fails_at_spec_load(tmp_path: Path, entry: str) -> None:
     hosts = json.dumps([entry])
-    path = write(tmp_path, f'[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.secrets.TOKEN]\nhosts = {hosts}\n')
+    path = write(tmp_path, f'[agents.a]\nmodel = "openai:gpt-6.1"\n[agents.a.secrets.TOKEN]\nhosts = {hosts}\n')
     with pytest.raises(SpecError, match=r"field 'secrets\.TOKEN\.hosts\.0': not a host pattern"):
         load_config(path)
 
@@ -172,7 +173,8 @@ async def test_an_allowlist_that_loads_is_one_the_egress_proxy_accepts(tmp_path:
     allow = ["pypi.org", "*.github.com:443", "127.0.0.1:8000", "[::1]:8443", " padded.example ", "BÜCHER.example"]
     path = write(
         tmp_path,
-        f'[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.sandbox]\nnetwork = "allowlist"\nallow = {json.dumps(allow)}\n',
+        f'[agents.a]\nmodel = "openai:gpt-6.1"\n[agents.a.sandbox]\nnetwork = "allowlist"\n'
+        f"allow = {json.dumps(allow)}\n",
     )
     network = load_config(path).agent("a").sandbox.network
     assert network.allow == tuple(allow)
@@ -184,13 +186,13 @@ async def test_an_allowlist_that_loads_is_one_the_egress_proxy_accepts(tmp_path:
 def test_network_allowlist_is_accepted_in_both_shapes(tmp_path: Path) -> None:
     inline = write(
         tmp_path,
-        '[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.sandbox]\n'
+        '[agents.a]\nmodel = "openai:gpt-6.1"\n[agents.a.sandbox]\n'
         'network = { mode = "allowlist", allow = ["pypi.org", "*.github.com:443"] }\n',
     )
     inline_spec = load_config(inline).agent("a")
     beside = write(
         tmp_path,
-        '[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.sandbox]\n'
+        '[agents.a]\nmodel = "openai:gpt-6.1"\n[agents.a.sandbox]\n'
         'network = "allowlist"\nallow = ["pypi.org", "*.github.com:443"]\n',
     )
     beside_spec = load_config(beside).agent("a")
@@ -202,7 +204,7 @@ def test_network_allowlist_is_accepted_in_both_shapes(tmp_path: Path) -> None:
 def test_the_sandbox_table_is_the_sandboxs_own_types(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        '[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.sandbox]\nnetwork = "host"\nmemory_mb = 2048\ncpu_s = 30\n',
+        '[agents.a]\nmodel = "openai:gpt-6.1"\n[agents.a.sandbox]\nnetwork = "host"\nmemory_mb = 2048\ncpu_s = 30\n',
     )
     sandbox = load_config(path).agent("a").sandbox
     assert sandbox.network == NetworkProfile(mode="host")
@@ -221,7 +223,7 @@ def test_the_sandbox_table_is_the_sandboxs_own_types(tmp_path: Path) -> None:
     ],
 )
 def test_bad_limits_name_the_field(tmp_path: Path, line: str, field: str) -> None:
-    path = write(tmp_path, f'[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.sandbox]\n{line}\n')
+    path = write(tmp_path, f'[agents.a]\nmodel = "openai:gpt-6.1"\n[agents.a.sandbox]\n{line}\n')
     with pytest.raises(SpecError, match=f"field '{field}'"):
         load_config(path)
 
@@ -229,7 +231,7 @@ def test_bad_limits_name_the_field(tmp_path: Path, line: str, field: str) -> Non
 def test_limits_given_twice_are_rejected(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        '[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.sandbox]\nmemory_mb = 512\n'
+        '[agents.a]\nmodel = "openai:gpt-6.1"\n[agents.a.sandbox]\nmemory_mb = 512\n'
         "[agents.a.sandbox.limits]\npids = 9\n",
     )
     with pytest.raises(SpecError, match="limits are given twice"):
@@ -239,11 +241,11 @@ def test_limits_given_twice_are_rejected(tmp_path: Path) -> None:
 def test_with_overrides_keeps_the_sandbox(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        '[agents.a]\nmodel = "openai:gpt-5"\n[agents.a.sandbox]\nnetwork = "allowlist"\nallow = ["pypi.org"]\n'
+        '[agents.a]\nmodel = "openai:gpt-6.1"\n[agents.a.sandbox]\nnetwork = "allowlist"\nallow = ["pypi.org"]\n'
         "memory_mb = 512\n",
     )
     spec = load_config(path).agent("a")
-    assert spec.with_overrides(model="openai:gpt-5-mini").sandbox == spec.sandbox
+    assert spec.with_overrides(model="openai:gpt-6.1-terra").sandbox == spec.sandbox
 
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -260,7 +262,7 @@ def test_the_agent_specs_in_the_docs_load(tmp_path: Path, doc: str) -> None:
 
 def test_a_spec_stored_with_flat_sandbox_limits_still_validates() -> None:
     """Run records keep ``model_dump()`` of the spec they started with; earlier ones had flat limits."""
-    stored = AgentSpec(name="x", model="openai:gpt-5").model_dump(mode="json")
+    stored = AgentSpec(name="x", model="openai:gpt-6.1").model_dump(mode="json")
     stored["sandbox"] = {
         "backend": "bubblewrap",
         "exec_timeout_s": 120.0,
@@ -285,7 +287,7 @@ def test_the_spec_knows_every_built_in_tool() -> None:
 
 def test_an_unknown_engine_is_an_error_naming_the_installed_ones(tmp_path: Path) -> None:
     path = tmp_path / "corral.toml"
-    path.write_text('[agents.a]\nmodel = "openai:gpt-5"\nengine = "claude-code"\n')
+    path.write_text('[agents.a]\nmodel = "openai:gpt-6.1"\nengine = "claude-code"\n')
     with pytest.raises(SpecError) as caught:
         load_config(path)
     assert "field 'engine': unknown engine 'claude-code' (installed: native, script)" in str(caught.value)

@@ -234,7 +234,7 @@ class AgentSpec(_Strict):
     def _model_has_provider(cls, value: str, info: ValidationInfo) -> str:
         provider, sep, name = value.partition(":")
         if not sep or not provider or not name:
-            raise ValueError(f"expected 'provider:model' (for example 'anthropic:claude-sonnet-4-5'), got {value!r}")
+            raise ValueError(f"expected 'provider:model' (for example 'anthropic:claude-sonnet-5-5'), got {value!r}")
         if provider == "scripted" and name.endswith((".toml", ".json")):
             # The run records the script's absolute path, so `corral resume` from anywhere finds it.
             base = Path((info.context or {}).get("spec_dir") or Path.cwd())

@@ -13,7 +13,7 @@ change that fixes it, and run the tests before you finish.
 
 # provider:model. Providers: openai (Responses API), openai-chat (Chat Completions, also
 # any OpenAI-compatible server: vLLM, Ollama, llama.cpp), anthropic.
-model = "anthropic:claude-sonnet-4-5"
+model = "anthropic:claude-sonnet-5-5"
 # base_url = "http://127.0.0.1:11434/v1"   # send requests elsewhere (a local server, a gateway)
 # api_key_env = "ANTHROPIC_API_KEY"         # where the key comes from (default per provider)
 

@@ -23,7 +23,7 @@ def test_a_connection_error_names_the_endpoint_it_tried(tmp_path: Path, repo: Pa
     (tmp_path / "corral.toml").write_text(
         f"""
 [agents.fixer]
-model = "openai-chat:gpt-5-mini"
+model = "openai-chat:gpt-4.1-mini"
 base_url = "{url}"
 sandbox = "local"
 [agents.fixer.retry]

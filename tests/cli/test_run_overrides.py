@@ -16,7 +16,7 @@ OPTIONS = {"budget.max_turns": "--max-turns", "sandbox.network": "--network"}
 
 
 def test_an_override_replaces_one_field_of_a_table_and_keeps_the_rest() -> None:
-    spec = AgentSpec(name="a", model="openai:gpt-5", budget={"max_tokens": 1000, "max_turns": 9})
+    spec = AgentSpec(name="a", model="openai:gpt-6.1-sol", budget={"max_tokens": 1000, "max_turns": 9})
     changed = spec.with_overrides({"budget.max_turns": 3, "sandbox.backend": "local"})
     assert changed.budget.max_turns == 3
     assert changed.budget.max_tokens == 1000
@@ -26,12 +26,12 @@ def test_an_override_replaces_one_field_of_a_table_and_keeps_the_rest() -> None:
 
 
 def test_none_leaves_a_field_as_it_is() -> None:
-    spec = AgentSpec(name="a", model="openai:gpt-5")
+    spec = AgentSpec(name="a", model="openai:gpt-6.1-sol")
     assert spec.with_overrides({"model": None, "budget.max_turns": None}) == spec
 
 
 def test_a_bad_override_names_what_the_caller_calls_it() -> None:
-    spec = AgentSpec(name="a", model="openai:gpt-5")
+    spec = AgentSpec(name="a", model="openai:gpt-6.1-sol")
     with pytest.raises(SpecError, match=r"--max-turns: Input should be greater than 0"):
         spec.with_overrides({"budget.max_turns": 0}, names=OPTIONS)
     with pytest.raises(SpecError, match=r"--network: Input should be 'none', 'allowlist' or 'host'"):
@@ -65,7 +65,7 @@ def project(tmp_path: Path) -> Path:
         (["--network", "everything"], "--network: Input should be 'none', 'allowlist' or 'host'"),
         (["--tools", "read_file,teleport"], "--tools: unknown tool(s) teleport"),
         (["--sandbox", "cloud9"], "--sandbox: unknown sandbox backend 'cloud9'"),
-        (["--model", "gpt-5"], "--model: expected 'provider:model'"),
+        (["--model", "gpt-6.1-sol"], "--model: expected 'provider:model'"),
         (["--instructions", "@missing.md"], "--instructions missing.md: no such file"),
         (["--output-schema", "missing.json"], "--output-schema missing.json: no such file"),
         (["--output-schema", "broken.json"], "--output-schema broken.json: not valid JSON"),

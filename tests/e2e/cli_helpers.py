@@ -27,7 +27,7 @@ def corral_json(*args: str, cwd: Path, home: Path) -> Any:
     return json.loads(proc.stdout)
 
 
-def write_config(directory: Path, *, base_url: str, model: str = "openai:gpt-5-mini", extra: str = "") -> Path:
+def write_config(directory: Path, *, base_url: str, model: str = "openai:gpt-6.1-terra", extra: str = "") -> Path:
     path = directory / "corral.toml"
     path.write_text(
         f"""

@@ -84,7 +84,7 @@ async def test_an_allowlist_run_sends_the_real_secret_only_to_its_host_and_journ
             spec = AgentSpec.model_validate(
                 {
                     "name": "deployer",
-                    "model": "openai:gpt-5-mini",
+                    "model": "openai:gpt-6.1-terra",
                     "base_url": server.openai_base_url,
                     "sandbox": {
                         "backend": "bubblewrap",

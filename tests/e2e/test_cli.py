@@ -58,9 +58,9 @@ def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path: Path) ->
     [
         ("[agents.fixer\nmodel=1", "not valid TOML"),
         ('[agents.fixer]\nmodel = "mystery:model"\nsandbox = "local"\n', "unknown model provider 'mystery'"),
-        ('[agents.other]\nmodel = "openai:gpt-5"\n', "no agent named 'fixer'"),
+        ('[agents.other]\nmodel = "openai:gpt-6.1-sol"\n', "no agent named 'fixer'"),
         (
-            '[agents.fixer]\nmodel = "openai:gpt-5"\n[agents.fixer.budget]\nmax_turns = -1\n',
+            '[agents.fixer]\nmodel = "openai:gpt-6.1-sol"\n[agents.fixer.budget]\nmax_turns = -1\n',
             "field 'budget.max_turns'",
         ),
     ],

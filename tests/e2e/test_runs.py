@@ -21,9 +21,9 @@ from corral.tools.base import Capability, ToolContext, tool
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 PROVIDERS = {
-    "openai": ("openai:gpt-5-mini", "openai_base_url"),
-    "openai-chat": ("openai-chat:gpt-5-mini", "openai_base_url"),
-    "anthropic": ("anthropic:claude-sonnet-4-5", "anthropic_base_url"),
+    "openai": ("openai:gpt-6.1-terra", "openai_base_url"),
+    "openai-chat": ("openai-chat:gpt-4.1-mini", "openai_base_url"),
+    "anthropic": ("anthropic:claude-sonnet-5-5", "anthropic_base_url"),
 }
 
 
@@ -303,11 +303,11 @@ async def test_unknown_backend_and_empty_task_are_usage_errors(home: Path, repo:
     try:
         async with Runtime(store) as runtime:
             with pytest.raises(UsageError):
-                await runtime.submit(AgentSpec(name="a", model="openai:gpt-5", sandbox="local"), "  ", repo)
+                await runtime.submit(AgentSpec(name="a", model="openai:gpt-6.1-sol", sandbox="local"), "  ", repo)
             from corral.errors import SandboxError
 
             with pytest.raises(SandboxError, match="local"):
-                await runtime.submit(AgentSpec(name="a", model="openai:gpt-5", sandbox="nope"), "t", repo)
+                await runtime.submit(AgentSpec(name="a", model="openai:gpt-6.1-sol", sandbox="nope"), "t", repo)
     finally:
         store.close()
 

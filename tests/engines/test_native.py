@@ -29,7 +29,7 @@ pytestmark = pytest.mark.anyio
 def spec(**fields: Any) -> AgentSpec:
     base: dict[str, Any] = {
         "name": "unit",
-        "model": "openai:gpt-5-mini",
+        "model": "openai:gpt-6.1-terra",
         "sandbox": "local",
         "retry": {"initial_backoff_s": 0.001, "max_backoff_s": 0.002},
     }
@@ -106,7 +106,7 @@ async def test_retryable_model_errors_are_retried_and_journaled(sandbox: Sandbox
     def flaky(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         status = next(failures, None)
         if status is not None:
-            raise ModelHTTPError(status, "gpt-5-mini", body={"error": "upstream boom"})
+            raise ModelHTTPError(status, "gpt-6.1-terra", body={"error": "upstream boom"})
         return ModelResponse(parts=[TextPart("done")])
 
     recorder = Recorder()
@@ -118,7 +118,7 @@ async def test_retryable_model_errors_are_retried_and_journaled(sandbox: Sandbox
 
 async def test_a_rejected_request_is_not_retried_and_fails_with_typed_context(sandbox: Sandbox) -> None:
     def rejected(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        raise ModelHTTPError(400, "gpt-5-mini", body={"error": "bad request"})
+        raise ModelHTTPError(400, "gpt-6.1-terra", body={"error": "bad request"})
 
     recorder = Recorder()
     with pytest.raises(ModelCallError) as caught:
@@ -147,7 +147,8 @@ async def test_the_cost_budget_counts_priced_usage(sandbox: Sandbox) -> None:
             parts=[ToolCallPart("glob", {"pattern": "*"})], usage=RequestUsage(input_tokens=100_000, output_tokens=0)
         )
 
-    agent = spec(budget={"max_cost_usd": 0.05}, prices={"openai:gpt-5-mini": {"input_mtok": 1.0, "output_mtok": 1.0}})
+    prices = {"openai:gpt-6.1-terra": {"input_mtok": 1.0, "output_mtok": 1.0}}
+    agent = spec(budget={"max_cost_usd": 0.05}, prices=prices)
     with pytest.raises(BudgetExceededError) as caught:
         await NativeEngine(model=FunctionModel(expensive)).run(context(agent, sandbox, Recorder()))
     assert caught.value.limit == "max_cost_usd"

@@ -104,7 +104,7 @@ async def test_demo_session_runs_to_the_end_with_an_agent_and_fixes_the_repo(tmp
     outputs: list[str] = []
     with ScriptedServer(script) as server:
         provider = OpenAIProvider(base_url=server.openai_base_url, api_key="k")
-        agent = Agent(OpenAIChatModel("gpt-5-mini", provider=provider), instructions="Fix the failing test.")
+        agent = Agent(OpenAIChatModel("gpt-4.1-mini", provider=provider), instructions="Fix the failing test.")
 
         # Stand-ins for the built-in tools, with the same names and arguments.
         @agent.tool_plain(name="glob")

@@ -29,7 +29,7 @@ from corral.models.scripted import PROCESS_MODELS
 from corral.spec import AgentSpec, load_config
 
 HELLO = """
-model = "gpt-5-mini"   # a real model's name: a scripted model must still never be priced as one
+model = "gpt-6.1-terra"   # a real model's name: a scripted model must still never be priced as one
 
 [[turns]]
 text = "hello from the script"
@@ -139,7 +139,7 @@ def test_a_scripted_model_takes_no_base_url(tmp_path: Path) -> None:
 def test_a_scripted_model_is_never_priced_even_when_its_script_names_a_real_model() -> None:
     target = resolve_target("scripted:demo")
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
-    for model in ("gpt-5-mini", "claude-sonnet-4-5", "scripted-demo"):
+    for model in ("gpt-6.1-terra", "claude-sonnet-5-5", "scripted-demo"):
         cost, _source = price_call(usage, model=model, provider=target.pricing_provider, ref=target.ref)
         assert cost == 0.0
 

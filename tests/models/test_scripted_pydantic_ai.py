@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from pydantic import BaseModel
-from pydantic_ai import Agent
+from pydantic_ai import Agent, ToolOutput
 from pydantic_ai.models import Model
 from pydantic_ai.models.anthropic import AnthropicModel
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
@@ -19,16 +19,16 @@ pytestmark = pytest.mark.anyio
 
 
 def chat_model(server: ScriptedServer) -> Model:
-    return OpenAIChatModel("gpt-5", provider=OpenAIProvider(base_url=server.openai_base_url, api_key="k"))
+    return OpenAIChatModel("gpt-4.1-mini", provider=OpenAIProvider(base_url=server.openai_base_url, api_key="k"))
 
 
 def responses_model(server: ScriptedServer) -> Model:
-    return OpenAIResponsesModel("gpt-5", provider=OpenAIProvider(base_url=server.openai_base_url, api_key="k"))
+    return OpenAIResponsesModel("gpt-6.1-sol", provider=OpenAIProvider(base_url=server.openai_base_url, api_key="k"))
 
 
 def anthropic_model(server: ScriptedServer) -> Model:
     provider = AnthropicProvider(base_url=server.anthropic_base_url, api_key="k")
-    return AnthropicModel("claude-sonnet-4-5", provider=provider)
+    return AnthropicModel("claude-sonnet-5-5", provider=provider)
 
 
 MODELS = pytest.mark.parametrize(
@@ -88,7 +88,7 @@ async def test_streamed_agent_run_sees_the_same_session(
     make_model: Callable[[ScriptedServer], Model],
 ) -> None:
     with ScriptedServer(SCRIPT) as server:
-        agent = Agent(make_model(server), output_type=Fix)
+        agent = Agent(make_model(server), output_type=ToolOutput(Fix))  # the script answers with a tool call
         agent.tool_plain(lambda a, b: a + b, name="add")
         async with agent, agent.run_stream("add 2 and 3") as run:
             output = await run.get_output()

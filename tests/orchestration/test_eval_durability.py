@@ -44,7 +44,7 @@ def test_sigkill_mid_program_then_resume_runs_each_finished_call_once(tmp_path: 
     script.write_text(SCRIPT)
     with ScriptedServer(load_script(script)) as server:
         (tmp_path / "corral.toml").write_text(
-            f'[agents.fixer]\nmodel = "openai:gpt-5-mini"\nbase_url = "{server.openai_base_url}"\n'
+            f'[agents.fixer]\nmodel = "openai:gpt-6.1-terra"\nbase_url = "{server.openai_base_url}"\n'
             'tools = ["execute", "read_file", "eval"]\n'
             "retry = { initial_backoff_s = 0.01, max_backoff_s = 0.05 }\n"
             # bubblewrap: the commands in flight die with the killed process (on the local backend they

@@ -75,7 +75,7 @@ async def test_install_run_a_huge_suite_read_the_spill_fix_and_rerun(tmp_path: P
             spec = AgentSpec.model_validate(
                 {
                     "name": "fixer",
-                    "model": "openai:gpt-5-mini",
+                    "model": "openai:gpt-6.1-terra",
                     "base_url": server.openai_base_url,
                     "sandbox": {
                         "exec_timeout_s": 600,

@@ -51,7 +51,7 @@ def spec_for(server: ScriptedServer, *, sandbox: str = "local", **extra: Any) ->
     return AgentSpec.model_validate(
         {
             "name": "scribe",
-            "model": "openai-chat:gpt-5-mini",
+            "model": "openai-chat:gpt-4.1-mini",
             "base_url": server.openai_base_url,
             "sandbox": sandbox,
             "retry": {"initial_backoff_s": 0.01, "max_backoff_s": 0.05},

@@ -26,7 +26,7 @@ def spec_for(server: ScriptedServer, *, sandbox: str = "bubblewrap", **extra: An
     return AgentSpec.model_validate(
         {
             "name": "fixer",
-            "model": "openai:gpt-5-mini",
+            "model": "openai:gpt-6.1-terra",
             "base_url": server.openai_base_url,
             "sandbox": sandbox,
             "retry": {"initial_backoff_s": 0.01, "max_backoff_s": 0.05},
@@ -179,7 +179,7 @@ def test_cancelling_a_run_whose_process_died_keeps_its_patch_and_leaves_nothing(
     slow_turn = '[[turns]]\ndelay = 120\ntext = "too late"\n'
     with ScriptedServer(session(tmp_path, WRITE_TURN, slow_turn)) as server:
         (tmp_path / "corral.toml").write_text(
-            f'[agents.fixer]\nmodel = "openai:gpt-5-mini"\nbase_url = "{server.openai_base_url}"\n'
+            f'[agents.fixer]\nmodel = "openai:gpt-6.1-terra"\nbase_url = "{server.openai_base_url}"\n'
             'sandbox = "bubblewrap"\n'
         )
         proc = subprocess.Popen(

@@ -58,7 +58,7 @@ async def test_secret_never_reaches_the_store_the_journal_or_a_model_request(
     with ScriptedServer(load_script(script_path), record_path=tmp_path / "requests.jsonl") as server:
         spec = AgentSpec(
             name="deployer",
-            model="openai:gpt-5-mini",
+            model="openai:gpt-6.1-terra",
             base_url=server.openai_base_url,
             sandbox="local",
             secrets=("DEPLOY_TOKEN",),
@@ -104,7 +104,7 @@ async def test_a_missing_secret_is_a_usage_error_and_nothing_is_recorded(
     with ScriptedServer(load_script(script_path)) as server:
         spec = AgentSpec(
             name="a",
-            model="openai:gpt-5-mini",
+            model="openai:gpt-6.1-terra",
             base_url=server.openai_base_url,
             sandbox="local",
             secrets=("NOT_SET_TOKEN",),

@@ -18,7 +18,7 @@ home, executor_id, run_id = sys.argv[1:4]
 store = Store.open(home=Path(home))
 store.register_executor(executor_id, socket.gethostname(), os.getpid())
 store.create_run(
-    id=run_id, parent_id=None, root_id=run_id, agent="fixer", spec={"model": "openai:gpt-5"}, spec_hash="h",
+    id=run_id, parent_id=None, root_id=run_id, agent="fixer", spec={"model": "openai:gpt-6.1-sol"}, spec_hash="h",
     task="a long task", repo="/r", run_dir="/d", executor_id=executor_id,
 )
 store.update_run(run_id, status=RunStatus.RUNNING, started_at=time.time())

@@ -37,7 +37,7 @@ def add_run(
         root_id=root_id,
         continues_id=continues_id,
         agent=agent,
-        spec={"model": "openai:gpt-5"},
+        spec={"model": "openai:gpt-6.1-sol"},
         spec_hash="h",
         task=task,
         repo="/r",

@@ -670,7 +670,7 @@ def script(
     elif overrides.model is None:
         raise UsageError(
             "a script needs a model for the subagents it dispatches",
-            hint="give --model (e.g. --model anthropic:claude-sonnet-4-5), or --agent NAME from corral.toml",
+            hint="give --model (e.g. --model anthropic:claude-sonnet-5-5), or --agent NAME from corral.toml",
         )
     else:
         spec = AgentSpec(name="script", model=overrides.model, tools=(*DEFAULT_TOOLS, "eval"))

@@ -50,6 +50,17 @@ def _request(tmp_path: Path, name: str, **fields: object) -> SandboxRequest:
     return SandboxRequest(repo=repo, run_dir=tmp_path / "runs" / name, **{"pool": 1, **fields})  # type: ignore[arg-type]
 
 
+async def _pooled(
+    backend: BubblewrapSandboxBackend, tmp_path: Path, name: str = "run-0", **fields: object
+) -> tuple[SandboxRequest, BubblewrapSandbox]:
+    """A request and a sandbox handed out for it from a pool prepared first."""
+    request = _request(tmp_path, name, **fields)
+    assert await backend.warm(request) == 1
+    sandbox = await backend.create(request)
+    assert sandbox.pooled
+    return request, sandbox
+
+
 def _slot_ids(tmp_path: Path) -> set[str]:
     return {sandbox_id(run) for run in (tmp_path / "runs" / POOL_DIRNAME).glob("*/run")}
 
@@ -99,9 +110,7 @@ async def test_the_first_create_of_a_shape_makes_its_own_and_starts_the_pool(
 async def test_the_sweep_keeps_a_pool_and_what_it_handed_out_while_their_process_lives(
     backend: BubblewrapSandboxBackend, tmp_path: Path
 ) -> None:
-    request = _request(tmp_path, "run-0")
-    await backend.warm(request)
-    sandbox = await backend.create(request)
+    request, sandbox = await _pooled(backend, tmp_path)
     await backend.warm(request)  # a slot ready again beside the handed-out sandbox
     ids = {sandbox.state()["ident"], *_slot_ids(tmp_path)}
     report = await sweep_orphans()
@@ -165,10 +174,7 @@ async def test_a_pooled_sandbox_reports_egress_to_the_run_it_was_handed_to(
     backend: BubblewrapSandboxBackend, tmp_path: Path
 ) -> None:
     events: list[EgressAttempted] = []
-    request = _request(tmp_path, "run-0", on_egress=events.append)
-    await backend.warm(request)
-    sandbox = await backend.create(request)
-    assert sandbox.pooled
+    _, sandbox = await _pooled(backend, tmp_path, on_egress=events.append)
     fetch = "import urllib.request as u; u.urlopen('http://pypi.org/simple/', timeout=5)"
     result = await sandbox.exec(["/usr/bin/python3", "-c", fetch], timeout=30)
     assert result.exit_code != 0
@@ -179,9 +185,7 @@ async def test_a_pooled_sandbox_reports_egress_to_the_run_it_was_handed_to(
 async def test_creating_again_over_a_pooled_sandbox_removes_it_first(
     backend: BubblewrapSandboxBackend, tmp_path: Path
 ) -> None:
-    request = _request(tmp_path, "run-0")
-    await backend.warm(request)
-    first = await backend.create(request)
+    request, first = await _pooled(backend, tmp_path)
     old = first.state()["ident"]
     simulate_reboot(first)  # the process that made it died; creation (a durable step) runs again
     second = await backend.create(request.model_copy(update={"pool": 0}))
@@ -196,9 +200,7 @@ async def test_creating_again_over_a_pooled_sandbox_removes_it_first(
 async def test_a_pooled_sandbox_is_attached_again_after_a_reboot(
     backend: BubblewrapSandboxBackend, tmp_path: Path
 ) -> None:
-    request = _request(tmp_path, "run-0")
-    await backend.warm(request)
-    sandbox = await backend.create(request)
+    _, sandbox = await _pooled(backend, tmp_path)
     await sandbox.exec("echo kept > note.txt && echo home > ~/h")
     state = json.loads(json.dumps(sandbox.state()))
     simulate_reboot(sandbox)

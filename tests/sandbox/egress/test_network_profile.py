@@ -101,14 +101,14 @@ def test_an_agent_spec_takes_the_options_beside_network_or_inside_it() -> None:
     beside = AgentSpec.model_validate(
         {
             "name": "a",
-            "model": "openai:gpt-5-mini",
+            "model": "openai:gpt-6.1-terra",
             "sandbox": {"network": "allowlist", "allow": ["@python"], "allow_private": True, "intercept_tls": True},
         }
     )
     inside = AgentSpec.model_validate(
         {
             "name": "a",
-            "model": "openai:gpt-5-mini",
+            "model": "openai:gpt-6.1-terra",
             "sandbox": {
                 "network": {"mode": "allowlist", "allow": ["@python"], "allow_private": True, "intercept_tls": True}
             },
@@ -120,7 +120,7 @@ def test_an_agent_spec_takes_the_options_beside_network_or_inside_it() -> None:
         AgentSpec.model_validate(
             {
                 "name": "a",
-                "model": "openai:gpt-5-mini",
+                "model": "openai:gpt-6.1-terra",
                 "sandbox": {
                     "network": {"mode": "allowlist", "upstream_proxy": "env"},
                     "upstream_proxy": "http://proxy:3128",

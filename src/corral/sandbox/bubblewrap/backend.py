@@ -121,22 +121,41 @@ class BubblewrapState(SandboxState):
     """The sandbox's id, when it is not its run dir's (a pooled sandbox keeps the one it was prepared under)."""
 
     @classmethod
-    def pending(cls, dirs: SandboxDirs, *, uid: int, request: SandboxRequest, disk_image: bool) -> BubblewrapState:
-        """The state of a pooled sandbox before it is handed out: no repository, an empty workspace."""
+    def of(
+        cls,
+        request: SandboxRequest,
+        dirs: SandboxDirs,
+        *,
+        uid: int,
+        repo: Path,
+        made: tuple[Strategy, WorkspaceSnapshot, int],
+        disk_image: bool,
+    ) -> BubblewrapState:
+        """The state of a sandbox made for ``request`` in ``dirs``; ``made`` is ``make_workspace``'s answer."""
+        strategy, snapshot, baseline = made
         return cls(
             backend="bubblewrap",
             run_dir=dirs.run_dir,
-            snapshot=WorkspaceSnapshot(workspace=dirs.pending_workspace, git_dir=dirs.git_dir, commit=""),
-            strategy="overlay",
-            repo=dirs.run_dir,
+            snapshot=snapshot,
+            strategy=strategy,
+            repo=repo,
             uid=uid,
             gid=uid,
             network=request.network,
             limits=request.limits,
+            placeholders={secret.name: secret.placeholder for secret in request.secrets},
             disk_image=disk_image,
+            disk_baseline=baseline,
             package_cache=request.package_cache,
             mounts=request.mounts,
+            ident=dirs.ident,
         )
+
+    @classmethod
+    def pending(cls, dirs: SandboxDirs, *, uid: int, request: SandboxRequest, disk_image: bool) -> BubblewrapState:
+        """The state of a pooled sandbox before it is handed out: no repository, an empty workspace."""
+        empty = WorkspaceSnapshot(workspace=dirs.pending_workspace, git_dir=dirs.git_dir, commit="")
+        return cls.of(request, dirs, uid=uid, repo=dirs.run_dir, made=("overlay", empty, 0), disk_image=disk_image)
 
 
 @dataclasses.dataclass
@@ -644,21 +663,8 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 cgroup.create(request.limits)
             if proxy_class is not None:
                 proxy = await start_proxy(proxy_class, request, dirs, uid)
-            state = BubblewrapState(
-                backend=self.name,
-                run_dir=dirs.run_dir,
-                snapshot=snapshot,
-                strategy=strategy,
-                repo=repo,
-                uid=uid,
-                gid=uid,
-                network=request.network,
-                limits=request.limits,
-                placeholders={secret.name: secret.placeholder for secret in request.secrets},
-                disk_image=disk_image,
-                disk_baseline=baseline,
-                package_cache=request.package_cache,
-                mounts=request.mounts,
+            state = BubblewrapState.of(
+                request, dirs, uid=uid, repo=repo, made=(strategy, snapshot, baseline), disk_image=disk_image
             )
             values = [secret.value.get_secret_value() for secret in request.secrets]
             sandbox = BubblewrapSandbox(
@@ -700,21 +706,13 @@ class BubblewrapSandboxBackend(SandboxBackend):
             mount_pending_workspace(dirs)
             if slot.proxy is not None:
                 slot.proxy.report_to(request.on_egress)
-            state = BubblewrapState(
-                backend=self.name,
-                run_dir=dirs.run_dir,
-                snapshot=snapshot,
-                strategy=strategy,
-                repo=repo,
+            state = BubblewrapState.of(
+                request,
+                dirs,
                 uid=slot.uid,
-                gid=slot.uid,
-                network=request.network,
-                limits=request.limits,
-                disk_image=slot.disk_image and strategy == "overlay",
-                disk_baseline=baseline,
-                package_cache=request.package_cache,
-                mounts=request.mounts,
-                ident=dirs.id,
+                repo=repo,
+                made=(strategy, snapshot, baseline),
+                disk_image=slot.disk_image and strategy == "overlay",  # a copy is not on the image
             )
             sandbox = BubblewrapSandbox(
                 state=state,

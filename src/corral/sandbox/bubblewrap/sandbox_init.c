@@ -171,6 +171,8 @@ static void reap(void) {
 }
 
 static void child(char **argv, const char *cwd, char **envp, int out, int err, sigset_t *mask) {
+    /* Dumpable again (exec would do it): until then /proc/self belongs to root and cannot be written. */
+    prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     setsid();
     signal(SIGPIPE, SIG_DFL);
