@@ -17,7 +17,7 @@ from tests.security.sandbox.attacks import wait_until
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
 
-@pytest.fixture(autouse=True, params=["c", "python"])
+@pytest.fixture(autouse=True, params=["c", pytest.param("python", marks=pytest.mark.slow)])
 def init_program(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test runs with each init: the C one (where it compiles) and the Python one (the fallback)."""
     if request.param == "c" and compiled_init()[0] is None:

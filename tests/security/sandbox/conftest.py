@@ -159,7 +159,9 @@ def _unmount_strays(factory: SandboxFactory) -> list[str]:
     return strays
 
 
-@pytest.fixture(params=["fresh", "pooled"] if BACKEND_NAME == "bubblewrap" else ["fresh"])
+@pytest.fixture(
+    params=["fresh", pytest.param("pooled", marks=pytest.mark.slow)] if BACKEND_NAME == "bubblewrap" else ["fresh"]
+)
 async def make_sandbox(
     request: pytest.FixtureRequest, anyio_backend: str, backend: SandboxBackend, repo: Path, tmp_path: Path
 ) -> AsyncIterator[SandboxFactory]:
