@@ -200,16 +200,22 @@ class SandboxPool:
 
         request = self.template
         holder = self.root / secrets.token_hex(8)
-        holder.mkdir(parents=True)
-        (holder / ONE_SHOT_MARKER).write_text("corral sandbox pool\n")
         run_dir = holder / "run"
-        run_dir.mkdir()
-        mark_run_ended(run_dir)  # if this process dies, the slot is garbage, not a run to resume
         # The id is recorded from the start: the identity file moves with the state into the run dir.
         dirs = SandboxDirs(run_dir, privileged=True, ident=sandbox_id(run_dir))
-        dirs.state.mkdir()
-        lock_fd = hold(dirs)
-        uid = claim_uid(run_dir, state_dirname=STATE_DIRNAME)
+        lock_fd: int | None = None
+        try:
+            run_dir.mkdir(parents=True)
+            (holder / ONE_SHOT_MARKER).write_text("corral sandbox pool\n")
+            mark_run_ended(run_dir)  # if this process dies, the slot is garbage, not a run to resume
+            dirs.state.mkdir()
+            lock_fd = hold(dirs)
+            uid = claim_uid(run_dir, state_dirname=STATE_DIRNAME)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            shutil.rmtree(holder, ignore_errors=True)
+            raise
         proxy: Any = None
         resident: ResidentInit | None = None
         try:
