@@ -63,14 +63,14 @@ async def test_destroy_of_a_sandbox_that_failed_half_way_cleans_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     skip_unless_bubblewrap_runs()
-    from corral.sandbox.bubblewrap import backend as bubblewrap
+    from corral.sandbox.bubblewrap import setup
 
     repo = build_repo(tmp_path / "repo", with_git=False)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(bubblewrap, "ensure_mounted", broken)
+    monkeypatch.setattr(setup, "ensure_mounted", broken)  # what provision() mounts, half way through create
     with pytest.raises(OSError, match="No space left"):
         await BubblewrapSandboxBackend().create(SandboxRequest(repo=repo, run_dir=tmp_path / "run"))
     assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}

@@ -211,3 +211,25 @@ async def test_a_pooled_sandbox_is_attached_again_after_a_reboot(
     await close_pools()
     _clean(tmp_path, {state["ident"]} | _slot_ids(tmp_path))
     assert not os.path.exists(state["run_dir"] + "/sandbox")
+
+
+async def test_a_slot_that_fails_half_way_leaves_nothing_and_creates_go_on(
+    backend: BubblewrapSandboxBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.sandbox.bubblewrap import pool
+
+    made: list[str] = []
+
+    async def broken(dirs: SandboxDirs, *args: object, **kwargs: object) -> None:
+        made.append(dirs.id)  # the disk, the identity and the uid claim exist by now
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pool, "provision", broken)
+    request = _request(tmp_path, "run-0")
+    assert await backend.warm(request) == 0  # logged, not raised: a pool never stops a run
+    assert made
+    _clean(tmp_path, set(made))
+    monkeypatch.undo()
+    sandbox = await backend.create(request)  # made for the request, as without a pool
+    assert not sandbox.pooled and (await sandbox.exec("cat README.md")).exit_code == 0
+    await sandbox.destroy()

@@ -71,6 +71,7 @@ from corral.sandbox.bubblewrap.setup import (
     nearly_full,
     overlay_possible,
     parent_guard,
+    provision,
     proxy_wanted,
     repo_owner,
     setpriv_argv,
@@ -198,11 +199,11 @@ class BubblewrapSandbox(Sandbox):
     """Commands run in the sandbox's namespaces, as an unprivileged uid, under seccomp and its cgroups.
 
     One bwrap per sandbox, started on the first exec (or ahead, ``start()``): its resident init
-    (``sandbox_init.py``) forks every command. Each command is a child subreaper leading its own
-    session, so what it leaves running (double forks, ``setsid``) comes back to the init, which kills
-    it when the command ends; a timeout kills the command's whole tree. Killing the namespace's pid 1
-    takes everything at once (destroy, suspend). An init that dies (a command may kill it: same uid)
-    is started again by the next exec.
+    (``sandbox_init.c`` compiled, or ``sandbox_init.py``) forks every command. Each command is a child
+    subreaper leading its own session, so what it leaves running (double forks, ``setsid``) comes back
+    to the init, which kills it when the command ends; a timeout kills the command's whole tree.
+    Killing the namespace's pid 1 takes everything at once (destroy, suspend). An init that dies (a
+    command may kill it: same uid) is started again by the next exec.
     """
 
     backend_name: ClassVar[str] = "bubblewrap"
@@ -573,24 +574,34 @@ def _pool_for(shape: str, request: SandboxRequest) -> SandboxPool:
     return pool
 
 
+def _loop_pools() -> list[tuple[int, str]]:
+    """The keys of the running loop's pools."""
+    loop = id(asyncio.get_running_loop())
+    return [key for key in _pools if key[0] == loop]
+
+
 async def drain_pools() -> None:
     """Wait until every pooled sandbox destroyed so far is released and every pool refilled (this loop's)."""
-    loop = id(asyncio.get_running_loop())
-    for key, pool in list(_pools.items()):
-        if key[0] == loop:
-            await pool.drain()
-            await pool.filled()
+    for key in _loop_pools():
+        await _pools[key].drain()
+        await _pools[key].filled()
 
 
 async def close_pools() -> None:
-    """Destroy the prepared sandboxes of this loop's pools and finish every pooled sandbox's release.
+    """Destroy the prepared sandboxes of this loop's pools and finish every pooled sandbox's release;
+    every pool is closed even when one fails, then the first failure is raised.
 
     A long-lived process calls it before it exits; a process that dies instead leaves its slots to the
     next sweep (they are marked ended from the start).
     """
-    loop = id(asyncio.get_running_loop())
-    for key in [key for key in _pools if key[0] == loop]:
-        await _pools.pop(key).close()
+    failures: list[Exception] = []
+    for key in _loop_pools():
+        try:
+            await _pools.pop(key).close()
+        except Exception as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 async def _emptied(cgroup: SandboxCgroup) -> None:
@@ -645,24 +656,16 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 dirs.image.unlink()
                 dirs.image_owner.unlink(missing_ok=True)
                 disk_image = False
-            dirs.home.mkdir()
-            os.chown(dirs.home, uid, uid)
-            tmp_mb = tmp_size_mb(request.limits)
-            ensure_mounted(
+            proxy = await provision(
                 dirs,
+                request,
+                uid,
                 repo=repo,
                 strategy=strategy,
                 shift=shift,
-                tmp_mb=tmp_mb,
                 disk_image=disk_image,
-                package_cache=request.package_cache,
-                mounts=request.mounts,
+                proxy_class=proxy_class,
             )
-            cgroup = dirs.cgroup()
-            if cgroup is not None:
-                cgroup.create(request.limits)
-            if proxy_class is not None:
-                proxy = await start_proxy(proxy_class, request, dirs, uid)
             state = BubblewrapState.of(
                 request, dirs, uid=uid, repo=repo, made=(strategy, snapshot, baseline), disk_image=disk_image
             )

@@ -38,7 +38,6 @@ from corral.sandbox.bubblewrap import overlay
 from corral.sandbox.bubblewrap.dirs import (
     STATE_DIRNAME,
     SandboxDirs,
-    ensure_mounted,
     hold,
     prepare_package_cache,
     privileged,
@@ -48,7 +47,7 @@ from corral.sandbox.bubblewrap.dirs import (
 )
 from corral.sandbox.bubblewrap.identity import claim_uid, hand_over_uid, registry_lock
 from corral.sandbox.bubblewrap.overlay import IdShift
-from corral.sandbox.bubblewrap.setup import egress_proxy_class, make_disk, proxy_wanted, start_proxy, tmp_size_mb
+from corral.sandbox.bubblewrap.setup import egress_proxy_class, make_disk, provision, proxy_wanted
 from corral.sandbox.bubblewrap.sweep import ONE_SHOT_MARKER
 
 if TYPE_CHECKING:
@@ -85,15 +84,19 @@ class Slot:
     lock_fd: int
     disk_image: bool
     proxy: Any
-    resident: ResidentInit
+    resident: ResidentInit | None
+    """None only while the slot is being prepared."""
     holder: Path | None
     """The pool's directory holding the slot's run dir, until the slot is handed over."""
 
     async def discard(self) -> None:
-        """Destroy a slot (never handed out, or whose hand-over failed): all of it, and only what corral made."""
-        self.resident.close()
+        """Destroy a slot (half prepared, never handed out, or whose hand-over failed): all of it, and only
+        what corral made."""
+        if self.resident is not None:
+            self.resident.close()
         try:
-            await self.resident.wait_closed()
+            if self.resident is not None:
+                await self.resident.wait_closed()
             if self.proxy is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.proxy.stop(), _STOP_TIMEOUT)
@@ -216,55 +219,37 @@ class SandboxPool:
                 os.close(lock_fd)
             shutil.rmtree(holder, ignore_errors=True)
             raise
-        proxy: Any = None
-        resident: ResidentInit | None = None
+        assert lock_fd is not None
+        # Filled in as it is made: a failure half way discards exactly what exists.
+        slot = Slot(dirs=dirs, uid=uid, lock_fd=lock_fd, disk_image=False, proxy=None, resident=None, holder=holder)
         try:
             write_identity(dirs, uid)
             shift = IdShift(0, 0, uid, uid)  # the repository's owner is not known yet: unused while pending
             if request.package_cache != "off":
                 prepare_package_cache()
-            disk_image = await make_disk(dirs, request.limits, overlay_possible=True)
-            dirs.home.mkdir()
-            os.chown(dirs.home, uid, uid)
+            slot.disk_image = await make_disk(dirs, request.limits, overlay_possible=True)
             layers = dirs.layers(run_dir)  # the overlay's upper and work dirs, ready on the disk
             for directory in (layers.upper, layers.work):
                 directory.mkdir()
             os.chown(layers.upper, uid, uid)
-            ensure_mounted(
+            slot.proxy = await provision(
                 dirs,
+                request,
+                uid,
                 repo=run_dir,
                 strategy="overlay",
                 shift=shift,
-                tmp_mb=tmp_size_mb(request.limits),
-                disk_image=disk_image,
-                package_cache=request.package_cache,
-                mounts=request.mounts,
+                disk_image=slot.disk_image,
+                proxy_class=egress_proxy_class() if proxy_wanted(request.network) else None,
                 pending=True,
             )
-            cgroup = dirs.cgroup()
-            if cgroup is not None:
-                cgroup.create(request.limits)
-            if proxy_wanted(request.network):
-                proxy = await start_proxy(egress_proxy_class(), request, dirs, uid)
-            state = BubblewrapState.pending(dirs, uid=uid, request=request, disk_image=disk_image)
-            resident = BubblewrapSandbox(state=state, env={}, proxy=proxy).start()
-            await resident.ready()
+            state = BubblewrapState.pending(dirs, uid=uid, request=request, disk_image=slot.disk_image)
+            slot.resident = BubblewrapSandbox(state=state, env={}, proxy=slot.proxy).start()
+            await slot.resident.ready()
         except BaseException:
-            try:
-                if resident is not None:
-                    resident.close()
-                    await resident.wait_closed()
-                if proxy is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(proxy.stop(), _STOP_TIMEOUT)
-                await teardown(dirs, uid=uid)
-                shutil.rmtree(holder, ignore_errors=True)
-            finally:
-                os.close(lock_fd)
+            await slot.discard()
             raise
-        return Slot(
-            dirs=dirs, uid=uid, lock_fd=lock_fd, disk_image=disk_image, proxy=proxy, resident=resident, holder=holder
-        )
+        return slot
 
 
 def hand_over(slot: Slot, run_dir: Path) -> SandboxDirs:

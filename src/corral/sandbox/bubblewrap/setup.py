@@ -13,7 +13,7 @@ from typing import Any, Literal
 from corral.errors import SandboxError
 from corral.sandbox.base import SandboxRequest
 from corral.sandbox.bubblewrap import overlay
-from corral.sandbox.bubblewrap.dirs import DISK_ROOT, SandboxDirs, privileged
+from corral.sandbox.bubblewrap.dirs import DISK_ROOT, SandboxDirs, ensure_mounted, privileged
 from corral.sandbox.bubblewrap.diskimage import create_image, loop_images_available, mount_image
 from corral.sandbox.bubblewrap.limits import TMP_SIZE_MB, disk_usage
 from corral.sandbox.bubblewrap.overlay import IdShift
@@ -181,6 +181,41 @@ def proxy_wanted(network: NetworkProfile) -> bool:
     from corral.sandbox.egress.proxy import egress_available  # h11 and cryptography: only when used
 
     return egress_available()[0]
+
+
+async def provision(
+    dirs: SandboxDirs,
+    request: SandboxRequest,
+    uid: int,
+    *,
+    repo: Path,
+    strategy: Strategy,
+    shift: IdShift,
+    disk_image: bool,
+    proxy_class: Any,
+    pending: bool = False,
+) -> Any:
+    """What a new sandbox gets on the host beside its workspace and disk: its home, its mounts (portal,
+    /tmp, package cache, the request's mounts; see ``ensure_mounted`` for ``pending``), its cgroups and,
+    with a ``proxy_class`` (``egress_proxy_class()`` where ``proxy_wanted``), its egress proxy, which is
+    returned (None otherwise)."""
+    dirs.home.mkdir()
+    os.chown(dirs.home, uid, uid)
+    ensure_mounted(
+        dirs,
+        repo=repo,
+        strategy=strategy,
+        shift=shift,
+        tmp_mb=tmp_size_mb(request.limits),
+        disk_image=disk_image,
+        package_cache=request.package_cache,
+        mounts=request.mounts,
+        pending=pending,
+    )
+    cgroup = dirs.cgroup()
+    if cgroup is not None:
+        cgroup.create(request.limits)
+    return await start_proxy(proxy_class, request, dirs, uid) if proxy_class is not None else None
 
 
 async def start_proxy(proxy_class: Any, request: SandboxRequest, dirs: SandboxDirs, uid: int) -> Any:
