@@ -105,3 +105,59 @@ def test_sigkill_mid_fan_out_then_resume_runs_no_ended_child_again(tmp_path: Pat
         assert result.ok and f"value: {FILES}" in result.text, result.text  # type: ignore[attr-defined]
     finally:
         store.close()
+
+
+WRITER = """
+[[routes]]
+match = "You make one change"
+[[routes.turns]]
+[[routes.turns.tool_calls]]
+name = "write_file"
+args = { path = "FIRST.md", content = "before the kill\\n" }
+[[routes.turns]]
+delay = 3.0
+[[routes.turns.tool_calls]]
+name = "write_file"
+args = { path = "SECOND.md", content = "after the resume\\n" }
+[[routes.turns]]
+text = "wrote both"
+"""
+
+
+def test_a_worker_killed_after_its_first_write_resumes_in_the_sandbox_it_made(tmp_path: Path, repo: Path) -> None:
+    """The sandbox a worker makes at its first write is a durable step: the resumed worker re-opens it
+    (the first write, whose step is not run again, is still there) instead of making another."""
+    home = tmp_path / "home"
+    script = tmp_path / "script.toml"
+    script.write_text(eval_script('await task("add two files", agent="worker")', answer="done") + WRITER)
+
+    def first_write_done() -> bool:
+        children = children_of_root(home)
+        if not children:
+            return False
+        store = Store.open(home=home)
+        try:
+            return any(e.type == "tool.result" for e in store.events(children[0].id))
+        finally:
+            store.close()
+
+    with ScriptedServer(load_script(script)) as server:
+        (tmp_path / "corral.toml").write_text(
+            f'[agents.lead]\nmodel = "openai:gpt-5.2"\nbase_url = "{server.openai_base_url}"\n'
+            'tools = ["read_file", "eval"]\nsandbox = "bubblewrap"\n'
+        )
+        run_then_kill(tmp_path, home, ["lead", "write", "--repo", str(repo)], first_write_done, what="the first write")
+        resumed = corral("resume", cwd=tmp_path, home=home, timeout=180)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    store = Store.open(home=home)
+    try:
+        (root,) = [r for r in store.list_runs(limit=None) if r.parent_id is None]
+        assert root.status is RunStatus.SUCCEEDED, root.error
+        (child,) = store.children(root.id)
+        patch = (child.result or {})["patch"]
+        assert "+before the kill" in patch and "+after the resume" in patch, patch
+        assert (root.result or {})["patch"].count("+before the kill") == 1
+        kinds = [e.type for e in store.events(child.id)]
+        assert kinds.count("sandbox.created") == 1 and kinds.count("run.resumed") == 1, kinds
+    finally:
+        store.close()

@@ -147,3 +147,64 @@ len(done)
     limited = [e for e in events if isinstance(e, ToolReturned) and e.tool == "task" and not e.ok]
     assert [e.error for e in limited] == ["LimitExceeded"]
     assert len(stored(home, record.id)[1]) == 2
+
+
+LAZY_ROUTES = """
+[[routes]]
+match = "only look"
+[[routes.turns]]
+[[routes.turns.tool_calls]]
+name = "read_file"
+args = { path = "calc.py" }
+[[routes.turns]]
+text = "looked, nothing to change"
+
+[[routes]]
+match = "You make one change"
+[[routes.turns]]
+[[routes.turns.tool_calls]]
+name = "read_file"
+args = { path = "calc.py" }
+[[routes.turns]]
+[[routes.turns.tool_calls]]
+name = "write_file"
+args = { path = "NOTES.md", content = "written by a worker\\n" }
+[[routes.turns]]
+text = "wrote NOTES.md"
+"""
+
+
+@pytest.mark.slow
+async def test_a_worker_makes_its_sandbox_at_its_first_write_and_one_that_only_reads_makes_none(
+    home: Path, repo: Path, tmp_path: Path
+) -> None:
+    program = (
+        'a = await task("only look at calc.py", agent="worker", label="reader")\n'
+        'b = await task("add NOTES.md", agent="worker", label="writer")\n'
+        "[a, b]"
+    )
+    with ScriptedServer(script(tmp_path, eval_script(program) + LAZY_ROUTES)) as server:
+        record = await run_once(home, spec_for(server, tools=["read_file", "eval"]), repo)
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    children = {c.task.split()[0]: c for c in stored(home, record.id)[1]}
+    reader, writer = children["only"], children["add"]
+    assert reader.status is writer.status is RunStatus.SUCCEEDED
+    calc = (repo / "calc.py").read_text()
+
+    # the reader read its parent's workspace and never made a sandbox: no event, no workspace, no patch
+    kinds = [e.event.type for e in events_of(home, reader.id)]
+    assert "sandbox.created" not in kinds
+    (read,) = [e.event for e in events_of(home, reader.id) if isinstance(e.event, ToolReturned)]
+    assert read.ok and calc.splitlines()[0] in read.text
+    assert not (Path(reader.run_dir) / "workspace").exists()
+    assert reader.result is not None and reader.result["patch"] == ""
+
+    # the writer's sandbox came with its first write, after its read (served by the parent's workspace)
+    events = [e.event for e in events_of(home, writer.id)]
+    kinds = [e.type for e in events]
+    created = kinds.index("sandbox.created")
+    first_read = next(i for i, e in enumerate(events) if isinstance(e, ToolReturned) and e.tool == "read_file")
+    write_call = next(i for i, e in enumerate(events) if isinstance(e, ToolCalled) and e.tool == "write_file")
+    assert first_read < created < next(i for i in range(write_call, len(events)) if kinds[i] == "tool.result")
+    assert writer.result is not None and "+written by a worker" in writer.result["patch"]
+    assert record.result is not None and "+written by a worker" in record.result["patch"]

@@ -501,6 +501,31 @@ async def test_diff_ignores_what_the_agent_does_to_git(sandbox: Sandbox) -> None
 
 
 @both_repo_kinds
+async def test_a_patch_applied_to_the_workspace_is_the_sandboxs_own_to_edit(sandbox: Sandbox) -> None:
+    """A child run's patch merged into its parent's workspace (``apply_patch``): the parent's commands can
+    edit what it made — new directories included — and a symlink it adds changes nothing on the host."""
+    host_file = Path("/etc/hostname")
+    before = os.stat(host_file)
+    patch = (
+        "diff --git a/new dir/new.txt b/new dir/new.txt\nnew file mode 100644\n--- /dev/null\n"
+        "+++ b/new dir/new.txt\n@@ -0,0 +1 @@\n+hello\n"
+        "diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n@@ -1,2 +1,3 @@\n"
+        " # sample\n hello\n+merged\n"
+        "diff --git a/host-link b/host-link\nnew file mode 120000\n--- /dev/null\n+++ b/host-link\n"
+        "@@ -0,0 +1 @@\n+/etc/hostname\n\\ No newline at end of file\n"
+    )
+    report = await sandbox.apply_patch(patch)
+    assert report.applies, report.problems
+    assert (await sandbox.read_file("new dir/new.txt")) == b"hello\n"
+    edit = "echo more >> 'new dir/new.txt' && echo y >> README.md && touch 'new dir/another' && rm host-link"
+    result = await sandbox.exec(edit)
+    assert result.exit_code == 0, result.stderr
+    after = os.stat(host_file)
+    assert (after.st_uid, after.st_gid, after.st_mode) == (before.st_uid, before.st_gid, before.st_mode)
+    again = await sandbox.apply_patch(patch)  # a conflict changes nothing and says why
+    assert not again.applies and again.problems
+
+
 async def test_diff_applies_to_the_original_repo(sandbox: Sandbox, repo: Path, tmp_path: Path) -> None:
     await sandbox.write_file("src/pkg/mod.py", b"def greet():\n    return 'hello'\n")
     await sandbox.write_file("docs/new.md", b"new\n")

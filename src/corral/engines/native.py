@@ -394,6 +394,8 @@ class _ToolCalls:
             outcome = await run_tool(tooldef, tool_ctx, kwargs)
             return {**asdict(outcome), "ts": started}
 
+        if not set(tooldef.capabilities) <= _READ_ONLY:
+            await ctx.sandbox.open()  # one made on first use is made now, in a step of its own before this one
         result = await ctx.steps.tool_call(execute)
         ctx.emit(
             events.ToolReturned(
@@ -725,6 +727,10 @@ async def _instructions(ctx: EngineContext) -> str:
     if agents_md:
         text += f"\n\n## Repository instructions ({AGENTS_FILE})\n\n{agents_md}"
     return ctx.redact(text)
+
+
+_READ_ONLY = frozenset({Capability.READS_WORKSPACE})
+"""A tool with no capability beyond these needs no sandbox of its own: it reads through any view."""
 
 
 class NativeEngine(Engine):

@@ -49,9 +49,9 @@ from corral.policy.budgets import BudgetClock, ChildrenSpend
 from corral.policy.decide import Action, Decision
 from corral.runtime import approvals, recovery, workflow
 from corral.runtime.children import child_run_id, runs_light
-from corral.runtime.sandboxing import START_DIRNAME, open_sandbox, patch_conflict, prepare_start
+from corral.runtime.sandboxing import START_DIRNAME, LazySandbox, open_sandbox, patch_conflict, prepare_start
 from corral.sandbox.base import Sandbox, close_backends, get_backend, mark_run_ended
-from corral.sandbox.patching import apply_patch, check_patch
+from corral.sandbox.patching import check_patch
 from corral.sandbox.view import ReadOnlyView
 from corral.sandbox.workspace import remove_tree
 from corral.secrets.redact import REDACTOR
@@ -538,17 +538,21 @@ class Runtime:
         budget = BudgetClock(spec.budget, started_at, outcome.children)
         sandbox: Sandbox | None = None
         try:
+            opener = functools.partial(
+                open_sandbox,
+                record,
+                spec,
+                REDACTOR,
+                lambda event: self._emit(run_id, event),
+                start_patches=self._patches_before(record.continues_id),
+                notes=outcome.notes,
+            )
             if view is not None:
                 sandbox = view
+            elif record.dispatched_by is not None:  # a writing child: its copy is made on first write or command
+                sandbox = LazySandbox(Path(record.repo), opener)
             else:
-                sandbox = await open_sandbox(
-                    record,
-                    spec,
-                    REDACTOR,
-                    lambda event: self._emit(run_id, event),
-                    start_patches=self._patches_before(record.continues_id),
-                    notes=outcome.notes,
-                )
+                sandbox = await opener()
             steps: Steps = workflow.DbosSteps() if view is None else LocalSteps(run_id)
             result = await self._run_engine(
                 record,
@@ -699,6 +703,8 @@ class Runtime:
         slots = self._slots.setdefault(parent.id, asyncio.Semaphore(parent_spec.programs.max_concurrent))
         async with slots:
             record, spec = existing, None
+            if not light:  # a writing child copies this run's workspace, which must be this run's own
+                await sandbox.open()
             if record is None:
                 own = outcome.usage[0] if outcome.usage else Usage()
                 # The tree's limits hold in every subtree: what the child has left to spend, and how
@@ -745,6 +751,10 @@ class Runtime:
 
     def _view_of(self, run_id: str, sandbox: Sandbox) -> ReadOnlyView:
         """The read-only view of a run's workspace its light children share (one per run, made once)."""
+        if isinstance(sandbox, LazySandbox):  # what it reads now: its parent's workspace, or its own copy
+            sandbox = sandbox.reader()
+            if isinstance(sandbox, ReadOnlyView):
+                return sandbox
         view = self._views.get(run_id)
         if view is None or view.source is not sandbox:
             view = self._views[run_id] = ReadOnlyView(sandbox)
@@ -826,7 +836,7 @@ class Runtime:
         conflict: str | None = None
         if patch and child.status is RunStatus.SUCCEEDED:
             async with self._merging.setdefault(parent.id, asyncio.Lock()):
-                report = await apply_patch(sandbox.workspace, patch)
+                report = await sandbox.apply_patch(patch)
             merged = report.applies or report.already_applied  # already there: merged before the parent resumed
             if not merged:
                 conflict = REDACTOR("; ".join(report.problems[:5]) or "git apply failed")

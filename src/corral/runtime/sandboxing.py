@@ -6,17 +6,27 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
 from corral import events as ev
 from corral.errors import SandboxError, SpecError
 from corral.runtime import workflow
-from corral.sandbox.base import Sandbox, SandboxRequest, ScopedSecret, get_backend
-from corral.sandbox.patching import apply_patch
+from corral.sandbox.base import (
+    EXEC_TIMEOUT,
+    OUTPUT_LIMIT,
+    SPILL_LIMIT,
+    ExecResult,
+    Sandbox,
+    SandboxRequest,
+    ScopedSecret,
+    get_backend,
+)
+from corral.sandbox.patching import PatchReport, apply_patch
+from corral.sandbox.view import ReadOnlyView
 from corral.sandbox.workspace import copy_tree, remove_tree
 from corral.secrets.redact import Redactor
 from corral.spec import AgentSpec, SandboxProfile
@@ -195,3 +205,105 @@ async def open_sandbox(
         )
     )
     return sandbox
+
+
+class LazySandbox(Sandbox):
+    """A writing subagent's sandbox, made on its first write or command: a child that only reads costs none.
+
+    Until then it reads its parent's workspace through a read-only view, which is what a copy made at
+    that moment would hold (the parent's files as they stand, with its other children's merged work).
+    ``open()`` makes the real one (``open_sandbox``: a durable step, so the engine calls it before the
+    tool's own step, never inside it); from then on every call goes to it. One that was never opened
+    has no changes (``diff`` is empty), and nothing to suspend or destroy.
+    """
+
+    backend_name: ClassVar[str] = "lazy"
+
+    def __init__(self, parent_workspace: Path, opener: Callable[[], Awaitable[Sandbox]]) -> None:
+        self._reader = ReadOnlyView(parent_workspace)
+        super().__init__(run_dir=self._reader.run_dir, snapshot=self._reader.snapshot, env={})
+        self._opener = opener
+        self._opened: Sandbox | None = None
+        self._opening = asyncio.Lock()
+
+    @property
+    def opened(self) -> Sandbox | None:
+        """The sandbox, once made."""
+        return self._opened
+
+    def reader(self) -> Sandbox:
+        """What reads go to now: the parent's workspace, or the sandbox once it is made."""
+        self._check_open()
+        return self._reader if self._opened is None else self._opened
+
+    async def open(self) -> None:
+        self._check_open()
+        async with self._opening:  # parallel tool calls make it once
+            if self._opened is None:
+                sandbox = await self._opener()
+                self._opened = sandbox
+                self.run_dir, self.snapshot, self.workspace = sandbox.run_dir, sandbox.snapshot, sandbox.workspace
+
+    async def _made(self) -> Sandbox:
+        await self.open()
+        assert self._opened is not None
+        return self._opened
+
+    async def _spawn(
+        self, protocol: asyncio.SubprocessProtocol, argv: list[str], *, cwd: Path, env: dict[str, str]
+    ) -> asyncio.SubprocessTransport:
+        raise AssertionError("LazySandbox.exec runs commands in the sandbox it makes")  # pragma: no cover
+
+    async def exec(
+        self,
+        command: str | Sequence[str],
+        *,
+        timeout: float = EXEC_TIMEOUT,  # noqa: ASYNC109 - the contract's signature
+        output_limit: int = OUTPUT_LIMIT,
+        spill_limit: int = SPILL_LIMIT,
+        cwd: str = ".",
+        env: Mapping[str, str] | None = None,
+    ) -> ExecResult:
+        sandbox = await self._made()
+        return await sandbox.exec(
+            command, timeout=timeout, output_limit=output_limit, spill_limit=spill_limit, cwd=cwd, env=env
+        )
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        await (await self._made()).write_file(path, data)
+
+    async def apply_patch(self, patch: str) -> PatchReport:
+        return await (await self._made()).apply_patch(patch)
+
+    async def read_file(self, path: str) -> bytes:
+        return await self.reader().read_file(path)
+
+    async def list_files(self, path: str = ".", pattern: str = "**/*") -> list[str]:
+        return await self.reader().list_files(path, pattern)
+
+    def resolve(self, path: str, *, must_exist: bool = False) -> Path:
+        return self.reader().resolve(path, must_exist=must_exist)
+
+    async def diff(self) -> str:
+        self._check_open()
+        if self._opened is None:
+            self.left_out = None
+            return ""
+        patch = await self._opened.diff()
+        self.left_out = self._opened.left_out
+        return patch
+
+    def state(self) -> dict[str, Any]:
+        if self._opened is None:
+            raise SandboxError("this sandbox is made on first use and has not been made yet")
+        return self._opened.state()
+
+    async def suspend(self) -> None:
+        self._destroyed = True
+        if self._opened is not None:
+            await self._opened.suspend()
+
+    async def destroy(self) -> None:
+        self._destroyed = True
+        if self._opened is not None:
+            await self._opened.destroy()

@@ -83,7 +83,13 @@ class DbosSteps:
 
 
 async def sandbox_step(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run ``fn`` (creating a run's sandbox) as a durable step of the current run."""
+    """Run ``fn`` (creating a run's sandbox) as a durable step of the current run.
+
+    Never from inside another step: DBOS would run it as a plain call, unrecorded, and a resumed run
+    would make the sandbox again over the one holding its work.
+    """
+    if DBOS.step_id is not None:
+        raise RuntimeStateError("a sandbox is made in a durable step of its own, not inside another step")
     return await _in_step(_sandbox_step, fn)
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from corral.errors import PathEscapeError, SandboxError
 from corral.events import EgressAttempted
+from corral.sandbox.patching import PatchReport, apply_patch
 from corral.sandbox.types import GitUser, HostPatternText, Limits, Mounts, NetworkProfile, PackageCache
 from corral.sandbox.workspace import (
     SCRATCH_DIRNAME,
@@ -479,10 +480,10 @@ class Sandbox(ABC):
                 timed_out = True
             killed = not protocol.exited.is_set()
             self._kill(pgid)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(protocol.exited.wait(), _REAP_TIMEOUT)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(protocol.pipes_closed.wait(), _DRAIN_TIMEOUT)
+            for done, wait_s in ((protocol.exited, _REAP_TIMEOUT), (protocol.pipes_closed, _DRAIN_TIMEOUT)):
+                if not done.is_set():  # most often set already: no task for a wait that would not wait
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), wait_s)
         finally:
             if not protocol.exited.is_set():  # cancelled, or the kill has not been reported yet
                 self._kill(pgid)
@@ -684,6 +685,22 @@ class Sandbox(ABC):
             return SandboxError(f"no such file or directory in the workspace: {path}")
         return SandboxError(f"cannot open {path}: {exc.strerror}")
 
+    async def apply_patch(self, patch: str) -> PatchReport:
+        """Apply ``patch`` (a child run's work) to the workspace, all or nothing (``git apply``).
+
+        What it creates or rewrites is the sandbox's own afterwards: its commands can edit it.
+        """
+        self._check_open()
+        report = await apply_patch(self.workspace, patch)
+        if report.applies:
+            await self._patched(patch)
+        return report
+
+    async def _patched(self, patch: str) -> None:
+        """After ``apply_patch``: a backend whose commands run as another user than the host's hands them
+        the files the patch wrote (the host wrote them as itself)."""
+        return
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def diff(self) -> str:
@@ -709,6 +726,15 @@ class Sandbox(ABC):
         """
         state = SandboxState(backend=self.backend_name, run_dir=self.run_dir, snapshot=self.snapshot)
         return state.model_dump(mode="json", exclude={"env"})
+
+    async def open(self) -> None:
+        """Make sure the sandbox exists before a tool that writes or runs commands uses it.
+
+        A backend's sandbox exists once ``create`` returns: nothing to do. A sandbox made on first use
+        (a writing subagent's, see ``runtime/sandboxing.py``) is made now; the caller must be where
+        making it can be recorded (an engine calls this before the tool's durable step, not inside it).
+        """
+        return
 
     async def suspend(self) -> None:
         """Stop using the sandbox but keep it for ``SandboxBackend.attach``: kill its commands and give back

@@ -95,3 +95,27 @@ async def apply_patch(target: Path, patch: str) -> PatchReport:
         return report
     ok, problems = await _git_apply(target, patch)
     return PatchReport(applies=ok, problems=problems)
+
+
+async def patch_paths(target: Path, patch: str) -> list[str]:
+    """The paths ``patch`` leaves in ``target`` (new, changed, renamed-to; relative to it), as git reads them."""
+    done = await run_process(
+        [git_binary(), "-C", str(target), "apply", "--numstat", "-z", "-"],
+        timeout=GIT_TIMEOUT,
+        stdin=patch.encode("utf-8", errors="surrogateescape"),
+        env=git_env(),
+        what="git apply --numstat",
+    )
+    # "ADDED\tDELETED\tPATH\0" per file; a rename: "ADDED\tDELETED\t\0OLD\0NEW\0".
+    fields = done.stdout.decode("utf-8", errors="surrogateescape").split("\0")
+    paths: list[str] = []
+    index = 0
+    while index < len(fields) and fields[index]:
+        path = fields[index].split("\t", 2)[2]
+        if path:
+            paths.append(path)
+            index += 1
+        else:
+            paths.append(fields[index + 2])
+            index += 3
+    return paths

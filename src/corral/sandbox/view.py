@@ -4,6 +4,9 @@ A subagent that only reads (an ``explorer``, a ``reviewer``) needs no sandbox of
 its parent's workspace through this view. Nothing is created, so nothing is removed: ``destroy``
 leaves the workspace (its parent's) alone. Writing and running commands are refused — the tools of
 such a subagent never ask for them; the refusal is the boundary if one did.
+
+The source is a sandbox (a light child reads its parent's, as it stands) or a directory (a writing
+child reads its parent's workspace by path until it makes its own copy: ``runtime/sandboxing.py``).
 """
 
 from __future__ import annotations
@@ -15,15 +18,21 @@ from typing import Any, ClassVar
 
 from corral.errors import SandboxError
 from corral.sandbox.base import EXEC_TIMEOUT, OUTPUT_LIMIT, SPILL_LIMIT, ExecResult, Sandbox
+from corral.sandbox.patching import PatchReport
+from corral.sandbox.workspace import WorkspaceSnapshot
 
 
 class ReadOnlyView(Sandbox):
-    """Reads ``source``'s workspace; writes nothing, runs nothing, owns nothing."""
+    """Reads ``source``'s workspace (a sandbox's, or a directory); writes nothing, runs nothing, owns nothing."""
 
     backend_name: ClassVar[str] = "view"
 
-    def __init__(self, source: Sandbox) -> None:
-        super().__init__(run_dir=source.run_dir, snapshot=source.snapshot, env={})
+    def __init__(self, source: Sandbox | Path) -> None:
+        if isinstance(source, Sandbox):
+            super().__init__(run_dir=source.run_dir, snapshot=source.snapshot, env={})
+        else:
+            snapshot = WorkspaceSnapshot(workspace=source, git_dir=source / ".git", commit="")
+            super().__init__(run_dir=source.parent, snapshot=snapshot, env={})
         self.source = source
 
     def _refuse(self, what: str) -> SandboxError:
@@ -52,6 +61,9 @@ class ReadOnlyView(Sandbox):
     async def write_file(self, path: str, data: bytes) -> None:
         raise self._refuse(f"cannot write {path}")
 
+    async def apply_patch(self, patch: str) -> PatchReport:
+        raise self._refuse("cannot take a patch")
+
     async def diff(self) -> str:
         """Nothing changed here: whatever its parent changed is its parent's patch."""
         self._check_open()
@@ -69,4 +81,7 @@ class ReadOnlyView(Sandbox):
         serves every read-only child of a run (its parent's sandbox closing closes it)."""
 
     def _check_open(self) -> None:
-        self.source._check_open()
+        if isinstance(self.source, Sandbox):
+            self.source._check_open()
+        elif not self.workspace.is_dir():
+            raise SandboxError(f"the workspace this view reads is gone: {self.workspace}")

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from corral.events import EgressAttempted
 from corral.sandbox import SandboxRequest, ScopedSecret
-from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapSandboxBackend, close_pools
+from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapSandboxBackend, close_pools, drain_pools
 from corral.sandbox.bubblewrap.dirs import PORTAL_ROOT, SandboxDirs, sandbox_id
 from corral.sandbox.bubblewrap.identity import runs_as_root
 from corral.sandbox.bubblewrap.pool import POOL_DIRNAME, pool_shape
@@ -233,3 +233,93 @@ async def test_a_slot_that_fails_half_way_leaves_nothing_and_creates_go_on(
     sandbox = await backend.create(request)  # made for the request, as without a pool
     assert not sandbox.pooled and (await sandbox.exec("cat README.md")).exit_code == 0
     await sandbox.destroy()
+
+
+def _prepared_workspaces(tmp_path: Path) -> list[Path]:
+    """The ready slots' workspaces mounted ahead (for the repository the pool served last)."""
+    runs = (tmp_path / "runs" / POOL_DIRNAME).glob("*/run")
+    return [run / "workspace" for run in runs if os.path.ismount(run / "workspace")]
+
+
+@pytest.mark.slow
+async def test_the_pool_prepares_the_workspace_of_the_repository_it_served_last(
+    backend: BubblewrapSandboxBackend, tmp_path: Path
+) -> None:
+    made: list[BubblewrapSandbox] = []
+
+    async def create(request: SandboxRequest) -> BubblewrapSandbox:
+        made.append(await backend.create(request))
+        return made[-1]
+
+    try:
+        assert await backend.warm(_request(tmp_path, "run-0")) == 1
+        first = await create(_request(tmp_path, "run-0"))
+        assert first.pooled
+        ids = {first.state()["ident"]}
+        await first.destroy()
+        await drain_pools()
+        assert len(_prepared_workspaces(tmp_path)) == 1  # the next slot comes with this repository mounted
+        ids |= _slot_ids(tmp_path)
+        repo = tmp_path / "repo"
+        (repo / "README.md").write_text("changed after the workspace was prepared\n")
+        second = await create(_request(tmp_path, "run-1"))
+        assert second.pooled and second.workspace == (tmp_path / "runs" / "run-1" / "workspace").resolve()
+        seen = await second.exec("cat README.md && echo made > new.txt && ls")
+        assert seen.exit_code == 0, seen.stderr
+        assert "changed after the workspace was prepared" in seen.stdout  # the live repository, as a fresh one
+        patch = await second.diff()
+        assert "+made" in patch and "README" not in patch
+        assert not (repo / "new.txt").exists()
+
+        # Another repository: the slot prepared for the first one is cleared and made for it.
+        await drain_pools()
+        ids |= _slot_ids(tmp_path)
+        other = tmp_path / "other"
+        build_repo(other, with_git=True)
+        (other / "ONLY-HERE.md").write_text("other\n")
+        third = await create(SandboxRequest(repo=other, run_dir=tmp_path / "runs" / "run-2", pool=1))
+        assert third.pooled
+        assert "ONLY-HERE.md" in (await third.exec("ls")).stdout
+        assert "changed after" not in (await third.exec("cat README.md")).stdout
+    finally:
+        for sandbox in made:
+            await sandbox.destroy()
+    await close_pools()
+    _clean(tmp_path, ids | _slot_ids(tmp_path))
+
+
+@pytest.mark.slow
+async def test_a_repository_replaced_or_with_foreign_entries_gets_its_workspace_at_hand_out(
+    backend: BubblewrapSandboxBackend, tmp_path: Path
+) -> None:
+    made: list[BubblewrapSandbox] = []
+
+    async def create(name: str) -> BubblewrapSandbox:
+        made.append(await backend.create(_request(tmp_path, name)))
+        return made[-1]
+
+    try:
+        assert await backend.warm(_request(tmp_path, "run-0")) == 1
+        await (await create("run-0")).destroy()
+        await drain_pools()
+        assert len(_prepared_workspaces(tmp_path)) == 1
+        repo = tmp_path / "repo"
+        # The same path, another directory: the workspace prepared for the old one is not handed out.
+        os.rename(repo, tmp_path / "old-repo")
+        build_repo(repo, with_git=True)
+        (repo / "NEW-REPO.md").write_text("new\n")
+        second = await create("run-1")
+        assert second.pooled and "NEW-REPO.md" in (await second.exec("ls")).stdout
+        await second.destroy()
+        # An entry owned by another user: its copy would go stale in the pool, so nothing is prepared ahead.
+        os.chown(repo / "NEW-REPO.md", 54321, 54321)
+        await (await create("run-2")).destroy()
+        await drain_pools()
+        assert _prepared_workspaces(tmp_path) == []
+        fourth = await create("run-3")
+        assert fourth.pooled
+        edited = await fourth.exec("cat NEW-REPO.md && echo more >> NEW-REPO.md")
+        assert edited.exit_code == 0 and "new" in edited.stdout, edited.stderr
+    finally:
+        for sandbox in made:
+            await sandbox.destroy()

@@ -21,6 +21,7 @@ from corral.sandbox.base import Limits, NetworkProfile, Sandbox, SandboxBackend,
 from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend, close_pools
 from corral.sandbox.bubblewrap.identity import runs_as_root
 from corral.sandbox.bubblewrap.pool import POOL_DIRNAME
+from corral.sandbox.bubblewrap.resident import compiled_init
 from tests.security.sandbox.attacks import host_mount_points
 
 BACKEND_NAME = os.environ.get("CORRAL_ESCAPE_BACKEND", "bubblewrap")
@@ -237,6 +238,7 @@ def canaries(tmp_path: Path, token: str, repo: Path, monkeypatch: pytest.MonkeyP
     key = fake_home / ".ssh" / "id_ed25519"
     key.write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{token}\n-----END OPENSSH PRIVATE KEY-----\n")
     key.chmod(0o600)
+    compiled_init()  # built (once per process) under the real HOME's cache, not into the planted one
     monkeypatch.setenv("HOME", str(fake_home))
     found = HostCanaries(
         token=token,

@@ -584,6 +584,29 @@ async def test_symlink_swap_race_cannot_redirect_host_file_operations(
     )
 
 
+async def test_a_merged_patch_never_hands_a_host_file_to_the_sandbox(
+    make_sandbox: SandboxFactory, canaries: HostCanaries
+) -> None:
+    """A child's patch merged into this workspace is handed to the sandbox's uid afterwards, path by path.
+    The sandbox plants symlinks to host files where the patch's paths lead: git refuses to write beyond
+    them, and the hand-over (tried here directly, as if the swap came after git wrote) follows none."""
+    sandbox = await make_sandbox()
+    planted = await sandbox.exec(f"ln -s {canaries.outside_dir} d && ln -s {canaries.outside_file} f && mkdir e")
+    assert planted.exit_code == 0, planted.stderr
+    owners = {path: os.lstat(path)[4:6] for path in (canaries.outside_dir, canaries.outside_file)}
+    patch = "".join(
+        f"diff --git a/{path} b/{path}\nnew file mode 100644\n--- /dev/null\n+++ b/{path}\n@@ -0,0 +1 @@\n+x\n"
+        for path in ("d/secret.txt", "e/f")
+    )
+    report = await sandbox.apply_patch(patch)
+    assert not report.applies and any("symbolic link" in line for line in report.problems), report.problems
+    await sandbox._patched(patch)  # d/secret.txt through a symlinked directory; f, the link itself
+    await sandbox._patched("diff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n")
+    after = {path: os.lstat(path)[4:6] for path in owners}
+    assert after == owners, f"ESCAPE: a host file was handed to the sandbox's uid: {owners} -> {after}"
+    canaries.assert_intact()
+
+
 async def test_cannot_hardlink_host_files_into_the_workspace(
     make_sandbox: SandboxFactory, canaries: HostCanaries
 ) -> None:

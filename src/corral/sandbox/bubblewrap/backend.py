@@ -59,7 +59,7 @@ from corral.sandbox.bubblewrap.limits import (
     rlimits,
 )
 from corral.sandbox.bubblewrap.overlay import IdShift
-from corral.sandbox.bubblewrap.pool import SandboxPool, hand_over, mount_pending_workspace, pool_shape
+from corral.sandbox.bubblewrap.pool import SandboxPool, hand_over, mount_pending_workspace, pool_shape, repo_key
 from corral.sandbox.bubblewrap.resident import LaunchFds, ResidentInit, compiled_init, init_argv
 from corral.sandbox.bubblewrap.seccomp import seccomp_available, seccomp_filter
 from corral.sandbox.bubblewrap.setup import (
@@ -79,6 +79,7 @@ from corral.sandbox.bubblewrap.setup import (
     tmp_size_mb,
 )
 from corral.sandbox.bubblewrap.sweep import sweep_once
+from corral.sandbox.patching import patch_paths
 from corral.sandbox.types import SANDBOX_PYTHON, Limits, NetworkProfile, PackageCache
 from corral.sandbox.workspace import WorkspaceSnapshot, check_paths
 
@@ -218,6 +219,7 @@ class BubblewrapSandbox(Sandbox):
         lock_fd: int | None = None,
         resident: ResidentInit | None = None,
         pool: SandboxPool | None = None,
+        counters: LimitCounters | None = None,
     ) -> None:
         super().__init__(run_dir=state.run_dir, snapshot=state.snapshot, env=env)
         self._state = state
@@ -225,7 +227,8 @@ class BubblewrapSandbox(Sandbox):
         self._pool = pool  # a pooled sandbox's destroy() leaves the host's side of it to its pool
         self._release: asyncio.Task[None] | None = None
         self._cgroup = self._dirs.cgroup()
-        self._counters: LimitCounters | None = None  # the cgroups' kill and refusal counts, as last read
+        # The cgroups' kill and refusal counts, as last read (a pooled sandbox's, read while it waited).
+        self._counters: LimitCounters | None = counters
         self._proxy = proxy
         self._secret_values = tuple(value for value in secret_values if value)
         self._resident = resident
@@ -500,6 +503,30 @@ class BubblewrapSandbox(Sandbox):
         super()._release_output_file(fd)
         self._give_to_sandbox(fd)
 
+    async def _patched(self, patch: str) -> None:
+        """Hand the sandbox's uid what ``git apply`` (run by the host) wrote: each path of the patch and the
+        directories it made, walked down from the workspace root without following a symlink (a command
+        may swap a directory for one meanwhile), the last component changed without being followed."""
+        me = os.geteuid()
+        if me == self._state.uid:
+            return
+        for path in await patch_paths(self.workspace, patch):
+            *parents, name = Path(path).parts
+            try:
+                dir_fd = os.open(self.workspace, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    for part in parents:
+                        next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                        os.close(dir_fd)
+                        dir_fd = next_fd
+                        self._give_to_sandbox(dir_fd)
+                    if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid == me:
+                        os.chown(name, self._state.uid, self._state.gid, dir_fd=dir_fd, follow_symlinks=False)
+                finally:
+                    os.close(dir_fd)
+            except OSError as exc:  # deleted by the patch, or no longer what git wrote: not ours to hand over
+                logger.debug("not handing %s to the sandbox: %s", path, exc)
+
     def _give_to_sandbox(self, fd: int) -> None:
         me = os.geteuid()
         if me != self._state.uid and os.fstat(fd).st_uid == me:
@@ -698,15 +725,26 @@ class BubblewrapSandboxBackend(SandboxBackend):
     async def _from_pool(self, shape: str, request: SandboxRequest, repo: Path) -> BubblewrapSandbox | None:
         """A prepared sandbox of the request's shape with the request's workspace, or None (none ready)."""
         pool = _pool_for(shape, request)
-        slot = pool.take()
+        slot = pool.take(repo)
         if slot is None:
             pool.fill()
             return None
-        dirs = hand_over(slot, request.run_dir)
+        holder = slot.holder
         try:
-            shift = IdShift(*repo_owner(repo), slot.uid, slot.uid)
-            strategy, snapshot, baseline = await make_workspace(dirs, repo, shift)
-            mount_pending_workspace(dirs)
+            # Its workspace was prepared for this repository (the same directory, owner unchanged), and the
+            # run dir can hold it: moved there. Otherwise made now, as create() makes it.
+            target = SandboxDirs(request.run_dir, privileged=True, ident=slot.dirs.id)
+            prepared = slot.workspace_for is not None and slot.workspace_for == repo_key(repo)
+            prepared = prepared and target.layers(repo).usable()
+            if slot.workspace_for is not None and not prepared:
+                slot.clear_workspace()
+            dirs = hand_over(slot, request.run_dir)
+            if prepared:
+                strategy, snapshot, baseline = slot.made_for(dirs)
+            else:
+                shift = IdShift(*repo_owner(repo), slot.uid, slot.uid)
+                strategy, snapshot, baseline = await make_workspace(dirs, repo, shift)
+                mount_pending_workspace(dirs)
             if slot.proxy is not None:
                 slot.proxy.report_to(request.on_egress)
             state = BubblewrapState.of(
@@ -724,10 +762,15 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 lock_fd=slot.lock_fd,
                 resident=slot.resident,
                 pool=pool,
+                counters=slot.counters,
             )
         except BaseException:
-            await slot.discard()  # what is left of it is in the run dir now
+            await slot.discard()  # what is left of it is in the run dir now, and its holder
             raise
+        else:
+            slot.holder = None
+            if holder is not None:
+                pool.spent(holder)
         finally:
             # The next slot is prepared once this sandbox is handed out and has started its first work:
             # on a small machine, preparing one (bwrap, a disk image) competes with its first commands.

@@ -63,6 +63,11 @@ def package_cache_root() -> Path:
     return Path(base, "corral", "packages").absolute()
 
 
+POOL_DIRNAME = ".sandbox-pool"
+"""Beside the run dirs (same filesystem: a slot's state directory is renamed into a run dir); each slot is
+prepared in a holder directory of its own there, ``<holder>/run``."""
+
+
 def lock_path(run_dir: Path) -> Path:
     return run_dir / STATE_DIRNAME / "in-use.lock"
 

@@ -337,6 +337,13 @@ def _unescape(field: str) -> str:
 _UNMOUNT_ROUNDS = 8
 
 
+def unmount_top(path: Path) -> None:
+    """Unmount the topmost mount at ``path`` only (detaching it if busy)."""
+    lib, target = libc(), os.fsencode(path)
+    if lib.umount2(target, _UMOUNT_NOFOLLOW) != 0:
+        check(lib.umount2(target, _UMOUNT_NOFOLLOW | _MNT_DETACH), f"umount {path}")
+
+
 def unmount_all(path: Path) -> None:
     """Unmount everything at or below ``path`` (detaching what is busy); raise if something stays."""
     lib = libc()

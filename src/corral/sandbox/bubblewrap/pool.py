@@ -10,6 +10,14 @@ request's run dir, and its uid claim and disk-image note name that run dir, unde
 registry's lock so that a sweep never sees a slot half handed over. The sandbox keeps the id it
 was prepared under (recorded in its identity file).
 
+A pool also prepares the workspace ahead, for the repository it handed a sandbox out for last (a
+fan-out's workers all copy the same parent workspace): the overlay is mounted and bound when the
+slot is made, and handing it out for that repository only moves the mount into the run dir. The
+overlay's lower layer is the live repository, so a workspace prepared ahead shows the repository
+as it is when the sandbox is handed out, like one made then. A repository with entries of another
+owner (their copies would go stale), or that is no longer the same directory, gets its workspace
+made at hand-out, as for any other repository.
+
 A pooled sandbox's ``destroy()`` kills its processes at once and returns; unmounting and removing
 its files happens in the pool's background (``drain()`` waits for it), and a new slot is prepared.
 
@@ -36,6 +44,7 @@ from corral.errors import SandboxError
 from corral.sandbox.base import RUN_ENDED_MARKER, SandboxRequest, mark_run_ended
 from corral.sandbox.bubblewrap import overlay
 from corral.sandbox.bubblewrap.dirs import (
+    POOL_DIRNAME,
     STATE_DIRNAME,
     SandboxDirs,
     hold,
@@ -46,17 +55,26 @@ from corral.sandbox.bubblewrap.dirs import (
     write_identity,
 )
 from corral.sandbox.bubblewrap.identity import claim_uid, hand_over_uid, registry_lock
+from corral.sandbox.bubblewrap.limits import LimitCounters
 from corral.sandbox.bubblewrap.overlay import IdShift
-from corral.sandbox.bubblewrap.setup import egress_proxy_class, make_disk, provision, proxy_wanted
+from corral.sandbox.bubblewrap.setup import (
+    Strategy,
+    egress_proxy_class,
+    make_disk,
+    overlay_possible,
+    provision,
+    proxy_wanted,
+)
 from corral.sandbox.bubblewrap.sweep import ONE_SHOT_MARKER
+
+__all__ = ["POOL_DIRNAME", "SandboxPool", "Slot", "hand_over", "pool_shape", "remove_holder", "repo_key"]
+from corral.sandbox.workspace import BASELINE_DIRNAME, WORKSPACE_DIRNAME, WorkspaceSnapshot
 
 if TYPE_CHECKING:
     from corral.sandbox.bubblewrap.resident import ResidentInit
 
 logger = logging.getLogger("corral.sandbox")
 
-POOL_DIRNAME = ".sandbox-pool"
-"""Beside the run dirs (same filesystem: a slot's state directory is renamed into a run dir)."""
 _STOP_TIMEOUT = 5.0
 
 
@@ -75,6 +93,18 @@ def pool_shape(request: SandboxRequest) -> str | None:
     return json.dumps(shape, sort_keys=True)
 
 
+RepoKey = tuple[str, int, int, int, int]
+"""A repository as a prepared workspace was made for it: path, device, inode, owner uid and gid."""
+
+
+def repo_key(repo: Path) -> RepoKey | None:
+    try:
+        info = os.stat(repo)
+    except OSError:
+        return None
+    return (str(repo), info.st_dev, info.st_ino, info.st_uid, info.st_gid)
+
+
 @dataclass
 class Slot:
     """One prepared sandbox: everything but its workspace, its resident init running."""
@@ -87,7 +117,60 @@ class Slot:
     resident: ResidentInit | None
     """None only while the slot is being prepared."""
     holder: Path | None
-    """The pool's directory holding the slot's run dir, until the slot is handed over."""
+    """The pool's directory holding the slot's run dir, until the slot is handed over and its workspace moved."""
+    workspace_for: RepoKey | None = None
+    """The repository whose workspace is mounted and bound in the slot already (see the module docstring)."""
+    bound: bool = False
+    """The slot's workspace is bound onto its portal's /workspace."""
+    counters: LimitCounters | None = None
+    """Its cgroups' counters once it was ready (nothing runs in it until it is handed out)."""
+
+    async def prepare_workspace(self, repo: Path) -> None:
+        """Mount the workspace for ``repo`` now and bind it as /workspace (nothing done if it cannot be)."""
+        key = repo_key(repo)
+        if key is None or not overlay_possible(self.dirs, repo):
+            return
+        shift = IdShift(key[3], key[4], self.uid, self.uid)
+        if await overlay.foreign_entries(repo, shift):
+            return
+        layers = self.dirs.layers(repo)
+        try:
+            overlay.prepare_layers(layers, shift)
+            overlay.mount_overlay(layers, shift)
+            self.dirs.git_dir.mkdir()
+            mount_pending_workspace(self.dirs)
+            self.bound = True
+        except BaseException:
+            self.clear_workspace()
+            raise
+        self.workspace_for = key
+
+    def clear_workspace(self) -> None:
+        """Back to an empty /workspace: unbind and unmount the prepared workspace, empty its layers."""
+        assert self.dirs.portal is not None
+        if self.bound:  # the top of the stack on the portal's /workspace; the shared empty one stays
+            overlay.unmount_top(self.dirs.portal / "workspace")
+            self.bound = False
+        overlay.unmount_all(self.dirs.workspace)
+        layers = self.dirs.layers(self.dirs.run_dir)
+        for directory in (layers.upper, layers.work):
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+        os.chown(layers.upper, self.uid, self.uid)
+        for directory in (self.dirs.workspace, self.dirs.git_dir):
+            with contextlib.suppress(FileNotFoundError):
+                directory.rmdir()
+        self.workspace_for = None
+
+    def made_for(self, dirs: SandboxDirs) -> tuple[Strategy, WorkspaceSnapshot, int]:
+        """After ``hand_over``: move the prepared workspace into ``dirs``' run dir; what ``make_workspace`` returns."""
+        assert self.holder is not None
+        prepared = self.holder / "run" / dirs.workspace.name
+        dirs.workspace.mkdir()
+        dirs.git_dir.mkdir()
+        overlay.bind_mount(prepared, dirs.workspace)
+        overlay.unmount_top(prepared)  # the overlay, the one mount there
+        return "overlay", WorkspaceSnapshot(workspace=dirs.workspace, git_dir=dirs.git_dir, commit=""), 0
 
     async def discard(self) -> None:
         """Destroy a slot (half prepared, never handed out, or whose hand-over failed): all of it, and only
@@ -102,7 +185,7 @@ class Slot:
                     await asyncio.wait_for(self.proxy.stop(), _STOP_TIMEOUT)
             await teardown(self.dirs, uid=self.uid)
             if self.holder is not None:
-                shutil.rmtree(self.holder, ignore_errors=True)
+                remove_holder(self.holder)
         finally:
             os.close(self.lock_fd)
 
@@ -116,6 +199,10 @@ class SandboxPool:
     ready: list[Slot] = field(default_factory=list)
     _filling: asyncio.Task[None] | None = None
     _refill: asyncio.TimerHandle | None = None
+    hint: Path | None = None
+    """The repository the last sandbox was handed out for: slots made from now on have its workspace."""
+    _spent: list[Path] = field(default_factory=list)
+    """Holder directories of slots handed out: removed in the background, not while a run waits."""
     _releases: set[asyncio.Task[None]] = field(default_factory=set)
     _failures: list[BaseException] = field(default_factory=list)
     _closed: bool = False
@@ -144,6 +231,7 @@ class SandboxPool:
         return len(self.ready)
 
     async def _fill(self) -> None:
+        self._remove_spent()
         while not self._closed and len(self.ready) < self.size:
             try:
                 slot = await self._prepare()
@@ -155,9 +243,30 @@ class SandboxPool:
                 return
             self.ready.append(slot)
 
-    def take(self) -> Slot | None:
-        """A ready slot, or None; the caller then calls ``fill()``."""
-        return self.ready.pop(0) if self.ready else None
+    def take(self, repo: Path) -> Slot | None:
+        """A ready slot for ``repo`` (its workspace prepared, if one is), or None; the caller then calls ``fill()``.
+
+        The slot comes out as it is: the caller moves or clears its workspace (``made_for``,
+        ``clear_workspace``). Slots prepared from now on are for ``repo``.
+        """
+        self.hint = repo
+        if not self.ready:
+            return None
+        key = repo_key(repo)
+        for preferred in (key, None):
+            for index, slot in enumerate(self.ready):
+                if slot.workspace_for == preferred:
+                    return self.ready.pop(index)
+        return self.ready.pop(0)
+
+    def spent(self, holder: Path) -> None:
+        """A handed-out slot's holder directory, to remove in the background."""
+        self._spent.append(holder)
+
+    def _remove_spent(self) -> None:
+        spent, self._spent = self._spent, []
+        for holder in spent:
+            remove_holder(holder)
 
     def defer(self, release: asyncio.Task[None]) -> None:
         """Track a handed-out sandbox's release (after its ``destroy()``) until it is done."""
@@ -195,6 +304,7 @@ class SandboxPool:
             except Exception as exc:
                 self._failures.append(exc)
         await self.drain()
+        self._remove_spent()
         with contextlib.suppress(OSError):
             self.root.rmdir()  # corral's own directory, once empty
 
@@ -244,8 +354,15 @@ class SandboxPool:
                 pending=True,
             )
             state = BubblewrapState.pending(dirs, uid=uid, request=request, disk_image=slot.disk_image)
-            slot.resident = BubblewrapSandbox(state=state, env={}, proxy=slot.proxy).start()
+            pending = BubblewrapSandbox(state=state, env={}, proxy=slot.proxy)
+            slot.resident = pending.start()
             await slot.resident.ready()
+            if self.hint is not None:
+                await slot.prepare_workspace(self.hint)
+                if slot.workspace_for is not None:
+                    await pending.exec(["true"])
+            cgroup = dirs.cgroup()
+            slot.counters = cgroup.counters() if cgroup is not None else LimitCounters()
         except BaseException:
             await slot.discard()
             raise
@@ -253,7 +370,11 @@ class SandboxPool:
 
 
 def hand_over(slot: Slot, run_dir: Path) -> SandboxDirs:
-    """Move a slot's state into ``run_dir`` and make ``run_dir`` its owner, all at once for a sweep."""
+    """Move a slot's state into ``run_dir`` and make ``run_dir`` its owner, all at once for a sweep.
+
+    The slot's holder directory stays (its prepared workspace is still mounted there, see ``made_for``):
+    the caller hands it to ``SandboxPool.spent`` once done with it, or ``discard`` removes it.
+    """
     dirs = SandboxDirs(run_dir, privileged=True, ident=slot.dirs.id)
     with registry_lock():
         os.rename(slot.dirs.state, dirs.state)  # its identity file, recording the id, goes with it
@@ -264,20 +385,28 @@ def hand_over(slot: Slot, run_dir: Path) -> SandboxDirs:
             raise
         if slot.disk_image:
             dirs.image_owner.write_text(str(run_dir))
-    holder, slot.dirs, slot.holder = slot.holder, dirs, None
-    if holder is not None:
-        _remove_holder(holder)
+    slot.dirs = dirs
     return dirs
 
 
-def _remove_holder(holder: Path) -> None:
-    """The pool's directory a slot was prepared in, holding only markers once the slot is handed over."""
-    try:  # the four entries it holds, without a tree walk
-        os.unlink(holder / "run" / RUN_ENDED_MARKER)
-        os.rmdir(holder / "run")
+def remove_holder(holder: Path) -> None:
+    """The pool's directory a slot was prepared in, once the slot is handed over or discarded: only
+    markers and empty mount points are left in it (whatever is still mounted there comes off first)."""
+    run = holder / "run"
+    try:  # the entries it holds, without a tree walk
+        for name in (WORKSPACE_DIRNAME, BASELINE_DIRNAME):
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(run / name)
+        os.unlink(run / RUN_ENDED_MARKER)
+        os.rmdir(run)
         os.unlink(holder / ONE_SHOT_MARKER)
         os.rmdir(holder)
     except OSError:
+        try:
+            overlay.unmount_all(holder)
+        except SandboxError as exc:
+            logger.error("a pooled sandbox's directory %s is still mounted: %s", holder, exc)
+            return
         shutil.rmtree(holder, ignore_errors=True)
 
 

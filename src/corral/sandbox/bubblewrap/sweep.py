@@ -33,6 +33,7 @@ from corral.sandbox.bubblewrap import overlay
 from corral.sandbox.bubblewrap.dirs import (
     CGROUP_PREFIX,
     DISK_ROOT,
+    POOL_DIRNAME,
     PORTAL_ROOT,
     STATE_DIRNAME,
     SandboxDirs,
@@ -130,6 +131,9 @@ async def sweep_orphans() -> SweepReport:
         if not _has_state(run_dir):
             release_uid(uid, run_dir)
             report.removed.append(f"uid claim {uid} (run dir {run_dir})")
+    roots = {run_dir.parent for run_dir in claimed.values()} | {owner.parent for owner in owners.values()}
+    for root in sorted(roots):
+        await _remove_spent_holders(root / POOL_DIRNAME, report)
     for line in report.removed:
         logger.info("removed a leftover sandbox item: %s", line)
     for line in report.failed:
@@ -190,6 +194,27 @@ async def _remove_sandbox(ident: str, owner: Path | None, paths: list[Path], rep
         report.removed.append(f"disk image {image}" + (f" (still attached to {', '.join(held)})" if held else ""))
     if owner is not None and _has_state(owner) and not mounts_left:
         await _remove_run_files(owner, report)
+
+
+async def _remove_spent_holders(pool_root: Path, report: SweepReport) -> None:
+    """A pool's holder directories whose slot was handed out (its state moved to a run dir) and which
+    its process did not get to remove: only markers and empty mount points are left in them."""
+    try:
+        holders = sorted(pool_root.iterdir())  # noqa: ASYNC240 - one small local directory
+    except OSError:
+        return
+    for holder in holders:
+        run_dir = holder / "run"
+        if not (holder / ONE_SHOT_MARKER).is_file() or _has_state(run_dir) or not run_ended(run_dir):
+            continue
+        if overlay.mount_points_under(holder):  # a hand-over in progress, or a slot being discarded
+            continue
+        try:
+            await remove_quickly(holder)
+        except Exception as exc:
+            report.failed.append(f"pool directory {holder}: {exc}")
+        else:
+            report.removed.append(f"pool directory {holder}")
 
 
 async def _remove_run_files(run_dir: Path, report: SweepReport) -> None:
