@@ -19,6 +19,7 @@ context as typed constructor arguments, never as attributes patched on later::
     │       └── JournalTimeoutError  a flush did not finish in time (events still pending)
     ├── SandboxError
     │   └── PathEscapeError          a tool path resolves outside the workspace
+    ├── EngineInstallError           an external engine's CLI cannot be installed or is not installed
     ├── ToolError                    fed back to the model; the run goes on
     ├── ModelCallError               a model call failed for good (attempts, cause_type)
     ├── BudgetExceededError          a budget limit was reached (limit, value, maximum)
@@ -148,6 +149,10 @@ class SandboxError(CorralError):
 
 class PathEscapeError(SandboxError):
     """A path given to a tool resolves outside the run's workspace."""
+
+
+class EngineInstallError(CorralError):
+    """An external engine's CLI (Claude Code, Codex, OpenCode) cannot be installed, or is not installed."""
 
 
 class ToolError(CorralError):

@@ -2,8 +2,10 @@
 
 from corral.cli import approvals, check, inspection, patches, run  # noqa: F401  (their commands register on ``app``)
 from corral.cli.app import app, main
+from corral.cli.engines import engines_app
 from corral.cli.sandbox import sandbox_app
 
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(engines_app, name="engines")
 
 __all__ = ["app", "main"]

@@ -288,12 +288,15 @@ def doctor_report() -> list[tuple[str, bool, str]]:
     from corral.sandbox.base import available_backends
 
     rows.append(("sandbox backends", True, ", ".join(available_backends())))
+    from corral.engines.install import doctor_rows
+
+    rows += doctor_rows()
     return rows
 
 
 def print_doctor(rows: list[tuple[str, bool, str]], *, json_out: bool = False) -> bool:
-    """Print the checks (a table, or JSON); whether corral can run here (limits and networks are optional)."""
-    ok_all = all(ok or name.startswith(("limit", "network")) for name, ok, _ in rows)
+    """Print the checks (a table, or JSON); whether corral can run here (limits, networks, engines are optional)."""
+    ok_all = all(ok or name.startswith(("limit", "network", "engine")) for name, ok, _ in rows)
     if json_out:
         checks = [{"check": name, "ok": ok, "detail": str(detail)} for name, ok, detail in rows]
         sys.stdout.write(json.dumps({"ok": ok_all, "checks": checks}, indent=2) + "\n")

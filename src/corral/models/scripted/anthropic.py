@@ -46,8 +46,14 @@ def error_body(status: int, message: str) -> dict[str, Any]:
 
 
 def parse(body: dict[str, Any]) -> ParsedBody:
+    """The conversation in a request. ``system`` messages inside ``messages`` (the SDK's ``MessageParam``
+    allows them; Claude Code sends its environment that way) join the system prompt, in order."""
     messages: list[Message] = []
+    system = [text_of(body.get("system"))]
     for m in objects(body.get("messages"), "messages"):
+        if m.get("role") == "system":
+            system.append(text_of(m.get("content")))
+            continue
         if m.get("role") not in ("user", "assistant"):
             raise WireError(f"unknown message role {m.get('role')!r}")
         content = m.get("content")
@@ -75,7 +81,7 @@ def parse(body: dict[str, Any]) -> ParsedBody:
         if kinds["text"] or kinds["other"] or not results:
             append_message(messages, Message("user", text_of(kinds["text"] + kinds["other"])))
     tools = [tool_spec(t, "input_schema") for t in body.get("tools") or [] if isinstance(t, dict)]
-    return text_of(body.get("system")), messages, tools
+    return "\n\n".join(part for part in system if part), messages, tools
 
 
 def _usage(u: TokenUsage) -> dict[str, Any]:
