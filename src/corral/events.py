@@ -118,6 +118,27 @@ class ModelResponded(BaseEvent):
     price_source: str = "genai-prices"
 
 
+class ModelCalled(BaseEvent):
+    """A model call an external engine made through the model gateway, metered as it ended."""
+
+    type: Literal["model.call"] = "model.call"
+    call: int
+    model: str
+    api: str
+    """``anthropic-messages``, ``openai-responses`` or ``openai-chat``."""
+    status: int
+    """The HTTP status the engine got: the provider's, or the gateway's own refusal (401, 403 budget)."""
+    streamed: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    price_source: str = "unknown"
+    error: str | None = None
+
+
 class ModelFailed(BaseEvent):
     type: Literal["model.error"] = "model.error"
     call: int
@@ -299,6 +320,7 @@ Event = Annotated[
     | ModelRetried
     | ModelResponded
     | ModelFailed
+    | ModelCalled
     | ToolCalled
     | ProgramLogged
     | PolicyDecided

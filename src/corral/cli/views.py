@@ -35,6 +35,7 @@ from corral.events import (
     BudgetExceeded,
     ContextCompacted,
     EgressAttempted,
+    ModelCalled,
     ModelFailed,
     ModelRequested,
     ModelResponded,
@@ -430,6 +431,11 @@ class LiveRunView:
                 return [self._turn(response)]
             case ModelFailed(error=error):
                 return [_Line("✗", f"model call failed: {_one_line(error)}", style="red")]
+            case ModelCalled(status=status, error=str() as error):
+                return [_Line("✗", f"model call: HTTP {status}: {_one_line(error)}", style="red")]
+            case ModelCalled(call=call, model=model, input_tokens=tokens_in, output_tokens=tokens_out):
+                self.status = f"thinking (call {call + 1})"
+                return [_Line("◇", f"{clean(model)}: {tokens_in:,} in, {tokens_out:,} out", style="dim")]
             case ToolCalled(tool=tool, args=args, call_id=call_id):
                 self.status = f"running {clean(tool)}"
                 self._pending_tools[call_id] = len(self.lines)

@@ -116,6 +116,22 @@ AskFn = Callable[[Action, Decision, str], Awaitable[Decision]]
 """``ask(action, decision, call_id)``: what a person decided about an action policy sent to them."""
 
 
+@dataclass(frozen=True)
+class ModelAccess:
+    """How an external engine reaches models: through the model gateway, with this run's key.
+
+    The base URLs are as the engine's process sees them from inside its sandbox (a routed name through
+    the sandbox's egress proxy, or the gateway's loopback address where commands share the host's
+    network). The key is a placeholder the gateway knows for this run only: never a provider's key.
+    """
+
+    anthropic_base_url: str
+    openai_base_url: str
+    api_key: str = field(repr=False)
+    model: str | None
+    """The model to ask for (the spec's, without its provider), or None for the CLI's default."""
+
+
 @dataclass
 class EngineContext:
     """Everything an engine may use: no globals, no store, no DBOS."""
@@ -144,6 +160,8 @@ class EngineContext:
     """Start a child run for a program's ``task()`` and wait for it. None (no runtime): ``task()`` fails."""
     depth: int = 0
     """Where this run sits in its tree: 0 for a root run, 1 for its children, ..."""
+    models: ModelAccess | None = None
+    """For an external engine (``Engine.external``): its door to the models. None for the others."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +175,13 @@ class Engine(ABC):
     """Drives one agent loop to its end; emits the same events whatever the underlying harness."""
 
     name: ClassVar[str]
+    external: ClassVar[bool] = False
+    """Runs a program of its own inside the run's sandbox (Claude Code, Codex, OpenCode): the runtime
+    gives it ``ctx.models`` (the model gateway) and mounts ``sandbox_mounts()`` read-only in the sandbox."""
+
+    def sandbox_mounts(self) -> tuple[str, ...]:
+        """Host directories the engine's program needs inside the sandbox, read-only (its installed CLI)."""
+        return ()
 
     @abstractmethod
     async def run(self, ctx: EngineContext) -> EngineResult: ...

@@ -122,6 +122,8 @@ class Account:
     budget: BudgetClock
     on_call: Callable[[GatewayCall], None]
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    price_ref: str = ""
+    """``provider:model`` as a spec's ``[prices]`` names it (looked up before the model's own name)."""
     usage: Usage = field(default_factory=Usage)
     calls: int = 0
     closed: bool = False
@@ -222,6 +224,7 @@ class ModelGateway:
         budget: BudgetClock,
         on_call: Callable[[GatewayCall], None],
         prices: Mapping[str, ModelPrice] | None = None,
+        price_ref: str = "",
         usage: Usage | None = None,
         calls: int = 0,
     ) -> Account:
@@ -235,6 +238,7 @@ class ModelGateway:
             budget=budget,
             on_call=on_call,
             prices=dict(prices or {}),
+            price_ref=price_ref,
             usage=usage or Usage(),
             calls=calls,
         )
@@ -374,10 +378,11 @@ class ModelGateway:
             # Priced by the model asked for (what a spec's price overrides name), else the one that answered
             # (providers answer with a dated name their price tables know).
             model = meter.model
-            cost, source = price_call(usage, model=model, provider=account.provider, overrides=account.prices)
+            ref = account.price_ref
+            cost, source = price_call(usage, model=model, provider=account.provider, overrides=account.prices, ref=ref)
             if source == "unknown" and meter.answered_model and meter.answered_model != model:
                 cost, source = price_call(
-                    usage, model=meter.answered_model, provider=account.provider, overrides=account.prices
+                    usage, model=meter.answered_model, provider=account.provider, overrides=account.prices, ref=ref
                 )
             usage = usage.model_copy(update={"cost_usd": cost, "unpriced_calls": int(source == "unknown")})
             if error is None and answer.status_code >= 400:

@@ -167,3 +167,30 @@ def close_served_models() -> None:
     served = sys.modules.get("corral.models.scripted.served")
     if served is not None:  # never imported: nothing was served
         served.PROCESS_MODELS.close()
+
+
+ANTHROPIC_API = "https://api.anthropic.com"
+OPENAI_API = "https://api.openai.com/v1"
+
+
+def gateway_upstreams(target: ModelTarget, api_key: str) -> dict[Any, Any]:
+    """Where the model gateway sends an external engine's calls for ``target``, by wire.
+
+    A provider's own wire goes to the provider (its ``base_url`` if the spec set one); a scripted
+    target serves both wires from this process's scripted model server, whatever model the engine asks.
+    """
+    from corral.models.gateway import Upstream
+
+    if target.provider == "scripted":
+        from corral.models.scripted import PROCESS_MODELS
+
+        if target.script is None:
+            raise ModelConfigError(f"model {target.ref!r} names no script (resolve it with resolve_target)")
+        server = PROCESS_MODELS.server_for(target.script)
+        return {
+            "anthropic": Upstream(server.anthropic_base_url, api_key),
+            "openai": Upstream(server.openai_base_url, api_key),
+        }
+    if target.provider == "anthropic":
+        return {"anthropic": Upstream(target.base_url or ANTHROPIC_API, api_key)}
+    return {"openai": Upstream(target.base_url or OPENAI_API, api_key)}

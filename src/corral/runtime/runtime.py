@@ -47,7 +47,7 @@ from corral.orchestration.programs import EVAL_TOOL
 from corral.policy import rule_of_two
 from corral.policy.budgets import BudgetClock, ChildrenSpend
 from corral.policy.decide import Action, Decision
-from corral.runtime import approvals, recovery, workflow
+from corral.runtime import approvals, external, recovery, workflow
 from corral.runtime.children import child_run_id, runs_light
 from corral.runtime.sandboxing import START_DIRNAME, LazySandbox, open_sandbox, patch_conflict, prepare_start
 from corral.sandbox.base import Sandbox, close_backends, get_backend, mark_run_ended
@@ -130,6 +130,7 @@ class Runtime:
         self._watchers: dict[str, tuple[asyncio.Task[None], int]] = {}  # per workflow: cancel watcher, users
         self._cancelled_here: set[str] = set()  # workflows whose cancel a watcher delivered
         self._views: dict[str, ReadOnlyView] = {}  # per run executing here: the view its light children read
+        self._gateways = external.Gateways()  # the model gateway of external engines, started on first use
         store.journal.set_redactor(REDACTOR.data)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -150,7 +151,10 @@ class Runtime:
                 self._heartbeat = None
         finally:
             try:
-                await close_backends()  # prepared sandboxes (``sandbox.pool``) and pooled releases under way
+                try:
+                    await self._gateways.close()
+                finally:
+                    await close_backends()  # prepared sandboxes (``sandbox.pool``) and pooled releases under way
             finally:
                 self.shutdown()
 
@@ -538,6 +542,10 @@ class Runtime:
         budget = BudgetClock(spec.budget, started_at, outcome.children)
         sandbox: Sandbox | None = None
         try:
+            engine = self._engine(spec.engine)
+            extras: dict[str, Any] = {}
+            if engine.external and view is None:  # its CLI, and its one way out: the model gateway
+                extras = {"mounts": engine.sandbox_mounts(), "routes": external.routes(await self._gateways.get())}
             opener = functools.partial(
                 open_sandbox,
                 record,
@@ -546,6 +554,7 @@ class Runtime:
                 lambda event: self._emit(run_id, event),
                 start_patches=self._patches_before(record.continues_id),
                 notes=outcome.notes,
+                **extras,
             )
             if view is not None:
                 sandbox = view
@@ -650,17 +659,24 @@ class Runtime:
         ctx.dispatch = functools.partial(
             self._dispatch, record, spec, sandbox, budget, depth, outcome, resumed, workflow_id
         )
-        remaining = budget.remaining_s()
-        if remaining is None:
-            return await engine.run(ctx)
-        try:
-            # The deadline bounds everything the engine waits for: model calls, commands, retries.
-            async with asyncio.timeout(remaining):
+        async with contextlib.AsyncExitStack() as stack:
+            if engine.external:  # its model calls go through the gateway, with a key for this run only
+                gateway = await self._gateways.get()
+                emit = ctx.emit
+                access = external.model_access(gateway, record.id, spec, budget, emit, on_usage)
+                ctx.models = await stack.enter_async_context(access)
+            remaining = budget.remaining_s()
+            if remaining is None:
                 return await engine.run(ctx)
-        except TimeoutError:
-            if budget.remaining_s() == 0.0:
-                raise budget.wall_time_exceeded() from None
-            raise
+            try:
+                # The deadline bounds everything the engine waits for: model calls, commands, retries.
+                async with asyncio.timeout(remaining):
+                    return await engine.run(ctx)
+            except TimeoutError:
+                if budget.remaining_s() == 0.0:
+                    raise budget.wall_time_exceeded() from None
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises
 
     # -- children: the runs programs dispatch with task() -------------------------------------------
 

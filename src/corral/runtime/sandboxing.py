@@ -76,11 +76,21 @@ def egress_sink(emit: Emit) -> Callable[[ev.EgressAttempted], None]:
     return on_egress
 
 
-def sandbox_request(record: RunRecord, spec: AgentSpec, redactor: Redactor, emit: Emit) -> SandboxRequest:
+def sandbox_request(
+    record: RunRecord,
+    spec: AgentSpec,
+    redactor: Redactor,
+    emit: Emit,
+    *,
+    mounts: Sequence[str] = (),
+    routes: Mapping[str, str] | None = None,
+) -> SandboxRequest:
+    """The run's sandbox as its spec says, plus what its engine needs (an external engine: its CLI,
+    mounted read-only, and the route to the model gateway)."""
     env, scoped = load_secrets(record, spec, redactor)
     if spec.sandbox.network.mode == "host":
         log.warning("run %s: network 'host': commands can reach any address this machine can", record.id)
-    return profile_request(
+    request = profile_request(
         spec.sandbox,
         repo=Path(record.repo),
         run_dir=Path(record.run_dir),
@@ -88,6 +98,12 @@ def sandbox_request(record: RunRecord, spec: AgentSpec, redactor: Redactor, emit
         secrets=scoped,
         on_egress=egress_sink(emit),
     )
+    if mounts or routes:
+        added = tuple(mount for mount in mounts if mount not in request.mounts)
+        request = request.model_copy(
+            update={"mounts": (*request.mounts, *added), "routes": {**request.routes, **(routes or {})}}
+        )
+    return request
 
 
 def profile_request(
@@ -157,6 +173,8 @@ async def open_sandbox(
     *,
     start_patches: Sequence[tuple[str, str]] = (),
     notes: list[str] | None = None,
+    mounts: Sequence[str] = (),
+    routes: Mapping[str, str] | None = None,
 ) -> Sandbox:
     """Create the run's sandbox (a durable step), or re-attach the one an earlier process created.
 
@@ -165,7 +183,7 @@ async def open_sandbox(
     applies them twice.
     """
     backend = get_backend(spec.sandbox.backend)
-    request = sandbox_request(record, spec, redactor, emit)
+    request = sandbox_request(record, spec, redactor, emit, mounts=mounts, routes=routes)
     created: list[Sandbox] = []
     said = [] if notes is None else notes
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -113,6 +113,12 @@ def run_ended(run_dir: Path) -> bool:
     return (run_dir / RUN_ENDED_MARKER).exists()
 
 
+RouteName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+"""A single-label name no DNS answers for (``corral-gateway``)."""
+RouteTarget = Annotated[str, Field(pattern=r"^127\.0\.0\.1:[0-9]{1,5}$")]
+"""A service of corral's on this machine's loopback."""
+
+
 class SandboxRequest(BaseModel):
     """What a backend needs to create a sandbox. Never recorded: it may carry secret values."""
 
@@ -139,10 +145,22 @@ class SandboxRequest(BaseModel):
     pool: int = Field(default=0, ge=0, le=64)
     """Keep this many sandboxes like this one prepared, for later creates in this process (bubblewrap as
     root; requests without secrets or TLS interception); 0: none."""
+    routes: dict[RouteName, RouteTarget] = {}
+    """corral's own services on this machine that commands may reach by name over plain HTTP through the
+    egress proxy, whatever the network profile: ``{"corral-gateway": "127.0.0.1:40123"}`` (the model
+    gateway an external engine calls). Nothing else is reachable by them. A backend without an egress
+    proxy (``local``, network ``host``) leaves commands on the host's network, where the address itself
+    is reachable."""
 
     def exec_env(self) -> dict[str, str]:
         """The variables a backend gives every exec from this request: the git identity, then ``env``."""
         return self.git_user.env() | self.env
+
+    def route_addresses(self) -> dict[str, tuple[str, int]]:
+        """``routes`` as (host, port) pairs."""
+        return {
+            name: (target.rpartition(":")[0], int(target.rpartition(":")[2])) for name, target in self.routes.items()
+        }
 
 
 class SandboxState(BaseModel):

@@ -438,3 +438,29 @@ async def test_an_upstream_that_hangs_up_between_requests_gets_a_new_connection(
         assert await asyncio.to_thread(two_requests) == [200, 200]
     assert [r.path for r in fresh.https.requests] == ["/silent-close", "/after"]
     assert [e.allowed for e in events] == [True, True]
+
+
+async def test_a_route_reaches_corrals_own_service_and_nothing_else(fresh: Upstreams, tmp_path: Path) -> None:
+    """A deny-all proxy (network "none") with a route: plain HTTP to the routed name reaches the service
+    (the model gateway, for an external engine) and is journaled; the same service by its address, the
+    name over TLS or on another port, and every other host are refused."""
+    events: list[EgressAttempted] = []
+    routes = {"corral-gateway": ("127.0.0.1", fresh.http.port)}
+    async with EgressProxy(allow=(), secrets=(), on_event=events.append, state_dir=tmp_path / "s",
+                           deny_all=True, routes=routes) as egress:  # fmt: skip
+        routed = await curl(egress, "-X", "POST", "-d", "{}", "http://corral-gateway/anthropic/v1/messages?beta=true")
+        by_address = await curl(egress, f"http://127.0.0.1:{fresh.http.port}/")
+        over_tls = await curl(egress, "https://corral-gateway/")
+        other_port = await curl(egress, "http://corral-gateway:8080/")
+    status, body = status_and_body(routed)
+    assert status == 200 and json.loads(body)["path"] == "/anthropic/v1/messages?beta=true"
+    assert status_and_body(by_address)[0] == 403 and status_and_body(other_port)[0] == 403
+    assert "CONNECT tunnel failed, response 403" in over_tls.stderr
+    assert [request.path for request in fresh.http.requests] == ["/anthropic/v1/messages?beta=true"]
+    assert [(e.host, e.port, e.allowed) for e in events] == [
+        ("corral-gateway", 80, True),
+        ("127.0.0.1", fresh.http.port, False),
+        ("corral-gateway", 443, False),
+        ("corral-gateway", 8080, False),
+    ]
+    assert events[0].reason.startswith("allowed by") and "HTTP 200" in events[0].reason

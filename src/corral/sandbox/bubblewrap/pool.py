@@ -88,6 +88,7 @@ def pool_shape(request: SandboxRequest) -> str | None:
         "limits": request.limits.model_dump(mode="json"),
         "package_cache": request.package_cache,
         "mounts": list(request.mounts),
+        "routes": dict(request.routes),
         "root": str(Path(request.run_dir).parent),
     }
     return json.dumps(shape, sort_keys=True)

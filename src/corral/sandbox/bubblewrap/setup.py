@@ -230,6 +230,7 @@ async def start_proxy(proxy_class: Any, request: SandboxRequest, dirs: SandboxDi
         secrets=request.secrets,
         on_event=request.on_egress,
         state_dir=dirs.state / "egress",
+        routes=request.route_addresses(),
     )
     await asyncio.wait_for(proxy.start(), SETUP_TIMEOUT)
     if dirs.portal is not None:

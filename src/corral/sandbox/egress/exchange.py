@@ -61,6 +61,10 @@ class UpstreamSlot:
         self.peer, self.key, self.route = None, None, None
 
 
+ROUTED = HostPattern(text="corral's own service", host="", wildcard=False, ports=(80,))
+"""The rule a request to a routed name (``Dialer.routes``) is allowed by, whatever the allowlist says."""
+
+
 @dataclass
 class _Counts:
     sent: int = 0
@@ -86,7 +90,7 @@ class Forwarder:
         """Check, rewrite and forward one request and relay its response; whether the client may send another."""
         method = request.method.decode("ascii", "replace")
         path = target.decode("ascii", "replace")
-        rule = first_match(self.allow, host, port)
+        rule = ROUTED if not tls and port == 80 and host in self.dialer.routes else first_match(self.allow, host, port)
         if rule is None:
             await self.refuse(client, host, port, method, path, None)
             return False

@@ -8,6 +8,7 @@ import contextlib
 import socket
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from corral.sandbox.egress.policy import (
@@ -102,6 +103,9 @@ class Dialer:
 
     private: PrivateAddresses = field(default_factory=PrivateAddresses)
     upstream: UpstreamProxy | None = None
+    routes: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    """Names that stand for a service of corral's on this machine (``corral-gateway``): plain HTTP to
+    ``name:80`` goes to the address given, never resolved and never through the upstream proxy."""
 
     def via(self, host: str) -> UpstreamProxy | None:
         """The upstream proxy ``host`` is reached through, or None for a direct connection."""
@@ -115,6 +119,15 @@ class Dialer:
         ``tunnel=False`` (plain HTTP only) may return a connection to the upstream proxy itself, to
         which requests are sent in absolute form: proxies commonly refuse CONNECT to port 80.
         """
+        routed = self.routes.get(host) if port == 80 and tls is None else None
+        if routed is not None:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(*routed), CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as exc:
+                raise UpstreamUnreachable(
+                    f"corral's {host} on {routed[0]}:{routed[1]} is not answering: {exc}"
+                ) from None
+            return Opened(reader, writer)
         upstream = self.via(host)
         if upstream is not None:
             return await _through(upstream, host, port, tls=tls, tunnel=tunnel or tls is not None)

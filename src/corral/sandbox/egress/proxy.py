@@ -106,6 +106,11 @@ class EgressProxy:
     default ``os.environ``, with its NO_PROXY) carries every connection to an upstream host; that
     proxy resolves names, so the private-address rule cannot apply. ``deny_all`` is a sandbox whose
     network is ``none``: every request is refused at once, with a reason saying so.
+
+    ``routes`` names corral's own services on this machine (``{"corral-gateway": ("127.0.0.1", port)}``):
+    plain HTTP to such a name on port 80 is forwarded to its address, journaled like any request,
+    whatever the allowlist (a deny-all proxy too). It is how an engine in a sandbox reaches the model
+    gateway and nothing else.
     """
 
     def __init__(
@@ -122,6 +127,7 @@ class EgressProxy:
         deny_all: bool = False,
         environ: Mapping[str, str] | None = None,
         max_body: int = MAX_BODY,
+        routes: Mapping[str, tuple[str, int]] | None = None,
     ) -> None:
         self._allow = expand(allow)
         if deny_all and self._allow:
@@ -142,7 +148,7 @@ class EgressProxy:
         self.deny_all = deny_all
         self.upstream = upstream
         """The upstream proxy every host is reached through (None: directly)."""
-        self._dialer = Dialer(private=private, upstream=upstream)
+        self._dialer = Dialer(private=private, upstream=upstream, routes=dict(routes or {}))
         self._upstream_ca_file = upstream_ca_file
         self._forwarder = Forwarder(
             allow=self._allow,

@@ -1,0 +1,192 @@
+"""The ``claude-code`` engine: Claude Code, headless, inside the run's sandbox, behind the model gateway.
+
+The pinned CLI (``corral engines install claude-code``) is mounted read-only in the sandbox and run
+there as one command::
+
+    claude -p TASK --output-format stream-json --verbose --permission-mode default \\
+        --allowedTools ... --disallowedTools ... [--model M] [--append-system-prompt INSTRUCTIONS]
+
+with ``ANTHROPIC_BASE_URL`` pointing at the model gateway and ``ANTHROPIC_API_KEY`` set to the run's
+gateway key (``ctx.models``): the provider's key never enters the sandbox, every model call is
+metered and held to the run's budget by the gateway, and nonessential traffic is off. Its home is
+the sandbox's own, made for this run and removed with it.
+
+Permissions: each of Claude Code's tools is put to the agent's policy with the capabilities it has
+(``Read`` reads the workspace, ``Edit`` writes it, ``Bash`` runs commands, ``WebFetch`` has an
+external side effect); the tools policy allows are allowed, the others are disallowed, so Claude
+Code refuses them itself and tells the model why. A rule that asks a person is not supported by this
+engine yet: such tools are disallowed, and the run says so in its notes.
+
+Its stream-json output becomes journal events: each ``tool_use`` a ``tool.call``, each
+``tool_result`` a ``tool.result``; the final ``result`` message is the run's text. The model calls
+themselves are journaled by the gateway (``model.call``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from corral import events
+from corral.engines.base import Engine, EngineContext, EngineResult
+from corral.engines.install import require
+from corral.errors import BudgetExceededError, ModelConfigError, ToolError
+from corral.policy.decide import Action, decide
+from corral.policy.rules import Capability
+
+CLAUDE_HOME = "/tmp/claude-home"
+"""The CLI's home in the sandbox: settings, session files (the sandbox's own /tmp, gone with it)."""
+
+OUTPUT_LIMIT = 8 * 1024 * 1024
+"""The stream-json the CLI prints is read whole up to this size (the rest is kept in the output file)."""
+
+TOOL_CAPABILITIES: dict[str, frozenset[Capability]] = {
+    "Read": frozenset({Capability.READS_WORKSPACE}),
+    "Glob": frozenset({Capability.READS_WORKSPACE}),
+    "Grep": frozenset({Capability.READS_WORKSPACE}),
+    "LS": frozenset({Capability.READS_WORKSPACE}),
+    "NotebookRead": frozenset({Capability.READS_WORKSPACE}),
+    "Edit": frozenset({Capability.WRITES_WORKSPACE}),
+    "MultiEdit": frozenset({Capability.WRITES_WORKSPACE}),
+    "Write": frozenset({Capability.WRITES_WORKSPACE}),
+    "NotebookEdit": frozenset({Capability.WRITES_WORKSPACE}),
+    "Bash": frozenset({Capability.RUNS_COMMANDS}),
+    "WebFetch": frozenset({Capability.EXTERNAL_SIDE_EFFECT}),
+    "WebSearch": frozenset({Capability.EXTERNAL_SIDE_EFFECT}),
+}
+"""Claude Code's tools and what each can do, as corral's policy reads capabilities."""
+
+
+class ClaudeCodeEngine(Engine):
+    """Claude Code (``@anthropic-ai/claude-code``) as a corral engine."""
+
+    name: ClassVar[str] = "claude-code"
+    external: ClassVar[bool] = True
+
+    def sandbox_mounts(self) -> tuple[str, ...]:
+        return (str(require(self.name).root),)
+
+    async def run(self, ctx: EngineContext) -> EngineResult:
+        if ctx.models is None:
+            raise ModelConfigError("the claude-code engine runs only under corral's runtime (it needs the gateway)")
+        cli = require(self.name)
+        allowed, disallowed = self.permissions(ctx)
+        argv = [str(cli.binary), "-p", ctx.task, "--output-format", "stream-json", "--verbose"]
+        argv += ["--permission-mode", "default", "--allowedTools", ",".join(allowed)]
+        if disallowed:
+            argv += ["--disallowedTools", ",".join(disallowed)]
+        if ctx.models.model:
+            argv += ["--model", ctx.models.model]
+        if ctx.spec.instructions.strip():
+            argv += ["--append-system-prompt", ctx.spec.instructions.strip()]
+        env = {
+            "HOME": CLAUDE_HOME,
+            "ANTHROPIC_BASE_URL": ctx.models.anthropic_base_url,
+            "ANTHROPIC_API_KEY": ctx.models.api_key,
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+        }
+        await ctx.sandbox.open()
+        ctx.budget.check_wall_time()
+        timeout = ctx.budget.clip(ctx.spec.sandbox.exec_timeout_s * 20)
+        result = await ctx.sandbox.exec(argv, env=env, timeout=timeout, output_limit=OUTPUT_LIMIT)
+        return self._outcome(ctx, result.stdout, result.stderr, result.exit_code, result.timed_out)
+
+    def permissions(self, ctx: EngineContext) -> tuple[list[str], list[str]]:
+        """Claude Code's tools as the agent's policy decides them, each decision journaled: (allowed, disallowed).
+
+        A tool policy would ask a person about is disallowed: this engine cannot hold Claude Code's
+        permission prompt for a person yet.
+        """
+        allowed: list[str] = []
+        disallowed: list[str] = []
+        for tool, capabilities in TOOL_CAPABILITIES.items():
+            action = Action(tool=tool, arguments={}, capabilities=frozenset(capabilities), run_id=ctx.run_id)
+            decision = decide(ctx.spec.policy, action)
+            reason = decision.reason
+            if decision.verdict == "ask":
+                reason += "; the claude-code engine cannot wait for a person yet, so the tool is disallowed"
+            (allowed if decision.allowed else disallowed).append(tool)
+            ctx.emit(
+                events.PolicyDecided(
+                    key=f"permission:{tool}",
+                    call_id=f"permission:{tool}",
+                    tool=tool,
+                    kind="permission",
+                    verdict="allow" if decision.allowed else "deny",
+                    rule=decision.rule,
+                    reason=reason,
+                )
+            )
+        return allowed, disallowed
+
+    def _outcome(
+        self, ctx: EngineContext, stdout: str, stderr: str, exit_code: int | None, timed_out: bool
+    ) -> EngineResult:
+        final: dict[str, Any] | None = None
+        names: dict[str, str] = {}
+        for line in stdout.splitlines():
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # not a stream-json line (a cut marker, a stray print)
+            if not isinstance(message, dict):
+                continue
+            kind = message.get("type")
+            if kind == "assistant":
+                for block in _blocks(message):
+                    if block.get("type") == "tool_use":
+                        call_id = str(block.get("id", ""))
+                        names[call_id] = str(block.get("name", ""))
+                        given = block.get("input")
+                        arguments: dict[str, Any] = given if isinstance(given, dict) else {}
+                        ctx.emit(
+                            events.ToolCalled(
+                                key=f"tool:{call_id}:call", call_id=call_id, tool=names[call_id], args=arguments
+                            )
+                        )
+            elif kind == "user":
+                for block in _blocks(message):
+                    if block.get("type") == "tool_result":
+                        call_id = str(block.get("tool_use_id", ""))
+                        failed = bool(block.get("is_error"))
+                        text = ctx.redact(_text(block.get("content")))
+                        ctx.emit(
+                            events.ToolReturned(
+                                key=f"tool:{call_id}:result",
+                                call_id=call_id,
+                                tool=names.get(call_id, "?"),
+                                ok=not failed,
+                                text=text,
+                                error="ToolError" if failed else None,
+                            )
+                        )
+            elif kind == "result":
+                final = message
+        if timed_out:
+            raise ToolError("Claude Code did not finish within the run's time")
+        if final is None:
+            detail = ctx.redact(stderr.strip()[-2000:]) or f"exit code {exit_code}"
+            raise ToolError(f"Claude Code ended without a result: {detail}")
+        text = str(final.get("result") or "")
+        if final.get("is_error") or final.get("subtype") != "success":
+            if "budget exhausted" in text:
+                raise BudgetExceededError("budget", 0.0, 0.0, message=ctx.redact(text))
+            raise ToolError(f"Claude Code failed ({final.get('subtype')}): {ctx.redact(text)[:2000]}")
+        return EngineResult(text=ctx.redact(text), turns=int(final.get("num_turns") or 0))
+
+
+def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    inner = message.get("message")
+    content = inner.get("content") if isinstance(inner, dict) else None
+    return [block for block in content if isinstance(block, dict)] if isinstance(content, list) else []
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""

@@ -1,0 +1,112 @@
+"""What the runtime gives an external engine (Claude Code, Codex, OpenCode): the model gateway and a key.
+
+One ``ModelGateway`` per runtime, started when the first external engine runs and closed with the
+runtime. Each run of an external engine gets an account for the length of its engine's run: the
+upstream its spec's model names (the provider, with the key from the environment; or this process's
+scripted model server), the run's budget clock, and a callback that journals every call as a
+``model.call`` event and keeps the run's usage. The engine's process reaches the gateway from its
+sandbox by the name ``corral-gateway`` through the sandbox's egress proxy (``SandboxRequest.routes``):
+on a network with only that route, the gateway is all it can reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from corral import events as ev
+from corral.engines.base import ModelAccess
+from corral.events import Usage
+from corral.models.gateway import GatewayCall, ModelGateway
+from corral.models.providers import api_key_for, gateway_upstreams, resolve_target
+from corral.policy.budgets import BudgetClock
+from corral.sandbox.base import get_backend
+from corral.spec import AgentSpec
+
+ROUTE = "corral-gateway"
+"""The name the gateway has inside a sandbox (an egress-proxy route: plain HTTP, port 80)."""
+
+
+class Gateways:
+    """The runtime's model gateway: started on first use, closed with the runtime."""
+
+    def __init__(self) -> None:
+        self._gateway: ModelGateway | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> ModelGateway:
+        async with self._lock:
+            if self._gateway is None:
+                self._gateway = await ModelGateway().start()
+            return self._gateway
+
+    async def close(self) -> None:
+        gateway, self._gateway = self._gateway, None
+        if gateway is not None:
+            await gateway.close()
+
+
+def routes(gateway: ModelGateway) -> dict[str, str]:
+    """The sandbox routes an external engine's sandbox gets: the gateway, by name."""
+    return {ROUTE: gateway.url.removeprefix("http://")}
+
+
+@contextlib.asynccontextmanager
+async def model_access(
+    gateway: ModelGateway,
+    run_id: str,
+    spec: AgentSpec,
+    budget: BudgetClock,
+    emit: Callable[[ev.BaseEvent], None],
+    on_usage: Callable[[Usage, int], None],
+) -> AsyncIterator[ModelAccess]:
+    """An account for the run's engine while it runs; its key stops working when the block ends."""
+    target = resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env)
+    upstreams = gateway_upstreams(target, api_key_for(target))
+
+    def on_call(call: GatewayCall) -> None:
+        usage = call.usage
+        emit(
+            ev.ModelCalled(
+                key=f"model.call:{call.call}",
+                duration_ms=call.duration_ms,
+                call=call.call,
+                model=call.model,
+                api=call.kind,
+                status=call.status,
+                streamed=call.streamed,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                cost_usd=usage.cost_usd,
+                price_source=call.price_source,
+                error=call.error,
+            )
+        )
+        on_usage(account.usage, account.calls)
+
+    account = gateway.open_account(
+        run_id,
+        upstreams=upstreams,
+        provider=target.pricing_provider,
+        budget=budget,
+        on_call=on_call,
+        prices=spec.prices,
+        price_ref=target.ref,
+    )
+    try:
+        # Inside an isolated sandbox the gateway is a route through its egress proxy; commands on the
+        # host's network (the local backend, network "host") reach its address directly.
+        isolated = get_backend(spec.sandbox.backend).isolated and spec.sandbox.network.mode != "host"
+        base = f"http://{ROUTE}" if isolated else gateway.url
+        yield ModelAccess(
+            anthropic_base_url=f"{base}/anthropic",
+            openai_base_url=f"{base}/openai/v1",
+            api_key=account.key,
+            model=None if target.provider == "scripted" else target.name,
+        )
+    finally:
+        gateway.close_account(account)

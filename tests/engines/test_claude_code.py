@@ -1,0 +1,113 @@
+"""The claude-code engine end to end: the real Claude Code CLI (installed from the npm registry by the
+test setup) runs inside a bubblewrap sandbox against the scripted model, through the model gateway.
+
+The scripted session reads a file, runs a command and edits a file with Claude Code's own tools; the
+test checks the run's patch, the journal (tool calls, each model call metered by the gateway), and
+that a tool the agent's policy denies is refused by Claude Code itself. The sandbox's network is
+``none`` with one route, to the gateway: every model call goes through it, and the journal holds no
+other egress attempt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.engines.install import pinned
+from corral.events import EgressAttempted, ModelCalled, PolicyDecided, ToolCalled, ToolReturned
+from corral.models.gateway import KEY_PREFIX
+from corral.models.scripted import ScriptedServer, ToolCall, Turn
+from corral.spec import AgentSpec
+from corral.store import RunStatus
+from tests.e2e.test_runs import events_of, run_once
+from tests.sandbox.conftest import skip_unless_bubblewrap_runs
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
+
+SESSION = [
+    Turn(tool_calls=[ToolCall(name="Read", args={"file_path": "/workspace/calc.py"})]),
+    Turn(tool_calls=[ToolCall(name="Bash", args={"command": "python3 -c 'print(6 * 7)'", "description": "multiply"})]),
+    Turn(
+        tool_calls=[
+            ToolCall(
+                name="Edit",
+                args={"file_path": "/workspace/calc.py", "old_string": "return a - b", "new_string": "return a + b"},
+            )
+        ]
+    ),
+    Turn(text="Fixed add(): it subtracted."),
+]
+
+
+@pytest.fixture
+def claude() -> None:
+    skip_unless_bubblewrap_runs()
+    if pinned("claude-code") is None:
+        pytest.fail("Claude Code is not installed: the test setup (scripts/setup test) installs it")
+
+
+def spec(server: ScriptedServer, **extra: object) -> AgentSpec:
+    return AgentSpec.model_validate(
+        {
+            "name": "claude",
+            "engine": "claude-code",
+            "model": "anthropic:claude-opus-5-5",
+            "base_url": server.anthropic_base_url,
+            "sandbox": "bubblewrap",
+            **extra,
+        }
+    )
+
+
+async def test_claude_code_reads_runs_and_edits_in_bubblewrap_through_the_gateway(
+    claude: None, home: Path, repo: Path
+) -> None:
+    with ScriptedServer(SESSION) as server:
+        record = await run_once(home, spec(server), repo, task="fix add()")
+        asked = [request for request in server.requests if request.path == "/v1/messages"]
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    assert record.result is not None and record.result["text"] == "Fixed add(): it subtracted."
+    assert "-    return a - b" in record.result["patch"] and "+    return a + b" in record.result["patch"]
+    assert (repo / "calc.py").read_text().count("return a - b") == 1  # the repository is untouched
+    events = [entry.event for entry in events_of(home, record.id)]
+    calls = [e for e in events if isinstance(e, ToolCalled)]
+    results = {e.call_id: e for e in events if isinstance(e, ToolReturned)}
+    assert [c.tool for c in calls] == ["Read", "Bash", "Edit"]
+    assert all(results[c.call_id].ok for c in calls)
+    assert "42" in results[calls[1].call_id].text
+    metered = [e for e in events if isinstance(e, ModelCalled)]
+    assert len(metered) == len(asked) >= 4 and all(m.status == 200 and m.input_tokens > 0 for m in metered)
+    assert record.usage.input_tokens == sum(m.input_tokens for m in metered)
+    # every request reached the provider with the provider's key, never the run's gateway key
+    assert not [r for r in asked if r.headers.get("x-api-key", "").startswith(KEY_PREFIX)]
+    egress = [e for e in events if isinstance(e, EgressAttempted)]
+    assert egress and {(e.host, e.allowed) for e in egress} == {("corral-gateway", True)}
+
+
+async def test_a_tool_the_policy_denies_is_refused_by_claude_code(claude: None, home: Path, repo: Path) -> None:
+    policy = {"rules": [{"capability": "runs_commands", "decision": "deny", "reason": "no commands here"}]}
+    with ScriptedServer(SESSION) as server:
+        record = await run_once(home, spec(server, policy=policy), repo, task="fix add()")
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    events = [entry.event for entry in events_of(home, record.id)]
+    decided = {e.tool: e for e in events if isinstance(e, PolicyDecided)}
+    assert decided["Bash"].verdict == "deny" and decided["Bash"].reason == "no commands here"
+    assert decided["Edit"].verdict == "allow"
+    bash = next(e for e in events if isinstance(e, ToolCalled) and e.tool == "Bash")
+    refused = next(e for e in events if isinstance(e, ToolReturned) and e.call_id == bash.call_id)
+    assert not refused.ok and "42" not in refused.text
+    assert "+    return a + b" in (record.result or {})["patch"]  # the rest of the session went on
+
+
+async def test_a_budget_smaller_than_the_session_stops_claude_code_with_the_budgets_error(
+    claude: None, home: Path, repo: Path
+) -> None:
+    with ScriptedServer(SESSION) as server:
+        record = await run_once(home, spec(server, budget={"max_turns": 2}), repo, task="fix add()")
+        asked = [request for request in server.requests if request.path == "/v1/messages"]
+    assert record.status is RunStatus.FAILED
+    assert record.error_type == "BudgetExceededError" and "max_turns" in (record.error or "")
+    assert len(asked) == 2  # the third call was refused by the gateway, not sent
+    events = [entry.event for entry in events_of(home, record.id)]
+    metered = [e for e in events if isinstance(e, ModelCalled)]
+    assert [m.status for m in metered] == [200, 200, 403] and "max_turns" in (metered[-1].error or "")
