@@ -287,7 +287,7 @@ def test_the_spec_knows_every_built_in_tool() -> None:
 
 def test_an_unknown_engine_is_an_error_naming_the_installed_ones(tmp_path: Path) -> None:
     path = tmp_path / "corral.toml"
-    path.write_text('[agents.a]\nmodel = "openai:gpt-6.1"\nengine = "claude-code"\n')
+    path.write_text('[agents.a]\nmodel = "openai:gpt-6.1"\nengine = "claude-cod"\n')
     with pytest.raises(SpecError) as caught:
         load_config(path)
-    assert "field 'engine': unknown engine 'claude-code' (installed: native, script)" in str(caught.value)
+    assert "field 'engine': unknown engine 'claude-cod' (installed: claude-code, native, script)" in str(caught.value)

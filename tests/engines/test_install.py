@@ -14,6 +14,9 @@ import pytest
 from corral.engines.install import CLIS, engines_dir, pinned
 from tests.e2e.cli_helpers import corral
 
+# Each test runs `corral` in a subprocess (about a second each): the full suite's, not the fast lane's.
+pytestmark = pytest.mark.slow
+
 FAKE_NPM = """#!/bin/sh
 # An npm stand-in: `npm install --prefix DIR ... PACKAGE@VERSION` makes DIR/node_modules/.bin/COMMAND,
 # which prints $FAKE_REPORTS (default: VERSION). $FAKE_NPM_FAIL makes it fail like npm does.
@@ -128,7 +131,6 @@ def test_list_shows_every_engine_and_what_is_tested(cache: Path, tmp_path: Path)
 
 
 @pytest.mark.registry
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("engine", ["claude-code"])  # the test setup installs all three the same way
 def test_the_real_cli_installs_from_the_npm_registry_and_starts(cache: Path, tmp_path: Path, engine: str) -> None:
