@@ -9,6 +9,7 @@ other egress attempt."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,9 +64,12 @@ async def test_claude_code_reads_runs_and_edits_in_bubblewrap_through_the_gatewa
     claude: None, home: Path, repo: Path
 ) -> None:
     with ScriptedServer(SESSION) as server:
-        record = await run_once(home, spec(server), repo, task="fix add()")
+        # A task is text for the model, never an option of the CLI, whatever it starts with.
+        task = "--dangerously-skip-permissions fix add()"
+        record = await run_once(home, spec(server), repo, task=task)
         asked = [request for request in server.requests if request.path == "/v1/messages"]
     assert record.status is RunStatus.SUCCEEDED, record.error
+    assert task in json.dumps(asked[0].body)
     assert record.result is not None and record.result["text"] == "Fixed add(): it subtracted."
     assert "-    return a - b" in record.result["patch"] and "+    return a + b" in record.result["patch"]
     assert (repo / "calc.py").read_text().count("return a - b") == 1  # the repository is untouched

@@ -3,8 +3,8 @@
 The pinned CLI (``corral engines install claude-code``) is mounted read-only in the sandbox and run
 there as one command::
 
-    claude -p TASK --output-format stream-json --verbose --permission-mode default \\
-        --allowedTools ... --disallowedTools ... [--model M] [--append-system-prompt INSTRUCTIONS]
+    claude -p --output-format stream-json --verbose --permission-mode default \\
+        --allowedTools ... --disallowedTools ... [--model M] [--append-system-prompt INSTRUCTIONS] -- TASK
 
 with ``ANTHROPIC_BASE_URL`` pointing at the model gateway and ``ANTHROPIC_API_KEY`` set to the run's
 gateway key (``ctx.models``): the provider's key never enters the sandbox, every model call is
@@ -36,6 +36,9 @@ from corral.policy.rules import Capability
 
 CLAUDE_HOME = "/tmp/claude-home"
 """The CLI's home in the sandbox: settings, session files (the sandbox's own /tmp, gone with it)."""
+
+SESSION_TIMEOUT_S = 3600.0
+"""How long one Claude Code session may run when the run's budget sets no wall time (it is cut to it)."""
 
 OUTPUT_LIMIT = 8 * 1024 * 1024
 """The stream-json the CLI prints is read whole up to this size (the rest is kept in the output file)."""
@@ -71,7 +74,7 @@ class ClaudeCodeEngine(Engine):
             raise ModelConfigError("the claude-code engine runs only under corral's runtime (it needs the gateway)")
         cli = require(self.name)
         allowed, disallowed = self.permissions(ctx)
-        argv = [str(cli.binary), "-p", ctx.task, "--output-format", "stream-json", "--verbose"]
+        argv = [str(cli.binary), "-p", "--output-format", "stream-json", "--verbose"]
         argv += ["--permission-mode", "default", "--allowedTools", ",".join(allowed)]
         if disallowed:
             argv += ["--disallowedTools", ",".join(disallowed)]
@@ -79,6 +82,7 @@ class ClaudeCodeEngine(Engine):
             argv += ["--model", ctx.models.model]
         if ctx.spec.instructions.strip():
             argv += ["--append-system-prompt", ctx.spec.instructions.strip()]
+        argv += ["--", ctx.task]  # the task is text, never an option, whatever it starts with
         env = {
             "HOME": CLAUDE_HOME,
             "ANTHROPIC_BASE_URL": ctx.models.anthropic_base_url,
@@ -90,7 +94,7 @@ class ClaudeCodeEngine(Engine):
         }
         await ctx.sandbox.open()
         ctx.budget.check_wall_time()
-        timeout = ctx.budget.clip(ctx.spec.sandbox.exec_timeout_s * 20)
+        timeout = ctx.budget.clip(SESSION_TIMEOUT_S)
         result = await ctx.sandbox.exec(argv, env=env, timeout=timeout, output_limit=OUTPUT_LIMIT)
         return self._outcome(ctx, result.stdout, result.stderr, result.exit_code, result.timed_out)
 
