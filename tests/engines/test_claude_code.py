@@ -19,8 +19,9 @@ from corral.events import EgressAttempted, ModelCalled, PolicyDecided, ToolCalle
 from corral.models.gateway import KEY_PREFIX
 from corral.models.scripted import ScriptedServer, ToolCall, Turn
 from corral.spec import AgentSpec
-from corral.store import RunStatus
-from tests.e2e.test_runs import events_of, run_once
+from corral.store import RunStatus, Store
+from tests.e2e.test_runs import events_of, run_once, script, spec_for
+from tests.orchestration.support import eval_script
 from tests.sandbox.conftest import skip_unless_bubblewrap_runs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -115,3 +116,69 @@ async def test_a_budget_smaller_than_the_session_stops_claude_code_with_the_budg
     events = [entry.event for entry in events_of(home, record.id)]
     metered = [e for e in events if isinstance(e, ModelCalled)]
     assert [m.status for m in metered] == [200, 200, 403] and "max_turns" in (metered[-1].error or "")
+
+
+CHILD_ROUTE = """
+[[routes]]
+match = "fix add() in calc.py"
+[[routes.turns]]
+[[routes.turns.tool_calls]]
+name = "Read"
+args = { file_path = "/workspace/calc.py" }
+[[routes.turns]]
+[[routes.turns.tool_calls]]
+name = "Edit"
+args = { file_path = "/workspace/calc.py", old_string = "return a - b", new_string = "return a + b" }
+[[routes.turns]]
+text = "Claude fixed add()."
+"""
+
+
+async def test_a_program_dispatches_claude_code_as_a_subagent_and_gets_its_result_and_patch(
+    claude: None, home: Path, repo: Path, tmp_path: Path
+) -> None:
+    program = 'answer = await task("fix add() in calc.py", agent="claude")\nanswer'
+    with ScriptedServer(script(tmp_path, eval_script(program) + CHILD_ROUTE)) as server:
+        claude_spec = spec(server).model_dump(mode="json", exclude_defaults=True)
+        root = spec_for(server, tools=["eval"], sandbox="bubblewrap", subagents={"claude": claude_spec})
+        record = await run_once(home, root, repo, task="have claude fix add()")
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    store = Store.open(home=home)
+    try:
+        (child,) = store.children(record.id)
+    finally:
+        store.close()
+    assert child.agent == "claude" and child.status is RunStatus.SUCCEEDED, child.error
+    assert (child.result or {})["text"] == "Claude fixed add()."
+    # its patch was merged into the root's workspace, so the root's own patch carries it
+    assert "+    return a + b" in (record.result or {})["patch"]
+    events = [entry.event for entry in events_of(home, record.id)]
+    (result,) = [e for e in events if isinstance(e, ToolReturned) and e.tool == "eval"]
+    assert result.ok and "Claude fixed add()." in result.text
+    child_events = [entry.event for entry in events_of(home, child.id)]
+    assert [e.tool for e in child_events if isinstance(e, ToolCalled)] == ["Read", "Edit"]
+    assert any(isinstance(e, ModelCalled) for e in child_events)
+
+
+async def test_an_output_schema_gives_a_typed_result_through_claude_codes_structured_output(
+    claude: None, home: Path, repo: Path
+) -> None:
+    schema = {"type": "object", "properties": {"fixed": {"type": "boolean"}}, "required": ["fixed"]}
+    typed = [*SESSION[:1], Turn(tool_calls=[ToolCall(name="StructuredOutput", args={"fixed": True})])]
+    corrected = [
+        *SESSION[:1],
+        Turn(tool_calls=[ToolCall(name="StructuredOutput", args={"fixed": "yes"})]),
+        Turn(tool_calls=[ToolCall(name="StructuredOutput", args={"fixed": False})]),
+    ]
+    with ScriptedServer(typed) as server:
+        record = await run_once(home, spec(server, output_schema=schema), repo, task="is add() fixed?")
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    assert (record.result or {})["output"] == {"fixed": True}
+    # An answer off the schema goes back to the model (Claude Code's own check), journaled as a failed call.
+    with ScriptedServer(corrected) as server:
+        record = await run_once(home, spec(server, output_schema=schema), repo, task="is add() fixed?")
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    assert (record.result or {})["output"] == {"fixed": False}
+    events = [entry.event for entry in events_of(home, record.id)]
+    answers = [e for e in events if isinstance(e, ToolReturned) and e.tool == "StructuredOutput"]
+    assert [a.ok for a in answers] == [False, True]

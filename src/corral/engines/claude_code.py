@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
+from jsonschema import Draft202012Validator
+
 from corral import events
 from corral.engines.base import Engine, EngineContext, EngineResult
 from corral.engines.install import require
@@ -82,6 +84,8 @@ class ClaudeCodeEngine(Engine):
             argv += ["--model", ctx.models.model]
         if ctx.spec.instructions.strip():
             argv += ["--append-system-prompt", ctx.spec.instructions.strip()]
+        if ctx.spec.output_schema is not None:  # the model answers through Claude Code's StructuredOutput tool
+            argv += ["--json-schema", json.dumps(ctx.spec.output_schema)]
         argv += ["--", ctx.task]  # the task is text, never an option, whatever it starts with
         env = {
             "HOME": CLAUDE_HOME,
@@ -178,8 +182,18 @@ class ClaudeCodeEngine(Engine):
         if final.get("is_error") or final.get("subtype") != "success":
             if "budget exhausted" in text:
                 raise BudgetExceededError("budget", 0.0, 0.0, message=ctx.redact(text))
-            raise ToolError(f"Claude Code failed ({final.get('subtype')}): {ctx.redact(text)[:2000]}")
-        return EngineResult(text=ctx.redact(text), turns=int(final.get("num_turns") or 0))
+            how = "" if final.get("subtype") == "success" else f" ({final.get('subtype')})"
+            raise ToolError(f"Claude Code failed{how}: {ctx.redact(text)[:2000]}")
+        output = None
+        if ctx.spec.output_schema is not None:
+            output = final.get("structured_output")
+            problems = sorted(
+                Draft202012Validator(ctx.spec.output_schema).iter_errors(output), key=lambda error: list(error.path)
+            )
+            if not isinstance(output, dict) or problems:
+                why = problems[0].message if problems else "no structured output"
+                raise ToolError(f"Claude Code's answer does not match the output schema: {why}")
+        return EngineResult(text=ctx.redact(text), output=output, turns=int(final.get("num_turns") or 0))
 
 
 def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
