@@ -43,7 +43,9 @@ SESSION_TIMEOUT_S = 3600.0
 """How long one Claude Code session may run when the run's budget sets no wall time (it is cut to it)."""
 
 OUTPUT_LIMIT = 8 * 1024 * 1024
-"""The stream-json the CLI prints is read whole up to this size (the rest is kept in the output file)."""
+"""The stream-json the CLI prints is kept in memory up to this size; past it, it is read from the output file."""
+SPILL_LIMIT = 512 * 1024 * 1024
+"""The output file (in the workspace's ``.corral/``) holds this much of a session's output at most."""
 
 TOOL_CAPABILITIES: dict[str, frozenset[Capability]] = {
     "Read": frozenset({Capability.READS_WORKSPACE}),
@@ -99,8 +101,15 @@ class ClaudeCodeEngine(Engine):
         await ctx.sandbox.open()
         ctx.budget.check_wall_time()
         timeout = ctx.budget.clip(SESSION_TIMEOUT_S)
-        result = await ctx.sandbox.exec(argv, env=env, timeout=timeout, output_limit=OUTPUT_LIMIT)
-        return self._outcome(ctx, result.stdout, result.stderr, result.exit_code, result.timed_out)
+        result = await ctx.sandbox.exec(
+            argv, env=env, timeout=timeout, output_limit=OUTPUT_LIMIT, spill_limit=SPILL_LIMIT
+        )
+        stdout = result.stdout
+        if result.truncated and result.output_path is not None:
+            # Cut in the middle: the whole stream-json is in the output file (stderr's lines among its
+            # lines, which are not JSON and are skipped), while it fits the spill limit.
+            stdout = (await ctx.sandbox.read_file(result.output_path)).decode("utf-8", errors="replace")
+        return self._outcome(ctx, stdout, result.stderr, result.exit_code, result.timed_out)
 
     def permissions(self, ctx: EngineContext) -> tuple[list[str], list[str]]:
         """Claude Code's tools as the agent's policy decides them, each decision journaled: (allowed, disallowed).
