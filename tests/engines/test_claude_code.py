@@ -20,8 +20,9 @@ from corral.models.gateway import KEY_PREFIX
 from corral.models.scripted import ScriptedServer, ToolCall, Turn
 from corral.spec import AgentSpec
 from corral.store import RunStatus, Store
+from tests.e2e.cli_helpers import corral
 from tests.e2e.test_runs import events_of, run_once, script, spec_for
-from tests.orchestration.support import eval_script
+from tests.orchestration.support import eval_script, run_then_kill
 from tests.sandbox.conftest import skip_unless_bubblewrap_runs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -73,6 +74,7 @@ async def test_claude_code_reads_runs_and_edits_in_bubblewrap_through_the_gatewa
     assert task in json.dumps(asked[0].body)
     assert record.result is not None and record.result["text"] == "Fixed add(): it subtracted."
     assert "-    return a - b" in record.result["patch"] and "+    return a + b" in record.result["patch"]
+    assert record.result["files_changed"] == 1  # Claude Code's home (.corral/claude-home) is not in it
     assert (repo / "calc.py").read_text().count("return a - b") == 1  # the repository is untouched
     events = [entry.event for entry in events_of(home, record.id)]
     calls = [e for e in events if isinstance(e, ToolCalled)]
@@ -197,3 +199,36 @@ async def test_a_session_whose_output_outgrows_memory_is_read_whole_from_its_out
     assert [e.tool for e in events if isinstance(e, ToolCalled)] == ["Read", "Bash", "Edit"]
     assert len([e for e in events if isinstance(e, ToolReturned)]) == 3
     assert (record.result or {})["text"] == "Fixed add(): it subtracted."
+
+
+def test_sigkill_mid_session_then_resume_continues_the_claude_code_session(tmp_path: Path, repo: Path) -> None:
+    """The run's process is killed while Claude Code waits for its second model answer; `corral resume`
+    starts Claude Code again on the session it had (kept in the workspace): the model is asked to go
+    on from there, with the conversation so far, not to start over."""
+    skip_unless_bubblewrap_runs()
+    home = tmp_path / "home"
+    slow = [SESSION[0], SESSION[1].model_copy(update={"delay": 3.0}), *SESSION[2:]]
+    with ScriptedServer(slow) as server:
+        (tmp_path / "corral.toml").write_text(
+            f'[agents.claude]\nengine = "claude-code"\nmodel = "anthropic:claude-opus-5-5"\n'
+            f'base_url = "{server.anthropic_base_url}"\nsandbox = "bubblewrap"\n'
+        )
+        first = lambda: len([r for r in server.requests if r.path == "/v1/messages"]) >= 2  # noqa: E731
+        run_then_kill(tmp_path, home, ["claude", "fix add()", "--repo", str(repo)], first, what="the 2nd model call")
+        before = len(server.requests)
+        resumed = corral("resume", cwd=tmp_path, home=home, timeout=180)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        after = [r.body or {} for r in server.requests[before:] if r.path == "/v1/messages"]
+    # the first request after the resume carries the session so far: the Read and its result
+    history = json.dumps(after[0]["messages"])
+    assert "toolu_1" in history and "Continue the task where you left off" in history
+    store = Store.open(home=home)
+    try:
+        (record,) = store.list_runs(limit=None)
+        events = [entry.event for entry in store.events(record.id)]
+    finally:
+        store.close()
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    assert "+    return a + b" in (record.result or {})["patch"]
+    assert any(e.type == "run.resumed" for e in events)
+    assert len([e for e in events if isinstance(e, ModelCalled)]) >= len(after)

@@ -25,6 +25,7 @@ themselves are journaled by the gateway (``model.call``).
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any, ClassVar
 
 from jsonschema import Draft202012Validator
@@ -36,8 +37,11 @@ from corral.errors import BudgetExceededError, ModelConfigError, ToolError
 from corral.policy.decide import Action, decide
 from corral.policy.rules import Capability
 
-CLAUDE_HOME = "/tmp/claude-home"
-"""The CLI's home in the sandbox: settings, session files (the sandbox's own /tmp, gone with it)."""
+HOME_IN_WORKSPACE = ".corral/claude-home"
+"""The CLI's home, in the workspace: its settings and session files stay with the run's workspace (a
+resumed run continues its session), are removed with it, and are never part of its patch."""
+
+RESUME_PROMPT = "Your session was interrupted. Continue the task where you left off."
 
 SESSION_TIMEOUT_S = 3600.0
 """How long one Claude Code session may run when the run's budget sets no wall time (it is cut to it)."""
@@ -78,6 +82,9 @@ class ClaudeCodeEngine(Engine):
             raise ModelConfigError("the claude-code engine runs only under corral's runtime (it needs the gateway)")
         cli = require(self.name)
         allowed, disallowed = self.permissions(ctx)
+        await ctx.sandbox.open()
+        home, resumed = await self._session_home(ctx)
+        session = str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral-run:{ctx.run_id}"))
         argv = [str(cli.binary), "-p", "--output-format", "stream-json", "--verbose"]
         argv += ["--permission-mode", "default", "--allowedTools", ",".join(allowed)]
         if disallowed:
@@ -88,9 +95,14 @@ class ClaudeCodeEngine(Engine):
             argv += ["--append-system-prompt", ctx.spec.instructions.strip()]
         if ctx.spec.output_schema is not None:  # the model answers through Claude Code's StructuredOutput tool
             argv += ["--json-schema", json.dumps(ctx.spec.output_schema)]
-        argv += ["--", ctx.task]  # the task is text, never an option, whatever it starts with
+        # A run resumed after its process died continues the session it had (Claude Code keeps it in its
+        # home, in the workspace's .corral/); the task is text, never an option, whatever it starts with.
+        if resumed:
+            argv += ["--resume", session, "--", RESUME_PROMPT]
+        else:
+            argv += ["--session-id", session, "--", ctx.task]
         env = {
-            "HOME": CLAUDE_HOME,
+            "HOME": home,
             "ANTHROPIC_BASE_URL": ctx.models.anthropic_base_url,
             "ANTHROPIC_API_KEY": ctx.models.api_key,
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
@@ -98,7 +110,6 @@ class ClaudeCodeEngine(Engine):
             "DISABLE_TELEMETRY": "1",
             "DISABLE_ERROR_REPORTING": "1",
         }
-        await ctx.sandbox.open()
         ctx.budget.check_wall_time()
         timeout = ctx.budget.clip(SESSION_TIMEOUT_S)
         result = await ctx.sandbox.exec(
@@ -110,6 +121,19 @@ class ClaudeCodeEngine(Engine):
             # lines, which are not JSON and are skipped), while it fits the spill limit.
             stdout = (await ctx.sandbox.read_file(result.output_path)).decode("utf-8", errors="replace")
         return self._outcome(ctx, stdout, result.stderr, result.exit_code, result.timed_out)
+
+    async def _session_home(self, ctx: EngineContext) -> tuple[str, bool]:
+        """Claude Code's home for this run, as the sandbox sees it (``.corral/claude-home`` in the
+        workspace: kept with the workspace, never in its patch), and whether it holds this run's session."""
+        session = str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral-run:{ctx.run_id}"))
+        script = (
+            f"mkdir -p {HOME_IN_WORKSPACE} && cd {HOME_IN_WORKSPACE} && pwd && ls .claude/projects/*/{session}.jsonl"
+        )
+        found = await ctx.sandbox.exec(["/bin/sh", "-c", script], timeout=30)
+        lines = found.stdout.splitlines()
+        if not lines or not lines[0].startswith("/"):
+            raise ToolError(f"cannot make Claude Code's home in the workspace: {ctx.redact(found.stderr.strip())}")
+        return lines[0], found.exit_code == 0
 
     def permissions(self, ctx: EngineContext) -> tuple[list[str], list[str]]:
         """Claude Code's tools as the agent's policy decides them, each decision journaled: (allowed, disallowed).

@@ -209,7 +209,13 @@ async def open_sandbox(
     else:  # the step completed in an earlier process: re-open what it made
         try:
             sandbox = await backend.attach(
-                {**state, "env": request.exec_env(), "secrets": request.secrets, "on_egress": request.on_egress}
+                {
+                    **state,
+                    "env": request.exec_env(),
+                    "secrets": request.secrets,
+                    "on_egress": request.on_egress,
+                    "routes": request.routes,
+                }
             )
         except SandboxError as err:
             raise SandboxError(f"the workspace of run {record.id} is gone: {err.message}") from None

@@ -782,12 +782,13 @@ class BubblewrapSandboxBackend(SandboxBackend):
     async def attach(self, state: dict[str, Any]) -> BubblewrapSandbox:
         """Re-open a sandbox; mounts and cgroups lost to a reboot are made again.
 
-        Like ``env``, an allowlist sandbox's ``secrets`` (ScopedSecret objects) and ``on_egress`` may be
-        passed back in ``state``: the restarted egress proxy needs them and the recorded state has neither.
+        Like ``env``, an allowlist sandbox's ``secrets`` (ScopedSecret objects), ``on_egress`` and ``routes``
+        may be passed back in ``state``: the restarted egress proxy needs them and the recorded state has none
+        (a route names a service of the process that re-opens the sandbox, on a port of its own).
         """
         self._load_state(state)
         try:
-            recorded = {key: value for key, value in state.items() if key not in ("secrets", "on_egress")}
+            recorded = {key: value for key, value in state.items() if key not in ("secrets", "on_egress", "routes")}
             parsed = BubblewrapState.model_validate(recorded)
         except ValidationError as exc:
             raise SandboxError(f"not a bubblewrap sandbox state: {exc.error_count()} invalid field(s)") from exc
@@ -846,6 +847,7 @@ class BubblewrapSandboxBackend(SandboxBackend):
                 network=parsed.network,
                 secrets=secrets,
                 on_egress=state.get("on_egress"),
+                routes=state.get("routes") or {},
             )
             proxy = await start_proxy(egress_proxy_class(), request, dirs, parsed.uid)
         elif parsed.network.mode == "host":
