@@ -3,7 +3,7 @@
 The pinned CLI (``corral engines install claude-code``) is mounted read-only in the sandbox and run
 there as one command::
 
-    claude -p --output-format stream-json --verbose --permission-mode default \\
+    claude -p --output-format stream-json --verbose --permission-mode dontAsk \\
         --allowedTools ... --disallowedTools ... [--model M] [--append-system-prompt INSTRUCTIONS] -- TASK
 
 with ``ANTHROPIC_BASE_URL`` pointing at the model gateway and ``ANTHROPIC_API_KEY`` set to the run's
@@ -86,7 +86,7 @@ class ClaudeCodeEngine(Engine):
         home, resumed = await self._session_home(ctx)
         session = str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral-run:{ctx.run_id}"))
         argv = [str(cli.binary), "-p", "--output-format", "stream-json", "--verbose"]
-        argv += ["--permission-mode", "default", "--allowedTools", ",".join(allowed)]
+        argv += ["--permission-mode", "dontAsk", "--allowedTools", ",".join(allowed)]
         if disallowed:
             argv += ["--disallowedTools", ",".join(disallowed)]
         if ctx.models.model:
