@@ -123,6 +123,7 @@ class SandboxFactory:
         env: dict[str, str] | None = None,
         limits: Limits | None = None,
         network: NetworkProfile | None = None,
+        routes: dict[str, str] | None = None,
     ) -> Sandbox:
         request = SandboxRequest(
             repo=repo or self.repo,
@@ -131,6 +132,7 @@ class SandboxFactory:
             limits=limits or Limits(),
             network=network or NetworkProfile(),
             pool=1 if self.pooled else 0,
+            routes=routes or {},
         )
         if self.pooled:
             assert isinstance(self.backend, BubblewrapSandboxBackend), "pooling is bubblewrap's"
