@@ -138,3 +138,16 @@ def test_every_module_imports() -> None:
         if name.endswith("__main__") or name.endswith("egress.relay") or ".migrations" in name:
             continue  # an entry point; the relay runs inside sandboxes; migrations run under alembic
         importlib.import_module(name)
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_the_cli_and_the_runtime_import_no_model_client_or_server() -> None:
+    """Every `corral` command imports the CLI and most import the runtime: the model SDK layer (pydantic-ai,
+    about a second to import) and the gateway's HTTP stack load only when a run needs them."""
+    import subprocess
+    import sys
+
+    heavy = ("pydantic_ai", "openai", "anthropic", "httpx2", "uvicorn")
+    probe = f"import sys, corral.cli, corral.runtime; print([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

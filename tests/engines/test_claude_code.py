@@ -196,7 +196,7 @@ def test_sigkill_mid_session_then_resume_continues_the_claude_code_session(tmp_p
     on from there, with the conversation so far, not to start over."""
     skip_unless_bubblewrap_runs()
     home = tmp_path / "home"
-    slow = [SESSION[0], SESSION[1].model_copy(update={"delay": 3.0}), *SESSION[2:]]
+    slow = [SESSION[0], SESSION[1].model_copy(update={"delay": 1.5}), *SESSION[2:]]
     with ScriptedServer(slow) as server:
         (tmp_path / "corral.toml").write_text(
             f'[agents.claude]\nengine = "claude-code"\nmodel = "anthropic:claude-opus-5-5"\n'

@@ -115,7 +115,7 @@ match = "You make one change"
 name = "write_file"
 args = { path = "FIRST.md", content = "before the kill\\n" }
 [[routes.turns]]
-delay = 2.0
+delay = 1.0
 [[routes.turns.tool_calls]]
 name = "write_file"
 args = { path = "SECOND.md", content = "after the resume\\n" }

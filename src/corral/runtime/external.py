@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from corral import events as ev
 from corral.engines.base import ModelAccess
 from corral.events import Usage
-from corral.models.gateway import GatewayCall, ModelGateway
-from corral.models.providers import api_key_for, gateway_upstreams, resolve_target
 from corral.policy.budgets import BudgetClock
 from corral.sandbox.base import get_backend
 from corral.spec import AgentSpec
+
+if TYPE_CHECKING:  # imported when an external engine first runs: every `corral` command imports this module
+    from corral.models.gateway import GatewayCall, ModelGateway
 
 ROUTE = "corral-gateway"
 """The name the gateway has inside a sandbox (an egress-proxy route: plain HTTP, port 80)."""
@@ -38,6 +40,8 @@ class Gateways:
     async def get(self) -> ModelGateway:
         async with self._lock:
             if self._gateway is None:
+                from corral.models.gateway import ModelGateway
+
                 self._gateway = await ModelGateway().start()
             return self._gateway
 
@@ -62,6 +66,8 @@ async def model_access(
     on_usage: Callable[[Usage, int], None],
 ) -> AsyncIterator[ModelAccess]:
     """An account for the run's engine while it runs; its key stops working when the block ends."""
+    from corral.models.providers import api_key_for, gateway_upstreams, resolve_target
+
     target = resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env)
     upstreams = gateway_upstreams(target, api_key_for(target))
 
