@@ -83,8 +83,8 @@ class ClaudeCodeEngine(Engine):
         cli = require(self.name)
         allowed, disallowed = self.permissions(ctx)
         await ctx.sandbox.open()
-        home, resumed = await self._session_home(ctx)
         session = str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral-run:{ctx.run_id}"))
+        home, resumed = await self._session_home(ctx, session)
         argv = [str(cli.binary), "-p", "--output-format", "stream-json", "--verbose"]
         argv += ["--permission-mode", "dontAsk", "--allowedTools", ",".join(allowed)]
         if disallowed:
@@ -122,10 +122,9 @@ class ClaudeCodeEngine(Engine):
             stdout = (await ctx.sandbox.read_file(result.output_path)).decode("utf-8", errors="replace")
         return self._outcome(ctx, stdout, result.stderr, result.exit_code, result.timed_out)
 
-    async def _session_home(self, ctx: EngineContext) -> tuple[str, bool]:
+    async def _session_home(self, ctx: EngineContext, session: str) -> tuple[str, bool]:
         """Claude Code's home for this run, as the sandbox sees it (``.corral/claude-home`` in the
-        workspace: kept with the workspace, never in its patch), and whether it holds this run's session."""
-        session = str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral-run:{ctx.run_id}"))
+        workspace: kept with the workspace, never in its patch), and whether it holds ``session``."""
         script = (
             f"mkdir -p {HOME_IN_WORKSPACE} && cd {HOME_IN_WORKSPACE} && pwd && ls .claude/projects/*/{session}.jsonl"
         )

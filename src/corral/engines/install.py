@@ -12,6 +12,7 @@ works, so a failed or interrupted install leaves nothing a run could pick up.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -102,16 +103,10 @@ def check_version(version: str) -> str:
     return version
 
 
-async def node_version() -> str | None:
+def node_version() -> str | None:
     """``node --version`` (``v20.20.2``), or None without node."""
     node = shutil.which("node")
-    if node is None:
-        return None
-    try:
-        done = await run_process([node, "--version"], timeout=VERSION_TIMEOUT_S, what="node --version")
-    except SandboxError:
-        return None
-    return done.stdout.decode(errors="replace").strip() or None
+    return _version_output([node, "--version"]) if node else None
 
 
 async def install(engine: str, version: str | None = None) -> Installed:
@@ -122,7 +117,7 @@ async def install(engine: str, version: str | None = None) -> Installed:
     home = engines_dir() / engine
     final = home / version
     existing = read_installed(final)
-    if existing is not None and await _reports(existing, version):
+    if existing is not None and await asyncio.to_thread(_reports, existing, version):
         pin(existing)
         return existing
     npm = shutil.which("npm")
@@ -130,7 +125,7 @@ async def install(engine: str, version: str | None = None) -> Installed:
         raise EngineInstallError(
             f"cannot install {engine}: npm is not installed", hint="install Node.js with npm (scripts/setup does)"
         )
-    node = await node_version() if cli.needs_node else None
+    node = await asyncio.to_thread(node_version) if cli.needs_node else None
     home.mkdir(parents=True, exist_ok=True)
     partial = home / f".installing-{version}-{secrets.token_hex(4)}"
     try:
@@ -146,7 +141,7 @@ async def install(engine: str, version: str | None = None) -> Installed:
         found = Installed(engine, cli.package, version, partial, str(command), time.time(), node)
         if not found.binary.exists():
             raise EngineInstallError(f"{cli.package}@{version} installed no `{cli.command}` command")
-        if not await _reports(found, version):
+        if not await asyncio.to_thread(_reports, found, version):
             raise EngineInstallError(f"{cli.package}@{version}: `{cli.command} --version` does not report {version}")
         _write_installed(found)
         if final.exists():  # what was there did not start: replaced
@@ -164,15 +159,10 @@ async def install(engine: str, version: str | None = None) -> Installed:
     return done
 
 
-async def _reports(installed: Installed, version: str) -> bool:
+def _reports(installed: Installed, version: str) -> bool:
     """Whether the installed command starts and says it is ``version``."""
-    try:
-        done = await run_process(
-            [str(installed.binary), "--version"], timeout=VERSION_TIMEOUT_S, check=False, what=installed.command
-        )
-    except SandboxError:
-        return False
-    return done.exit_code == 0 and version in done.stdout.decode(errors="replace")
+    said = _version_output([str(installed.binary), "--version"])
+    return said is not None and version in said
 
 
 def _write_installed(installed: Installed) -> None:
@@ -235,8 +225,8 @@ NODE_MINIMUM = (16, 0)
 def doctor_rows() -> list[tuple[str, bool, str]]:
     """``corral doctor``'s rows for the external engines: node, and each CLI (pinned, and does it start)."""
     rows: list[tuple[str, bool, str]] = []
-    node = shutil.which("node")
-    reported = _version_line([node, "--version"]) if node else None
+    said = node_version()
+    reported = said.splitlines()[0] if said else None
     if reported is None:
         rows.append(("engine: node", False, "not found: the codex engine needs Node.js >= 16"))
     else:
@@ -248,8 +238,7 @@ def doctor_rows() -> list[tuple[str, bool, str]]:
         if current is None:
             rows.append((f"engine: {cli.engine}", False, f"not installed: corral engines install {cli.engine}"))
             continue
-        line = _version_line([str(current.binary), "--version"])
-        if line is None or current.version not in line:
+        if not _reports(current, current.version):
             rows.append((f"engine: {cli.engine}", False, f"{current.binary} does not start: reinstall it"))
             continue
         tested = "" if current.version == cli.tested else f"; corral is tested with {cli.tested}"
@@ -257,10 +246,10 @@ def doctor_rows() -> list[tuple[str, bool, str]]:
     return rows
 
 
-def _version_line(argv: list[str]) -> str | None:
+def _version_output(argv: list[str]) -> str | None:
+    """What ``argv`` (a ``--version`` call) prints, or None if it does not start or fails."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=VERSION_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    lines = done.stdout.strip().splitlines()
-    return lines[0] if done.returncode == 0 and lines else None
+    return done.stdout.strip() or None if done.returncode == 0 else None

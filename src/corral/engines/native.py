@@ -51,7 +51,7 @@ from corral.models.providers import ModelTarget, api_key_for, build_model, conte
 from corral.orchestration.interpreter import INTERPRETER, Outcome
 from corral.orchestration.programs import EVAL_TOOL, TASK_TOOL, ProgramTool, TaskCall, context_note
 from corral.policy.decide import Action, ActionKind, Decision, decide
-from corral.policy.rules import Capability
+from corral.policy.rules import READ_ONLY_CAPABILITIES, Capability
 from corral.secrets.redact import redact_data
 from corral.secrets.scanner import SCANNER
 from corral.spec import ENGINE_TOOLS, AgentSpec, ModelPrice
@@ -394,7 +394,7 @@ class _ToolCalls:
             outcome = await run_tool(tooldef, tool_ctx, kwargs)
             return {**asdict(outcome), "ts": started}
 
-        if not set(tooldef.capabilities) <= _READ_ONLY:
+        if not set(tooldef.capabilities) <= READ_ONLY_CAPABILITIES:
             await ctx.sandbox.open()  # one made on first use is made now, in a step of its own before this one
         result = await ctx.steps.tool_call(execute)
         ctx.emit(
@@ -727,10 +727,6 @@ async def _instructions(ctx: EngineContext) -> str:
     if agents_md:
         text += f"\n\n## Repository instructions ({AGENTS_FILE})\n\n{agents_md}"
     return ctx.redact(text)
-
-
-_READ_ONLY = frozenset({Capability.READS_WORKSPACE})
-"""A tool with no capability beyond these needs no sandbox of its own: it reads through any view."""
 
 
 class NativeEngine(Engine):

@@ -283,20 +283,18 @@ class ModelGateway:
         streamed = bool(body and body.get("stream"))
         if kind == "other":
             return await self._forward(request, wire, upstream, path, raw, account, None)
-        call = account.calls
+        meter = _Meter(kind=kind, model=model, streamed=streamed, started=time.monotonic(), call=account.calls)
         account.calls += 1
-        started = time.monotonic()
         try:
-            account.budget.check_model_call(call, account.usage)
+            account.budget.check_model_call(meter.call, account.usage)
         except BudgetExceededError as err:
-            self._report(account, call, kind, model, 403, streamed, Usage(), "none", started, err.message)
+            self._report(account, meter, 403, Usage(), "none", err.message)
             return _error(wire, 403, "budget_exceeded", f"corral: {err.message}")
         assert body is not None
         if kind == "openai-chat" and streamed:  # a streamed chat answer carries usage only when asked
             options = body.get("stream_options")
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
             raw = json.dumps(body).encode()
-        meter = _Meter(kind=kind, model=model, streamed=streamed, started=started, call=call)
         return await self._forward(request, wire, upstream, path, raw, account, meter)
 
     def _account_of(self, request: Request) -> Account | None:
@@ -333,18 +331,7 @@ class ModelGateway:
         except httpx2.HTTPError as exc:
             message = f"the model provider could not be reached: {type(exc).__name__}: {exc}"
             if meter is not None:
-                self._report(
-                    account,
-                    meter.call,
-                    meter.kind,
-                    meter.model,
-                    502,
-                    meter.streamed,
-                    Usage(),
-                    "none",
-                    meter.started,
-                    message,
-                )
+                self._report(account, meter, 502, Usage(), "none", message)
             return _error(wire, 502, "api_error", f"corral gateway: {message}")
         kept = {name: value for name, value in answer.headers.items() if name.lower() not in _DROPPED_RESPONSE}
         if meter is None:
@@ -387,49 +374,29 @@ class ModelGateway:
             usage = usage.model_copy(update={"cost_usd": cost, "unpriced_calls": int(source == "unknown")})
             if error is None and answer.status_code >= 400:
                 error = f"HTTP {answer.status_code}"
-            self._report(
-                account,
-                meter.call,
-                meter.kind,
-                model,
-                answer.status_code,
-                meter.streamed,
-                usage,
-                source,
-                meter.started,
-                error,
-            )
+            self._report(account, meter, answer.status_code, usage, source, error)
 
     def _report(
-        self,
-        account: Account,
-        call: int,
-        kind: Kind,
-        model: str,
-        status: int,
-        streamed: bool,
-        usage: Usage,
-        price_source: str,
-        started: float,
-        error: str | None,
+        self, account: Account, meter: _Meter, status: int, usage: Usage, price_source: str, error: str | None
     ) -> None:
+        """Add a call's usage to its account and report it (the model asked for, as the call's)."""
         account.usage = account.usage + usage
         record = GatewayCall(
             run_id=account.run_id,
-            call=call,
-            kind=kind,
-            model=model,
+            call=meter.call,
+            kind=meter.kind,
+            model=meter.model,
             status=status,
-            streamed=streamed,
+            streamed=meter.streamed,
             usage=usage,
             price_source=price_source,
-            duration_ms=(time.monotonic() - started) * 1000,
+            duration_ms=(time.monotonic() - meter.started) * 1000,
             error=error,
         )
         try:
             account.on_call(record)
         except Exception:  # reporting must not break the engine's call; the failure is loud in the log
-            log.exception("run %s: reporting model call %d failed", account.run_id, call)
+            log.exception("run %s: reporting model call %d failed", account.run_id, meter.call)
 
 
 def _error(wire: Wire, status: int, kind: str, message: str) -> JSONResponse:

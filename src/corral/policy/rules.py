@@ -38,6 +38,10 @@ class Capability(StrEnum):
     TOUCHES_SECRETS = "touches_secrets"
 
 
+READ_ONLY_CAPABILITIES = frozenset({Capability.READS_WORKSPACE})
+"""A tool with no capability beyond these only reads: it needs no sandbox of its own (any view of the
+workspace serves it), and a subagent whose tools are all like it can run light."""
+
 PATH_ARGUMENTS = frozenset({"path", "file", "file_path", "target", "source", "destination"})
 """Arguments matched as workspace paths: normalized first, so ``./x``, ``a/../x`` and ``/workspace/x`` are ``x``."""
 

@@ -22,11 +22,9 @@ import base64
 import hashlib
 from collections.abc import Mapping
 
-from corral.policy.rules import Capability
+from corral.policy.rules import READ_ONLY_CAPABILITIES
 from corral.spec import AgentSpec
 from corral.tools.base import ToolDef
-
-LIGHT_CAPABILITIES = frozenset({Capability.READS_WORKSPACE})
 
 
 def child_run_id(parent_id: str, call_id: str) -> str:
@@ -45,6 +43,6 @@ def runs_light(spec: AgentSpec, tools: Mapping[str, ToolDef]) -> bool:
         if name == "eval":
             continue  # its own children are dispatched as their specs say
         tool = tools.get(name)
-        if tool is None or not set(tool.capabilities) <= LIGHT_CAPABILITIES:
+        if tool is None or not set(tool.capabilities) <= READ_ONLY_CAPABILITIES:
             return False
     return True

@@ -158,9 +158,8 @@ class SandboxRequest(BaseModel):
 
     def route_addresses(self) -> dict[str, tuple[str, int]]:
         """``routes`` as (host, port) pairs."""
-        return {
-            name: (target.rpartition(":")[0], int(target.rpartition(":")[2])) for name, target in self.routes.items()
-        }
+        pairs = {name: target.rpartition(":") for name, target in self.routes.items()}
+        return {name: (host, int(port)) for name, (host, _, port) in pairs.items()}
 
 
 class SandboxState(BaseModel):

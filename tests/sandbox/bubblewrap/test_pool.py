@@ -18,9 +18,9 @@ from pydantic import SecretStr
 from corral.events import EgressAttempted
 from corral.sandbox import SandboxRequest, ScopedSecret
 from corral.sandbox.bubblewrap.backend import BubblewrapSandbox, BubblewrapSandboxBackend, close_pools, drain_pools
-from corral.sandbox.bubblewrap.dirs import PORTAL_ROOT, SandboxDirs, sandbox_id
+from corral.sandbox.bubblewrap.dirs import POOL_DIRNAME, PORTAL_ROOT, SandboxDirs, sandbox_id
 from corral.sandbox.bubblewrap.identity import runs_as_root
-from corral.sandbox.bubblewrap.pool import POOL_DIRNAME, pool_shape
+from corral.sandbox.bubblewrap.pool import pool_shape
 from corral.sandbox.bubblewrap.sweep import sweep_orphans
 from corral.sandbox.types import NetworkProfile
 from tests.sandbox.bubblewrap.conftest import simulate_reboot

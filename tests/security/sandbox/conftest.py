@@ -19,8 +19,8 @@ import pytest
 
 from corral.sandbox.base import Limits, NetworkProfile, Sandbox, SandboxBackend, SandboxRequest, get_backend
 from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend, close_pools
+from corral.sandbox.bubblewrap.dirs import POOL_DIRNAME
 from corral.sandbox.bubblewrap.identity import runs_as_root
-from corral.sandbox.bubblewrap.pool import POOL_DIRNAME
 from corral.sandbox.bubblewrap.resident import compiled_init
 from tests.security.sandbox.attacks import host_mount_points
 

@@ -38,7 +38,7 @@ import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from corral.errors import SandboxError
 from corral.sandbox.base import RUN_ENDED_MARKER, SandboxRequest, mark_run_ended
@@ -66,8 +66,6 @@ from corral.sandbox.bubblewrap.setup import (
     proxy_wanted,
 )
 from corral.sandbox.bubblewrap.sweep import ONE_SHOT_MARKER
-
-__all__ = ["POOL_DIRNAME", "SandboxPool", "Slot", "hand_over", "pool_shape", "remove_holder", "repo_key"]
 from corral.sandbox.workspace import BASELINE_DIRNAME, WORKSPACE_DIRNAME, WorkspaceSnapshot
 
 if TYPE_CHECKING:
@@ -94,8 +92,15 @@ def pool_shape(request: SandboxRequest) -> str | None:
     return json.dumps(shape, sort_keys=True)
 
 
-RepoKey = tuple[str, int, int, int, int]
-"""A repository as a prepared workspace was made for it: path, device, inode, owner uid and gid."""
+class RepoKey(NamedTuple):
+    """A repository as a prepared workspace was made for it: the same path must still be this directory,
+    with this owner."""
+
+    path: str
+    device: int
+    inode: int
+    uid: int
+    gid: int
 
 
 def repo_key(repo: Path) -> RepoKey | None:
@@ -103,7 +108,7 @@ def repo_key(repo: Path) -> RepoKey | None:
         info = os.stat(repo)
     except OSError:
         return None
-    return (str(repo), info.st_dev, info.st_ino, info.st_uid, info.st_gid)
+    return RepoKey(str(repo), info.st_dev, info.st_ino, info.st_uid, info.st_gid)
 
 
 @dataclass
@@ -131,7 +136,7 @@ class Slot:
         key = repo_key(repo)
         if key is None or not overlay_possible(self.dirs, repo):
             return
-        shift = IdShift(key[3], key[4], self.uid, self.uid)
+        shift = IdShift(key.uid, key.gid, self.uid, self.uid)
         if await overlay.foreign_entries(repo, shift):
             return
         layers = self.dirs.layers(repo)

@@ -207,14 +207,7 @@ async def _remove_spent_holders(pool_root: Path, report: SweepReport) -> None:
         run_dir = holder / "run"
         if not (holder / ONE_SHOT_MARKER).is_file() or _has_state(run_dir) or not run_ended(run_dir):
             continue
-        if overlay.mount_points_under(holder):  # a hand-over in progress, or a slot being discarded
-            continue
-        try:
-            await remove_quickly(holder)
-        except Exception as exc:
-            report.failed.append(f"pool directory {holder}: {exc}")
-        else:
-            report.removed.append(f"pool directory {holder}")
+        await _remove_holder(holder, "pool directory", report)  # unless a hand-over or discard is under way
 
 
 async def _remove_run_files(run_dir: Path, report: SweepReport) -> None:
@@ -232,13 +225,21 @@ async def _remove_run_files(run_dir: Path, report: SweepReport) -> None:
     else:
         report.removed.append(f"workspace, baseline and state of ended run {run_dir}")
         holder = run_dir.parent
-        if (holder / ONE_SHOT_MARKER).is_file() and not overlay.mount_points_under(holder):
-            try:
-                await remove_quickly(holder)
-            except Exception as exc:
-                report.failed.append(f"one-shot sandbox directory {holder}: {exc}")
-            else:
-                report.removed.append(f"one-shot sandbox directory {holder}")
+        if (holder / ONE_SHOT_MARKER).is_file():
+            await _remove_holder(holder, "one-shot sandbox directory", report)
+
+
+async def _remove_holder(holder: Path, what: str, report: SweepReport) -> None:
+    """A directory corral made to hold one run dir (it carries ONE_SHOT_MARKER), unless something is
+    still mounted below it."""
+    if overlay.mount_points_under(holder):
+        return
+    try:
+        await remove_quickly(holder)
+    except Exception as exc:
+        report.failed.append(f"{what} {holder}: {exc}")
+    else:
+        report.removed.append(f"{what} {holder}")
 
 
 def _mounts_of(ident: str, owner: Path | None) -> list[Path]:

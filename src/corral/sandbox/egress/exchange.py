@@ -90,7 +90,7 @@ class Forwarder:
         """Check, rewrite and forward one request and relay its response; whether the client may send another."""
         method = request.method.decode("ascii", "replace")
         path = target.decode("ascii", "replace")
-        rule = ROUTED if not tls and port == 80 and host in self.dialer.routes else first_match(self.allow, host, port)
+        rule = ROUTED if self.dialer.route(host, port, tls=tls) else first_match(self.allow, host, port)
         if rule is None:
             await self.refuse(client, host, port, method, path, None)
             return False

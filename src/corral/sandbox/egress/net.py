@@ -107,6 +107,10 @@ class Dialer:
     """Names that stand for a service of corral's on this machine (``corral-gateway``): plain HTTP to
     ``name:80`` goes to the address given, never resolved and never through the upstream proxy."""
 
+    def route(self, host: str, port: int, *, tls: bool) -> tuple[str, int] | None:
+        """Where a request to ``host:port`` goes when the name is routed (plain HTTP on port 80 only)."""
+        return self.routes.get(host) if port == 80 and not tls else None
+
     def via(self, host: str) -> UpstreamProxy | None:
         """The upstream proxy ``host`` is reached through, or None for a direct connection."""
         if self.upstream is None or self.upstream.bypasses(host):
@@ -119,7 +123,7 @@ class Dialer:
         ``tunnel=False`` (plain HTTP only) may return a connection to the upstream proxy itself, to
         which requests are sent in absolute form: proxies commonly refuse CONNECT to port 80.
         """
-        routed = self.routes.get(host) if port == 80 and tls is None else None
+        routed = self.route(host, port, tls=tls is not None)
         if routed is not None:
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(*routed), CONNECT_TIMEOUT)
