@@ -65,7 +65,7 @@ def spec(server: ScriptedServer, **extra: object) -> AgentSpec:
 async def test_claude_code_reads_runs_and_edits_in_bubblewrap_through_the_gateway(
     claude: None, home: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import corral.engines.claude_code as engine
+    import corral.engines.external as engine
 
     # Far less than the session's stream-json: it is read whole from the exec's output file.
     monkeypatch.setattr(engine, "OUTPUT_LIMIT", 4096)
@@ -95,16 +95,31 @@ async def test_claude_code_reads_runs_and_edits_in_bubblewrap_through_the_gatewa
     assert egress and {(e.host, e.allowed) for e in egress} == {("corral-gateway", True)}
 
 
-async def test_a_tool_the_policy_denies_is_refused_by_claude_code(claude: None, home: Path, repo: Path) -> None:
-    policy = {"rules": [{"capability": "runs_commands", "decision": "deny", "reason": "no commands here"}]}
+@pytest.mark.parametrize("rule", ["tool", "call"])
+async def test_a_tool_the_policy_denies_is_refused_by_claude_code(
+    claude: None, home: Path, repo: Path, rule: str
+) -> None:
+    """A capability denied outright disallows the tool; a rule on arguments denies that call, through
+    the permission hook, and lets the tool's other calls run."""
+    if rule == "tool":
+        policy = {"rules": [{"capability": "runs_commands", "decision": "deny", "reason": "no commands here"}]}
+    else:
+        deny = {"tool": "Bash", "args": {"command": "python3 *"}, "decision": "deny", "reason": "no commands here"}
+        policy = {"rules": [deny]}
     with ScriptedServer(SESSION) as server:
         record = await run_once(home, spec(server, policy=policy), repo, task="fix add()")
     assert record.status is RunStatus.SUCCEEDED, record.error
     events = [entry.event for entry in events_of(home, record.id)]
-    decided = {e.tool: e for e in events if isinstance(e, PolicyDecided)}
-    assert decided["Bash"].verdict == "deny" and decided["Bash"].reason == "no commands here"
-    assert decided["Edit"].verdict == "allow"
+    decided = {(e.kind, e.tool): e for e in events if isinstance(e, PolicyDecided)}
     bash = next(e for e in events if isinstance(e, ToolCalled) and e.tool == "Bash")
+    if rule == "tool":
+        assert decided["permission", "Bash"].verdict == "deny"
+    else:  # the tool is allowed; its call, with these arguments, is not
+        assert decided["permission", "Bash"].verdict == "allow"
+        assert decided["tool", "Bash"].verdict == "deny" and decided["tool", "Bash"].call_id == bash.call_id
+        assert decided["tool", "Edit"].verdict == "allow" and decided["tool", "Read"].verdict == "allow"
+    assert decided["permission", "Edit"].verdict == "allow"
+    assert "no commands here" in decided["tool" if rule == "call" else "permission", "Bash"].reason
     refused = next(e for e in events if isinstance(e, ToolReturned) and e.call_id == bash.call_id)
     assert not refused.ok and "42" not in refused.text
     assert "+    return a + b" in (record.result or {})["patch"]  # the rest of the session went on

@@ -109,6 +109,9 @@ class ChildResult:
         return self.status == "succeeded" and self.conflict is None
 
 
+NO_ONE_TO_ASK = Decision(verdict="deny", reason="policy asks a person, and this engine runs without a runtime to ask")
+"""What stands for an action policy would ask a person about when there is no one to ask (no runtime)."""
+
 DispatchFn = Callable[[ChildRequest], Awaitable[ChildResult]]
 """Run a child to its end (or find the one that already ran) and say how it ended."""
 
@@ -130,6 +133,8 @@ class ModelAccess:
     api_key: str = field(repr=False)
     model: str | None
     """The model to ask for (the spec's, without its provider), or None for the CLI's default."""
+    permission_url: str = ""
+    """Where the engine's permission hook asks what policy says about a tool call (same key)."""
 
 
 @dataclass

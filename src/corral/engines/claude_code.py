@@ -13,9 +13,11 @@ the sandbox's own, made for this run and removed with it.
 
 Permissions: each of Claude Code's tools is put to the agent's policy with the capabilities it has
 (``Read`` reads the workspace, ``Edit`` writes it, ``Bash`` runs commands, ``WebFetch`` has an
-external side effect); the tools policy allows are allowed, the others are disallowed, so Claude
-Code refuses them itself and tells the model why. A rule that asks a person is not supported by this
-engine yet: such tools are disallowed, and the run says so in its notes.
+external side effect); a tool policy denies outright is disallowed, so Claude Code refuses it itself
+and tells the model why. When the policy has rules, every call of the others goes through corral's
+permission hook (a ``PreToolUse`` hook in ``--settings``) with its real arguments: a rule on
+arguments (``Bash`` with ``command = "git push*"``) denies that call only, and a rule that asks a
+person holds the call until one decides (``corral approve`` / ``corral deny``).
 
 Its stream-json output becomes journal events: each ``tool_use`` a ``tool.call``, each
 ``tool_result`` a ``tool.result``; the final ``result`` message is the run's text. The model calls
@@ -31,11 +33,12 @@ from typing import Any, ClassVar
 from jsonschema import Draft202012Validator
 
 from corral import events
-from corral.engines.base import Engine, EngineContext, EngineResult
+from corral.engines.base import EngineContext, EngineResult
+from corral.engines.external import CliOutput, ExternalEngine
 from corral.engines.install import require
-from corral.errors import BudgetExceededError, ModelConfigError, ToolError
-from corral.policy.decide import Action, decide
+from corral.errors import BudgetExceededError, ToolError
 from corral.policy.rules import Capability
+from corral.secrets.redact import redact_data
 
 HOME_IN_WORKSPACE = ".corral/claude-home"
 """The CLI's home, in the workspace: its settings and session files stay with the run's workspace (a
@@ -43,13 +46,9 @@ resumed run continues its session), are removed with it, and are never part of i
 
 RESUME_PROMPT = "Your session was interrupted. Continue the task where you left off."
 
-SESSION_TIMEOUT_S = 3600.0
-"""How long one Claude Code session may run when the run's budget sets no wall time (it is cut to it)."""
-
-OUTPUT_LIMIT = 8 * 1024 * 1024
-"""The stream-json the CLI prints is kept in memory up to this size; past it, it is read from the output file."""
-SPILL_LIMIT = 512 * 1024 * 1024
-"""The output file (in the workspace's ``.corral/``) holds this much of a session's output at most."""
+HOOK_TIMEOUT_S = 7 * 24 * 3600
+"""How long Claude Code waits for the permission hook: the hook's wait for a person ends first (the
+policy's ``approval_timeout_s``), so this only stops Claude Code's own default (60 s) from ending it."""
 
 TOOL_CAPABILITIES: dict[str, frozenset[Capability]] = {
     "Read": frozenset({Capability.READS_WORKSPACE}),
@@ -68,20 +67,16 @@ TOOL_CAPABILITIES: dict[str, frozenset[Capability]] = {
 """Claude Code's tools and what each can do, as corral's policy reads capabilities."""
 
 
-class ClaudeCodeEngine(Engine):
+class ClaudeCodeEngine(ExternalEngine):
     """Claude Code (``@anthropic-ai/claude-code``) as a corral engine."""
 
     name: ClassVar[str] = "claude-code"
-    external: ClassVar[bool] = True
-
-    def sandbox_mounts(self) -> tuple[str, ...]:
-        return (str(require(self.name).root),)
+    tools: ClassVar[dict[str, frozenset[Capability]]] = TOOL_CAPABILITIES
 
     async def run(self, ctx: EngineContext) -> EngineResult:
-        if ctx.models is None:
-            raise ModelConfigError("the claude-code engine runs only under corral's runtime (it needs the gateway)")
+        models = self.models(ctx)
         cli = require(self.name)
-        allowed, disallowed = self.permissions(ctx)
+        allowed, disallowed = self.decide_tools(ctx)
         await ctx.sandbox.open()
         session = str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral-run:{ctx.run_id}"))
         home, resumed = await self._session_home(ctx, session)
@@ -89,8 +84,12 @@ class ClaudeCodeEngine(Engine):
         argv += ["--permission-mode", "dontAsk", "--allowedTools", ",".join(allowed)]
         if disallowed:
             argv += ["--disallowedTools", ",".join(disallowed)]
-        if ctx.models.model:
-            argv += ["--model", ctx.models.model]
+        hook = self.hook_command(ctx)
+        if hook is not None:  # every call of an allowed tool is put to policy with its arguments
+            entry = {"matcher": "*", "hooks": [{"type": "command", "command": hook, "timeout": HOOK_TIMEOUT_S}]}
+            argv += ["--settings", json.dumps({"hooks": {"PreToolUse": [entry]}})]
+        if models.model:
+            argv += ["--model", models.model]
         if ctx.spec.instructions.strip():
             argv += ["--append-system-prompt", ctx.spec.instructions.strip()]
         if ctx.spec.output_schema is not None:  # the model answers through Claude Code's StructuredOutput tool
@@ -103,24 +102,16 @@ class ClaudeCodeEngine(Engine):
             argv += ["--session-id", session, "--", ctx.task]
         env = {
             "HOME": home,
-            "ANTHROPIC_BASE_URL": ctx.models.anthropic_base_url,
-            "ANTHROPIC_API_KEY": ctx.models.api_key,
+            "ANTHROPIC_BASE_URL": models.anthropic_base_url,
+            "ANTHROPIC_API_KEY": models.api_key,
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_AUTOUPDATER": "1",
             "DISABLE_TELEMETRY": "1",
             "DISABLE_ERROR_REPORTING": "1",
         }
-        ctx.budget.check_wall_time()
-        timeout = ctx.budget.clip(SESSION_TIMEOUT_S)
-        result = await ctx.sandbox.exec(
-            argv, env=env, timeout=timeout, output_limit=OUTPUT_LIMIT, spill_limit=SPILL_LIMIT
-        )
-        stdout = result.stdout
-        if result.truncated and result.output_path is not None:
-            # Cut in the middle: the whole stream-json is in the output file (stderr's lines among its
-            # lines, which are not JSON and are skipped), while it fits the spill limit.
-            stdout = (await ctx.sandbox.read_file(result.output_path)).decode("utf-8", errors="replace")
-        return self._outcome(ctx, stdout, result.stderr, result.exit_code, result.timed_out)
+        session = _Session(ctx)
+        out = await self.run_cli(ctx, argv, env, session)
+        return self._outcome(ctx, session.final, out)
 
     async def _session_home(self, ctx: EngineContext, session: str) -> tuple[str, bool]:
         """Claude Code's home for this run, as the sandbox sees it (``.corral/claude-home`` in the
@@ -134,81 +125,11 @@ class ClaudeCodeEngine(Engine):
             raise ToolError(f"cannot make Claude Code's home in the workspace: {ctx.redact(found.stderr.strip())}")
         return lines[0], found.exit_code == 0
 
-    def permissions(self, ctx: EngineContext) -> tuple[list[str], list[str]]:
-        """Claude Code's tools as the agent's policy decides them, each decision journaled: (allowed, disallowed).
-
-        A tool policy would ask a person about is disallowed: this engine cannot hold Claude Code's
-        permission prompt for a person yet.
-        """
-        allowed: list[str] = []
-        disallowed: list[str] = []
-        for tool, capabilities in TOOL_CAPABILITIES.items():
-            action = Action(tool=tool, arguments={}, capabilities=frozenset(capabilities), run_id=ctx.run_id)
-            decision = decide(ctx.spec.policy, action)
-            reason = decision.reason
-            if decision.verdict == "ask":
-                reason += "; the claude-code engine cannot wait for a person yet, so the tool is disallowed"
-            (allowed if decision.allowed else disallowed).append(tool)
-            ctx.emit(
-                events.PolicyDecided(
-                    key=f"permission:{tool}",
-                    call_id=f"permission:{tool}",
-                    tool=tool,
-                    kind="permission",
-                    verdict="allow" if decision.allowed else "deny",
-                    rule=decision.rule,
-                    reason=reason,
-                )
-            )
-        return allowed, disallowed
-
-    def _outcome(
-        self, ctx: EngineContext, stdout: str, stderr: str, exit_code: int | None, timed_out: bool
-    ) -> EngineResult:
-        final: dict[str, Any] | None = None
-        names: dict[str, str] = {}
-        for line in stdout.splitlines():
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue  # not a stream-json line (a cut marker, a stray print)
-            if not isinstance(message, dict):
-                continue
-            kind = message.get("type")
-            if kind == "assistant":
-                for block in _blocks(message):
-                    if block.get("type") == "tool_use":
-                        call_id = str(block.get("id", ""))
-                        names[call_id] = str(block.get("name", ""))
-                        given = block.get("input")
-                        arguments: dict[str, Any] = given if isinstance(given, dict) else {}
-                        ctx.emit(
-                            events.ToolCalled(
-                                key=f"tool:{call_id}:call", call_id=call_id, tool=names[call_id], args=arguments
-                            )
-                        )
-            elif kind == "user":
-                for block in _blocks(message):
-                    if block.get("type") == "tool_result":
-                        call_id = str(block.get("tool_use_id", ""))
-                        failed = bool(block.get("is_error"))
-                        text = ctx.redact(_text(block.get("content")))
-                        ctx.emit(
-                            events.ToolReturned(
-                                key=f"tool:{call_id}:result",
-                                call_id=call_id,
-                                tool=names.get(call_id, "?"),
-                                ok=not failed,
-                                text=text,
-                                error="ToolError" if failed else None,
-                            )
-                        )
-            elif kind == "result":
-                final = message
-        if timed_out:
+    def _outcome(self, ctx: EngineContext, final: dict[str, Any] | None, out: CliOutput) -> EngineResult:
+        if out.timed_out:
             raise ToolError("Claude Code did not finish within the run's time")
         if final is None:
-            detail = ctx.redact(stderr.strip()[-2000:]) or f"exit code {exit_code}"
+            detail = ctx.redact(out.stderr.strip()[-2000:]) or f"exit code {out.exit_code}"
             raise ToolError(f"Claude Code ended without a result: {detail}")
         text = str(final.get("result") or "")
         if final.get("is_error") or final.get("subtype") != "success":
@@ -226,6 +147,51 @@ class ClaudeCodeEngine(Engine):
                 why = problems[0].message if problems else "no structured output"
                 raise ToolError(f"Claude Code's answer does not match the output schema: {why}")
         return EngineResult(text=ctx.redact(text), output=output, turns=int(final.get("num_turns") or 0))
+
+
+class _Session:
+    """Claude Code's stream-json as it arrives: each ``tool_use`` journaled as a ``tool.call``, each
+    ``tool_result`` as a ``tool.result``, the final ``result`` message kept."""
+
+    def __init__(self, ctx: EngineContext) -> None:
+        self._ctx = ctx
+        self._names: dict[str, str] = {}
+        self.final: dict[str, Any] | None = None
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        ctx, kind = self._ctx, message.get("type")
+        if kind == "assistant":
+            for block in _blocks(message):
+                if block.get("type") == "tool_use":
+                    call_id = str(block.get("id", ""))
+                    self._names[call_id] = str(block.get("name", ""))
+                    given = block.get("input")
+                    arguments: dict[str, Any] = given if isinstance(given, dict) else {}
+                    ctx.emit(
+                        events.ToolCalled(
+                            key=f"tool:{call_id}:call",
+                            call_id=call_id,
+                            tool=self._names[call_id],
+                            args=redact_data(arguments, ctx.redact),
+                        )
+                    )
+        elif kind == "user":
+            for block in _blocks(message):
+                if block.get("type") == "tool_result":
+                    call_id = str(block.get("tool_use_id", ""))
+                    failed = bool(block.get("is_error"))
+                    ctx.emit(
+                        events.ToolReturned(
+                            key=f"tool:{call_id}:result",
+                            call_id=call_id,
+                            tool=self._names.get(call_id, "?"),
+                            ok=not failed,
+                            text=ctx.redact(_text(block.get("content"))),
+                            error="ToolError" if failed else None,
+                        )
+                    )
+        elif kind == "result":
+            self.final = message
 
 
 def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:

@@ -43,7 +43,15 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import UsageLimits
 
 from corral import events
-from corral.engines.base import ChildRequest, ChildResult, Conversation, Engine, EngineContext, EngineResult
+from corral.engines.base import (
+    NO_ONE_TO_ASK,
+    ChildRequest,
+    ChildResult,
+    Conversation,
+    Engine,
+    EngineContext,
+    EngineResult,
+)
 from corral.errors import BudgetExceededError, ModelCallError, ProgramFailedError
 from corral.events import Usage
 from corral.models.pricing import price_call
@@ -554,7 +562,7 @@ class _ToolCalls:
                 )
             )
         if decision.verdict == "ask":  # a person decides; this waits, durably, as long as it takes
-            decision = await ctx.ask(action, decision, call_id) if ctx.ask is not None else _NO_ONE_TO_ASK
+            decision = await ctx.ask(action, decision, call_id) if ctx.ask is not None else NO_ONE_TO_ASK
         return decision
 
     def _secrets(self, n: int, call_id: str, tool: str, found: list[dict[str, Any]]) -> None:
@@ -644,9 +652,6 @@ def _child_spec(spec: AgentSpec, schema: dict[str, Any] | None, retries: int) ->
         return AgentSpec.model_validate({**spec.model_dump(), "output_schema": schema, "output_retries": retries})
     except ValidationError as err:
         raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
-
-
-_NO_ONE_TO_ASK = Decision(verdict="deny", reason="policy asks a person, and this engine runs without a runtime to ask")
 
 
 def _refused(ctx: EngineContext, n: int, call_id: str, tool: str, decision: Decision) -> str:

@@ -22,6 +22,10 @@ Paths: ``/anthropic/v1/messages`` (``ANTHROPIC_BASE_URL=<gateway>/anthropic``), 
 ``…/models`` and Anthropic's ``count_tokens`` are forwarded without being counted as model calls.
 A Chat Completions stream is asked for its usage (``stream_options.include_usage``): without it a
 streamed chat answer carries none.
+
+``POST /corral/permission`` answers an engine's permission hook (``engines/hook/permission.py``):
+the call it is about (``tool``, ``input``, ``id``), authenticated with the same key, goes to the
+account's ``on_permission`` and its answer (``{"decision": "allow" | "deny", "reason": ...}``) back.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
@@ -110,6 +114,10 @@ class GatewayCall:
     error: str | None = None
 
 
+PermissionHandler = Callable[[dict[str, Any]], Awaitable[dict[str, str]]]
+"""``on_permission(call)``: the answer for a hook's call ``{"tool", "input", "id"}``."""
+
+
 @dataclass
 class Account:
     """One run's access to models through the gateway."""
@@ -127,6 +135,8 @@ class Account:
     usage: Usage = field(default_factory=Usage)
     calls: int = 0
     closed: bool = False
+    on_permission: PermissionHandler | None = None
+    """What the run's policy says about a tool call its engine's hook asks about; None: no hook served."""
 
 
 class ModelGateway:
@@ -146,6 +156,7 @@ class ModelGateway:
             routes=[
                 Route("/anthropic/{path:path}", self._anthropic, methods=["GET", "POST"]),
                 Route("/openai/v1/{path:path}", self._openai, methods=["GET", "POST"]),
+                Route("/corral/permission", self._permission, methods=["POST"]),
             ]
         )
 
@@ -296,6 +307,25 @@ class ModelGateway:
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
             raw = json.dumps(body).encode()
         return await self._forward(request, wire, upstream, path, raw, account, meter)
+
+    async def _permission(self, request: Request) -> Response:
+        account = self._account_of(request)
+        if account is None:
+            return JSONResponse({"error": "unknown or expired corral gateway key"}, status_code=401)
+        if account.on_permission is None:
+            return JSONResponse({"error": "this run's engine has no permission hook"}, status_code=404)
+        try:
+            call = json.loads(await request.body())
+        except ValueError:
+            call = None
+        if not isinstance(call, dict) or not isinstance(call.get("tool"), str):
+            return JSONResponse({"error": "a permission request is a JSON object naming its tool"}, status_code=400)
+        try:
+            answer = await account.on_permission(call)
+        except Exception as exc:  # the hook blocks the call on any error; the run's log says why
+            log.warning("permission request of run %s failed", account.run_id, exc_info=True)
+            return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        return JSONResponse(answer)
 
     def _account_of(self, request: Request) -> Account | None:
         key = request.headers.get("x-api-key")

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from corral import events as ev
 from corral.engines.base import ModelAccess
@@ -24,7 +25,7 @@ from corral.sandbox.base import get_backend
 from corral.spec import AgentSpec
 
 if TYPE_CHECKING:  # imported when an external engine first runs: every `corral` command imports this module
-    from corral.models.gateway import GatewayCall, ModelGateway
+    from corral.models.gateway import GatewayCall, ModelGateway, PermissionHandler
 
 ROUTE = "corral-gateway"
 """The name the gateway has inside a sandbox (an egress-proxy route: plain HTTP, port 80)."""
@@ -64,8 +65,14 @@ async def model_access(
     budget: BudgetClock,
     emit: Callable[[ev.BaseEvent], None],
     on_usage: Callable[[Usage, int], None],
+    permit: PermissionHandler | None = None,
 ) -> AsyncIterator[ModelAccess]:
-    """An account for the run's engine while it runs; its key stops working when the block ends."""
+    """An account for the run's engine while it runs; its key stops working when the block ends.
+
+    ``permit`` answers the engine's permission hook. It runs in the context this block was entered in
+    (the run's workflow), not the gateway's: a decision that waits for a person is a durable wait of
+    the run's workflow, as a native tool call's is.
+    """
     from corral.models.providers import api_key_for, gateway_upstreams, resolve_target
 
     target = resolve_target(spec.model, base_url=spec.base_url, api_key_env=spec.api_key_env)
@@ -103,6 +110,13 @@ async def model_access(
         prices=spec.prices,
         price_ref=target.ref,
     )
+    if permit is not None:
+        workflow_context = contextvars.copy_context()
+
+        async def on_permission(call: dict[str, Any]) -> dict[str, str]:
+            return await asyncio.get_running_loop().create_task(permit(call), context=workflow_context.copy())
+
+        account.on_permission = on_permission
     try:
         # Inside an isolated sandbox the gateway is a route through its egress proxy; commands on the
         # host's network (the local backend, network "host") reach its address directly.
@@ -113,6 +127,7 @@ async def model_access(
             openai_base_url=f"{base}/openai/v1",
             api_key=account.key,
             model=None if target.provider == "scripted" else target.name,
+            permission_url=f"{base}/corral/permission",
         )
     finally:
         gateway.close_account(account)

@@ -33,6 +33,7 @@ from corral.engines.base import (
     Steps,
     get_engine,
 )
+from corral.engines.external import ExternalEngine, HookPolicy
 from corral.errors import (
     BudgetExceededError,
     CorralError,
@@ -663,7 +664,8 @@ class Runtime:
             if engine.external:  # its model calls go through the gateway, with a key for this run only
                 gateway = await self._gateways.get()
                 emit = ctx.emit
-                access = external.model_access(gateway, record.id, spec, budget, emit, on_usage)
+                permit = HookPolicy(engine, ctx) if isinstance(engine, ExternalEngine) else None
+                access = external.model_access(gateway, record.id, spec, budget, emit, on_usage, permit)
                 ctx.models = await stack.enter_async_context(access)
             remaining = budget.remaining_s()
             if remaining is None:

@@ -287,10 +287,17 @@ class LazySandbox(Sandbox):
         spill_limit: int = SPILL_LIMIT,
         cwd: str = ".",
         env: Mapping[str, str] | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
     ) -> ExecResult:
         sandbox = await self._made()
         return await sandbox.exec(
-            command, timeout=timeout, output_limit=output_limit, spill_limit=spill_limit, cwd=cwd, env=env
+            command,
+            timeout=timeout,
+            output_limit=output_limit,
+            spill_limit=spill_limit,
+            cwd=cwd,
+            env=env,
+            on_stdout=on_stdout,
         )
 
     async def write_file(self, path: str, data: bytes) -> None:

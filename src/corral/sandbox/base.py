@@ -303,7 +303,14 @@ class _ExecProtocol(asyncio.SubprocessProtocol):
     """Keeps each stream within ``output_limit`` (head and tail) and, once one goes over, saves the
     whole output to a file from ``open_file`` (called at most once, inline)."""
 
-    def __init__(self, output_limit: int, open_file: Callable[[], _OutputFile] | None) -> None:
+    def __init__(
+        self,
+        output_limit: int,
+        open_file: Callable[[], _OutputFile] | None,
+        on_stdout: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self._on_stdout = on_stdout
+        self.reader_error: Exception | None = None
         self.streams = {1: _KeptStream("stdout", output_limit), 2: _KeptStream("stderr", output_limit)}
         self.file: _OutputFile | None = None
         self.file_error = None if open_file is not None else "saving it is off (spill limit 0)"
@@ -334,6 +341,11 @@ class _ExecProtocol(asyncio.SubprocessProtocol):
         if self.file is not None:
             self.file.add(fd, data)
         stream.add(data)
+        if fd == 1 and self._on_stdout is not None:
+            try:
+                self._on_stdout(data)
+            except Exception as exc:  # raised by exec when the command has ended
+                self.reader_error, self._on_stdout = exc, None
 
     def _start_file(self) -> None:
         assert self._open_file is not None
@@ -454,6 +466,7 @@ class Sandbox(ABC):
         spill_limit: int = SPILL_LIMIT,
         cwd: str = ".",
         env: Mapping[str, str] | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
     ) -> ExecResult:
         """Run a command (a string goes through ``/bin/sh -c``) in the workspace.
 
@@ -462,6 +475,10 @@ class Sandbox(ABC):
         over, the whole output (both streams, in arrival order) is written as it arrives to a new file
         in EXEC_OUTPUT_DIR, up to ``spill_limit`` bytes (0: no file). When the command's main process
         exits, anything it left running in its group is killed too, so an exec never outlives its call.
+
+        ``on_stdout`` is given stdout as it arrives, chunk by chunk, whatever is kept (an engine reads
+        its CLI's events live). Should it raise, it is not called again, and exec raises that error
+        once the command has ended.
         """
         self._check_open()
         if timeout <= 0:
@@ -478,7 +495,7 @@ class Sandbox(ABC):
             raise SandboxError(f"exec cwd is not a directory: {cwd}")
         full_env = self._base_env() | self.env | dict(env or {})
         open_file = (lambda: self._open_output_file(spill_limit)) if spill_limit else None
-        protocol = _ExecProtocol(output_limit, open_file)
+        protocol = _ExecProtocol(output_limit, open_file, on_stdout)
         started = time.monotonic()
         try:
             transport = await self._spawn(protocol, argv, cwd=host_cwd, env=full_env)
@@ -508,6 +525,8 @@ class Sandbox(ABC):
             transport.close()
             protocol.finish()
         killed = killed or pgid in self._killed_by_destroy
+        if protocol.reader_error is not None:
+            raise protocol.reader_error
         stdout, stderr = protocol.streams[1], protocol.streams[2]
         return ExecResult(
             exit_code=None if killed else transport.get_returncode(),

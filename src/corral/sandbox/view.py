@@ -12,7 +12,7 @@ child reads its parent's workspace by path until it makes its own copy: ``runtim
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,6 +55,7 @@ class ReadOnlyView(Sandbox):
         spill_limit: int = SPILL_LIMIT,
         cwd: str = ".",
         env: Mapping[str, str] | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
     ) -> ExecResult:
         raise self._refuse("cannot run commands")
 

@@ -101,9 +101,7 @@ def _blocks(answer: Answer) -> list[dict[str, Any]]:
         blocks.append({"type": "thinking", "thinking": answer.reasoning, "signature": signature})
     if answer.text or not answer.calls:
         blocks.append({"type": "text", "text": answer.text})
-    blocks.extend(
-        {"type": "tool_use", "id": c.id, "name": c.name, "input": parse_args(c.arguments)} for c in answer.calls
-    )
+    blocks.extend({"type": "tool_use", "id": c.id, "name": c.name, "input": c.args} for c in answer.calls)
     return blocks
 
 

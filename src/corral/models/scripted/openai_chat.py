@@ -8,6 +8,7 @@ from typing import Any
 
 from corral.models.scripted.wire import (
     Answer,
+    AnswerCall,
     HistoryToolCall,
     Message,
     ParsedBody,
@@ -45,8 +46,17 @@ def openai_error_body(status: int, message: str) -> dict[str, Any]:
 
 
 def _call(call: dict[str, Any]) -> HistoryToolCall:
+    if call.get("type") == "custom":  # a freeform tool's call: its input is text
+        custom = call.get("custom") or {}
+        return HistoryToolCall(call.get("id", ""), custom.get("name", ""), parse_args(custom.get("input")))
     function = call.get("function") or {}
     return HistoryToolCall(call.get("id", ""), function.get("name", ""), parse_args(function.get("arguments")))
+
+
+def _tool_call(c: AnswerCall) -> dict[str, Any]:
+    if c.custom:
+        return {"id": c.id, "type": "custom", "custom": {"name": c.name, "input": c.arguments}}
+    return {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
 
 
 def parse(body: dict[str, Any]) -> ParsedBody:
@@ -93,10 +103,7 @@ def render_body(answer: Answer, request: ScriptedRequest) -> dict[str, Any]:
     if answer.reasoning:
         message["reasoning_content"] = answer.reasoning
     if answer.calls:
-        message["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in answer.calls
-        ]
+        message["tool_calls"] = [_tool_call(c) for c in answer.calls]
     finish = "tool_calls" if answer.calls else "stop"
     return {
         "id": answer.id,
@@ -122,10 +129,11 @@ def render_stream(answer: Answer, request: ScriptedRequest) -> Iterator[str]:
     yield from (chunk({"reasoning_content": piece}) for piece in text_chunks(answer.reasoning))
     yield from (chunk({"content": piece}) for piece in text_chunks(answer.text))
     for index, call in enumerate(answer.calls):
-        function = {"name": call.name, "arguments": ""}
-        yield chunk({"tool_calls": [{"index": index, "id": call.id, "type": "function", "function": function}]})
+        kind, field = ("custom", "input") if call.custom else ("function", "arguments")
+        opening = {"index": index, "id": call.id, "type": kind, kind: {"name": call.name, field: ""}}
+        yield chunk({"tool_calls": [opening]})
         for piece in argument_chunks(call.arguments):
-            yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+            yield chunk({"tool_calls": [{"index": index, kind: {field: piece}}]})
     yield chunk({}, completion["choices"][0]["finish_reason"])
     if request.include_usage:
         yield sse({**envelope, "choices": [], "usage": completion["usage"]})

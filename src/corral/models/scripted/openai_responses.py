@@ -48,8 +48,18 @@ def parse(body: dict[str, Any]) -> ParsedBody:
         elif kind.endswith("_output"):
             result = ToolResult(item.get("call_id") or "", text_of(item.get("output")))
             append_message(messages, Message("tool", tool_results=(result,)))
-    tools = [tool_spec(t, "parameters") for t in body.get("tools") or [] if isinstance(t, dict)]
-    return "\n\n".join(system), messages, tools
+    declared = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    declared += [t for item in items if item.get("type") == "additional_tools" for t in item.get("tools") or []]
+    return "\n\n".join(system), messages, [tool_spec(t, "parameters") for t in _flat(declared)]
+
+
+def _flat(tools: list[Any]) -> Iterator[dict[str, Any]]:
+    """Tool definitions with the tools of each ``namespace`` in its place."""
+    for t in tools:
+        if isinstance(t, dict) and t.get("type") == "namespace":
+            yield from _flat(t.get("tools") or [])
+        elif isinstance(t, dict):
+            yield t
 
 
 _ECHOED = {
@@ -111,14 +121,18 @@ def _items(answer: Answer) -> list[dict[str, Any]]:
         message = {"id": f"msg_{answer.id}", "type": "message", "status": "completed", "content": content}
         items.append(message | {"role": "assistant"})
     for c in answer.calls:
-        call = {"arguments": c.arguments, "call_id": c.id, "name": c.name}
-        items.append({"id": f"fc_{c.id}", "type": "function_call", "status": "completed", **call})
+        if c.custom:  # a freeform tool (Codex's apply_patch): its input is the text itself
+            call = {"call_id": c.id, "name": c.name, "input": c.arguments}
+            items.append({"id": f"ctc_{c.id}", "type": "custom_tool_call", "status": "completed", **call})
+        else:
+            call = {"arguments": c.arguments, "call_id": c.id, "name": c.name}
+            items.append({"id": f"fc_{c.id}", "type": "function_call", "status": "completed", **call})
     return items
 
 
 def _in_progress(item: dict[str, Any]) -> dict[str, Any]:
     """How an output item looks in its ``output_item.added`` event, before its content streamed."""
-    blank = {"summary": [], "content": [], "arguments": "", "status": "in_progress"}
+    blank = {"summary": [], "content": [], "arguments": "", "input": "", "status": "in_progress"}
     return item | {key: value for key, value in blank.items() if key in item}
 
 
@@ -154,6 +168,10 @@ def render_stream(answer: Answer, request: ScriptedRequest) -> Iterator[str]:
                 yield event("response.output_text.delta", **at, content_index=0, delta=piece, logprobs=[])
             yield event("response.output_text.done", **at, content_index=0, text=answer.text, logprobs=[])
             yield event("response.content_part.done", **at, content_index=0, part=item["content"][0])
+        elif item["type"] == "custom_tool_call":
+            for piece in argument_chunks(item["input"]):
+                yield event("response.custom_tool_call_input.delta", **at, delta=piece)
+            yield event("response.custom_tool_call_input.done", **at, input=item["input"])
         else:
             for piece in argument_chunks(item["arguments"]):
                 yield event("response.function_call_arguments.delta", **at, delta=piece)

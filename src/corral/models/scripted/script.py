@@ -42,11 +42,23 @@ class ScriptUsage(_Strict):
 
 
 class ToolCall(_Strict):
-    """A tool call the scripted model makes; ``id`` defaults to ``call_<n>`` (``toolu_<n>`` on Anthropic)."""
+    """A tool call the scripted model makes; ``id`` defaults to ``call_<n>`` (``toolu_<n>`` on Anthropic).
+
+    ``input`` instead of ``args`` calls a *custom* (freeform) tool with that text, as OpenAI models
+    call Codex's ``apply_patch``: a ``custom_tool_call`` on the Responses wire, a ``custom`` tool call
+    on Chat Completions; Anthropic has no such tools, so there it is a ``tool_use`` of ``{"input": text}``.
+    """
 
     name: str = Field(min_length=1)
     args: dict[str, Any] = Field(default_factory=dict)
+    input: str | None = None
     id: str | None = None
+
+    @model_validator(mode="after")
+    def _args_or_input(self) -> Self:
+        if self.input is not None and self.args:
+            raise ValueError("a tool call has args (a function tool) or input (a custom tool), not both")
+        return self
 
 
 class Failure(_Strict):

@@ -364,7 +364,9 @@ class ScriptedServer:
         return turns[request.position]
 
     def _render_answer(self, turn: Turn, request: ScriptedRequest, conversation: _Conversation) -> Answer:
-        calls = [(c.id, c.name, c.args) for c in turn.tool_calls]
+        calls: list[tuple[str | None, str, dict[str, Any] | str]] = [
+            (c.id, c.name, c.args if c.input is None else c.input) for c in turn.tool_calls
+        ]
         text, reasoning = turn.text or "", turn.reasoning or ""
         if turn.output is not None:
             tool = turn.output_tool or next((n for n in request.tool_names if n.startswith("final_result")), None)
@@ -375,7 +377,10 @@ class ScriptedServer:
         wire = WIRES[request.api]
         answer_calls = [
             AnswerCall(
-                call_id or f"{wire.call_id_prefix}{conversation.tool_calls + n}", name, json.dumps(args, default=str)
+                call_id or f"{wire.call_id_prefix}{conversation.tool_calls + n}",
+                name,
+                args if isinstance(args, str) else json.dumps(args, default=str),
+                custom=isinstance(args, str),
             )
             for n, (call_id, name, args) in enumerate(calls, start=1)
         ]

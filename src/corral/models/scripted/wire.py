@@ -106,6 +106,13 @@ class AnswerCall:
     id: str
     name: str
     arguments: str
+    """The arguments as a JSON string; a custom tool's input text when ``custom``."""
+    custom: bool = False
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The arguments as an object (a custom tool's input as ``{"input": text}``)."""
+        return {"input": self.arguments} if self.custom else parse_args(self.arguments)
 
 
 @dataclass(frozen=True)

@@ -409,6 +409,7 @@ class BubblewrapSandbox(Sandbox):
         spill_limit: int = SPILL_LIMIT,
         cwd: str = ".",
         env: Mapping[str, str] | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
     ) -> ExecResult:
         if self._state.limits.disk_mb is not None:  # a command's output file must not use up its disk
             spill_limit = min(spill_limit, self._state.limits.disk_mb * 1024 * 1024 // 4)
@@ -421,7 +422,13 @@ class BubblewrapSandbox(Sandbox):
         watcher = asyncio.create_task(self._watch_disk(record)) if polled else None
         try:
             result = await super().exec(
-                command, timeout=timeout, output_limit=output_limit, spill_limit=spill_limit, cwd=cwd, env=env
+                command,
+                timeout=timeout,
+                output_limit=output_limit,
+                spill_limit=spill_limit,
+                cwd=cwd,
+                env=env,
+                on_stdout=on_stdout,
             )
         finally:
             if watcher is not None:

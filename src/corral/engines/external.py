@@ -1,0 +1,238 @@
+"""What the external engines (Claude Code, Codex, OpenCode) share: their CLI in the sandbox, its run, its permissions.
+
+An external engine runs a pinned CLI (``corral engines install``) as one command in the run's
+sandbox, its model calls going through the model gateway (``ctx.models``). This module holds the
+parts that do not depend on which CLI it is:
+
+* :meth:`ExternalEngine.run_cli` runs the command held to the run's budget and time, and gives its
+  whole output back (read from the output file when it is larger than what is kept in memory);
+* :class:`HookPolicy` answers the CLI's permission hook (``engines/hook/permission.py``, run by the
+  CLI before each tool call and reaching corral through the gateway): each call is put to the
+  agent's policy with its real arguments and the capabilities the tool has, journaled
+  (``policy.decision``), and, when policy asks a person, waits for one exactly as a native tool
+  call does (``approval.requested`` … ``approval.decided``).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from corral import events
+from corral.engines.base import NO_ONE_TO_ASK, Engine, EngineContext, ModelAccess
+from corral.engines.install import require
+from corral.errors import ModelConfigError
+from corral.policy.decide import Action, Decision, decide
+from corral.policy.rules import Capability
+from corral.sandbox.types import SANDBOX_PYTHON
+from corral.secrets.redact import redact_data
+
+HOOK_DIR = Path(__file__).parent / "hook"
+"""Mounted read-only into the sandbox of every external engine: the permission hook, nothing else."""
+HOOK = HOOK_DIR / "permission.py"
+
+OUTPUT_LIMIT = 1024 * 1024
+"""What of the CLI's output is kept in memory (its head and tail, for error messages): its events are
+read as they arrive, not from what is kept."""
+LINE_LIMIT = 64 * 1024 * 1024
+"""The longest event line read; a longer one (a tool's enormous output) is skipped, and the run says so."""
+SESSION_TIMEOUT_S = 3600.0
+"""How long one CLI session may run when the run's budget sets no wall time (it is cut to it)."""
+
+UNKNOWN_TOOL: frozenset[Capability] = frozenset(Capability)
+"""A tool an engine's table does not know (an MCP server's, a new one): it is taken to be able to do anything."""
+
+_RANK = {"allow": 0, "ask": 1, "deny": 2}
+
+
+@dataclass(frozen=True)
+class CliOutput:
+    stderr: str
+    exit_code: int | None
+    timed_out: bool
+    skipped_lines: int = 0
+    """Event lines longer than ``LINE_LIMIT``, not read."""
+
+
+class JsonLines:
+    """Bytes as they arrive, cut into lines; each line that is a JSON object goes to ``on_event``."""
+
+    def __init__(self, on_event: Callable[[dict[str, Any]], None]) -> None:
+        self._on_event = on_event
+        self._pending = bytearray()
+        self._skipping = False
+        self.skipped = 0
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        while (end := self._pending.find(b"\n")) >= 0:
+            line = bytes(self._pending[:end])
+            del self._pending[: end + 1]
+            if self._skipping:
+                self._skipping = False
+            else:
+                self._line(line)
+        if len(self._pending) > LINE_LIMIT:  # the rest of this line is dropped as it comes
+            self._pending.clear()
+            self._skipping = True
+            self.skipped += 1
+
+    def close(self) -> None:
+        if self._pending and not self._skipping:
+            self._line(bytes(self._pending))
+        self._pending.clear()
+
+    def _line(self, line: bytes) -> None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return  # not an event (a stray print)
+        if isinstance(event, dict):
+            self._on_event(event)
+
+
+class ExternalEngine(Engine):
+    """An engine that is a CLI run inside the sandbox: the parts every such engine has."""
+
+    external: ClassVar[bool] = True
+    tools: ClassVar[Mapping[str, frozenset[Capability]]] = {}
+    """The CLI's tools, by the name its permission hook gives them, and what each can do."""
+    journals_denied_calls: ClassVar[bool] = True
+    """Whether the CLI's own output shows a call its hook denied (else the hook's answer journals it)."""
+
+    def sandbox_mounts(self) -> tuple[str, ...]:
+        return (str(require(self.name).root), str(HOOK_DIR))
+
+    def models(self, ctx: EngineContext) -> ModelAccess:
+        """``ctx.models``, or a clear error when the engine runs without corral's runtime."""
+        if ctx.models is None:
+            raise ModelConfigError(f"the {self.name} engine runs only under corral's runtime (it needs the gateway)")
+        return ctx.models
+
+    def hook_command(self, ctx: EngineContext) -> str | None:
+        """The shell command the CLI runs before each tool call, or None when policy decides nothing."""
+        if not ctx.spec.policy.decides:
+            return None
+        access = self.models(ctx)
+        return shlex.join([SANDBOX_PYTHON, "-I", str(HOOK), access.permission_url, access.api_key])
+
+    def calls(self, tool: str, tool_input: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The arguments policy decides one tool call on; more than one when a call acts on several
+        things (a patch on several files): the strictest decision stands."""
+        return [dict(tool_input)]
+
+    def capabilities(self, tool: str) -> frozenset[Capability]:
+        return self.tools.get(tool, UNKNOWN_TOOL)
+
+    def decide_tools(self, ctx: EngineContext) -> tuple[list[str], list[str]]:
+        """The CLI's tools as policy decides them before any call (no arguments yet), each decision
+        journaled: (enabled, disabled). A tool policy may still deny or ask about call by call is
+        enabled: the hook puts each of its calls to policy."""
+        enabled: list[str] = []
+        disabled: list[str] = []
+        for tool, capabilities in self.tools.items():
+            action = Action(tool=tool, arguments={}, capabilities=capabilities, run_id=ctx.run_id, agent=ctx.spec.name)
+            decision = decide(ctx.spec.policy, action)
+            (disabled if decision.verdict == "deny" else enabled).append(tool)
+            ctx.emit(
+                events.PolicyDecided(
+                    key=f"permission:{tool}",
+                    call_id=f"permission:{tool}",
+                    tool=tool,
+                    kind="permission",
+                    verdict="deny" if decision.verdict == "deny" else "allow",
+                    rule=decision.rule,
+                    reason=decision.reason,
+                )
+            )
+        return enabled, disabled
+
+    async def run_cli(
+        self, ctx: EngineContext, argv: list[str], env: dict[str, str], on_event: Callable[[dict[str, Any]], None]
+    ) -> CliOutput:
+        """Run the CLI once in the sandbox, within the run's time, giving each JSON line it prints to
+        ``on_event`` as it arrives (the journal shows a session as it goes, however long it is)."""
+        ctx.budget.check_wall_time()
+        lines = JsonLines(on_event)
+        result = await ctx.sandbox.exec(
+            argv,
+            env=env,
+            timeout=ctx.budget.clip(SESSION_TIMEOUT_S),
+            output_limit=OUTPUT_LIMIT,
+            spill_limit=0,
+            on_stdout=lines.feed,
+        )
+        lines.close()
+        return CliOutput(result.stderr, result.exit_code, result.timed_out, lines.skipped)
+
+
+class HookPolicy:
+    """The answers to one run's permission hook (the gateway account's ``on_permission``)."""
+
+    def __init__(self, engine: ExternalEngine, ctx: EngineContext) -> None:
+        self._engine, self._ctx = engine, ctx
+        self._counts: dict[str, int] = {}
+        self._unnamed = 0
+
+    async def __call__(self, call: dict[str, Any]) -> dict[str, str]:
+        ctx, engine = self._ctx, self._engine
+        tool = str(call["tool"])
+        given = call.get("input")
+        tool_input: dict[str, Any] = given if isinstance(given, dict) else {"input": given}
+        if call.get("id"):
+            call_id = str(call["id"])
+        else:
+            self._unnamed += 1
+            call_id = f"hook-{self._unnamed}"
+        count = self._counts.get(tool, 0)
+        self._counts[tool] = count + 1
+        capabilities = engine.capabilities(tool)
+        actions = [
+            Action(
+                tool=tool,
+                arguments=arguments,
+                capabilities=capabilities,
+                run_id=ctx.run_id,
+                agent=ctx.spec.name,
+                depth=ctx.depth,
+                count=count + 1,
+            )
+            for arguments in engine.calls(tool, tool_input)
+        ]
+        action, decision = _strictest((action, decide(ctx.spec.policy, action)) for action in actions)
+        ctx.emit(
+            events.PolicyDecided(
+                key=f"tool:{call_id}:policy",
+                call_id=call_id,
+                tool=tool,
+                kind="tool",
+                verdict=decision.verdict,
+                rule=decision.rule,
+                reason=ctx.redact(decision.reason),
+            )
+        )
+        if decision.verdict == "ask":  # a person decides; the hook (and the CLI) wait as long as it takes
+            decision = await ctx.ask(action, decision, call_id) if ctx.ask is not None else NO_ONE_TO_ASK
+        if not decision.allowed and not engine.journals_denied_calls:
+            args = redact_data(tool_input, ctx.redact)
+            ctx.emit(events.ToolCalled(key=f"tool:{call_id}:call", call_id=call_id, tool=tool, args=args))
+            ctx.emit(
+                events.ToolReturned(
+                    key=f"tool:{call_id}:result",
+                    call_id=call_id,
+                    tool=tool,
+                    ok=False,
+                    text=f"denied by policy: {ctx.redact(decision.reason)}",
+                    error="PolicyDenied",
+                )
+            )
+        why = decision.reason if decision.allowed else f"denied by corral policy: {decision.reason}"
+        return {"decision": "allow" if decision.allowed else "deny", "reason": ctx.redact(why)}
+
+
+def _strictest(decisions: Iterable[tuple[Action, Decision]]) -> tuple[Action, Decision]:
+    return max(decisions, key=lambda pair: _RANK[pair[1].verdict])
