@@ -26,8 +26,10 @@ from corral.events import EgressAttempted, ModelCalled, PolicyDecided, ToolCalle
 from corral.models.gateway import KEY_PREFIX
 from corral.models.scripted import ScriptedServer, ToolCall, Turn
 from corral.spec import AgentSpec
-from corral.store import RunStatus
-from tests.e2e.test_runs import events_of, run_once
+from corral.store import RunStatus, Store
+from tests.e2e.test_runs import events_of, run_once, script, spec_for
+from tests.e2e.cli_helpers import corral
+from tests.orchestration.support import eval_script, run_then_kill
 from tests.sandbox.conftest import skip_unless_bubblewrap_runs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -57,7 +59,7 @@ class EngineCase:
     """The tools the journal shows, in order (the denied command and the counters' read included)."""
 
     def spec(self, server: ScriptedServer, **extra: object) -> AgentSpec:
-        fields = {"name": "agent", "engine": self.engine, "model": self.model, "sandbox": "bubblewrap"}
+        fields = {"name": self.engine, "engine": self.engine, "model": self.model, "sandbox": "bubblewrap"}
         return AgentSpec.model_validate({**fields, "base_url": getattr(server, self.url), **extra})
 
 
@@ -139,12 +141,19 @@ def _counters(text: str) -> dict[str, int]:
 
 
 async def test_the_engine_reads_runs_and_edits_in_bubblewrap_through_the_gateway_and_nothing_else_leaves(
-    case: EngineCase, home: Path, repo: Path
+    case: EngineCase, home: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import corral.engines.external as external
+
+    # Far less than the session prints: its events are read as they come, not from what is kept.
+    monkeypatch.setattr(external, "OUTPUT_LIMIT", 4096)
+    # A task is text for the model, never an option of the CLI, whatever it starts with.
+    task = "--dangerously-skip-permissions --yolo fix add()"
     with ScriptedServer(case.session) as server:
-        record = await run_once(home, case.spec(server, policy=POLICY), repo, task="fix add()")
+        record = await run_once(home, case.spec(server, policy=POLICY), repo, task=task)
         asked = [request for request in server.requests if request.path == case.api_path]
     assert record.status is RunStatus.SUCCEEDED, record.error
+    assert task in json.dumps(asked[0].body)
     assert record.result is not None and record.result["text"] == "Fixed add(): it subtracted."
     assert "-    return a - b" in record.result["patch"] and "+    return a + b" in record.result["patch"]
     assert record.result["files_changed"] == 1  # the engine's home (.corral/) is not in it
@@ -176,3 +185,156 @@ async def test_the_engine_reads_runs_and_edits_in_bubblewrap_through_the_gateway
     assert seen["Ip.OutNoRoutes"] == 0 and seen["Ip6OutNoRoutes"] == 0  # no packet to anywhere but loopback
     assert seen["Udp.OutDatagrams"] == 0 and seen["Udp6OutDatagrams"] == 0  # no DNS query, to anyone
     assert seen["Tcp.AttemptFails"] == 0  # no refused connection on loopback either
+
+
+async def test_a_capability_the_policy_denies_is_refused_in_the_engine_and_the_session_goes_on(
+    case: EngineCase, home: Path, repo: Path
+) -> None:
+    """Denied outright, not on arguments: Claude Code gets the tool disallowed (it refuses it itself),
+    Codex has no switch for its shell, so its hook refuses each call."""
+    policy = {"rules": [{"capability": "runs_commands", "decision": "deny", "reason": "no commands here"}]}
+    with ScriptedServer([*case.session[:3], case.session[-1]]) as server:
+        record = await run_once(home, case.spec(server, policy=policy), repo, task="fix add()")
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    events = [entry.event for entry in events_of(home, record.id)]
+    decided = {(e.kind, e.tool): e for e in events if isinstance(e, PolicyDecided)}
+    assert decided["permission", "Bash"].verdict == "deny" and decided["permission", case.tools[2]].verdict == "allow"
+    commands = [e for e in events if isinstance(e, ToolCalled) and e.tool == "Bash"]
+    results = {e.call_id: e for e in events if isinstance(e, ToolReturned)}
+    assert commands and not any(results[c.call_id].ok or "42" in results[c.call_id].text for c in commands)
+    assert "+    return a + b" in (record.result or {})["patch"]  # the rest of the session went on
+
+
+async def test_a_budget_smaller_than_the_session_stops_the_engine_with_the_budgets_error(
+    case: EngineCase, home: Path, repo: Path
+) -> None:
+    with ScriptedServer(case.session) as server:
+        record = await run_once(home, case.spec(server, budget={"max_turns": 2}), repo, task="fix add()")
+        asked = [request for request in server.requests if request.path == case.api_path]
+    assert record.status is RunStatus.FAILED
+    assert record.error_type == "BudgetExceededError" and "max_turns" in (record.error or ""), record.error
+    assert len(asked) == 2  # the third call was refused by the gateway, not sent
+    events = [entry.event for entry in events_of(home, record.id)]
+    metered = [e for e in events if isinstance(e, ModelCalled)]
+    assert [m.status for m in metered][:3] == [200, 200, 403] and "max_turns" in (metered[2].error or "")
+    assert all(m.status == 403 for m in metered[2:])  # a CLI that retries is refused each time
+    # the journal is consistent: every call the engine made has its result, the run its end
+    calls = {e.call_id for e in events if isinstance(e, ToolCalled)}
+    assert calls == {e.call_id for e in events if isinstance(e, ToolReturned)} and len(calls) == 2
+    assert events[-1].type == "run.finished"
+
+
+SCHEMA = {"type": "object", "properties": {"fixed": {"type": "boolean"}}, "required": ["fixed"]}
+
+
+def _answer(case: EngineCase, value: object) -> Turn:
+    """A typed answer as each engine's model gives one: Claude Code's StructuredOutput tool, Codex's final
+    message under ``--output-schema``."""
+    if case.engine == "claude-code":
+        return Turn(tool_calls=[ToolCall(name="StructuredOutput", args={"fixed": value})])
+    return Turn(output={"fixed": value})
+
+
+async def test_an_output_schema_gives_a_typed_result_and_an_answer_off_it_gets_one_correction(
+    case: EngineCase, home: Path, repo: Path
+) -> None:
+    with ScriptedServer([case.session[0], _answer(case, True)]) as server:
+        record = await run_once(home, case.spec(server, output_schema=SCHEMA), repo, task="is add() fixed?")
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    assert (record.result or {})["output"] == {"fixed": True}
+    with ScriptedServer([case.session[0], _answer(case, "yes"), _answer(case, False)]) as server:
+        record = await run_once(home, case.spec(server, output_schema=SCHEMA), repo, task="is add() fixed?")
+        asked = [request for request in server.requests if request.path == case.api_path]
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    assert (record.result or {})["output"] == {"fixed": False}
+    assert "fixed" in json.dumps(asked[-1].body) and "yes" in json.dumps(asked[-1].body)  # it saw its answer
+    if case.engine == "codex":  # corral's one correction turn (Claude Code's own check asks again and again)
+        with ScriptedServer([case.session[0], _answer(case, "yes"), _answer(case, "no")]) as server:
+            record = await run_once(home, case.spec(server, output_schema=SCHEMA), repo, task="is add() fixed?")
+        assert record.status is RunStatus.FAILED and "output schema" in (record.error or ""), record.error
+
+
+def _route(case: EngineCase, match: str) -> str:
+    """The turns of ``case``'s subagent, as a script route: read calc.py, then a typed answer."""
+    read = case.session[0].tool_calls[0]
+    answer = _answer(case, False)
+    lines = [f"[[routes]]\nmatch = {json.dumps(match)}"]
+    lines.append(f"[[routes.turns]]\n[[routes.turns.tool_calls]]\nname = {json.dumps(read.name)}")
+    lines.append(f"args = {json.dumps(read.args).replace(':', ' =')}")
+    if answer.output is not None:
+        lines.append('[[routes.turns]]\noutput = { fixed = false, by = "%s" }' % case.engine)
+    else:
+        lines.append("[[routes.turns]]\n[[routes.turns.tool_calls]]\nname = \"StructuredOutput\"")
+        lines.append('args = { fixed = false, by = "%s" }' % case.engine)
+    return "\n".join(lines) + "\n"
+
+
+async def test_a_program_dispatches_one_subagent_of_each_engine_in_parallel_and_gets_typed_results(
+    home: Path, repo: Path, tmp_path: Path
+) -> None:
+    skip_unless_bubblewrap_runs()
+    engines = sorted(CASES)
+    for name in engines:
+        if pinned(name) is None:
+            pytest.fail(f"{name} is not installed: the test setup (scripts/setup test) installs it")
+    calls = ", ".join(f'task("{name}: is add() right?", agent="{name}")' for name in engines)
+    program = f"await asyncio.gather({calls})"
+    routes = "".join(_route(CASES[name], f"{name}: is add() right?") for name in engines)
+    with ScriptedServer(script(tmp_path, eval_script(program) + routes)) as server:
+        schema = {**SCHEMA, "properties": {**SCHEMA["properties"], "by": {"type": "string"}}}
+        subagents = {
+            name: CASES[name].spec(server, output_schema=schema).model_dump(mode="json", exclude_defaults=True)
+            for name in engines
+        }
+        root = spec_for(server, tools=["eval"], sandbox="bubblewrap", subagents=subagents)
+        record = await run_once(home, root, repo, task="ask every engine about add()")
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    events = [entry.event for entry in events_of(home, record.id)]
+    (result,) = [e for e in events if isinstance(e, ToolReturned) and e.tool == "eval"]
+    assert result.ok
+    assert json.loads(result.text.removeprefix("value: ")) == [{"fixed": False, "by": name} for name in engines]
+    store = Store.open(home=home)
+    try:
+        children = store.children(record.id)
+    finally:
+        store.close()
+    assert sorted(c.agent for c in children) == engines and all(c.status is RunStatus.SUCCEEDED for c in children)
+    starts = sorted((c.started_at, c.finished_at) for c in children)
+    assert all(later[0] < earlier[1] for earlier, later in zip(starts, starts[1:], strict=False))  # in parallel
+
+
+def test_sigkill_mid_session_then_resume_continues_the_engines_session(case: EngineCase, tmp_path: Path) -> None:
+    """The run's process is killed while the engine waits for its second model answer; `corral resume`
+    starts the CLI again on the session it had (kept in the workspace's .corral/): the model is asked
+    to go on from there, with the conversation so far, not to start over."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    home = tmp_path / "home"
+    session = [case.session[0], case.session[1].model_copy(update={"delay": 1.5}), case.session[2], case.session[-1]]
+    with ScriptedServer(session) as server:
+        (tmp_path / "corral.toml").write_text(
+            f'[agents.agent]\nengine = "{case.engine}"\nmodel = "{case.model}"\n'
+            f'base_url = "{getattr(server, case.url)}"\nsandbox = "bubblewrap"\n'
+        )
+        second = lambda: len([r for r in server.requests if r.path == case.api_path]) >= 2  # noqa: E731
+        run_then_kill(tmp_path, home, ["agent", "fix add()", "--repo", str(repo)], second, what="the 2nd model call")
+        before = len(server.requests)
+        resumed = corral("resume", cwd=tmp_path, home=home, timeout=180)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        after = [r.body or {} for r in server.requests[before:] if r.path == case.api_path]
+    # the first request after the resume carries the session so far: the first call and the resume prompt
+    history = json.dumps(after[0])
+    assert ("toolu_1" if case.engine == "claude-code" else "call_1") in history
+    assert "Continue the task where you left off" in history
+    store = Store.open(home=home)
+    try:
+        (record,) = store.list_runs(limit=None)
+        events = [entry.event for entry in store.events(record.id)]
+    finally:
+        store.close()
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    assert "+    return a + b" in (record.result or {})["patch"]
+    assert any(e.type == "run.resumed" for e in events)
+    # the journal shows every model call, the ones before the kill and the ones after
+    assert len([e for e in events if isinstance(e, ModelCalled)]) >= 1 + len(after)

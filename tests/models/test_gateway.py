@@ -5,19 +5,24 @@ exhausted budgets without forwarding anything."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anthropic
+import httpx2
 import openai
 import pytest
 
+from corral.engines.external import HOOK
 from corral.events import Usage
 from corral.models.gateway import GatewayCall, ModelGateway, Upstream
 from corral.models.scripted import ScriptedServer
 from corral.models.scripted.script import Failure, ScriptUsage, Turn
 from corral.policy.budgets import BudgetClock
+from corral.sandbox.types import SANDBOX_PYTHON
 from corral.spec import Budget, ModelPrice
 
 pytestmark = pytest.mark.anyio
@@ -228,3 +233,88 @@ async def test_paths_the_gateway_does_not_serve_are_404_and_bodies_must_be_json(
                 garbage = await client.post(f"{gateway.anthropic_base_url}/v1/messages", headers=headers, content=b"[1")
                 assert garbage.status_code == 400 and "not a JSON object" in garbage.text
         assert upstream.requests == []
+
+
+# --- the permission hook's door: POST /corral/permission ----------------------------------------
+
+
+async def _hook(gateway_url: str, key: str, stdin: bytes) -> tuple[int, dict[str, Any] | None, str]:
+    """Run the real hook script, as an engine runs it, with ``stdin`` as the engine's call."""
+    process = await asyncio.create_subprocess_exec(
+        SANDBOX_PYTHON,
+        "-I",
+        str(HOOK),
+        f"{gateway_url}/corral/permission",
+        key,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "NO_PROXY": "*"},
+    )
+    out, err = await process.communicate(stdin)
+    assert process.returncode is not None
+    return process.returncode, json.loads(out) if out.strip() else None, err.decode()
+
+
+CALL = json.dumps(
+    {"hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_input": {"command": "git push"}, "tool_use_id": "c1"}
+).encode()
+
+
+async def test_the_permission_hook_gets_the_runs_answer_in_the_hooks_format() -> None:
+    asked: list[dict[str, Any]] = []
+
+    async def on_permission(call: dict[str, Any]) -> dict[str, str]:
+        asked.append(call)
+        push = "push" in call["input"]["command"]
+        return {"decision": "deny" if push else "allow", "reason": "no pushes" if push else "fine"}
+
+    with ScriptedServer(turns(1)) as upstream:
+        async with ModelGateway() as gateway:
+            account = account_for(gateway, upstream, [])
+            account.on_permission = on_permission
+            code, answer, _ = await _hook(gateway.url, account.key, CALL)
+            assert code == 0 and answer == {
+                "hookSpecificOutput": {
+                    "hookEventName": "PreToolUse",
+                    "permissionDecision": "deny",
+                    "permissionDecisionReason": "no pushes",
+                }
+            }
+            allowed = CALL.replace(b"git push", b"git status")
+            code, answer, _ = await _hook(gateway.url, account.key, allowed)
+            assert code == 0 and answer is not None
+            assert answer["hookSpecificOutput"]["permissionDecision"] == "allow"
+    assert asked[0] == {"tool": "Bash", "input": {"command": "git push"}, "id": "c1"}
+
+
+async def test_the_permission_hook_blocks_the_call_whenever_no_decision_comes() -> None:
+    async def broken(call: dict[str, Any]) -> dict[str, str]:
+        raise RuntimeError("the journal is gone")
+
+    async def garbage(call: dict[str, Any]) -> dict[str, str]:
+        return {"decision": "maybe"}
+
+    with ScriptedServer(turns(1)) as upstream:
+        async with ModelGateway() as gateway:
+            account = account_for(gateway, upstream, [])
+            # no handler for the run: the hook has nobody to ask
+            code, answer, err = await _hook(gateway.url, account.key, CALL)
+            assert (code, answer) == (2, None) and "blocked" in err and "404" in err
+            account.on_permission = broken
+            code, answer, err = await _hook(gateway.url, account.key, CALL)
+            assert (code, answer) == (2, None) and "500" in err
+            account.on_permission = garbage
+            code, answer, err = await _hook(gateway.url, account.key, CALL)
+            assert (code, answer) == (2, None) and "unknown decision" in err
+            code, answer, err = await _hook(gateway.url, "corral-gw-made-up", CALL)  # not a run's key
+            assert (code, answer) == (2, None) and "401" in err
+            code, answer, err = await _hook(gateway.url, account.key, b"not json")
+            assert (code, answer) == (2, None) and "blocked" in err
+            async with httpx2.AsyncClient() as client:  # a body that names no tool
+                headers = {"Authorization": f"Bearer {account.key}"}
+                answered = await client.post(f"{gateway.url}/corral/permission", content=b"[1]", headers=headers)
+                assert answered.status_code == 400
+            url = gateway.url
+        code, answer, err = await _hook(url, account.key, CALL)  # the gateway is gone
+        assert (code, answer) == (2, None) and "blocked" in err

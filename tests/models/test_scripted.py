@@ -474,3 +474,76 @@ def test_module_runs_as_a_separate_process(tmp_path: Path) -> None:
         assert process.stdout is not None
         process.stdout.close()
     assert [r.status for r in read_recording(record)] == [200]
+
+
+# --- custom (freeform) tools: Codex's apply_patch -----------------------------------------------
+
+PATCH = "*** Begin Patch\n*** Add File: a.txt\n+hello\n*** End Patch\n"
+CUSTOM = ToolCall(name="apply_patch", input=PATCH)
+
+
+def test_a_custom_tool_call_is_a_custom_tool_call_item_streamed_with_its_input_events(
+    openai_for: OpenAIFactory,
+) -> None:
+    with (
+        ScriptedServer([Turn(tool_calls=[CUSTOM])]) as server,
+        openai_for(server).responses.stream(model="m", input="go") as stream,
+    ):
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert "response.custom_tool_call_input.delta" in kinds and "response.custom_tool_call_input.done" in kinds
+    deltas = "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta")
+    (call,) = final.output
+    assert call.type == "custom_tool_call" and call.name == "apply_patch" and call.input == PATCH == deltas
+
+
+def test_a_custom_tool_call_on_chat_and_anthropic_and_back_in_the_history(
+    openai_for: OpenAIFactory, anthropic_for: AnthropicFactory
+) -> None:
+    with ScriptedServer([Turn(tool_calls=[CUSTOM]), Turn(text="done")]) as server:
+        completion = chat(openai_for(server))
+        (call,) = completion.choices[0].message.tool_calls
+        assert call.type == "custom" and call.custom.name == "apply_patch" and call.custom.input == PATCH
+        streamed = chat(openai_for(server), stream=True)
+        pieces = [c.choices[0].delta.tool_calls for c in streamed if c.choices and c.choices[0].delta.tool_calls]
+        assert pieces[0][0].type == "custom"
+        message = claude(anthropic_for(server))
+        (block,) = message.content
+        assert block.type == "tool_use" and block.input == {"input": PATCH}  # Anthropic has no freeform tools
+        # the call and its output sent back: the next turn answers
+        history = [
+            {"type": "message", "role": "user", "content": "go"},
+            {"type": "custom_tool_call", "call_id": "call_1", "name": "apply_patch", "input": PATCH},
+            {"type": "custom_tool_call_output", "call_id": "call_1", "output": "Done!"},
+        ]
+        response = openai_for(server).responses.create(model="m", input=history)  # type: ignore[arg-type]
+    assert response.output_text == "done"
+    assert server.requests[-1].body["input"][1]["type"] == "custom_tool_call"
+
+
+def test_tools_declared_in_additional_tools_items_and_namespaces_are_the_requests_tools(
+    openai_for: OpenAIFactory,
+) -> None:
+    seen: list[list[str]] = []
+
+    def policy(request: ScriptedRequest) -> Turn:
+        seen.append(request.tool_names)
+        return Turn(text="ok")
+
+    declared = {
+        "type": "additional_tools",
+        "role": "developer",
+        "tools": [
+            {"type": "namespace", "name": "functions", "tools": [{"type": "custom", "name": "exec"}]},
+            {"type": "function", "name": "wait", "parameters": {"type": "object"}},
+        ],
+    }
+    with ScriptedServer(policy=policy) as server:
+        openai_for(server).responses.create(model="m", input=[declared, {"role": "user", "content": "go"}])  # type: ignore[list-item]
+    assert seen == [["exec", "wait"]]
+
+
+def test_a_tool_call_takes_args_or_input_not_both() -> None:
+    with pytest.raises(ValueError, match="args .* or input"):
+        ToolCall(name="apply_patch", args={"a": 1}, input="x")

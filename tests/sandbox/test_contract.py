@@ -208,6 +208,26 @@ async def test_output_over_the_limit_never_kills_the_command(sandbox: Sandbox) -
     assert not (sandbox.workspace / result.output_path).exists()
 
 
+async def test_on_stdout_sees_all_of_stdout_as_it_comes_whatever_is_kept(sandbox: Sandbox) -> None:
+    seen: list[bytes] = []
+    result = await sandbox.exec("seq 1 430000; echo oops >&2", timeout=60, on_stdout=seen.append, spill_limit=0)
+    assert result.truncated and len(seen) > 1  # chunks as they arrived; far more than what was kept
+    assert b"".join(seen) == numbers(1, 430_000)  # stdout only, whole, in order
+
+
+async def test_an_on_stdout_that_raises_is_raised_once_the_command_has_ended(sandbox: Sandbox) -> None:
+    calls: list[bytes] = []
+
+    def broken(data: bytes) -> None:
+        calls.append(data)
+        raise OSError("the journal cannot be written")
+
+    with pytest.raises(OSError, match="the journal cannot be written"):
+        await sandbox.exec("echo one; sleep 0.2; echo two; echo done > finished", timeout=30, on_stdout=broken)
+    assert len(calls) == 1  # not called again
+    assert (await sandbox.read_file("finished")) == b"done\n"  # the command ran to its end
+
+
 async def test_output_within_the_limit_is_whole_and_saves_no_file(sandbox: Sandbox) -> None:
     result = await sandbox.exec("head -c 50000 /dev/zero | tr '\\0' y; echo err >&2", timeout=10)
     assert (result.truncated, result.exit_code) == (False, 0)

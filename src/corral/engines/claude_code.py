@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from jsonschema import Draft202012Validator
@@ -71,7 +72,7 @@ class ClaudeCodeEngine(ExternalEngine):
     """Claude Code (``@anthropic-ai/claude-code``) as a corral engine."""
 
     name: ClassVar[str] = "claude-code"
-    tools: ClassVar[dict[str, frozenset[Capability]]] = TOOL_CAPABILITIES
+    tools: ClassVar[Mapping[str, frozenset[Capability]]] = TOOL_CAPABILITIES
 
     async def run(self, ctx: EngineContext) -> EngineResult:
         models = self.models(ctx)

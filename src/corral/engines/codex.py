@@ -71,7 +71,7 @@ class CodexEngine(ExternalEngine):
     """Codex (``@openai/codex``) as a corral engine."""
 
     name: ClassVar[str] = "codex"
-    tools: ClassVar[dict[str, frozenset[Capability]]] = TOOL_CAPABILITIES
+    tools: ClassVar[Mapping[str, frozenset[Capability]]] = TOOL_CAPABILITIES
     journals_denied_calls: ClassVar[bool] = False
 
     def calls(self, tool: str, tool_input: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from corral import events as ev
@@ -57,6 +57,25 @@ def routes(gateway: ModelGateway) -> dict[str, str]:
     return {ROUTE: gateway.url.removeprefix("http://")}
 
 
+def spent_before(journal: Iterable[ev.BaseEvent]) -> tuple[Usage, int]:
+    """What a resumed run's engine spent before: the usage of its journaled model calls, and how many
+    there were (its new account numbers its calls after them, and its budget counts from there)."""
+    usage, calls = Usage(), 0
+    for event in journal:
+        if isinstance(event, ev.ModelCalled):
+            usage += Usage(
+                input_tokens=event.input_tokens,
+                output_tokens=event.output_tokens,
+                cache_read_tokens=event.cache_read_tokens,
+                cache_write_tokens=event.cache_write_tokens,
+                reasoning_tokens=event.reasoning_tokens,
+                cost_usd=event.cost_usd,
+                unpriced_calls=int(event.price_source == "unknown"),
+            )
+            calls = max(calls, event.call + 1)
+    return usage, calls
+
+
 @contextlib.asynccontextmanager
 async def model_access(
     gateway: ModelGateway,
@@ -66,12 +85,14 @@ async def model_access(
     emit: Callable[[ev.BaseEvent], None],
     on_usage: Callable[[Usage, int], None],
     permit: PermissionHandler | None = None,
+    spent: tuple[Usage, int] = (Usage(), 0),
 ) -> AsyncIterator[ModelAccess]:
     """An account for the run's engine while it runs; its key stops working when the block ends.
 
     ``permit`` answers the engine's permission hook. It runs in the context this block was entered in
     (the run's workflow), not the gateway's: a decision that waits for a person is a durable wait of
-    the run's workflow, as a native tool call's is.
+    the run's workflow, as a native tool call's is. ``spent``: the usage and model calls of the run
+    before it was resumed (``spent_before``).
     """
     from corral.models.providers import api_key_for, gateway_upstreams, resolve_target
 
@@ -109,12 +130,17 @@ async def model_access(
         on_call=on_call,
         prices=spec.prices,
         price_ref=target.ref,
+        usage=spent[0],
+        calls=spent[1],
     )
     if permit is not None:
         workflow_context = contextvars.copy_context()
 
         async def on_permission(call: dict[str, Any]) -> dict[str, str]:
-            return await asyncio.get_running_loop().create_task(permit(call), context=workflow_context.copy())
+            async def decide() -> dict[str, str]:
+                return await permit(call)
+
+            return await asyncio.get_running_loop().create_task(decide(), context=workflow_context.copy())
 
         account.on_permission = on_permission
     try:

@@ -665,7 +665,11 @@ class Runtime:
                 gateway = await self._gateways.get()
                 emit = ctx.emit
                 permit = HookPolicy(engine, ctx) if isinstance(engine, ExternalEngine) else None
-                access = external.model_access(gateway, record.id, spec, budget, emit, on_usage, permit)
+                # A resumed run's calls are numbered after the ones its journal holds, its budget counts them.
+                spent = external.spent_before(e.event for e in self.store.events(record.id)) if resumed else None
+                access = external.model_access(
+                    gateway, record.id, spec, budget, emit, on_usage, permit, spent or (Usage(), 0)
+                )
                 ctx.models = await stack.enter_async_context(access)
             remaining = budget.remaining_s()
             if remaining is None:

@@ -99,7 +99,7 @@ class Turn(_Strict):
 
 
 class Route(_Strict):
-    """Turns for the conversations whose system prompt or first user message contains ``match``."""
+    """Turns for the conversations whose system prompt or opening user messages contain ``match``."""
 
     match: str = Field(min_length=1)
     turns: list[Turn] = Field(min_length=1)

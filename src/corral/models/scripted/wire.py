@@ -74,7 +74,14 @@ class ScriptedRequest:
 
     @property
     def first_user_text(self) -> str:
-        return next((m.text for m in self.messages if m.role == "user"), "")
+        """The conversation's opening: its user messages before the first answer (a CLI may send several,
+        its context first and the task last)."""
+        opening: list[str] = []
+        for message in self.messages:
+            if message.role != "user":
+                break
+            opening.append(message.text)
+        return "\n".join(opening)
 
     @property
     def tool_names(self) -> list[str]:
