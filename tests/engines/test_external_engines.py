@@ -15,6 +15,7 @@ connection.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,8 @@ from corral.models.gateway import KEY_PREFIX
 from corral.models.scripted import ScriptedServer, ToolCall, Turn
 from corral.spec import AgentSpec
 from corral.store import RunStatus, Store
-from tests.e2e.test_runs import events_of, run_once, script, spec_for
 from tests.e2e.cli_helpers import corral
+from tests.e2e.test_runs import events_of, run_once, script, spec_for
 from tests.orchestration.support import eval_script, run_then_kill
 from tests.sandbox.conftest import skip_unless_bubblewrap_runs
 
@@ -36,7 +37,12 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
 
 COUNTERS = "cat /proc/net/snmp /proc/net/snmp6"
 DENIED = "git push origin main"
-POLICY = {"rules": [{"tool": "Bash", "args": {"command": "git push*"}, "decision": "deny", "reason": "no pushes"}]}
+# on the capability, not the tool's name: one rule for every engine's shell (Bash, bash)
+POLICY = {
+    "rules": [
+        {"capability": "runs_commands", "args": {"command": "git push*"}, "decision": "deny", "reason": "no pushes"}
+    ]
+}
 
 CODEX_PATCH = """*** Begin Patch
 *** Update File: calc.py
@@ -58,13 +64,18 @@ class EngineCase:
     tools: list[str]
     """The tools the journal shows, in order (the denied command and the counters' read included)."""
 
+    @property
+    def shell(self) -> str:
+        """The engine's tool for commands."""
+        return self.tools[1]
+
     def spec(self, server: ScriptedServer, **extra: object) -> AgentSpec:
         fields = {"name": self.engine, "engine": self.engine, "model": self.model, "sandbox": "bubblewrap"}
         return AgentSpec.model_validate({**fields, "base_url": getattr(server, self.url), **extra})
 
 
-def _bash(command: str) -> ToolCall:
-    return ToolCall(name="Bash", args={"command": command, "description": "run"})
+def _bash(command: str, name: str = "Bash") -> ToolCall:
+    return ToolCall(name=name, args={"command": command, "description": "run"})
 
 
 def _exec(command: str) -> ToolCall:
@@ -113,6 +124,32 @@ CASES = {
         ],
         tools=["Bash", "Bash", "apply_patch", "Bash", "Bash"],
     ),
+    "opencode": EngineCase(
+        engine="opencode",
+        model="openai:gpt-4.1-mini",
+        url="openai_base_url",
+        api_path="/v1/chat/completions",
+        session=[
+            Turn(tool_calls=[ToolCall(name="read", args={"filePath": "/workspace/calc.py"})]),
+            Turn(tool_calls=[_bash("python3 -c 'print(6 * 7)'", "bash")]),
+            Turn(
+                tool_calls=[
+                    ToolCall(
+                        name="edit",
+                        args={
+                            "filePath": "/workspace/calc.py",
+                            "oldString": "return a - b",
+                            "newString": "return a + b",
+                        },
+                    )
+                ]
+            ),
+            Turn(tool_calls=[_bash(DENIED, "bash")]),
+            Turn(tool_calls=[_bash(COUNTERS, "bash")]),
+            Turn(text="Fixed add(): it subtracted."),
+        ],
+        tools=["read", "bash", "edit", "bash", "bash"],
+    ),
 }
 
 
@@ -129,7 +166,7 @@ def _counters(text: str) -> dict[str, int]:
     """``/proc/net/snmp`` (header and value lines per protocol) and ``snmp6`` (name value) as one table."""
     table: dict[str, int] = {}
     lines = text.splitlines()
-    for header, values in zip(lines, lines[1:], strict=False):
+    for header, values in itertools.pairwise(lines):
         names, numbers = header.split(), values.split()
         if names and names[0].endswith(":") and numbers and numbers[0] == names[0] and len(names) == len(numbers):
             table.update({f"{names[0][:-1]}.{n}": int(v) for n, v in zip(names[1:], numbers[1:], strict=True)})
@@ -170,8 +207,8 @@ async def test_the_engine_reads_runs_and_edits_in_bubblewrap_through_the_gateway
     assert DENIED in json.dumps(denied.args) and not results[denied.call_id].ok
     decisions = [e for e in events if isinstance(e, PolicyDecided) and e.kind == "tool"]
     (refusal,) = [d for d in decisions if d.verdict == "deny"]
-    assert refusal.tool == "Bash" and refusal.reason == "no pushes"
-    assert {d.tool for d in decisions if d.verdict == "allow"} >= {"Bash", case.tools[2]}
+    assert refusal.tool == case.shell and refusal.reason == "no pushes" and refusal.call_id == denied.call_id
+    assert {d.tool for d in decisions if d.verdict == "allow"} >= {case.shell, case.tools[2]}
     # every model call metered by the gateway, with the provider's key upstream, never the run's
     metered = [e for e in events if isinstance(e, ModelCalled)]
     assert len(metered) == len(asked) >= len(case.session)
@@ -198,8 +235,9 @@ async def test_a_capability_the_policy_denies_is_refused_in_the_engine_and_the_s
     assert record.status is RunStatus.SUCCEEDED, record.error
     events = [entry.event for entry in events_of(home, record.id)]
     decided = {(e.kind, e.tool): e for e in events if isinstance(e, PolicyDecided)}
-    assert decided["permission", "Bash"].verdict == "deny" and decided["permission", case.tools[2]].verdict == "allow"
-    commands = [e for e in events if isinstance(e, ToolCalled) and e.tool == "Bash"]
+    assert decided["permission", case.shell].verdict == "deny"
+    assert decided["permission", case.tools[2]].verdict == "allow"
+    commands = [e for e in events if isinstance(e, ToolCalled) and e.tool == case.shell]
     results = {e.call_id: e for e in events if isinstance(e, ToolReturned)}
     assert commands and not any(results[c.call_id].ok or "42" in results[c.call_id].text for c in commands)
     assert "+    return a + b" in (record.result or {})["patch"]  # the rest of the session went on
@@ -262,10 +300,10 @@ def _route(case: EngineCase, match: str) -> str:
     lines.append(f"[[routes.turns]]\n[[routes.turns.tool_calls]]\nname = {json.dumps(read.name)}")
     lines.append(f"args = {json.dumps(read.args).replace(':', ' =')}")
     if answer.output is not None:
-        lines.append('[[routes.turns]]\noutput = { fixed = false, by = "%s" }' % case.engine)
+        lines.append(f'[[routes.turns]]\noutput = {{ fixed = false, by = "{case.engine}" }}')
     else:
-        lines.append("[[routes.turns]]\n[[routes.turns.tool_calls]]\nname = \"StructuredOutput\"")
-        lines.append('args = { fixed = false, by = "%s" }' % case.engine)
+        lines.append('[[routes.turns]]\n[[routes.turns.tool_calls]]\nname = "StructuredOutput"')
+        lines.append(f'args = {{ fixed = false, by = "{case.engine}" }}')
     return "\n".join(lines) + "\n"
 
 
@@ -300,7 +338,7 @@ async def test_a_program_dispatches_one_subagent_of_each_engine_in_parallel_and_
         store.close()
     assert sorted(c.agent for c in children) == engines and all(c.status is RunStatus.SUCCEEDED for c in children)
     starts = sorted((c.started_at, c.finished_at) for c in children)
-    assert all(later[0] < earlier[1] for earlier, later in zip(starts, starts[1:], strict=False))  # in parallel
+    assert all(later[0] < earlier[1] for earlier, later in itertools.pairwise(starts))  # in parallel
 
 
 def test_sigkill_mid_session_then_resume_continues_the_engines_session(case: EngineCase, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ def test_json_lines_are_read_as_they_come_and_a_line_too_long_is_skipped(monkeyp
     monkeypatch.setattr(external, "LINE_LIMIT", 64)
     got: list[dict[str, Any]] = []
     lines = JsonLines(got.append)
-    for piece in (b'{"a": 1}\n{"b"', b': 2}\nnot json\n[1]\n', b'{"long": "' + b"x" * 100, b'"}\n{"c": 3}'):
+    for piece in (b'{"a": 1}\n{"b"', b": 2}\nnot json\n[1]\n", b'{"long": "' + b"x" * 100, b'"}\n{"c": 3}'):
         lines.feed(piece)
     assert got == [{"a": 1}, {"b": 2}]  # the long line's rest is dropped as it comes
     lines.close()  # the last line, without its newline
@@ -91,7 +91,12 @@ async def test_an_ask_waits_for_the_person_and_their_decision_stands() -> None:
     answer = await hook(ClaudeCodeEngine(), ctx)({"tool": "Bash", "input": {"command": "git push"}, "id": "toolu_1"})
     assert answer == {"decision": "allow", "reason": "approved by ann"}
     ((action, call_id),) = asked
-    assert (action.tool, dict(action.arguments), call_id, action.count) == ("Bash", {"command": "git push"}, "toolu_1", 1)
+    assert (action.tool, dict(action.arguments), call_id, action.count) == (
+        "Bash",
+        {"command": "git push"},
+        "toolu_1",
+        1,
+    )
     # Claude Code shows refused calls itself: the answer adds no tool events
     assert [type(e) for e in ctx.emitted] == [events.PolicyDecided]
     # no one to ask (no runtime): denied

@@ -133,6 +133,9 @@ class ModelAccess:
     api_key: str = field(repr=False)
     model: str | None
     """The model to ask for (the spec's, without its provider), or None for the CLI's default."""
+    provider: str = ""
+    """The spec's model provider (``anthropic``, ``openai``, ``scripted``…): the wire a CLI that speaks
+    several should use."""
     permission_url: str = ""
     """Where the engine's permission hook asks what policy says about a tool call (same key)."""
 

@@ -35,9 +35,9 @@ from jsonschema import Draft202012Validator
 
 from corral import events
 from corral.engines.base import EngineContext, EngineResult
-from corral.engines.external import CliOutput, ExternalEngine
+from corral.engines.external import CliOutput, ExternalEngine, failed
 from corral.engines.install import require
-from corral.errors import BudgetExceededError, ToolError
+from corral.errors import ToolError
 from corral.policy.rules import Capability
 from corral.secrets.redact import redact_data
 
@@ -64,6 +64,8 @@ TOOL_CAPABILITIES: dict[str, frozenset[Capability]] = {
     "Bash": frozenset({Capability.RUNS_COMMANDS}),
     "WebFetch": frozenset({Capability.EXTERNAL_SIDE_EFFECT}),
     "WebSearch": frozenset({Capability.EXTERNAL_SIDE_EFFECT}),
+    "TodoWrite": frozenset(),
+    "ExitPlanMode": frozenset(),
 }
 """Claude Code's tools and what each can do, as corral's policy reads capabilities."""
 
@@ -73,6 +75,7 @@ class ClaudeCodeEngine(ExternalEngine):
 
     name: ClassVar[str] = "claude-code"
     tools: ClassVar[Mapping[str, frozenset[Capability]]] = TOOL_CAPABILITIES
+    answer_tools: ClassVar[frozenset[str]] = frozenset({"StructuredOutput"})
 
     async def run(self, ctx: EngineContext) -> EngineResult:
         models = self.models(ctx)
@@ -134,10 +137,8 @@ class ClaudeCodeEngine(ExternalEngine):
             raise ToolError(f"Claude Code ended without a result: {detail}")
         text = str(final.get("result") or "")
         if final.get("is_error") or final.get("subtype") != "success":
-            if "budget exhausted" in text:
-                raise BudgetExceededError("budget", 0.0, 0.0, message=ctx.redact(text))
             how = "" if final.get("subtype") == "success" else f" ({final.get('subtype')})"
-            raise ToolError(f"Claude Code failed{how}: {ctx.redact(text)[:2000]}")
+            raise failed(f"Claude Code{how}", ctx, text)
         output = None
         if ctx.spec.output_schema is not None:
             output = final.get("structured_output")

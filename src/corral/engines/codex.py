@@ -33,13 +33,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from jsonschema import Draft202012Validator
-
 from corral import events
 from corral.engines.base import EngineContext, EngineResult
-from corral.engines.external import ExternalEngine
+from corral.engines.external import CORRECTION_PROMPT, ExternalEngine, failed, typed_answer
 from corral.engines.install import require
-from corral.errors import BudgetExceededError, ToolError
+from corral.errors import ToolError
 from corral.policy.rules import Capability
 from corral.secrets.redact import redact_data
 
@@ -49,10 +47,6 @@ resumed run continues its session), are removed with it, and are never part of i
 
 WORKSPACE = "/workspace"
 RESUME_PROMPT = "Your session was interrupted. Continue the task where you left off."
-CORRECTION_PROMPT = (
-    "Your final answer does not match the required JSON schema: {problem}. "
-    "Answer again with only a JSON value that matches it."
-)
 HOOK_TIMEOUT_S = 7 * 24 * 3600
 """How long Codex waits for the permission hook: the hook's own wait for a person ends first."""
 
@@ -101,13 +95,13 @@ class CodexEngine(ExternalEngine):
         result = await self._session(ctx, [*argv, "--", RESUME_PROMPT if resumed else ctx.task], env)
         if ctx.spec.output_schema is None:
             return result
-        output, problem = _typed(ctx.spec.output_schema, result.text)
+        output, problem = typed_answer(ctx.spec.output_schema, result.text)
         if problem is not None:  # one correction turn, in the same session
             prompt = CORRECTION_PROMPT.format(problem=problem)
             options = [a for a in argv[argv.index("--json") :] if a != "--output-schema" and "output-schema" not in a]
             again = [str(cli.binary), "exec", "resume", "--last", *options, "--", prompt]
             result = await self._session(ctx, again, env)
-            output, problem = _typed(ctx.spec.output_schema, result.text)
+            output, problem = typed_answer(ctx.spec.output_schema, result.text)
             if problem is not None:
                 raise ToolError(f"Codex's answer does not match the output schema: {problem}")
         return EngineResult(text=result.text, output=output, turns=result.turns)
@@ -119,9 +113,7 @@ class CodexEngine(ExternalEngine):
         if out.timed_out:
             raise ToolError("Codex did not finish within the run's time")
         if session.failure is not None:
-            if "budget" in session.failure and "corral" in session.failure:
-                raise BudgetExceededError("budget", 0.0, 0.0, message=ctx.redact(_budget_reason(session.failure)))
-            raise ToolError(f"Codex failed: {ctx.redact(session.failure)[:2000]}")
+            raise failed("Codex", ctx, session.failure)
         if session.text is None:
             detail = ctx.redact(out.stderr.strip()[-2000:]) or f"exit code {out.exit_code}"
             raise ToolError(f"Codex ended without an answer: {detail}")
@@ -249,23 +241,3 @@ class _Session:
                 exit_code=exit_code,
             )
         )
-
-
-def _typed(schema: dict[str, Any], text: str) -> tuple[dict[str, Any] | None, str | None]:
-    """The final message as the output schema's JSON value, or why it is not one."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None, "the answer is not JSON"
-    problems = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda error: list(error.path))
-    if problems:
-        return None, problems[0].message
-    if not isinstance(value, dict):
-        return None, "the answer is not a JSON object"
-    return value, None
-
-
-def _budget_reason(failure: str) -> str:
-    """The gateway's own words in a failure Codex reports (it wraps them in its own)."""
-    found = re.search(r"corral: ([^\"}]+)", failure)
-    return found.group(1).strip() if found else failure

@@ -16,16 +16,19 @@ parts that do not depend on which CLI it is:
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from jsonschema import Draft202012Validator
+
 from corral import events
 from corral.engines.base import NO_ONE_TO_ASK, Engine, EngineContext, ModelAccess
 from corral.engines.install import require
-from corral.errors import ModelConfigError
+from corral.errors import BudgetExceededError, ModelConfigError, ToolError
 from corral.policy.decide import Action, Decision, decide
 from corral.policy.rules import Capability
 from corral.sandbox.types import SANDBOX_PYTHON
@@ -46,7 +49,15 @@ SESSION_TIMEOUT_S = 3600.0
 UNKNOWN_TOOL: frozenset[Capability] = frozenset(Capability)
 """A tool an engine's table does not know (an MCP server's, a new one): it is taken to be able to do anything."""
 
+CORRECTION_PROMPT = (
+    "Your final answer does not match the required JSON schema: {problem}. "
+    "Answer again with only a JSON value that matches it."
+)
+"""The one correction turn an engine without its own schema check gets when its answer is off the schema."""
+
 _RANK = {"allow": 0, "ask": 1, "deny": 2}
+_FILE_ARGUMENTS = ("file_path", "filePath", "notebook_path")
+_GATEWAY_REFUSAL = re.compile(r"corral: ([^\"}\n]+)")
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,8 @@ class ExternalEngine(Engine):
     external: ClassVar[bool] = True
     tools: ClassVar[Mapping[str, frozenset[Capability]]] = {}
     """The CLI's tools, by the name its permission hook gives them, and what each can do."""
+    answer_tools: ClassVar[frozenset[str]] = frozenset()
+    """Tools the model answers through (Claude Code's ``StructuredOutput``): not actions, never put to policy."""
     journals_denied_calls: ClassVar[bool] = True
     """Whether the CLI's own output shows a call its hook denied (else the hook's answer journals it)."""
 
@@ -122,8 +135,14 @@ class ExternalEngine(Engine):
 
     def calls(self, tool: str, tool_input: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The arguments policy decides one tool call on; more than one when a call acts on several
-        things (a patch on several files): the strictest decision stands."""
-        return [dict(tool_input)]
+        things (a patch on several files): the strictest decision stands. A file a call names is also
+        its ``path``, whatever the CLI calls it, so one rule (``args = { path = "secrets/*" }``)
+        holds for every engine."""
+        arguments = dict(tool_input)
+        named = next((arguments[key] for key in _FILE_ARGUMENTS if isinstance(arguments.get(key), str)), None)
+        if named is not None and "path" not in arguments:
+            arguments["path"] = named
+        return [arguments]
 
     def capabilities(self, tool: str) -> frozenset[Capability]:
         return self.tools.get(tool, UNKNOWN_TOOL)
@@ -181,6 +200,8 @@ class HookPolicy:
     async def __call__(self, call: dict[str, Any]) -> dict[str, str]:
         ctx, engine = self._ctx, self._engine
         tool = str(call["tool"])
+        if tool in engine.answer_tools:
+            return {"decision": "allow", "reason": "the model's answer"}
         given = call.get("input")
         tool_input: dict[str, Any] = given if isinstance(given, dict) else {"input": given}
         if call.get("id"):
@@ -236,3 +257,26 @@ class HookPolicy:
 
 def _strictest(decisions: Iterable[tuple[Action, Decision]]) -> tuple[Action, Decision]:
     return max(decisions, key=lambda pair: _RANK[pair[1].verdict])
+
+
+def typed_answer(schema: dict[str, Any], text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A final message as the output schema's JSON object, or why it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None, "the answer is not JSON"
+    problems = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda error: list(error.path))
+    if problems:
+        return None, problems[0].message
+    if not isinstance(value, dict):
+        return None, "the answer is not a JSON object"
+    return value, None
+
+
+def failed(cli: str, ctx: EngineContext, failure: str) -> Exception:
+    """The error a CLI's reported failure is: the budget's, when the gateway refused a model call for
+    it (the CLI wraps the gateway's words in its own), else a tool error naming the CLI."""
+    refusal = _GATEWAY_REFUSAL.search(failure)
+    if refusal is not None and "budget" in failure:
+        return BudgetExceededError("budget", 0.0, 0.0, message=ctx.redact(refusal.group(1).strip()))
+    return ToolError(f"{cli} failed: {ctx.redact(failure)[:2000]}")

@@ -29,6 +29,7 @@ from corral.sandbox.proc import run_process
 NPM_TIMEOUT_S = 900.0
 VERSION_TIMEOUT_S = 60.0
 INSTALLED_FILE = "installed.json"
+COMPANIONS_DIR = "companions"
 PINNED_FILE = "pinned"
 
 _VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+(?:[-+][0-9A-Za-z.-]+)?")
@@ -45,6 +46,9 @@ class Cli:
     """The version corral's tests run against: the default for ``install``."""
     needs_node: bool
     """Its command is a node script (its node runtime goes into the sandbox with it)."""
+    companions: tuple[str, ...] = ()
+    """Packages installed beside it at the same version, in ``COMPANIONS_DIR`` with their lockfile (for
+    OpenCode: its plugin SDK, which it would otherwise fetch from the registry at every start)."""
 
 
 CLIS: dict[str, Cli] = {
@@ -52,7 +56,14 @@ CLIS: dict[str, Cli] = {
     for cli in (
         Cli("claude-code", "@anthropic-ai/claude-code", "claude", tested="2.1.332", needs_node=False),
         Cli("codex", "@openai/codex", "codex", tested="0.171.0", needs_node=True),
-        Cli("opencode", "opencode-ai", "opencode", tested="1.18.33", needs_node=False),
+        Cli(
+            "opencode",
+            "opencode-ai",
+            "opencode",
+            tested="1.18.33",
+            needs_node=False,
+            companions=("@opencode-ai/plugin",),
+        ),
     )
 }
 
@@ -117,7 +128,7 @@ async def install(engine: str, version: str | None = None) -> Installed:
     home = engines_dir() / engine
     final = home / version
     existing = read_installed(final)
-    if existing is not None and await asyncio.to_thread(_reports, existing, version):
+    if existing is not None and _complete(existing) and await asyncio.to_thread(_reports, existing, version):
         pin(existing)
         return existing
     npm = shutil.which("npm")
@@ -137,6 +148,19 @@ async def install(engine: str, version: str | None = None) -> Installed:
             await run_process(argv, timeout=NPM_TIMEOUT_S, env=env, what="npm install", purpose=f"of {cli.package}")
         except SandboxError as err:
             raise EngineInstallError(f"cannot install {cli.package}@{version}: {err.message}") from None
+        if cli.companions:  # a package.json and lockfile naming them exactly, as the CLI writes its own
+            companions = partial / COMPANIONS_DIR
+            companions.mkdir()
+            argv = [npm, "install", "--prefix", str(companions), "--no-audit", "--no-fund", "--save-exact"]
+            argv += ["--loglevel=error", *(f"{package}@{version}" for package in cli.companions)]
+            try:
+                await run_process(
+                    argv, timeout=NPM_TIMEOUT_S, env=env, what="npm install", purpose=f"beside {cli.package}"
+                )
+            except SandboxError as err:
+                raise EngineInstallError(
+                    f"cannot install {', '.join(cli.companions)}@{version}: {err.message}"
+                ) from None
         command = Path("node_modules", ".bin", cli.command)
         found = Installed(engine, cli.package, version, partial, str(command), time.time(), node)
         if not found.binary.exists():
@@ -157,6 +181,12 @@ async def install(engine: str, version: str | None = None) -> Installed:
     assert done is not None
     pin(done)
     return done
+
+
+def _complete(installed: Installed) -> bool:
+    """Whether an install holds its companions (an install made before they were added does not)."""
+    packages = installed.root / COMPANIONS_DIR / "node_modules"
+    return all((packages / name / "package.json").is_file() for name in cli_for(installed.engine).companions)
 
 
 def _reports(installed: Installed, version: str) -> bool:
@@ -237,6 +267,11 @@ def doctor_rows() -> list[tuple[str, bool, str]]:
         current = pinned(cli.engine)
         if current is None:
             rows.append((f"engine: {cli.engine}", False, f"not installed: corral engines install {cli.engine}"))
+            continue
+        if not _complete(current):
+            rows.append(
+                (f"engine: {cli.engine}", False, f"{current.version} lacks its companion packages: reinstall it")
+            )
             continue
         if not _reports(current, current.version):
             rows.append((f"engine: {cli.engine}", False, f"{current.binary} does not start: reinstall it"))

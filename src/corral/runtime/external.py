@@ -153,6 +153,7 @@ async def model_access(
             openai_base_url=f"{base}/openai/v1",
             api_key=account.key,
             model=None if target.provider == "scripted" else target.name,
+            provider=target.provider,
             permission_url=f"{base}/corral/permission",
         )
     finally:
