@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
-from corral.engines.install import CLIS, engines_dir, pinned
+from corral.engines.install import CLIS, engines_dir, pinned, require
+from corral.errors import EngineInstallError
 from tests.e2e.cli_helpers import corral
 
 # Each test runs `corral` in a subprocess (about a second each): the full suite's, not the fast lane's.
@@ -27,7 +29,8 @@ while [ $# -gt 0 ]; do
   case "$1" in --prefix) prefix="$2"; shift 2;; --*) shift;; install) shift;; *) spec="$1"; shift;; esac
 done
 version="${spec##*@}"
-mkdir -p "$prefix/node_modules/.bin"
+mkdir -p "$prefix/node_modules/.bin" "$prefix/node_modules/${spec%@*}"
+echo '{}' > "$prefix/node_modules/${spec%@*}/package.json"
 printf '#!/bin/sh\\necho "%s (fake)"\\n' "${FAKE_REPORTS:-$version}" > "$prefix/node_modules/.bin/$FAKE_COMMAND"
 chmod +x "$prefix/node_modules/.bin/$FAKE_COMMAND"
 """
@@ -121,6 +124,26 @@ def test_without_npm_the_install_says_how_to_get_it(cache: Path, tmp_path: Path)
     env = {"PATH": str(empty)}
     done = corral("engines", "install", "opencode", cwd=tmp_path, home=tmp_path / "home", env=env)
     assert done.returncode == 1 and "npm is not installed" in done.stderr
+
+
+def test_opencode_gets_its_plugin_sdk_beside_it_and_an_install_without_it_is_made_again(
+    cache: Path, tmp_path: Path, fake_npm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_COMMAND", "opencode")
+    done = corral("engines", "install", "opencode", "--version", "1.2.3", cwd=tmp_path, home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    cli, companion = fake_npm.read_text().splitlines()
+    assert cli.endswith("opencode-ai@1.2.3") and companion.endswith("@opencode-ai/plugin@1.2.3")
+    assert "--save-exact" in companion and "/companions" in companion
+    current = pinned("opencode")
+    assert current is not None and (current.root / "companions/node_modules/@opencode-ai/plugin").is_dir()
+    # an install that lacks them (made before they were added) is not taken as done
+    shutil.rmtree(current.root / "companions")
+    with pytest.raises(EngineInstallError, match="reinstall"):
+        require("opencode")
+    done = corral("engines", "install", "opencode", "--version", "1.2.3", cwd=tmp_path, home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert len(fake_npm.read_text().splitlines()) == 4 and require("opencode").version == "1.2.3"
 
 
 def test_list_shows_every_engine_and_what_is_tested(cache: Path, tmp_path: Path) -> None:

@@ -545,5 +545,5 @@ def test_tools_declared_in_additional_tools_items_and_namespaces_are_the_request
 
 
 def test_a_tool_call_takes_args_or_input_not_both() -> None:
-    with pytest.raises(ValueError, match="args .* or input"):
+    with pytest.raises(ValueError, match=r"args .* or input"):
         ToolCall(name="apply_patch", args={"a": 1}, input="x")

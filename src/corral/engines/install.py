@@ -245,6 +245,11 @@ def require(engine: str) -> Installed:
         raise EngineInstallError(
             f"the {engine} engine's CLI is not installed", hint=f"run `corral engines install {engine}`"
         )
+    if not _complete(found):
+        raise EngineInstallError(
+            f"the {engine} engine's CLI {found.version} lacks the packages corral installs beside it",
+            hint=f"reinstall it: `corral engines install {engine} --version {found.version}`",
+        )
     return found
 
 
