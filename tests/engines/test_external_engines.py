@@ -23,14 +23,25 @@ from pathlib import Path
 import pytest
 
 from corral.engines.install import pinned
-from corral.events import EgressAttempted, ModelCalled, PolicyDecided, ToolCalled, ToolReturned
+from corral.events import (
+    ApprovalDecided,
+    ApprovalRequested,
+    EgressAttempted,
+    ModelCalled,
+    PolicyDecided,
+    ToolCalled,
+    ToolReturned,
+)
 from corral.models.gateway import KEY_PREFIX
 from corral.models.scripted import ScriptedServer, ToolCall, Turn
+from corral.runtime import Runtime
+from corral.runtime import approvals as approvals_module
 from corral.spec import AgentSpec
 from corral.store import RunStatus, Store
 from tests.e2e.cli_helpers import corral
 from tests.e2e.test_runs import events_of, run_once, script, spec_for
 from tests.orchestration.support import eval_script, run_then_kill
+from tests.policy.test_approvals import pending
 from tests.sandbox.conftest import skip_unless_bubblewrap_runs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -241,6 +252,37 @@ async def test_a_capability_the_policy_denies_is_refused_in_the_engine_and_the_s
     results = {e.call_id: e for e in events if isinstance(e, ToolReturned)}
     assert commands and not any(results[c.call_id].ok or "42" in results[c.call_id].text for c in commands)
     assert "+    return a + b" in (record.result or {})["patch"]  # the rest of the session went on
+
+
+async def test_a_command_policy_asks_about_waits_in_the_engine_for_a_person_and_runs_once_approved(
+    case: EngineCase, home: Path, repo: Path
+) -> None:
+    rule = {"capability": "runs_commands", "args": {"command": "python3 *"}, "decision": "ask", "reason": "check"}
+    store = Store.open(home=home)
+    other = Store.open(home=home)  # as `corral approve` from another shell
+    try:
+        with ScriptedServer([*case.session[:2], case.session[-1]]) as server:
+            async with Runtime(store) as runtime:
+                spec = case.spec(server, policy={"rules": [rule]})
+                record = await runtime.submit(spec, "fix add()", repo)
+                request = await pending(store)
+                assert store.get_run(record.id).status is RunStatus.WAITING_APPROVAL
+                assert (request.tool, request.arguments["command"]) == (case.shell, "python3 -c 'print(6 * 7)'")
+                approvals_module.decide(other, request.id, approve=True, reason=None, by="ana")
+                done = await runtime.wait(record.id, timeout_s=120)
+        events = [e.event for e in store.events(record.id)]
+    finally:
+        other.close()
+        store.close()
+    assert done.status is RunStatus.SUCCEEDED, done.error
+    (asked,) = [e for e in events if isinstance(e, ApprovalRequested)]
+    (decided,) = [e for e in events if isinstance(e, ApprovalDecided)]
+    assert (decided.outcome, decided.by) == ("approved", "ana") and asked.call_id == decided.call_id
+    ran = next(
+        e for e in events if isinstance(e, ToolCalled) and e.tool == case.shell and "6 * 7" in json.dumps(e.args)
+    )
+    result = next(e for e in events if isinstance(e, ToolReturned) and e.call_id == ran.call_id)
+    assert result.ok and "42" in result.text
 
 
 async def test_a_budget_smaller_than_the_session_stops_the_engine_with_the_budgets_error(
