@@ -418,3 +418,19 @@ def test_sigkill_mid_session_then_resume_continues_the_engines_session(case: Eng
     assert any(e.type == "run.resumed" for e in events)
     # the journal shows every model call, the ones before the kill and the ones after
     assert len([e for e in events if isinstance(e, ModelCalled)]) >= 1 + len(after)
+
+
+async def test_a_codex_patch_that_does_not_apply_is_a_failed_call_though_codex_exits_0(home: Path, repo: Path) -> None:
+    skip_unless_bubblewrap_runs()
+    case = CASES["codex"]
+    stale = CODEX_PATCH.replace("-    return a - b", "-    return a // b")
+    session = [Turn(tool_calls=[ToolCall(name="apply_patch", input=stale)]), case.session[-1]]
+    with ScriptedServer(session) as server:
+        record = await run_once(home, case.spec(server), repo, task="fix add()")
+    assert record.status is RunStatus.SUCCEEDED, record.error  # the model read the failure and answered
+    events = [entry.event for entry in events_of(home, record.id)]
+    (call,) = [e for e in events if isinstance(e, ToolCalled)]
+    (result,) = [e for e in events if isinstance(e, ToolReturned)]
+    assert (call.tool, result.call_id, result.ok) == ("apply_patch", call.call_id, False)
+    assert "Failed to find expected lines" in result.text and "return a // b" in result.text
+    assert (record.result or {}).get("files_changed", 0) == 0

@@ -4,6 +4,7 @@ permission hook (policy on a call's arguments; a patch decided per file; asks; d
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +14,7 @@ from corral import events
 from corral.engines.claude_code import ClaudeCodeEngine
 from corral.engines.codex import CodexEngine
 from corral.engines.external import ExternalEngine, HookPolicy, JsonLines
+from corral.errors import EngineInstallError
 from corral.policy.decide import Action, Decision
 from corral.policy.rules import PolicySpec
 
@@ -111,3 +113,29 @@ async def test_an_unknown_tool_is_taken_to_do_anything_and_reasons_are_redacted(
     answer = await hook(CodexEngine(), ctx)({"tool": "mcp__web__fetch", "input": "hunter2"})
     assert answer["decision"] == "deny" and "hunter2" not in json.dumps(answer)
     assert "hunter2" not in json.dumps([e.model_dump() for e in ctx.emitted])
+
+
+def test_a_node_cli_starts_with_the_node_that_runs_it_mounted_when_the_sandbox_would_not_see_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import corral.engines.external as external
+
+    installed = SimpleNamespace(root=tmp_path / "codex", binary=tmp_path / "codex/node_modules/.bin/codex")
+    monkeypatch.setattr(external, "require", lambda name: installed)
+    node = tmp_path / "nvm/versions/node/v20/bin/node"  # a node of one user's, outside /usr
+    node.parent.mkdir(parents=True)
+    node.touch()
+    monkeypatch.setattr(external.shutil, "which", lambda name: str(node))
+    engine = CodexEngine()
+    assert engine.sandbox_mounts() == (
+        str(installed.root),
+        str(external.HOOK_DIR),
+        str(tmp_path / "nvm/versions/node/v20"),
+    )
+    assert engine.command(installed)[0] == str(node)  # type: ignore[arg-type]
+    monkeypatch.setattr(external.shutil, "which", lambda name: "/usr/bin/node")
+    assert engine.sandbox_mounts() == (str(installed.root), str(external.HOOK_DIR))  # /usr is there already
+    assert ClaudeCodeEngine().command(installed) == [str(installed.binary)]  # type: ignore[arg-type]  # native
+    monkeypatch.setattr(external.shutil, "which", lambda name: None)
+    with pytest.raises(EngineInstallError, match=r"Node\.js"):
+        engine.command(installed)  # type: ignore[arg-type]

@@ -84,7 +84,7 @@ class ClaudeCodeEngine(ExternalEngine):
         await ctx.sandbox.open()
         session = str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral-run:{ctx.run_id}"))
         home, resumed = await self._session_home(ctx, session)
-        argv = [str(cli.binary), "-p", "--output-format", "stream-json", "--verbose"]
+        argv = [*self.command(cli), "-p", "--output-format", "stream-json", "--verbose"]
         argv += ["--permission-mode", "dontAsk", "--allowedTools", ",".join(allowed)]
         if disallowed:
             argv += ["--disallowedTools", ",".join(disallowed)]

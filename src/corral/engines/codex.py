@@ -58,6 +58,9 @@ TOOL_CAPABILITIES: dict[str, frozenset[Capability]] = {
 
 _PATCH_PATHS = re.compile(r"^\*\*\* (?:Add File|Update File|Delete File|Move to): (.+)$", re.MULTILINE)
 _NOTICES = ("--dangerously-bypass-hook-trust",)
+_LOG_ENTRY = re.compile(r"^(?=\d{4}-\d\d-\d\dT\S+ +[A-Z]+ )", re.MULTILINE)
+"""Where each entry of Codex's log on stderr starts (an entry may take several lines)."""
+_TOOL_ERROR = re.compile(r"^\S+ +ERROR codex_core::tools::router: error=(?P<error>.*)", re.DOTALL)
 """Codex's ``error`` items that are notices about corral's own flags, not errors."""
 
 
@@ -81,7 +84,7 @@ class CodexEngine(ExternalEngine):
         await ctx.sandbox.open()
         home, resumed = await self._home(ctx)
         await ctx.sandbox.write_file(f"{HOME_IN_WORKSPACE}/config.toml", self._config(ctx).encode())
-        argv = [str(cli.binary), "exec"]
+        argv = [*self.command(cli), "exec"]
         if resumed:  # the run's process died: continue the session it had (the only one in this home)
             argv += ["resume", "--last"]
         argv += ["--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox"]
@@ -99,7 +102,7 @@ class CodexEngine(ExternalEngine):
         if problem is not None:  # one correction turn, in the same session
             prompt = CORRECTION_PROMPT.format(problem=problem)
             options = [a for a in argv[argv.index("--json") :] if a != "--output-schema" and "output-schema" not in a]
-            again = [str(cli.binary), "exec", "resume", "--last", *options, "--", prompt]
+            again = [*self.command(cli), "exec", "resume", "--last", *options, "--", prompt]
             result = await self._session(ctx, again, env)
             output, problem = typed_answer(ctx.spec.output_schema, result.text)
             if problem is not None:
@@ -110,6 +113,7 @@ class CodexEngine(ExternalEngine):
         """Run ``codex exec`` once, its events journaled as they come; its answer."""
         session = _Session(ctx)
         out = await self.run_cli(ctx, argv, env, session)
+        session.hidden_failures(out.stderr)
         if out.timed_out:
             raise ToolError("Codex did not finish within the run's time")
         if session.failure is not None:
@@ -197,9 +201,41 @@ class _Session:
         elif kind == "error":
             self.failure = str(message.get("message") or "")
 
+    def hidden_failures(self, stderr: str) -> None:
+        """Tool calls Codex failed without an item for them (it exits 0 and tells only its log, e.g. a
+        patch that does not apply), journaled as failed calls. Calls its hook refused are not among
+        them: the hook's answer journaled those."""
+        for n, entry in enumerate(_LOG_ENTRY.split(stderr)):
+            found = _TOOL_ERROR.match(entry)
+            if found is None or "blocked by PreToolUse hook" in found["error"]:
+                continue
+            error = found["error"].strip()
+            tool = "apply_patch" if error.startswith("apply_patch") else "codex"
+            self._emit(f"{self._prefix}.log-{n}", tool, {}, error, ok=False, exit_code=None)
+
+    def _emit(
+        self, call_id: str, tool: str, args: dict[str, Any], text: str, *, ok: bool, exit_code: int | None
+    ) -> None:
+        ctx = self._ctx
+        ctx.emit(
+            events.ToolCalled(
+                key=f"tool:{call_id}:call", call_id=call_id, tool=tool, args=redact_data(args, ctx.redact)
+            )
+        )
+        ctx.emit(
+            events.ToolReturned(
+                key=f"tool:{call_id}:result",
+                call_id=call_id,
+                tool=tool,
+                ok=ok,
+                text=ctx.redact(text),
+                error=None if ok else ("ExitCode" if exit_code else "ToolError"),
+                exit_code=exit_code,
+            )
+        )
+
     def _journal(self, item: dict[str, Any]) -> None:
         """One finished Codex item as the journal's tool call and result."""
-        ctx = self._ctx
         call_id = f"{self._prefix}.{item.get('id', '')}"
         kind = item.get("type")
         ok = item.get("status") == "completed"
@@ -228,16 +264,4 @@ class _Session:
             tool, args, text, ok = "codex", {}, message, False
         else:
             return  # reasoning, todo lists: not tool calls
-        args = redact_data(args, ctx.redact)
-        ctx.emit(events.ToolCalled(key=f"tool:{call_id}:call", call_id=call_id, tool=tool, args=args))
-        ctx.emit(
-            events.ToolReturned(
-                key=f"tool:{call_id}:result",
-                call_id=call_id,
-                tool=tool,
-                ok=ok,
-                text=ctx.redact(text),
-                error=None if ok else ("ExitCode" if exit_code else "ToolError"),
-                exit_code=exit_code,
-            )
-        )
+        self._emit(call_id, tool, args, text, ok=ok, exit_code=exit_code)

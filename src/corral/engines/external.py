@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,11 @@ from jsonschema import Draft202012Validator
 
 from corral import events
 from corral.engines.base import NO_ONE_TO_ASK, Engine, EngineContext, ModelAccess
-from corral.engines.install import require
-from corral.errors import BudgetExceededError, ModelConfigError, ToolError
+from corral.engines.install import Installed, cli_for, require
+from corral.errors import BudgetExceededError, EngineInstallError, ModelConfigError, ToolError
 from corral.policy.decide import Action, Decision, decide
 from corral.policy.rules import Capability
-from corral.sandbox.types import SANDBOX_PYTHON
+from corral.sandbox.types import SANDBOX_PYTHON, SYSTEM_MOUNT_PATHS
 from corral.secrets.redact import redact_data
 
 HOOK_DIR = Path(__file__).parent / "hook"
@@ -118,7 +119,18 @@ class ExternalEngine(Engine):
     """Whether the CLI's own output shows a call its hook denied (else the hook's answer journals it)."""
 
     def sandbox_mounts(self) -> tuple[str, ...]:
-        return (str(require(self.name).root), str(HOOK_DIR))
+        mounts = [str(require(self.name).root), str(HOOK_DIR)]
+        if cli_for(self.name).needs_node:  # its runtime too, where the sandbox does not see it already
+            prefix = _node().parent.parent
+            if not any(prefix.is_relative_to(system) for system in SYSTEM_MOUNT_PATHS):
+                mounts.append(str(prefix))
+        return tuple(mounts)
+
+    def command(self, cli: Installed) -> list[str]:
+        """How the CLI starts in the sandbox: its command; a node script after the node that runs it."""
+        if cli_for(self.name).needs_node:
+            return [str(_node()), str(cli.binary.resolve())]
+        return [str(cli.binary)]
 
     def models(self, ctx: EngineContext) -> ModelAccess:
         """``ctx.models``, or a clear error when the engine runs without corral's runtime."""
@@ -280,3 +292,13 @@ def failed(cli: str, ctx: EngineContext, failure: str) -> Exception:
     if refusal is not None and "budget" in failure:
         return BudgetExceededError("budget", 0.0, 0.0, message=ctx.redact(refusal.group(1).strip()))
     return ToolError(f"{cli} failed: {ctx.redact(failure)[:2000]}")
+
+
+def _node() -> Path:
+    """The node runtime on this machine (its real path), for a CLI that is a node script."""
+    found = shutil.which("node")
+    if found is None:
+        raise EngineInstallError(
+            "this engine's CLI runs on Node.js, which is not installed", hint="install Node.js >= 16"
+        )
+    return Path(found).resolve()

@@ -94,7 +94,7 @@ class OpenCodeEngine(ExternalEngine):
             "CORRAL_PERMISSION_URL": self.models(ctx).permission_url,
             "CORRAL_GATEWAY_KEY": self.models(ctx).api_key,
         }
-        argv = [str(cli.binary), "run", "--format", "json", "--title", TITLE]
+        argv = [*self.command(cli), "run", "--format", "json", "--title", TITLE]
         if resumed:  # the run's process died: continue the session it had (the only one in this home)
             argv.append("--continue")
         result = await self._session(ctx, [*argv, "--", RESUME_PROMPT if resumed else self._task(ctx)], env)
