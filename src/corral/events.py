@@ -137,6 +137,11 @@ class ModelCalled(BaseEvent):
     cost_usd: float = 0.0
     price_source: str = "unknown"
     error: str | None = None
+    request_digest: str | None = None
+    """A digest of what the request asked: its model, conversation and tools."""
+    repeats: int | None = None
+    """The run's earlier call that asked the same: a CLI that retried, or that resumed its session
+    after a crash and repeated a call. None: a request not sent before."""
 
 
 class ModelFailed(BaseEvent):

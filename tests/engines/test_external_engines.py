@@ -298,6 +298,7 @@ async def test_a_budget_smaller_than_the_session_stops_the_engine_with_the_budge
     metered = [e for e in events if isinstance(e, ModelCalled)]
     assert [m.status for m in metered][:3] == [200, 200, 403] and "max_turns" in (metered[2].error or "")
     assert all(m.status == 403 for m in metered[2:])  # a CLI that retries is refused each time
+    assert all(m.repeats == metered[2].call for m in metered[3:])  # and each retry is known as one
     # the journal is consistent: every call the engine made has its result, the run its end
     calls = {e.call_id for e in events if isinstance(e, ToolCalled)}
     assert calls == {e.call_id for e in events if isinstance(e, ToolReturned)} and len(calls) == 2

@@ -318,3 +318,27 @@ async def test_the_permission_hook_blocks_the_call_whenever_no_decision_comes() 
             url = gateway.url
         code, answer, err = await _hook(url, account.key, CALL)  # the gateway is gone
         assert (code, answer) == (2, None) and "blocked" in err
+
+
+async def test_a_request_that_asks_the_same_again_is_reported_as_a_repeat_also_across_accounts(sdk: Sdk) -> None:
+    calls: list[GatewayCall] = []
+    with ScriptedServer(turns(4)) as upstream:
+        async with ModelGateway() as gateway:
+            account = account_for(gateway, upstream, calls)
+            client = sdk.gpt(gateway, account.key)
+            for attempt, text in enumerate(("first", "second", "first")):  # metadata differs: still a repeat
+                await client.responses.create(model="gpt-test", input=text, metadata={"attempt": str(attempt)})
+            gateway.close_account(account)
+            # the run resumed in a new process: its new account knows what the journal says was sent
+            resumed = gateway.open_account(
+                "run-1",
+                upstreams=account.upstreams,
+                provider="anthropic",
+                budget=account.budget,
+                on_call=calls.append,
+                calls=account.calls,
+                sent=account.sent,
+            )
+            await sdk.gpt(gateway, resumed.key).responses.create(model="gpt-test", input="second")
+    assert [(c.call, c.repeats) for c in calls] == [(0, None), (1, None), (2, 0), (3, 1)]
+    assert calls[0].digest == calls[2].digest != calls[1].digest

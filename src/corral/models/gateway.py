@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
@@ -112,6 +113,11 @@ class GatewayCall:
     price_source: str
     duration_ms: float
     error: str | None = None
+    digest: str = ""
+    """A digest of what the request asked (model, conversation, tools)."""
+    repeats: int | None = None
+    """The account's earlier call that asked the same (a CLI that retried, or that resumed its session
+    and repeated a call), or None."""
 
 
 PermissionHandler = Callable[[dict[str, Any]], Awaitable[dict[str, str]]]
@@ -135,6 +141,8 @@ class Account:
     usage: Usage = field(default_factory=Usage)
     calls: int = 0
     closed: bool = False
+    sent: dict[str, int] = field(default_factory=dict)
+    """The digest of each request body sent, and the first call that sent it."""
     on_permission: PermissionHandler | None = None
     """What the run's policy says about a tool call its engine's hook asks about; None: no hook served."""
 
@@ -238,9 +246,11 @@ class ModelGateway:
         price_ref: str = "",
         usage: Usage | None = None,
         calls: int = 0,
+        sent: Mapping[str, int] | None = None,
     ) -> Account:
-        """A new key for ``run_id``'s engine. ``usage`` and ``calls``: what the run spent before (a
-        resumed run), so that its budget counts from there."""
+        """A new key for ``run_id``'s engine. ``usage``, ``calls`` and ``sent`` (request digests): what
+        the run spent and sent before (a resumed run), so that its budget counts from there and a
+        call it sends again is known as one."""
         account = Account(
             run_id=run_id,
             key=KEY_PREFIX + secrets.token_urlsafe(24),
@@ -252,6 +262,7 @@ class ModelGateway:
             price_ref=price_ref,
             usage=usage or Usage(),
             calls=calls,
+            sent=dict(sent or {}),
         )
         self._accounts[account.key] = account
         return account
@@ -295,6 +306,10 @@ class ModelGateway:
         if kind == "other":
             return await self._forward(request, wire, upstream, path, raw, account, None)
         meter = _Meter(kind=kind, model=model, streamed=streamed, started=time.monotonic(), call=account.calls)
+        meter.digest = _digest(body)
+        meter.repeats = account.sent.setdefault(meter.digest, meter.call)
+        if meter.repeats == meter.call:
+            meter.repeats = None
         account.calls += 1
         try:
             account.budget.check_model_call(meter.call, account.usage)
@@ -422,11 +437,23 @@ class ModelGateway:
             price_source=price_source,
             duration_ms=(time.monotonic() - meter.started) * 1000,
             error=error,
+            digest=meter.digest,
+            repeats=meter.repeats,
         )
         try:
             account.on_call(record)
         except Exception:  # reporting must not break the engine's call; the failure is loud in the log
             log.exception("run %s: reporting model call %d failed", account.run_id, meter.call)
+
+
+_CONVERSATION = ("model", "system", "instructions", "messages", "input", "tools")
+
+
+def _digest(body: Mapping[str, Any] | None) -> str:
+    """A digest of what a model request asks: its model, conversation and tools (not the request's
+    own metadata, which a CLI changes on every attempt)."""
+    asked = {key: body[key] for key in _CONVERSATION if key in body} if body else {}
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _error(wire: Wire, status: int, kind: str, message: str) -> JSONResponse:
@@ -446,6 +473,8 @@ class _Meter:
     started: float
     call: int
     answered_model: str | None = None
+    digest: str = ""
+    repeats: int | None = None
     _buffer: bytearray = field(default_factory=bytearray)
     _usage: dict[str, int] = field(default_factory=dict)
     _limit: int = 64 * 1024 * 1024  # a JSON answer bigger than this is not read for usage

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from corral import events as ev
@@ -57,10 +58,21 @@ def routes(gateway: ModelGateway) -> dict[str, str]:
     return {ROUTE: gateway.url.removeprefix("http://")}
 
 
-def spent_before(journal: Iterable[ev.BaseEvent]) -> tuple[Usage, int]:
-    """What a resumed run's engine spent before: the usage of its journaled model calls, and how many
-    there were (its new account numbers its calls after them, and its budget counts from there)."""
-    usage, calls = Usage(), 0
+@dataclass(frozen=True)
+class Spent:
+    """What a run's engine spent and sent through the gateway before it was resumed."""
+
+    usage: Usage = field(default_factory=Usage)
+    calls: int = 0
+    sent: Mapping[str, int] = field(default_factory=dict)
+    """Each request's digest and the first call that sent it."""
+
+
+def spent_before(journal: Iterable[ev.BaseEvent]) -> Spent:
+    """What a resumed run's engine spent before, from its journaled model calls: their usage, how many
+    there were (its new account numbers its calls after them, and its budget counts from there), and
+    the requests they sent (a call sent again is marked as a repeat)."""
+    usage, calls, sent = Usage(), 0, {}
     for event in journal:
         if isinstance(event, ev.ModelCalled):
             usage += Usage(
@@ -73,7 +85,9 @@ def spent_before(journal: Iterable[ev.BaseEvent]) -> tuple[Usage, int]:
                 unpriced_calls=int(event.price_source == "unknown"),
             )
             calls = max(calls, event.call + 1)
-    return usage, calls
+            if event.request_digest:
+                sent.setdefault(event.request_digest, event.call)
+    return Spent(usage, calls, sent)
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +99,7 @@ async def model_access(
     emit: Callable[[ev.BaseEvent], None],
     on_usage: Callable[[Usage, int], None],
     permit: PermissionHandler | None = None,
-    spent: tuple[Usage, int] = (Usage(), 0),
+    spent: Spent | None = None,
 ) -> AsyncIterator[ModelAccess]:
     """An account for the run's engine while it runs; its key stops working when the block ends.
 
@@ -118,6 +132,8 @@ async def model_access(
                 cost_usd=usage.cost_usd,
                 price_source=call.price_source,
                 error=call.error,
+                request_digest=call.digest or None,
+                repeats=call.repeats,
             )
         )
         on_usage(account.usage, account.calls)
@@ -130,8 +146,9 @@ async def model_access(
         on_call=on_call,
         prices=spec.prices,
         price_ref=target.ref,
-        usage=spent[0],
-        calls=spent[1],
+        usage=spent.usage if spent else None,
+        calls=spent.calls if spent else 0,
+        sent=spent.sent if spent else None,
     )
     if permit is not None:
         workflow_context = contextvars.copy_context()

@@ -667,9 +667,7 @@ class Runtime:
                 permit = HookPolicy(engine, ctx) if isinstance(engine, ExternalEngine) else None
                 # A resumed run's calls are numbered after the ones its journal holds, its budget counts them.
                 spent = external.spent_before(e.event for e in self.store.events(record.id)) if resumed else None
-                access = external.model_access(
-                    gateway, record.id, spec, budget, emit, on_usage, permit, spent or (Usage(), 0)
-                )
+                access = external.model_access(gateway, record.id, spec, budget, emit, on_usage, permit, spent)
                 ctx.models = await stack.enter_async_context(access)
             remaining = budget.remaining_s()
             if remaining is None:
