@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from tests.e2e.cli_helpers import corral
 from tests.e2e.test_runs import events_of, run_once, script, spec_for
 from tests.orchestration.support import eval_script, run_then_kill
 from tests.policy.test_approvals import pending
+from tests.runtime.test_run_endings import processes_with, wait_until
 from tests.sandbox.conftest import skip_unless_bubblewrap_runs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -435,3 +438,29 @@ async def test_a_codex_patch_that_does_not_apply_is_a_failed_call_though_codex_e
     assert (call.tool, result.call_id, result.ok) == ("apply_patch", call.call_id, False)
     assert "Failed to find expected lines" in result.text and "return a // b" in result.text
     assert (record.result or {}).get("files_changed", 0) == 0
+
+
+async def test_cancel_mid_session_kills_the_engines_process_tree_and_keeps_its_patch(
+    case: EngineCase, home: Path, repo: Path
+) -> None:
+    """The engine waits on a long command of its session: cancel ends the run within seconds, the CLI
+    and its command are gone, and the edit made before is the run's (partial) patch."""
+    token = f"94.{secrets.randbelow(10**6):06d}"
+    sleep = f"python3 -c 'import time; time.sleep({token})'"  # Claude Code refuses a plain long `sleep`
+    command = ToolCall(name="exec_command", args={"cmd": sleep}) if case.engine == "codex" else _bash(sleep, case.shell)
+    with ScriptedServer([case.session[0], case.session[2], Turn(tool_calls=[command]), case.session[-1]]) as server:
+        store = Store.open(home=home)
+        try:
+            async with Runtime(store) as runtime:
+                record = await runtime.submit(case.spec(server), "fix add()", repo)
+                await wait_until(lambda: processes_with(token) != [])
+                cli = processes_with(str(pinned(case.engine).root))  # type: ignore[union-attr]
+                assert cli != []
+                started = time.monotonic()
+                ended = await runtime.cancel(record.id)
+                assert time.monotonic() - started < 10
+        finally:
+            store.close()
+    assert ended.status is RunStatus.CANCELLED
+    assert processes_with(token) == [] and not set(cli) & set(processes_with(str(pinned(case.engine).root)))  # type: ignore[union-attr]
+    assert (ended.result or {})["partial"] is True and "+    return a + b" in (ended.result or {})["patch"]

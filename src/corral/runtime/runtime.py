@@ -13,7 +13,7 @@ import secrets as _random
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -670,12 +670,19 @@ class Runtime:
                 access = external.model_access(gateway, record.id, spec, budget, emit, on_usage, permit, spent)
                 ctx.models = await stack.enter_async_context(access)
             remaining = budget.remaining_s()
+
+            def running() -> Awaitable[EngineResult]:
+                if not engine.external:  # its waits are DBOS steps, which a cancel preempts
+                    return engine.run(ctx)
+                # A CLI session is one long wait of no step: it stops when the run is cancelled, too.
+                return workflow.preemptible(self.store.dbos_url(), workflow_id, engine.run(ctx))
+
             if remaining is None:
-                return await engine.run(ctx)
+                return await running()
             try:
                 # The deadline bounds everything the engine waits for: model calls, commands, retries.
                 async with asyncio.timeout(remaining):
-                    return await engine.run(ctx)
+                    return await running()
             except TimeoutError:
                 if budget.remaining_s() == 0.0:
                     raise budget.wall_time_exceeded() from None

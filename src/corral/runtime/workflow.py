@@ -13,6 +13,7 @@ looking its body up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -128,6 +129,44 @@ async def status(system_database_url: str, run_id: str) -> str | None:
             client.destroy()
 
     return await asyncio.to_thread(read)
+
+
+CANCEL_POLL_S = 0.5
+"""How often ``preemptible`` reads whether the run was cancelled."""
+
+
+async def preemptible(system_database_url: str, workflow_id: str, work: Awaitable[T]) -> T:
+    """``work``, stopped within about half a second when the run's workflow is cancelled from any
+    process: for a long wait that is no DBOS step (an external engine's CLI session), which DBOS
+    would not preempt. Raises DBOS's cancel error then, as a preempted step does."""
+
+    def cancelled(client: DBOSClient) -> bool:
+        found = client.list_workflows(workflow_ids=[workflow_id], load_input=False, load_output=False)
+        return bool(found) and found[0].status == "CANCELLED"
+
+    async def until_cancelled() -> None:
+        client = await asyncio.to_thread(DBOSClient, system_database_url=system_database_url)
+        try:
+            # Another process cancels it, in the database: there is no event here to wait on.
+            while not await asyncio.to_thread(cancelled, client):  # noqa: ASYNC110
+                await asyncio.sleep(CANCEL_POLL_S)
+        finally:
+            await asyncio.to_thread(client.destroy)
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.create_task(until_cancelled(), name=f"corral-cancel-watch-{workflow_id}")
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        watcher.result()  # a watcher that failed says why
+        raise DBOSWorkflowCancelledError(f"workflow {workflow_id} was cancelled")
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
 
 
 def launch(*, system_database_url: str, executor_id: str, execute: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
