@@ -33,13 +33,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from corral import events
 from corral.engines.base import EngineContext, EngineResult
-from corral.engines.external import CORRECTION_PROMPT, ExternalEngine, failed, typed_answer
+from corral.engines.external import CORRECTION_PROMPT, ExternalEngine, answer_of, journal_call, typed_answer
 from corral.engines.install import require
 from corral.errors import ToolError
 from corral.policy.rules import Capability
-from corral.secrets.redact import redact_data
 
 HOME_IN_WORKSPACE = ".corral/codex-home"
 """``CODEX_HOME``, in the workspace: its config and session files stay with the run's workspace (a
@@ -58,10 +56,11 @@ TOOL_CAPABILITIES: dict[str, frozenset[Capability]] = {
 
 _PATCH_PATHS = re.compile(r"^\*\*\* (?:Add File|Update File|Delete File|Move to): (.+)$", re.MULTILINE)
 _NOTICES = ("--dangerously-bypass-hook-trust",)
+"""Codex's ``error`` items that are notices about corral's own flags, not errors."""
 _LOG_ENTRY = re.compile(r"^(?=\d{4}-\d\d-\d\dT\S+ +[A-Z]+ )", re.MULTILINE)
 """Where each entry of Codex's log on stderr starts (an entry may take several lines)."""
 _TOOL_ERROR = re.compile(r"^\S+ +ERROR codex_core::tools::router: error=(?P<error>.*)", re.DOTALL)
-"""Codex's ``error`` items that are notices about corral's own flags, not errors."""
+"""A tool call Codex failed, as its log says it."""
 
 
 class CodexEngine(ExternalEngine):
@@ -84,26 +83,28 @@ class CodexEngine(ExternalEngine):
         await ctx.sandbox.open()
         home, resumed = await self._home(ctx)
         await ctx.sandbox.write_file(f"{HOME_IN_WORKSPACE}/config.toml", self._config(ctx).encode())
-        argv = [*self.command(cli), "exec"]
-        if resumed:  # the run's process died: continue the session it had (the only one in this home)
-            argv += ["resume", "--last"]
-        argv += ["--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox"]
+        exec_ = [*self.command(cli), "exec"]
+        # A run whose process died continues the session it had (the only one in this home).
+        resume = [*exec_, "resume", "--last"]
+        options = ["--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox"]
         if ctx.spec.policy.decides:
-            argv.append("--dangerously-bypass-hook-trust")  # corral wrote the hook; nobody is there to trust it
-        if ctx.spec.output_schema is not None and not resumed:
-            schema = f"{HOME_IN_WORKSPACE}/output-schema.json"
-            await ctx.sandbox.write_file(schema, json.dumps(ctx.spec.output_schema).encode())
-            argv += ["--output-schema", f"{WORKSPACE}/{schema}"]
+            options.append("--dangerously-bypass-hook-trust")  # corral wrote the hook; nobody is there to trust it
+        schema: list[str] = []
+        if ctx.spec.output_schema is not None:
+            written = f"{HOME_IN_WORKSPACE}/output-schema.json"
+            await ctx.sandbox.write_file(written, json.dumps(ctx.spec.output_schema).encode())
+            schema = ["--output-schema", f"{WORKSPACE}/{written}"]
         env = {"CODEX_HOME": home, "HOME": home, "CORRAL_GATEWAY_KEY": self.models(ctx).api_key}
-        result = await self._session(ctx, [*argv, "--", RESUME_PROMPT if resumed else ctx.task], env)
+        if resumed:
+            result = await self._session(ctx, [*resume, *options, "--", RESUME_PROMPT], env)
+        else:
+            result = await self._session(ctx, [*exec_, *options, *schema, "--", ctx.task], env)
         if ctx.spec.output_schema is None:
             return result
         output, problem = typed_answer(ctx.spec.output_schema, result.text)
         if problem is not None:  # one correction turn, in the same session
             prompt = CORRECTION_PROMPT.format(problem=problem)
-            options = [a for a in argv[argv.index("--json") :] if a != "--output-schema" and "output-schema" not in a]
-            again = [*self.command(cli), "exec", "resume", "--last", *options, "--", prompt]
-            result = await self._session(ctx, again, env)
+            result = await self._session(ctx, [*resume, *options, "--", prompt], env)
             output, problem = typed_answer(ctx.spec.output_schema, result.text)
             if problem is not None:
                 raise ToolError(f"Codex's answer does not match the output schema: {problem}")
@@ -114,14 +115,7 @@ class CodexEngine(ExternalEngine):
         session = _Session(ctx)
         out = await self.run_cli(ctx, argv, env, session)
         session.hidden_failures(out.stderr)
-        if out.timed_out:
-            raise ToolError("Codex did not finish within the run's time")
-        if session.failure is not None:
-            raise failed("Codex", ctx, session.failure)
-        if session.text is None:
-            detail = ctx.redact(out.stderr.strip()[-2000:]) or f"exit code {out.exit_code}"
-            raise ToolError(f"Codex ended without an answer: {detail}")
-        return EngineResult(text=ctx.redact(session.text), turns=session.turns)
+        return EngineResult(text=answer_of("Codex", ctx, out, session.failure, session.text), turns=session.turns)
 
     async def _home(self, ctx: EngineContext) -> tuple[str, bool]:
         """``CODEX_HOME`` as the sandbox sees it, and whether it holds a session already."""
@@ -211,28 +205,7 @@ class _Session:
                 continue
             error = found["error"].strip()
             tool = "apply_patch" if error.startswith("apply_patch") else "codex"
-            self._emit(f"{self._prefix}.log-{n}", tool, {}, error, ok=False, exit_code=None)
-
-    def _emit(
-        self, call_id: str, tool: str, args: dict[str, Any], text: str, *, ok: bool, exit_code: int | None
-    ) -> None:
-        ctx = self._ctx
-        ctx.emit(
-            events.ToolCalled(
-                key=f"tool:{call_id}:call", call_id=call_id, tool=tool, args=redact_data(args, ctx.redact)
-            )
-        )
-        ctx.emit(
-            events.ToolReturned(
-                key=f"tool:{call_id}:result",
-                call_id=call_id,
-                tool=tool,
-                ok=ok,
-                text=ctx.redact(text),
-                error=None if ok else ("ExitCode" if exit_code else "ToolError"),
-                exit_code=exit_code,
-            )
-        )
+            journal_call(self._ctx, f"{self._prefix}.log-{n}", tool, {}, error, ok=False)
 
     def _journal(self, item: dict[str, Any]) -> None:
         """One finished Codex item as the journal's tool call and result."""
@@ -264,4 +237,4 @@ class _Session:
             tool, args, text, ok = "codex", {}, message, False
         else:
             return  # reasoning, todo lists: not tool calls
-        self._emit(call_id, tool, args, text, ok=ok, exit_code=exit_code)
+        journal_call(self._ctx, call_id, tool, args, text, ok=ok, exit_code=exit_code)

@@ -4,8 +4,8 @@ An external engine runs a pinned CLI (``corral engines install``) as one command
 sandbox, its model calls going through the model gateway (``ctx.models``). This module holds the
 parts that do not depend on which CLI it is:
 
-* :meth:`ExternalEngine.run_cli` runs the command held to the run's budget and time, and gives its
-  whole output back (read from the output file when it is larger than what is kept in memory);
+* :meth:`ExternalEngine.run_cli` runs the command held to the run's budget and time, and hands each
+  JSON line it prints to the engine as it comes (however long the session);
 * :class:`HookPolicy` answers the CLI's permission hook (``engines/hook/permission.py``, run by the
   CLI before each tool call and reaching corral through the gateway): each call is put to the
   agent's policy with its real arguments and the capabilities the tool has, journaled
@@ -16,6 +16,7 @@ parts that do not depend on which CLI it is:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shlex
 import shutil
@@ -35,15 +36,18 @@ from corral.policy.rules import Capability
 from corral.sandbox.types import SANDBOX_PYTHON, SYSTEM_MOUNT_PATHS
 from corral.secrets.redact import redact_data
 
+log = logging.getLogger("corral.engines")
+
 HOOK_DIR = Path(__file__).parent / "hook"
-"""Mounted read-only into the sandbox of every external engine: the permission hook, nothing else."""
+"""Mounted read-only into the sandbox of every external engine: corral's hooks (the permission hook,
+OpenCode's plugin), nothing else."""
 HOOK = HOOK_DIR / "permission.py"
 
 OUTPUT_LIMIT = 1024 * 1024
 """What of the CLI's output is kept in memory (its head and tail, for error messages): its events are
 read as they arrive, not from what is kept."""
 LINE_LIMIT = 64 * 1024 * 1024
-"""The longest event line read; a longer one (a tool's enormous output) is skipped, and the run says so."""
+"""The longest event line read; a longer one (a tool's enormous output) is skipped, with a warning in the log."""
 SESSION_TIMEOUT_S = 3600.0
 """How long one CLI session may run when the run's budget sets no wall time (it is cut to it)."""
 
@@ -160,26 +164,28 @@ class ExternalEngine(Engine):
         return self.tools.get(tool, UNKNOWN_TOOL)
 
     def decide_tools(self, ctx: EngineContext) -> tuple[list[str], list[str]]:
-        """The CLI's tools as policy decides them before any call (no arguments yet), each decision
-        journaled: (enabled, disabled). A tool policy may still deny or ask about call by call is
-        enabled: the hook puts each of its calls to policy."""
+        """The CLI's tools as policy decides them before any call (no arguments yet): (enabled,
+        disabled). A tool policy may still deny or ask about call by call (``ask``, or a rule on
+        arguments) is enabled: the hook puts each of its calls to policy. When the agent has a
+        policy, each decision is journaled (``kind = "permission"``)."""
         enabled: list[str] = []
         disabled: list[str] = []
         for tool, capabilities in self.tools.items():
             action = Action(tool=tool, arguments={}, capabilities=capabilities, run_id=ctx.run_id, agent=ctx.spec.name)
             decision = decide(ctx.spec.policy, action)
             (disabled if decision.verdict == "deny" else enabled).append(tool)
-            ctx.emit(
-                events.PolicyDecided(
-                    key=f"permission:{tool}",
-                    call_id=f"permission:{tool}",
-                    tool=tool,
-                    kind="permission",
-                    verdict="deny" if decision.verdict == "deny" else "allow",
-                    rule=decision.rule,
-                    reason=decision.reason,
+            if ctx.spec.policy.decides:
+                ctx.emit(
+                    events.PolicyDecided(
+                        key=f"permission:{tool}",
+                        call_id=f"permission:{tool}",
+                        tool=tool,
+                        kind="permission",
+                        verdict=decision.verdict,
+                        rule=decision.rule,
+                        reason=ctx.redact(decision.reason),
+                    )
                 )
-            )
         return enabled, disabled
 
     async def run_cli(
@@ -198,6 +204,14 @@ class ExternalEngine(Engine):
             on_stdout=lines.feed,
         )
         lines.close()
+        if lines.skipped:
+            log.warning(
+                "run %s: %d event lines of %s longer than %d bytes were not read",
+                ctx.run_id,
+                lines.skipped,
+                self.name,
+                LINE_LIMIT,
+            )
         return CliOutput(result.stderr, result.exit_code, result.timed_out, lines.skipped)
 
 
@@ -251,24 +265,57 @@ class HookPolicy:
         if decision.verdict == "ask":  # a person decides; the hook (and the CLI) wait as long as it takes
             decision = await ctx.ask(action, decision, call_id) if ctx.ask is not None else NO_ONE_TO_ASK
         if not decision.allowed and not engine.journals_denied_calls:
-            args = redact_data(tool_input, ctx.redact)
-            ctx.emit(events.ToolCalled(key=f"tool:{call_id}:call", call_id=call_id, tool=tool, args=args))
-            ctx.emit(
-                events.ToolReturned(
-                    key=f"tool:{call_id}:result",
-                    call_id=call_id,
-                    tool=tool,
-                    ok=False,
-                    text=f"denied by policy: {ctx.redact(decision.reason)}",
-                    error="PolicyDenied",
-                )
-            )
+            refused = f"denied by policy: {decision.reason}"
+            journal_call(ctx, call_id, tool, tool_input, refused, ok=False, error="PolicyDenied")
         why = decision.reason if decision.allowed else f"denied by corral policy: {decision.reason}"
         return {"decision": "allow" if decision.allowed else "deny", "reason": ctx.redact(why)}
 
 
 def _strictest(decisions: Iterable[tuple[Action, Decision]]) -> tuple[Action, Decision]:
     return max(decisions, key=lambda pair: _RANK[pair[1].verdict])
+
+
+def journal_call(
+    ctx: EngineContext,
+    call_id: str,
+    tool: str,
+    args: Mapping[str, Any],
+    text: str,
+    *,
+    ok: bool,
+    exit_code: int | None = None,
+    error: str | None = None,
+) -> None:
+    """A finished CLI tool call as the journal's ``tool.call`` and ``tool.result``, redacted. A failed
+    call's error is ``error``, else ``ExitCode`` for a command that exited non-zero, else ``ToolError``."""
+    redacted = redact_data(dict(args), ctx.redact)
+    ctx.emit(events.ToolCalled(key=f"tool:{call_id}:call", call_id=call_id, tool=tool, args=redacted))
+    if not ok and error is None:
+        error = "ExitCode" if exit_code else "ToolError"
+    ctx.emit(
+        events.ToolReturned(
+            key=f"tool:{call_id}:result",
+            call_id=call_id,
+            tool=tool,
+            ok=ok,
+            text=ctx.redact(text),
+            error=None if ok else error,
+            exit_code=exit_code,
+        )
+    )
+
+
+def answer_of(cli: str, ctx: EngineContext, out: CliOutput, failure: str | None, text: str | None) -> str:
+    """A session's answer, or the error its ending is: out of time, a failure the CLI reported (the
+    budget's, when the gateway refused a call for it), or no answer at all (its stderr's tail says why)."""
+    if out.timed_out:
+        raise ToolError(f"{cli} did not finish within the run's time")
+    if failure is not None:
+        raise failed(cli, ctx, failure)
+    if text is None:
+        detail = ctx.redact(out.stderr.strip()[-2000:]) or f"exit code {out.exit_code}"
+        raise ToolError(f"{cli} ended without an answer: {detail}")
+    return ctx.redact(text)
 
 
 def typed_answer(schema: dict[str, Any], text: str) -> tuple[dict[str, Any] | None, str | None]:

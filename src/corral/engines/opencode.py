@@ -30,14 +30,12 @@ import shlex
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from corral import events
 from corral.engines.base import EngineContext, EngineResult
-from corral.engines.external import CORRECTION_PROMPT, HOOK_DIR, ExternalEngine, failed, typed_answer
+from corral.engines.external import CORRECTION_PROMPT, HOOK_DIR, ExternalEngine, answer_of, journal_call, typed_answer
 from corral.engines.install import COMPANIONS_DIR, Installed, require
 from corral.errors import ToolError
 from corral.policy.rules import Capability
 from corral.sandbox.types import SANDBOX_PYTHON
-from corral.secrets.redact import redact_data
 
 HOME_IN_WORKSPACE = ".corral/opencode-home"
 """OpenCode's home and XDG directories, in the workspace: kept with the run's workspace (a resumed run
@@ -170,14 +168,7 @@ class OpenCodeEngine(ExternalEngine):
         """Run ``opencode run`` once, its events journaled as they come; its answer."""
         session = _Session(ctx)
         out = await self.run_cli(ctx, argv, env, session)
-        if out.timed_out:
-            raise ToolError("OpenCode did not finish within the run's time")
-        if session.failure is not None:
-            raise failed("OpenCode", ctx, session.failure)
-        if session.text is None:
-            detail = ctx.redact(out.stderr.strip()[-2000:]) or f"exit code {out.exit_code}"
-            raise ToolError(f"OpenCode ended without an answer: {detail}")
-        return EngineResult(text=ctx.redact(session.text), turns=session.turns)
+        return EngineResult(text=answer_of("OpenCode", ctx, out, session.failure, session.text), turns=session.turns)
 
 
 class _Session:
@@ -206,32 +197,21 @@ class _Session:
             self.failure = str(found or json.dumps(error, default=str))
 
     def _journal(self, part: dict[str, Any]) -> None:
-        ctx = self._ctx
-        state = part.get("state") if isinstance(part.get("state"), dict) else {}
-        assert isinstance(state, dict)
+        state = _object(part.get("state"))
         status = state.get("status")
         if status not in ("completed", "error"):
             return
         call_id, tool = str(part.get("callID") or part.get("id") or ""), str(part.get("tool") or "?")
         given = state.get("input")
-        args = redact_data(given if isinstance(given, dict) else {}, ctx.redact)
+        args = given if isinstance(given, dict) else {}
         ok = status == "completed"
-        metadata = state.get("metadata") if isinstance(state.get("metadata"), dict) else {}
-        assert isinstance(metadata, dict)
-        code = metadata.get("exit")
+        code = _object(state.get("metadata")).get("exit")
         exit_code = code if isinstance(code, int) else None
         if exit_code not in (None, 0):
             ok = False
         text = str(state.get("output") if status == "completed" else state.get("error") or "")
-        ctx.emit(events.ToolCalled(key=f"tool:{call_id}:call", call_id=call_id, tool=tool, args=args))
-        ctx.emit(
-            events.ToolReturned(
-                key=f"tool:{call_id}:result",
-                call_id=call_id,
-                tool=tool,
-                ok=ok,
-                text=ctx.redact(text),
-                error=None if ok else ("ExitCode" if exit_code else "ToolError"),
-                exit_code=exit_code,
-            )
-        )
+        journal_call(self._ctx, call_id, tool, args, text, ok=ok, exit_code=exit_code)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -124,6 +124,7 @@ class SandboxFactory:
         limits: Limits | None = None,
         network: NetworkProfile | None = None,
         routes: dict[str, str] | None = None,
+        mounts: tuple[str, ...] = (),
     ) -> Sandbox:
         request = SandboxRequest(
             repo=repo or self.repo,
@@ -133,6 +134,7 @@ class SandboxFactory:
             network=network or NetworkProfile(),
             pool=1 if self.pooled else 0,
             routes=routes or {},
+            mounts=mounts,
         )
         if self.pooled:
             assert isinstance(self.backend, BubblewrapSandboxBackend), "pooling is bubblewrap's"
