@@ -464,3 +464,25 @@ async def test_cancel_mid_session_kills_the_engines_process_tree_and_keeps_its_p
     assert ended.status is RunStatus.CANCELLED
     assert processes_with(token) == [] and not set(cli) & set(processes_with(str(pinned(case.engine).root)))  # type: ignore[union-attr]
     assert (ended.result or {})["partial"] is True and "+    return a + b" in (ended.result or {})["patch"]
+
+
+async def test_claude_code_on_its_own_default_model_works_against_the_scripted_model(
+    home: Path, repo: Path, tmp_path: Path
+) -> None:
+    """A ``scripted:`` model names no model to Claude Code: it asks for its own default, whose requests
+    carry a ``role: "system"`` message (which the scripted model reads as part of the system prompt)."""
+    skip_unless_bubblewrap_runs()
+    session = tmp_path / "session.toml"
+    session.write_text(
+        '[[turns]]\n[[turns.tool_calls]]\nname = "Read"\nargs = { file_path = "/workspace/calc.py" }\n'
+        '[[turns]]\ntext = "add() subtracts."\n'
+    )
+    spec = AgentSpec.model_validate(
+        {"name": "claude", "engine": "claude-code", "model": f"scripted:{session}", "sandbox": "bubblewrap"}
+    )
+    record = await run_once(home, spec, repo, task="what does add() do?")
+    assert record.status is RunStatus.SUCCEEDED, record.error
+    assert (record.result or {})["text"] == "add() subtracts."
+    events = [entry.event for entry in events_of(home, record.id)]
+    models = {e.model for e in events if isinstance(e, ModelCalled)}
+    assert models and all(m.startswith("claude-") for m in models), models  # Claude Code's own choice
