@@ -290,4 +290,5 @@ def test_an_unknown_engine_is_an_error_naming_the_installed_ones(tmp_path: Path)
     path.write_text('[agents.a]\nmodel = "openai:gpt-6.1"\nengine = "claude-cod"\n')
     with pytest.raises(SpecError) as caught:
         load_config(path)
-    assert "field 'engine': unknown engine 'claude-cod' (installed: claude-code, native, script)" in str(caught.value)
+    installed = "claude-code, codex, native, opencode, script"
+    assert f"field 'engine': unknown engine 'claude-cod' (installed: {installed})" in str(caught.value)

@@ -21,7 +21,7 @@ from tests.e2e.cli_helpers import CORRAL
 
 pytestmark = pytest.mark.slow
 
-KILLS = 5  # each a whole demo and resume; the moments vary from run to run (CORRAL_KILL_SEED replays one)
+KILLS = 3  # each a whole demo and resume; the moments vary from run to run (CORRAL_KILL_SEED replays one)
 BUBBLEWRAP_EVERY = 4  # iterations 0, 4, 8, ... run in bubblewrap, the others in the faster local sandbox
 TCP_LISTEN = "0A"
 

@@ -238,11 +238,13 @@ async def test_the_engine_reads_runs_and_edits_in_bubblewrap_through_the_gateway
     assert seen["Tcp.AttemptFails"] == 0  # no refused connection on loopback either
 
 
+@pytest.mark.parametrize("case", ["claude-code", "opencode"], indirect=True)
 async def test_a_capability_the_policy_denies_is_refused_in_the_engine_and_the_session_goes_on(
     case: EngineCase, home: Path, repo: Path
 ) -> None:
     """Denied outright, not on arguments: Claude Code gets the tool disallowed (it refuses it itself),
-    Codex has no switch for its shell, so its hook refuses each call."""
+    OpenCode gets it turned off. (Codex has no switch for its shell: its hook refuses each call, as
+    the contract test shows for a rule on arguments.)"""
     policy = {"rules": [{"capability": "runs_commands", "decision": "deny", "reason": "no commands here"}]}
     with ScriptedServer([*case.session[:3], case.session[-1]]) as server:
         record = await run_once(home, case.spec(server, policy=policy), repo, task="fix add()")

@@ -59,7 +59,7 @@ def requests_for(server: ScriptedServer, description: str) -> int:
     return sum(1 for body in bodies if description in body and "asyncio.gather" not in body)
 
 
-@pytest.mark.parametrize("kill_after", [1, 6, 11], ids=lambda k: f"after-{k}-children")
+@pytest.mark.parametrize("kill_after", [1, 11], ids=lambda k: f"after-{k}-children")  # early, late
 def test_sigkill_mid_fan_out_then_resume_runs_no_ended_child_again(tmp_path: Path, repo: Path, kill_after: int) -> None:
     home = tmp_path / "home"
     script = tmp_path / "script.toml"
