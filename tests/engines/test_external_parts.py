@@ -120,6 +120,7 @@ def test_a_node_cli_starts_with_the_node_that_runs_it_mounted_when_the_sandbox_w
 ) -> None:
     import corral.engines.external as external
 
+    monkeypatch.setenv("CORRAL_ENGINES_DIR", str(tmp_path / "engines"))
     installed = SimpleNamespace(root=tmp_path / "codex", binary=tmp_path / "codex/node_modules/.bin/codex")
     monkeypatch.setattr(external, "require", lambda name: installed)
     node = tmp_path / "nvm/versions/node/v20/bin/node"  # a node of one user's, outside /usr
@@ -129,12 +130,13 @@ def test_a_node_cli_starts_with_the_node_that_runs_it_mounted_when_the_sandbox_w
     engine = CodexEngine()
     assert engine.sandbox_mounts() == (
         str(installed.root),
-        str(external.HOOK_DIR),
+        str(external.hooks()),
         str(tmp_path / "nvm/versions/node/v20"),
     )
     assert engine.command(installed)[0] == str(node)  # type: ignore[arg-type]
     monkeypatch.setattr(external.shutil, "which", lambda name: "/usr/bin/node")
-    assert engine.sandbox_mounts() == (str(installed.root), str(external.HOOK_DIR))  # /usr is there already
+    assert engine.sandbox_mounts() == (str(installed.root), str(external.hooks()))  # /usr is there already
+    assert external.hooks().is_relative_to(tmp_path / "engines")  # a copy where a sandbox can mount it
     assert ClaudeCodeEngine().command(installed) == [str(installed.binary)]  # type: ignore[arg-type]  # native
     monkeypatch.setattr(external.shutil, "which", lambda name: None)
     with pytest.raises(EngineInstallError, match=r"Node\.js"):

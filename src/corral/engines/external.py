@@ -15,11 +15,13 @@ parts that do not depend on which CLI it is:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import shlex
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from jsonschema import Draft202012Validator
 
 from corral import events
 from corral.engines.base import NO_ONE_TO_ASK, Engine, EngineContext, ModelAccess
-from corral.engines.install import Installed, cli_for, require
+from corral.engines.install import Installed, cli_for, engines_dir, require
 from corral.errors import BudgetExceededError, EngineInstallError, ModelConfigError, ToolError
 from corral.policy.decide import Action, Decision, decide
 from corral.policy.rules import Capability
@@ -39,9 +41,9 @@ from corral.secrets.redact import redact_data
 log = logging.getLogger("corral.engines")
 
 HOOK_DIR = Path(__file__).parent / "hook"
-"""Mounted read-only into the sandbox of every external engine: corral's hooks (the permission hook,
-OpenCode's plugin), nothing else."""
+"""corral's hooks, as the package ships them: the permission hook and OpenCode's plugin."""
 HOOK = HOOK_DIR / "permission.py"
+HOOK_FILES = ("permission.py", "opencode.js")
 
 OUTPUT_LIMIT = 1024 * 1024
 """What of the CLI's output is kept in memory (its head and tail, for error messages): its events are
@@ -123,7 +125,7 @@ class ExternalEngine(Engine):
     """Whether the CLI's own output shows a call its hook denied (else the hook's answer journals it)."""
 
     def sandbox_mounts(self) -> tuple[str, ...]:
-        mounts = [str(require(self.name).root), str(HOOK_DIR)]
+        mounts = [str(require(self.name).root), str(hooks())]
         if cli_for(self.name).needs_node:  # its runtime too, where the sandbox does not see it already
             prefix = _node().parent.parent
             if not any(prefix.is_relative_to(system) for system in SYSTEM_MOUNT_PATHS):
@@ -147,7 +149,7 @@ class ExternalEngine(Engine):
         if not ctx.spec.policy.decides:
             return None
         access = self.models(ctx)
-        return shlex.join([SANDBOX_PYTHON, "-I", str(HOOK), access.permission_url, access.api_key])
+        return shlex.join([SANDBOX_PYTHON, "-I", str(hooks() / "permission.py"), access.permission_url, access.api_key])
 
     def calls(self, tool: str, tool_input: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The arguments policy decides one tool call on; more than one when a call acts on several
@@ -349,3 +351,26 @@ def _node() -> Path:
             "this engine's CLI runs on Node.js, which is not installed", hint="install Node.js >= 16"
         )
     return Path(found).resolve()
+
+
+def hooks() -> Path:
+    """corral's hooks where a sandbox mounts them read-only: a copy in the engines' cache, named by their
+    content (the package itself may live anywhere, /tmp included, which a sandbox provides itself)."""
+    digest = hashlib.sha256(b"".join((HOOK_DIR / name).read_bytes() for name in HOOK_FILES)).hexdigest()[:16]
+    final = engines_dir() / "hooks" / digest
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".hooks-", dir=final.parent))
+    try:
+        for name in HOOK_FILES:
+            shutil.copyfile(HOOK_DIR / name, partial / name)
+        partial.chmod(0o755)
+        try:
+            partial.rename(final)
+        except OSError:  # another process made it first: theirs is the same
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return final

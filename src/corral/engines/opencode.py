@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from corral.engines.base import EngineContext, EngineResult
-from corral.engines.external import CORRECTION_PROMPT, HOOK_DIR, ExternalEngine, answer_of, journal_call, typed_answer
+from corral.engines.external import CORRECTION_PROMPT, ExternalEngine, answer_of, hooks, journal_call, typed_answer
 from corral.engines.install import COMPANIONS_DIR, Installed, require
 from corral.errors import ToolError
 from corral.policy.rules import Capability
@@ -45,7 +45,6 @@ CONFIG_DIR = f"{HOME_IN_WORKSPACE}/config/opencode"
 PROVIDER = "corral"
 TITLE = "corral run"
 RESUME_PROMPT = "Your session was interrupted. Continue the task where you left off."
-PLUGIN = HOOK_DIR / "opencode.js"
 
 TOOL_CAPABILITIES: dict[str, frozenset[Capability]] = {
     "read": frozenset({Capability.READS_WORKSPACE}),
@@ -161,7 +160,7 @@ class OpenCodeEngine(ExternalEngine):
             "tools": dict.fromkeys(disabled, False),
         }
         if self.hook_command(ctx) is not None:
-            config["plugin"] = [PLUGIN.as_uri()]
+            config["plugin"] = [(hooks() / "opencode.js").as_uri()]
         return config
 
     async def _session(self, ctx: EngineContext, argv: list[str], env: dict[str, str]) -> EngineResult:

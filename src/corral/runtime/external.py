@@ -150,6 +150,7 @@ async def model_access(
         calls=spent.calls if spent else 0,
         sent=spent.sent if spent else None,
     )
+    deciding: set[asyncio.Task[dict[str, str]]] = set()
     if permit is not None:
         workflow_context = contextvars.copy_context()
 
@@ -157,7 +158,12 @@ async def model_access(
             async def decide() -> dict[str, str]:
                 return await permit(call)
 
-            return await asyncio.get_running_loop().create_task(decide(), context=workflow_context.copy())
+            task = asyncio.get_running_loop().create_task(decide(), context=workflow_context.copy())
+            deciding.add(task)
+            try:
+                return await task
+            finally:
+                deciding.discard(task)
 
         account.on_permission = on_permission
     try:
@@ -175,3 +181,7 @@ async def model_access(
         )
     finally:
         gateway.close_account(account)
+        for task in deciding:  # a hook still waiting (for a person) when the engine ended: nobody will ask
+            task.cancel()
+        if deciding:
+            await asyncio.gather(*deciding, return_exceptions=True)

@@ -100,9 +100,9 @@ def sandbox_request(
     )
     if mounts or routes:
         added = tuple(mount for mount in mounts if mount not in request.mounts)
-        request = request.model_copy(
-            update={"mounts": (*request.mounts, *added), "routes": {**request.routes, **(routes or {})}}
-        )
+        # Made anew, not copied: the engine's mounts and routes are checked like a spec's.
+        fields = {**dict(request), "mounts": (*request.mounts, *added), "routes": {**request.routes, **(routes or {})}}
+        request = SandboxRequest(**fields)
     return request
 
 

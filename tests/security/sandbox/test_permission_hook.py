@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from corral.engines.external import HOOK, HOOK_DIR
+from corral.engines.external import hooks
 from corral.models.gateway import ModelGateway, Upstream
 from corral.policy.budgets import BudgetClock
 from corral.sandbox.types import SANDBOX_PYTHON
@@ -33,7 +33,9 @@ async def test_a_command_cannot_get_the_hook_to_allow_what_policy_denies(make_sa
         asked.append(call)
         return {"decision": "deny", "reason": "no pushes"}
 
-    digest = hashlib.sha256(HOOK.read_bytes()).hexdigest()
+    hook_dir = hooks()  # the copy every engine's sandbox mounts
+    script = hook_dir / "permission.py"
+    digest = hashlib.sha256(script.read_bytes()).hexdigest()
     async with ModelGateway() as gateway:
         account = gateway.open_account(
             "run-1",
@@ -44,20 +46,20 @@ async def test_a_command_cannot_get_the_hook_to_allow_what_policy_denies(make_sa
         )
         account.on_permission = deny
         port = gateway.url.rsplit(":", 1)[1]
-        sandbox = await make_sandbox(routes={"corral-gateway": f"127.0.0.1:{port}"}, mounts=(str(HOOK_DIR),))
+        sandbox = await make_sandbox(routes={"corral-gateway": f"127.0.0.1:{port}"}, mounts=(str(hook_dir),))
         url = "http://corral-gateway/corral/permission"
 
         async def hook(key: str, *, env: dict[str, str] | None = None) -> tuple[int | None, str]:
-            command = f"printf '%s' '{CALL}' | {SANDBOX_PYTHON} -I {HOOK} {url} {key}"
+            command = f"printf '%s' '{CALL}' | {SANDBOX_PYTHON} -I {script} {url} {key}"
             result = await sandbox.exec(["/bin/sh", "-c", command], env=env, timeout=30)
             return result.exit_code, result.stdout
 
         # the hook itself, and its directory, cannot be changed or added to
         for attempt in (
-            f"echo 'print({ALLOW!r})' > {HOOK}",
-            f"echo x >> {HOOK}",
-            f"touch {HOOK_DIR}/sitecustomize.py",
-            f"mv {HOOK} /tmp/hook.py",
+            f"echo 'print({ALLOW!r})' > {script}",
+            f"echo x >> {script}",
+            f"touch {hook_dir}/sitecustomize.py",
+            f"mv {script} /tmp/hook.py",
         ):
             changed = await sandbox.exec(["/bin/sh", "-c", attempt], timeout=10)
             assert changed.exit_code != 0, f"ESCAPE: {attempt!r} worked"
@@ -75,5 +77,5 @@ async def test_a_command_cannot_get_the_hook_to_allow_what_policy_denies(make_sa
         code, out = await hook(account.key)  # the run's key after its engine ended
         assert (code, out) == (2, "")
     assert len(asked) == 1, "a refused key reached the run's policy"
-    assert hashlib.sha256(HOOK.read_bytes()).hexdigest() == digest
-    assert sorted(p.name for p in HOOK_DIR.iterdir() if not p.name.startswith("__")) == ["opencode.js", "permission.py"]
+    assert hashlib.sha256(script.read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in hook_dir.iterdir()) == ["opencode.js", "permission.py"]
