@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import ThrowawayPostgres
+
 
 @pytest.fixture(autouse=True, scope="session")
 def interruptible_children() -> Iterator[None]:
@@ -39,6 +41,33 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CORRAL_HOME", str(path))
     monkeypatch.delenv("CORRAL_DATABASE_URL", raising=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[ThrowawayPostgres]:
+    """A throwaway PostgreSQL server (one per test process), with a migrated template database."""
+    with ThrowawayPostgres() as server:
+        server.store_template()
+        yield server
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])])
+def database(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The store's database, once on SQLite (in ``home``) and once on a fresh PostgreSQL database.
+
+    For Postgres, ``CORRAL_DATABASE_URL`` names it, so ``Store.open`` and ``corral`` subprocesses use
+    it (and DBOS keeps its workflows there too). Tests that take it run on both.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{home / 'corral.db'}"
+        return
+    server: ThrowawayPostgres = request.getfixturevalue("postgres")
+    url = server.database(template=server.store_template())
+    monkeypatch.setenv("CORRAL_DATABASE_URL", url)
+    try:
+        yield url
+    finally:
+        server.drop(url)
 
 
 BUGGY_CALC = '''\

@@ -45,7 +45,7 @@ output_tokens = 20
 
 @pytest.mark.parametrize("attempt", [0, 4])  # killed after 2 and after 6 responses: early and late
 def test_sigkill_mid_run_then_resume_never_resends_a_completed_model_step(
-    attempt: int, tmp_path: Path, repo: Path
+    attempt: int, tmp_path: Path, repo: Path, database: str
 ) -> None:
     home = tmp_path / "home"
     kill_after = 2 + attempt  # model responses delivered before the kill

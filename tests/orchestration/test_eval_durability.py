@@ -38,7 +38,9 @@ def workspace_log(home: Path) -> str:
         store.close()
 
 
-def test_sigkill_mid_program_then_resume_runs_each_finished_call_once(tmp_path: Path, repo: Path) -> None:
+def test_sigkill_mid_program_then_resume_runs_each_finished_call_once(
+    tmp_path: Path, repo: Path, database: str
+) -> None:
     home = tmp_path / "home"
     script = tmp_path / "script.toml"
     script.write_text(SCRIPT)

@@ -60,7 +60,9 @@ def requests_for(server: ScriptedServer, description: str) -> int:
 
 
 @pytest.mark.parametrize("kill_after", [1, 11], ids=lambda k: f"after-{k}-children")  # early, late
-def test_sigkill_mid_fan_out_then_resume_runs_no_ended_child_again(tmp_path: Path, repo: Path, kill_after: int) -> None:
+def test_sigkill_mid_fan_out_then_resume_runs_no_ended_child_again(
+    tmp_path: Path, repo: Path, kill_after: int, database: str
+) -> None:
     home = tmp_path / "home"
     script = tmp_path / "script.toml"
     script.write_text(eval_script(PROGRAM, answer="reviewed") + CHILDREN)

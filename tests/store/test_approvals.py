@@ -32,7 +32,7 @@ def request(store: Store, run_id: str, approval_id: str = "ap-1", **extra: objec
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path, database: str) -> Store:
     opened = Store.open(home=tmp_path / "home")
     yield opened
     opened.close()

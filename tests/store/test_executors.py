@@ -18,6 +18,8 @@ from corral.store.models import ExecutorRow
 from tests.store.executor_process import executor_process, sigkill
 from tests.store.runs import add_run
 
+pytestmark = pytest.mark.usefixtures("database")  # every test on SQLite and on PostgreSQL
+
 
 @pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
 def test_a_killed_executors_run_is_interrupted_and_a_live_ones_is_not(home: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from corral.errors import JournalClosedError, JournalError, JournalTimeoutError, RunNotFoundError
 from corral.events import ToolReturned
@@ -21,6 +21,11 @@ from corral.store import Store
 from corral.store.journal import Journal
 from corral.store.models import EventRow
 from tests.store.runs import add_run
+
+pytestmark = pytest.mark.usefixtures("database")  # every test on SQLite and on PostgreSQL
+
+#: How each database says that a table is gone.
+NO_TABLE = {"sqlite": "no such table: corral_events", "postgresql": 'relation "corral_events" does not exist'}
 
 
 def make_store(tmp_path: Path) -> Store:
@@ -108,8 +113,16 @@ def test_redaction_happens_before_anything_is_queued(tmp_path: Path) -> None:
     (record,) = store.events("r1")
     assert isinstance(record.event, ToolReturned)
     assert record.event.text == "token=[secret:TOKEN] end"
-    db = (tmp_path / "home" / "corral.db").read_bytes()
-    assert b"s3cr3t-value-123" not in db
+    store.journal.flush()
+    if store.dialect == "sqlite":  # the whole file, its write-ahead log included
+        store.close()
+        home = tmp_path / "home"
+        stored = b"".join(p.read_bytes() for p in home.iterdir() if p.name.startswith("corral.db"))
+    else:
+        with store.engine.connect() as conn:
+            stored = "".join(conn.execute(text("SELECT data::text FROM corral_events")).scalars()).encode()
+    assert b"s3cr3t" not in stored
+    assert b"[secret:TOKEN]" in stored  # the check read the event
 
 
 def test_concurrent_appends_are_batched_into_few_transactions(tmp_path: Path) -> None:
@@ -171,8 +184,8 @@ def test_a_dropped_table_makes_flush_raise_journal_error_with_the_cause(tmp_path
     with pytest.raises(JournalError) as raised:
         journal.flush(timeout_s=10)
     assert raised.value.events == 2
-    assert isinstance(raised.value.cause, OperationalError)
-    assert "no such table: corral_events" in raised.value.message
+    assert isinstance(raised.value.cause, DBAPIError)  # the driver's error, kept
+    assert NO_TABLE[store.dialect] in raised.value.message
     assert journal.broken
     # Broken until the cause is fixed: later appends are refused, loudly.
     with pytest.raises(JournalError) as refused:
@@ -212,20 +225,25 @@ def test_a_transient_failure_is_retried_and_nothing_is_lost(tmp_path: Path, capl
 
 
 @contextmanager
-def write_lock(path: Path) -> Iterator[None]:
-    """Hold SQLite's write lock from another connection, as another process would."""
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
+def write_lock(store: Store) -> Iterator[None]:
+    """Hold a lock that blocks the journal's writes from another connection, as another process would."""
+    if store.dialect == "sqlite":
+        other = sqlite3.connect(store.engine.url.database or "", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            yield
+            other.execute("COMMIT")
+        finally:
+            other.close()
+        return
+    with store.engine.connect() as conn, conn.begin():
+        conn.execute(text("LOCK TABLE corral_events IN ACCESS EXCLUSIVE MODE"))
         yield
-        other.execute("COMMIT")
-    finally:
-        other.close()
 
 
 def test_a_flush_that_times_out_raises_and_keeps_the_events_queued(tmp_path: Path) -> None:
     store = make_store(tmp_path)
-    with write_lock(tmp_path / "home" / "corral.db"):
+    with write_lock(store):
         store.journal.append("r1", result("waiting"))
         started = time.monotonic()
         with pytest.raises(JournalTimeoutError) as raised:
@@ -253,7 +271,7 @@ def test_closing_a_broken_journal_reports_what_was_not_committed(tmp_path: Path)
     started = time.monotonic()
     with pytest.raises(JournalError) as raised:
         journal.close(timeout_s=10)
-    assert raised.value.events == 1 and "no such table" in raised.value.message
+    assert raised.value.events == 1 and NO_TABLE[store.dialect] in raised.value.message
     assert time.monotonic() - started < 5  # the writer stops: close() does not wait out its timeout
     with pytest.raises(JournalClosedError):
         journal.append("r1", result("later"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import create_engine, text
 
 from corral.errors import UsageError
 from corral.store import RunStatus, Store
@@ -25,7 +25,7 @@ OPEN_STORE = (
 
 
 @pytest.fixture
-def store(tmp_path: Path):
+def store(tmp_path: Path, database: str):
     opened = Store.open(home=tmp_path / "home")
     yield opened
     opened.close()
@@ -81,24 +81,35 @@ def test_remove_runs_deletes_rows_and_journals_and_clears_links(store: Store) ->
     assert store.get_run("next").continues_id is None
 
 
-def test_a_store_at_revision_0001_is_migrated_on_open(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    database = home / "corral.db"
+def empty_database(request: pytest.FixtureRequest, database: str, name: str) -> str:
+    """A database without any table: a new SQLite file in ``name``, or a new PostgreSQL database."""
+    if database.startswith("sqlite"):
+        home = Path(request.getfixturevalue("tmp_path")) / name
+        home.mkdir()
+        return f"sqlite:///{home / 'corral.db'}"
+    return request.getfixturevalue("postgres").database()
+
+
+def test_a_store_at_revision_0001_is_migrated_on_open(request: pytest.FixtureRequest, database: str) -> None:
+    url = empty_database(request, database, "old-home")
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", f"sqlite:///{database}")
+    config.set_main_option("sqlalchemy.url", url)
     command.upgrade(config, "0001")
-    with sqlite3.connect(database) as conn:
-        assert conn.execute("SELECT version_num FROM corral_alembic_version").fetchone() == ("0001",)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT version_num FROM corral_alembic_version")).one() == ("0001",)
         conn.execute(
-            "INSERT INTO corral_runs (id, parent_id, root_id, agent, spec, spec_hash, task, repo, run_dir, status,"
-            " created_at, turns, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
-            " reasoning_tokens, cost_usd) VALUES ('old', NULL, 'old', 'fixer', '{}', 'h', 'an old task', '/r', '/d',"
-            " 'succeeded', 1.0, 2, 10, 5, 0, 0, 0, 0.5)"
+            text(
+                "INSERT INTO corral_runs (id, parent_id, root_id, agent, spec, spec_hash, task, repo, run_dir, status,"
+                " created_at, turns, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
+                " reasoning_tokens, cost_usd) VALUES ('old', NULL, 'old', 'fixer', '{}', 'h', 'an old task', '/r',"
+                " '/d', 'succeeded', 1.0, 2, 10, 5, 0, 0, 0, 0.5)"
+            )
         )
+    engine.dispose()
 
-    store = Store.open(home=home)
+    store = Store(url)
     try:
         record = store.get_run("old")
         assert (record.continues_id, record.usage.unpriced_calls, record.usage.cost_known) == (None, 0, True)
@@ -117,11 +128,15 @@ def test_opening_a_store_at_head_does_not_import_alembic(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_processes_opening_a_new_store_at_once_take_turns_to_create_it(tmp_path: Path) -> None:
+def test_processes_opening_a_new_store_at_once_take_turns_to_create_it(
+    request: pytest.FixtureRequest, database: str
+) -> None:
     for attempt in range(5):
-        home = tmp_path / f"home-{attempt}"
+        url = empty_database(request, database, f"home-{attempt}")
+        home = str(Path(url.removeprefix("sqlite:///")).parent) if url.startswith("sqlite") else "unused"
+        env = {**os.environ, "CORRAL_DATABASE_URL": url}
         procs = [
-            subprocess.Popen([sys.executable, "-c", OPEN_STORE, str(home)], stderr=subprocess.PIPE, text=True)
+            subprocess.Popen([sys.executable, "-c", OPEN_STORE, home], stderr=subprocess.PIPE, text=True, env=env)
             for _ in range(3)
         ]
         errors = [proc.communicate(timeout=60)[1] for proc in procs]

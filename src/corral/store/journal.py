@@ -43,9 +43,12 @@ RETRY_DELAYS_S: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 def db_error_reason(err: BaseException) -> str:
-    """The database's own words for an error, without SQLAlchemy's statement dump and help link."""
+    """The database's own words for an error, without SQLAlchemy's statement dump and help link (and
+    without the lines PostgreSQL adds to point into the statement)."""
     orig = getattr(err, "orig", None)
-    return f"{type(orig).__name__}: {orig}" if orig is not None else f"{type(err).__name__}: {err}"
+    cause = orig if orig is not None else err
+    first_line = str(cause).strip().split("\n", 1)[0]
+    return f"{type(cause).__name__}: {first_line}"
 
 
 @dataclass(slots=True)
