@@ -11,6 +11,7 @@ import pytest
 
 from corral.store import Store
 from tests.e2e.cli_helpers import corral
+from tests.store.runs import add_run
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +63,21 @@ def test_a_working_store_is_checked_and_a_missing_one_is_not_created(tmp_path: P
     Store.open(home=home).close()
     _, checks = doctor(tmp_path, home)
     assert checks["store"]["ok"] is True and checks["store"]["detail"].endswith("(0 runs)")
+
+
+@pytest.mark.postgres
+def test_database_url_before_or_after_the_command_selects_the_store(tmp_path: Path, postgres: Any) -> None:
+    url = postgres.database(template=postgres.store_template())
+    store = Store(url)
+    try:
+        add_run(store, "on-postgres")
+    finally:
+        store.close()
+    home = tmp_path / "home"
+    for args in (("--database-url", url, "runs", "--json"), ("runs", "--json", "--database-url", url)):
+        proc = corral(*args, cwd=tmp_path, home=home)
+        assert proc.returncode == 0, proc.stderr
+        assert [r["id"] for r in json.loads(proc.stdout)] == ["on-postgres"]
+    code, checks = doctor(tmp_path, home, CORRAL_DATABASE_URL=url)
+    assert code in (0, 1) and checks["store"]["ok"] is True and "(1 runs)" in checks["store"]["detail"]
+    assert not home.exists()  # nothing of the store went to the SQLite home

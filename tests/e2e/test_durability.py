@@ -86,6 +86,8 @@ def test_sigkill_mid_run_then_resume_never_resends_a_completed_model_step(
 
     events = store.events(record.id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1)), "journal has a gap"
+    chain = store.verify_journal(record.id)  # two processes wrote it: still one unbroken hash chain
+    assert chain.intact and chain.head_seq == len(events), chain.problems
     keys = [e.key for e in events]
     assert len(keys) == len(set(keys)), "journal has a duplicate"
     types = [e.type for e in events]

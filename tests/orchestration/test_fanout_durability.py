@@ -101,6 +101,8 @@ def test_sigkill_mid_fan_out_then_resume_runs_no_ended_child_again(
         events = store.events(root.id)
         keys = [e.key for e in events]
         assert len(keys) == len(set(keys)), "the journal has a duplicate"
+        for run in (root, *children):  # written by the killed process and the resuming one: intact chains
+            assert store.verify_journal(run.id).intact, (run.id, store.verify_journal(run.id).problems)
         finished = [e.event.child_id for e in events if e.type == "task.finished"]  # type: ignore[attr-defined]
         assert sorted(finished) == sorted(c.id for c in children)  # one each, whichever process journaled it
         (result,) = [e.event for e in events if e.type == "tool.result" and getattr(e.event, "tool", "") == "eval"]

@@ -20,7 +20,7 @@ from corral.errors import CorralError, UsageError
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
 
-GLOBAL_OPTIONS = ("debug", "home", "config")
+GLOBAL_OPTIONS = ("debug", "home", "config", "database_url")
 
 
 class _CorralGroup(TyperGroup):
@@ -98,6 +98,9 @@ def _apply_global_option(name: str | None, value: Any) -> None:
         state.home = Path(value).resolve()
     elif name == "config" and value is not None:
         state.config = Path(value)
+    elif name == "database_url" and value:
+        # Where every part of corral (and the processes it starts) reads it: Store.open, DBOS.
+        os.environ["CORRAL_DATABASE_URL"] = value
 
 
 def _print_version(value: bool) -> None:
@@ -125,9 +128,18 @@ def _main(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Spec file (default: the nearest corral.toml).")
     ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="CORRAL_DATABASE_URL",
+            help="The store's database (default: SQLite in the store directory), e.g. postgresql+psycopg://…",
+            show_envvar=True,
+        ),
+    ] = None,
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name, value in (("debug", debug), ("home", home), ("config", config)):
+    for name, value in (("debug", debug), ("home", home), ("config", config), ("database_url", database_url)):
         _apply_global_option(name, value)
 
 

@@ -1,4 +1,5 @@
-"""``corral runs|show|trace|rm|prune``: read runs and their journals, follow a run, remove runs."""
+"""``corral runs|show|trace|verify|rm|prune``: read runs and their journals, follow a run, check a journal's
+hash chain, remove runs."""
 
 from __future__ import annotations
 
@@ -125,6 +126,42 @@ def trace(
         write_json(trace_data(record, events, children))
     else:
         print_trace(console, record, events, children)
+
+
+@app.command()
+def verify(
+    run_ids: Annotated[list[str], typer.Argument(help="Run ids (or unique prefixes); their sub-runs are checked too.")],
+    json_out: JsonOption = False,
+) -> None:
+    """Check runs' journals against their hash chains: report any event changed, deleted or reordered.
+
+    Exit 0 when every journal is intact, 1 when one is not. Each run's head (its last event's hash)
+    is printed: kept elsewhere, it also shows a rewrite of the whole chain later.
+    """
+    store = open_store()
+    records = store.run_trees([store.get_run(run_id).id for run_id in run_ids])
+    results = [store.verify_journal(record.id) for record in records]
+    if json_out:
+        write_json([result.to_json() for result in results])
+    else:
+        for result in results:
+            head = f"head {result.head_seq} {result.head_hash or '-'}"
+            if result.intact:
+                line = Text.assemble(safe(result.run_id), "  ", ("intact", "green"), f"  {result.events} events")
+                console.print(line, f" {head}", soft_wrap=True)
+                continue
+            console.print(
+                Text.assemble(
+                    safe(result.run_id),
+                    "  ",
+                    ("TAMPERED", "bold red"),
+                    f"  {result.events} events  {len(result.problems)} problem(s)  {safe(head)}",
+                ),
+                soft_wrap=True,
+            )
+            for problem in result.problems:
+                console.print(Text.assemble("  ", (problem.kind, "red"), "  ", safe(problem.message)), soft_wrap=True)
+    raise typer.Exit(EXIT_OK if all(result.intact for result in results) else EXIT_RUN_FAILED)
 
 
 def child_traces(store: Store, run_id: str) -> dict[str, RunTrace]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import sqlite3
@@ -17,7 +18,9 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Text,
     and_,
+    cast,
     create_engine,
     delete,
     event,
@@ -35,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from corral.errors import ApprovalNotFoundError, RunNotFoundError, StoreError, UsageError
 from corral.events import parse_event
+from corral.store.chain import ChainedRow, Verification, verify
 from corral.store.journal import Journal, db_error_reason
 from corral.store.liveness import executor_alive
 from corral.store.models import ALEMBIC_VERSION_TABLE, ApprovalRow, EventRow, ExecutorRow, RunRow
@@ -51,7 +55,7 @@ from corral.store.records import (
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: The newest migration's revision id; a test checks it against Alembic's own head.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 def default_home(project_dir: Path | None = None) -> Path:
@@ -445,6 +449,35 @@ class Store:
                     ) from None
                 yield EventRecord(run_id=run_id, seq=seq, event=event)
 
+    def verify_journal(self, run_id: str) -> Verification:
+        """Check a run's journal against its hash chain and its recorded head (``corral.store.chain``).
+
+        Reads the stored columns as they are (the data as text, parsed here), so an event edited into
+        something no longer readable is reported as changed, not raised.
+        """
+        self.journal.flush()
+        columns = (
+            EventRow.seq,
+            EventRow.key,
+            EventRow.type,
+            EventRow.ts,
+            EventRow.duration_ms,
+            cast(EventRow.data, Text),
+            EventRow.prev_hash,
+            EventRow.hash,
+        )
+        with self.engine.connect() as conn:
+            head = conn.execute(select(RunRow.journal_seq, RunRow.journal_head).where(RunRow.id == run_id)).first()
+            if head is None:
+                raise RunNotFoundError(f"no run {run_id!r} in this store", hint="`corral runs` lists the runs")
+            rows = [
+                ChainedRow(seq, key, type_, ts, duration_ms, _json_or_text(data), prev_hash, hash_)
+                for seq, key, type_, ts, duration_ms, data, prev_hash, hash_ in conn.execute(
+                    select(*columns).where(EventRow.run_id == run_id).order_by(EventRow.seq)
+                )
+            ]
+        return verify(run_id, rows, head.journal_seq or 0, head.journal_head)
+
     # -- approvals --------------------------------------------------------------------------------
 
     def request_approval(self, **fields: Any) -> ApprovalRecord:
@@ -526,6 +559,14 @@ class Store:
             rows = list(session.scalars(select(ExecutorRow)))
             session.expunge_all()
             return rows
+
+
+def _json_or_text(stored: str | None) -> Any:
+    """A JSON column read as text, parsed; text that is not JSON stays text (and matches no hash)."""
+    try:
+        return json.loads(stored) if stored is not None else None
+    except ValueError:
+        return stored
 
 
 def _approval(row: ApprovalRow) -> ApprovalRecord:

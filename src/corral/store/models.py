@@ -45,6 +45,10 @@ class RunRow(Base):
     reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     unpriced_calls: Mapped[int] = mapped_column(Integer, default=0)
+    journal_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """The journal's head: the sequence number of its last event (``corral.store.chain``)."""
+    journal_head: Mapped[str | None] = mapped_column(String(64))
+    """The journal's head: the hash of its last event."""
 
 
 class EventRow(Base):
@@ -63,6 +67,10 @@ class EventRow(Base):
     ts: Mapped[float] = mapped_column(Float)
     duration_ms: Mapped[float | None] = mapped_column(Float)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    """The hash of the run's event before this one ("" for its first; NULL: written before the chain)."""
+    hash: Mapped[str | None] = mapped_column(String(64))
+    """This event's hash (``corral.store.chain.event_hash``)."""
 
 
 class ExecutorRow(Base):
