@@ -25,6 +25,8 @@ SPEC_FILE_NAME = "corral.toml"
 DEFAULT_TOOLS = ("read_file", "write_file", "edit_file", "glob", "grep", "execute", "diff")
 BUILTIN_TOOL_NAMES = frozenset(DEFAULT_TOOLS)
 ENGINE_ENTRY_POINTS = "corral.engines"
+#: The deepest a tree of runs may grow (``max_depth``'s bound; the workers' child queues go this deep).
+MAX_TREE_DEPTH = 8
 
 
 class _Strict(BaseModel):
@@ -142,7 +144,7 @@ class ProgramsSpec(_Strict):
     """``task()`` calls per program; the next one raises inside it."""
     max_run_dispatches: Annotated[int, Field(ge=0, le=1_000_000)] = 2_000
     """``task()`` calls over the whole run (all its programs)."""
-    max_depth: Annotated[int, Field(ge=0, le=8)] = 2
+    max_depth: Annotated[int, Field(ge=0, le=MAX_TREE_DEPTH)] = 2
     """How deep the tree of runs may grow: a root run is at depth 0, its children at 1. A run at this
     depth cannot dispatch."""
     max_concurrent: Annotated[int, Field(ge=1, le=1024)] = 16

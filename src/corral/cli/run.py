@@ -612,6 +612,13 @@ def run(
             rich_help_panel=TASK_AND_OUTPUT,
         ),
     ] = None,
+    submit: Annotated[
+        bool,
+        typer.Option("--submit", help="Put the run on a run queue for `corral worker`s instead of running it here."),
+    ] = False,
+    queue: Annotated[
+        str | None, typer.Option("--queue", help="The run queue for --submit (default corral.runs).")
+    ] = None,
     *,
     overrides: SpecOverrides,
     options: RunOptions,
@@ -625,12 +632,33 @@ def run(
     spec = overrides.apply(load_config(path).agent(agent))
     options.check(repo)
     long_input = read_context(context) if context is not None else None
+    if queue is not None and not submit:
+        raise UsageError("--queue names where --submit puts the run", hint="add --submit")
+    if submit:
+        submit_run(spec, text, repo, long_input, queue=queue, json_out=options.json_out)
+        return
 
     async def start(runtime: Runtime) -> list[str]:
         name_interrupted_runs(runtime, options)
         return [(await runtime.submit(spec, text, repo, context=long_input)).id]
 
     run_to_end(open_store(), start, options, title=f"corral · {spec.name}")
+
+
+def submit_run(
+    spec: AgentSpec, task: str, repo: Path, context: str | None, *, queue: str | None, json_out: bool
+) -> None:
+    """``corral run --submit``: record the run, queue it for the workers, say how to follow it."""
+    from corral.cli.inspection import write_json
+    from corral.runtime import Runtime, workflow
+
+    runtime = Runtime(open_store())
+    record = asyncio.run(runtime.enqueue(spec, task, repo, context=context, queue=queue or workflow.RUN_QUEUE))
+    if json_out:
+        write_json({"id": record.id, "status": record.status.value, "queue": record.queue})
+        return
+    console.print(safe(f"run {record.id} queued on {record.queue}"), soft_wrap=True)
+    print_hint(f"follow it: {command_hint('trace', record.id, '--follow', home=explicit_home())}")
 
 
 @app.command("script")

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Collection
 
 from corral.store import Store
 
@@ -21,12 +22,34 @@ def new_executor_id() -> str:
 
 
 def forget_dead_executors(store: Store, *, exclude: str) -> None:
-    """Unregister executors that are gone and no longer own an interrupted run."""
+    """Unregister executors that are gone and no longer own an interrupted run.
+
+    Not workers: a worker's runs may still wait in DBOS for recovery with no run row saying so (it
+    died between taking a workflow and recording it); the workers that serve its queues recover its
+    workflows, then forget it (``recover_workers``).
+    """
     live = store.live_executor_ids() | {exclude}
     owners = {r.executor_id for r in store.interrupted_runs(exclude_executor=exclude)}
     for executor in store.executors():
-        if executor.id not in live and executor.id not in owners:
+        if executor.id not in live and executor.id not in owners and not executor.queues:
             store.unregister_executor(executor.id)
+
+
+def dead_workers(store: Store, queues: Collection[str], *, exclude: str) -> list[str]:
+    """The executors whose runs on ``queues`` need recovering: workers of those queues that are gone,
+    and the executors of interrupted runs submitted to them (a worker stopped cleanly unregisters)."""
+    live = store.live_executor_ids() | {exclude}
+    gone = {
+        executor.id
+        for executor in store.executors()
+        if executor.id not in live and executor.queues and set(executor.queues) & set(queues)
+    }
+    gone |= {
+        r.executor_id
+        for r in store.interrupted_runs(exclude_executor=exclude)
+        if r.executor_id is not None and r.queue in queues
+    }
+    return sorted(gone)
 
 
 class Heartbeat:

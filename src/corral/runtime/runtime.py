@@ -13,7 +13,7 @@ import secrets as _random
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from corral.errors import (
     RunTimeoutError,
     SandboxError,
     SpecError,
+    StoreError,
     UsageError,
 )
 from corral.events import Usage
@@ -112,9 +113,22 @@ class Runtime:
     """
 
     def __init__(
-        self, store: Store, *, tools: Iterable[ToolDef] = (), engines: Mapping[str, Engine] | None = None
+        self,
+        store: Store,
+        *,
+        tools: Iterable[ToolDef] = (),
+        engines: Mapping[str, Engine] | None = None,
+        run_queues: Sequence[str] = (),
+        concurrency: int = 4,
+        global_concurrency: int | None = None,
     ) -> None:
+        """``run_queues``: this process is a worker of those queues (``corral worker``): it runs what is
+        submitted to them, ``concurrency`` runs at once, at most ``global_concurrency`` over all their
+        workers (both are the queue's, shared by its workers: the last worker to start sets them)."""
         self.store = store
+        self.run_queues = tuple(workflow.check_queue_name(q) for q in run_queues)
+        self._concurrency = concurrency
+        self._global_concurrency = global_concurrency
         self.tools: dict[str, ToolDef] = {**BUILTIN_TOOLS, **{t.name: t for t in tools}}
         #: Engines by name that take precedence over the installed ones (an engine on an in-process model).
         self.engines: dict[str, Engine] = dict(engines or {})
@@ -132,6 +146,7 @@ class Runtime:
         self._cancelled_here: set[str] = set()  # workflows whose cancel a watcher delivered
         self._views: dict[str, ReadOnlyView] = {}  # per run executing here: the view its light children read
         self._gateways = external.Gateways()  # the model gateway of external engines, started on first use
+        self._dbos_ready = False  # DBOS's tables made or migrated by this process (``enqueue``)
         store.journal.set_redactor(REDACTOR.data)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -161,9 +176,20 @@ class Runtime:
 
     def launch(self) -> None:
         self._stopping = False
-        workflow.launch(system_database_url=self.store.dbos_url(), executor_id=self.executor_id, execute=self._execute)
+        workflow.launch(
+            system_database_url=self.store.dbos_url(),
+            executor_id=self.executor_id,
+            execute=self._execute,
+            run_queues=self.run_queues,
+        )
         try:
-            self.store.register_executor(self.executor_id, socket.gethostname(), os.getpid())
+            for queue in self.run_queues:
+                workflow.register_run_queue(
+                    queue, worker_concurrency=self._concurrency, global_concurrency=self._global_concurrency
+                )
+            self.store.register_executor(
+                self.executor_id, socket.gethostname(), os.getpid(), queues=list(self.run_queues) or None
+            )
         except BaseException:
             workflow.destroy()
             raise
@@ -196,8 +222,12 @@ class Runtime:
 
     # -- submitting and waiting -------------------------------------------------------------------
 
-    def check_spec(self, spec: AgentSpec) -> None:
-        """Fail before anything is recorded if the run could not start (unknown tool, engine, backend, key)."""
+    def check_spec(self, spec: AgentSpec, *, environment: bool = True) -> None:
+        """Fail before anything is recorded if the run could not start (unknown tool, engine, backend, key).
+
+        ``environment``: also check the secrets and the model's API key in this process's environment
+        (not for a run submitted to workers, whose environment has them).
+        """
         unknown = unknown_tools(spec.tools, tuple(self.tools))
         if unknown:
             raise SpecError(f"agent '{spec.name}': field 'tools': unknown tool(s) {', '.join(unknown)}")
@@ -210,6 +240,8 @@ class Runtime:
                 "data and acts outside, and policy lets its outbound actions run without a person",
                 hint=f"`corral check {spec.name}` says why; {check.advice()}",
             )
+        if not environment:
+            return
         missing = [name for name in spec.secrets if not os.environ.get(name)]
         if missing:  # like a missing API key: a usage error, before anything is recorded
             raise SpecError(
@@ -242,6 +274,68 @@ class Runtime:
         patch holds only its own changes (it applies on top of theirs).
         """
         self.check_spec(spec)
+        record = await self._record(spec, task, repo, parent_id=parent_id, continue_from=continue_from, context=context)
+        await workflow.start(record.id)
+        return record
+
+    async def enqueue(
+        self,
+        spec: AgentSpec,
+        task: str,
+        repo: Path,
+        *,
+        queue: str = workflow.RUN_QUEUE,
+        continue_from: str | None = None,
+        context: str | None = None,
+    ) -> RunRecord:
+        """Record a run and put it on the run queue ``queue`` for ``corral worker``s; returns at once.
+
+        Needs no launched runtime (a submitting CLI, the API server). On Postgres, where the store and
+        DBOS share a database, the run's row and its queued workflow are committed in one
+        transaction; on SQLite (two files) the row first, and a run that could not be queued is
+        recorded as failed, saying why.
+        """
+        workflow.check_queue_name(queue)
+        self.check_spec(spec, environment=False)
+        dbos_url = self.store.dbos_url()
+        if not self._dbos_ready:
+            await asyncio.to_thread(workflow.migrate, dbos_url)  # a worker may never have opened this database
+            self._dbos_ready = True
+        shared = dbos_url == self.store.url
+        record = await self._record(
+            spec,
+            task,
+            repo,
+            continue_from=continue_from,
+            context=context,
+            queue=queue,
+            also=(lambda conn, run_id: workflow.enqueue_run(dbos_url, run_id, queue, connection=conn))
+            if shared
+            else None,
+        )
+        if not shared:
+            try:
+                await asyncio.to_thread(workflow.enqueue_run, dbos_url, record.id, queue)
+            except Exception as err:
+                reason = f"the run could not be queued on {queue!r}: {type(err).__name__}: {err}"
+                self._finish(record.id, _Outcome(error=reason, error_type="QueueError"), {})
+                raise StoreError(reason) from err
+        return record
+
+    async def _record(
+        self,
+        spec: AgentSpec,
+        task: str,
+        repo: Path,
+        *,
+        parent_id: str | None = None,
+        continue_from: str | None = None,
+        context: str | None = None,
+        queue: str | None = None,
+        also: Callable[[Any, str], None] | None = None,
+    ) -> RunRecord:
+        """Check the task and the repository and record the run: run by this process, or ``queue``d
+        (``also(connection, run_id)`` then runs in the transaction that writes its row)."""
         repo = repo.expanduser().resolve()  # noqa: ASYNC240 - path arithmetic and one stat
         if not repo.is_dir():
             raise UsageError(f"repository {repo} is not a directory")
@@ -264,7 +358,11 @@ class Runtime:
             await _check_start(repo, self._patches_before(continues.id))
         run_id = new_run_id()
         parent = self.store.get_run(parent_id) if parent_id else None
-        record = self.store.create_run(
+        run_dir = Path(self.store.runs_dir / run_id)
+        if context is not None:  # before the workflow can start: the run reads it (again, when it resumes)
+            run_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - one local write
+            (run_dir / CONTEXT_FILE).write_text(REDACTOR(context), encoding="utf-8")
+        return self.store.create_run(
             id=run_id,
             parent_id=parent_id,
             continues_id=continues.id if continues else None,
@@ -274,15 +372,11 @@ class Runtime:
             spec_hash=spec.content_hash(),
             task=REDACTOR(task),
             repo=str(repo),
-            run_dir=str(self.store.runs_dir / run_id),
-            executor_id=self.executor_id,
+            run_dir=str(run_dir),
+            executor_id=None if queue else self.executor_id,
+            queue=queue,
+            also=None if also is None else functools.partial(_with_run_id, also, run_id),
         )
-        if context is not None:  # before the workflow starts: the run reads it (again, when it resumes)
-            run_dir = Path(record.run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - one local write
-            (run_dir / CONTEXT_FILE).write_text(REDACTOR(context), encoding="utf-8")
-        await workflow.start(run_id)
-        return record
 
     async def wait(self, run_id: str, *, timeout_s: float | None = None, poll_s: float = 0.1) -> RunRecord:
         """Wait until the run has finished (whichever process executes it)."""
@@ -326,13 +420,27 @@ class Runtime:
                 )
             candidates = [record]
         else:
-            # A dispatched child resumes with its parent, which finds it again by its id.
-            candidates = [r for r in interrupted if r.dispatched_by is None]
+            # A dispatched child resumes with its parent, which finds it again by its id; a run submitted
+            # to a queue, with that queue's workers (unless named).
+            candidates = [r for r in interrupted if r.dispatched_by is None and r.queue is None]
         for record in candidates:
             self.store.update_run(record.id, executor_id=self.executor_id)
             await workflow.resume(record.id)
         recovery.forget_dead_executors(self.store, exclude=self.executor_id)
         return [r.id for r in candidates]
+
+    def recover_workers(self) -> list[str]:
+        """A worker's housekeeping: put the workflows of gone workers of its queues back on their queues
+        (DBOS's executor recovery; any worker of the queue then takes each, once), then forget those
+        workers. Safe from every worker at once. Returns the executors recovered."""
+        gone = recovery.dead_workers(self.store, self.run_queues, exclude=self.executor_id)
+        if not gone:
+            return []
+        recovered = workflow.recover_executors(gone)
+        log.info("recovered %d workflow(s) of gone executor(s) %s", recovered, ", ".join(gone))
+        for executor_id in gone:
+            self.store.unregister_executor(executor_id)
+        return gone
 
     # -- approvals --------------------------------------------------------------------------------
 
@@ -757,6 +865,7 @@ class Runtime:
                     repo=str(sandbox.workspace),
                     run_dir=str(self.store.runs_dir / child_id),
                     executor_id=self.executor_id,
+                    queue=parent.queue,  # the tree's: its workers take the child's workflow
                 )
             if light:
                 view = sandbox if isinstance(sandbox, ReadOnlyView) else self._view_of(parent.id, sandbox)
@@ -771,7 +880,7 @@ class Runtime:
                         spec=spec,
                     )
             else:
-                await self._run_child_workflow(child_id, depth + 1, existing)
+                await self._run_child_workflow(child_id, depth + 1, existing, parent.queue)
         ended = self._ended_here.pop(child_id, None) or self.store.find_run(child_id)
         assert ended is not None  # made above, and runs are only removed by `corral rm` of a whole tree
         return await self._child_ended(parent, sandbox, budget, request.call_id, ended)
@@ -824,13 +933,15 @@ class Runtime:
                     task.cancel()
                 return
 
-    async def _run_child_workflow(self, child_id: str, depth: int, existing: RunRecord | None) -> None:
+    async def _run_child_workflow(
+        self, child_id: str, depth: int, existing: RunRecord | None, tree_queue: str | None
+    ) -> None:
         """Queue (or resume) the child's workflow and wait for it to end; if the wait is cancelled by
         its parent (a limit, a cancel) rather than by this process stopping, the child is cancelled too."""
         ended = self._ended.setdefault(child_id, asyncio.Event())
         try:
             if existing is None:
-                await workflow.enqueue_child(child_id, depth)
+                await workflow.enqueue_child(child_id, depth, tree_queue)
             elif existing.interrupted:  # its process died with its parent's: this process takes it on
                 self.store.update_run(child_id, executor_id=self.executor_id)
                 await workflow.resume(child_id)
@@ -1044,6 +1155,10 @@ class Runtime:
         ended = self._ended.get(run_id)
         if ended is not None:  # a parent in this process waits for this child
             ended.set()
+
+
+def _with_run_id(also: Callable[[Any, str], None], run_id: str, conn: Any) -> None:
+    also(conn, run_id)
 
 
 async def _remove_start(run_dir: Path) -> None:

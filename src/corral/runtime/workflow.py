@@ -13,17 +13,20 @@ looking its body up.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from dbos import DBOS, DBOSClient, SetWorkflowID
+from dbos import DBOS, DBOSClient, EnqueueOptions, SetWorkflowID
 from dbos._error import DBOSWorkflowCancelledError, DBOSWorkflowConflictIDError  # not re-exported by dbos 3.4
 
 from corral.errors import RuntimeStateError, UsageError
+from corral.spec import MAX_TREE_DEPTH
 
 T = TypeVar("T")
 
@@ -53,7 +56,10 @@ async def _sandbox_step(token: str) -> Any:
     return await _STEP_BODIES[token]()
 
 
-@DBOS.workflow(name="corral.run")
+_RUN_WORKFLOW = "corral.run"
+
+
+@DBOS.workflow(name=_RUN_WORKFLOW)
 async def _run_workflow(run_id: str) -> dict[str, Any]:
     if _EXECUTE is None:
         raise RuntimeStateError("a corral run workflow started without a launched Runtime in this process")
@@ -169,8 +175,15 @@ async def preemptible(system_database_url: str, workflow_id: str, work: Awaitabl
                 await pending
 
 
-def launch(*, system_database_url: str, executor_id: str, execute: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
-    """Start DBOS in this process; run workflows call ``execute(run_id)``."""
+def launch(
+    *,
+    system_database_url: str,
+    executor_id: str,
+    execute: Callable[[str], Awaitable[dict[str, Any]]],
+    run_queues: Sequence[str] = (),
+) -> None:
+    """Start DBOS in this process; run workflows call ``execute(run_id)``. It takes workflows from
+    ``listened_queues(run_queues)`` only: a ``corral run`` process never runs what was submitted to workers."""
     global _EXECUTE
     if _EXECUTE is not None:
         raise RuntimeStateError("another corral Runtime is already running in this process")
@@ -189,6 +202,7 @@ def launch(*, system_database_url: str, executor_id: str, execute: Callable[[str
     )
     _EXECUTE = execute
     try:
+        DBOS.listen_queues(listened_queues(run_queues))
         DBOS.launch()
     except BaseException:
         _EXECUTE = None
@@ -220,14 +234,48 @@ async def resume(run_id: str) -> None:
         await DBOS.resume_workflow_async(run_id)
 
 
+RUN_QUEUE = "corral.runs"
+"""The queue ``corral run --submit`` and the API put runs on by default, which ``corral worker`` serves."""
+QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,47}")
+
 CHILD_QUEUE = "corral.children.depth-{depth}"
 """The queue of the children at one depth of their trees: children wait for their own children, so
-one queue per depth keeps a full queue of parents from starving the children they wait for."""
+one queue per depth keeps a full queue of parents from starving the children they wait for. A tree
+submitted to a run queue has its own (``<queue>.children.depth-N``), which its workers serve."""
 #: Children with their own workflow (and sandbox) running at once, per depth, over every process of the store.
 CHILD_CONCURRENCY_ENV = "CORRAL_CHILD_CONCURRENCY"
 DEFAULT_CHILD_CONCURRENCY = 16
 _QUEUE_POLL_S = 0.05
-_QUEUES: dict[int, Any] = {}
+_QUEUES: dict[str, Any] = {}
+
+
+def check_queue_name(name: str) -> str:
+    """``name`` if it can name a run queue (lowercase letters, digits, ``.``, ``_``, ``-``; up to 48)."""
+    if not QUEUE_NAME.fullmatch(name):
+        raise UsageError(
+            f"{name!r} cannot name a run queue",
+            hint="lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, up to 48 characters",
+        )
+    return name
+
+
+def child_queue(tree_queue: str | None, depth: int) -> str:
+    """The queue of the children at ``depth`` of a tree run by the process that started it (``tree_queue``
+    None), or submitted to ``tree_queue``."""
+    base = CHILD_QUEUE.format(depth=depth)
+    return base if tree_queue is None else f"{tree_queue}.children.depth-{depth}"
+
+
+def listened_queues(run_queues: Sequence[str] = ()) -> list[str]:
+    """The queues a process takes workflows from: with no run queue (``corral run``), the children of the
+    trees it starts; a worker, its run queues and their trees' children. Never another kind's."""
+    if not run_queues:
+        return [child_queue(None, depth) for depth in range(1, MAX_TREE_DEPTH + 1)]
+    return [
+        name
+        for queue in run_queues
+        for name in (queue, *(child_queue(queue, depth) for depth in range(1, MAX_TREE_DEPTH + 1)))
+    ]
 
 
 def child_concurrency() -> int:
@@ -239,20 +287,41 @@ def child_concurrency() -> int:
         raise UsageError(f"{CHILD_CONCURRENCY_ENV} must be a whole number, got {value!r}") from None
 
 
-def _queue(depth: int) -> Any:
-    queue = _QUEUES.get(depth)
+def _child_queue(tree_queue: str | None, depth: int) -> Any:
+    name = child_queue(tree_queue, depth)
+    queue = _QUEUES.get(name)
     if queue is None:
         queue = DBOS.register_queue(
-            CHILD_QUEUE.format(depth=depth),
+            name,
             global_concurrency=child_concurrency(),
             polling_interval_sec=_QUEUE_POLL_S,
             on_conflict="always_update",
         )
-        _QUEUES[depth] = queue
+        _QUEUES[name] = queue
     return queue
 
 
-async def enqueue_child(run_id: str, depth: int) -> None:
+def register_run_queue(name: str, *, worker_concurrency: int, global_concurrency: int | None) -> None:
+    """Create or update the run queue ``name`` (in the database: every worker of the queue shares its limits).
+
+    DBOS refuses its synchronous ``register_queue`` on a thread running an event loop: it runs on a
+    thread of its own here, as the child queues' registration does.
+    """
+
+    def register() -> Any:
+        return DBOS.register_queue(
+            name,
+            worker_concurrency=worker_concurrency,
+            global_concurrency=global_concurrency,
+            polling_interval_sec=_QUEUE_POLL_S,
+            on_conflict="always_update",
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="corral-queue") as pool:
+        _QUEUES[name] = pool.submit(register).result()
+
+
+async def enqueue_child(run_id: str, depth: int, tree_queue: str | None = None) -> None:
     """Queue the workflow of child run ``run_id`` (its id is the workflow id; queueing it again is a no-op).
 
     The child is a workflow of its own, not a DBOS child workflow of its parent: its parent finds it
@@ -262,9 +331,45 @@ async def enqueue_child(run_id: str, depth: int) -> None:
 
     def enqueue() -> None:  # in a thread that does not carry the parent workflow's context
         with SetWorkflowID(run_id):
-            _queue(depth).enqueue(_run_workflow, run_id)
+            _child_queue(tree_queue, depth).enqueue(_run_workflow, run_id)
 
     await asyncio.get_running_loop().run_in_executor(None, enqueue)
+
+
+def migrate(system_database_url: str) -> None:
+    """Create or migrate DBOS's tables (a process that only enqueues never launches DBOS, which would)."""
+    DBOS.migrate(system_database_url)
+
+
+def enqueue_run(system_database_url: str, run_id: str, queue: str, *, connection: Any = None) -> None:
+    """Put run ``run_id``'s workflow on the run queue ``queue``, from any process (DBOS need not run here).
+
+    ``connection``: a transaction on the system database that also writes the run's row, so the row
+    and its workflow are committed together (the store and DBOS share one Postgres database).
+    """
+    options: EnqueueOptions = {
+        "workflow_name": _RUN_WORKFLOW,
+        "queue_name": queue,
+        "workflow_id": run_id,
+        "app_version": WORKFLOW_VERSION,
+    }
+    client = DBOSClient(system_database_url=system_database_url)
+    try:
+        if connection is not None:
+            client.enqueue_in_transaction(connection, options, run_id)
+        else:
+            client.enqueue(options, run_id)
+    finally:
+        client.destroy()
+
+
+def recover_executors(executor_ids: Sequence[str]) -> int:
+    """Put the unfinished workflows of executors that are gone back on their queues (DBOS's executor
+    recovery): each is taken by exactly one process listening to its queue. Safe to repeat, from any
+    number of processes at once. The number of workflows recovered."""
+    if not executor_ids:
+        return 0
+    return len(DBOS._recover_pending_workflows(list(executor_ids)))
 
 
 def _decision_topic(approval_id: str) -> str:

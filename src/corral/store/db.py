@@ -9,7 +9,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from corral.store.records import (
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: The newest migration's revision id; a test checks it against Alembic's own head.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 def default_home(project_dir: Path | None = None) -> Path:
@@ -105,6 +105,7 @@ def _revision(conn: Connection) -> str | None:
 def _row_to_record(row: RunRow, live_executors: set[str]) -> RunRecord:
     """``live_executors`` (``Store.live_executor_ids``) decides whether an unfinished run is interrupted."""
     unfinished = row.status in UNFINISHED
+    waiting_in_queue = row.queue is not None and row.executor_id is None and row.status == RunStatus.QUEUED.value
     return RunRecord(
         id=row.id,
         parent_id=row.parent_id,
@@ -134,7 +135,10 @@ def _row_to_record(row: RunRow, live_executors: set[str]) -> RunRecord:
             cost_usd=row.cost_usd or 0.0,
             unpriced_calls=row.unpriced_calls or 0,
         ),
-        interrupted=unfinished and (row.executor_id is None or row.executor_id not in live_executors),
+        queue=row.queue,
+        interrupted=unfinished
+        and not waiting_in_queue
+        and (row.executor_id is None or row.executor_id not in live_executors),
     )
 
 
@@ -270,9 +274,12 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------------
 
-    def create_run(self, *, defer: bool = False, **fields: Any) -> RunRecord:
+    def create_run(
+        self, *, defer: bool = False, also: Callable[[Connection], None] | None = None, **fields: Any
+    ) -> RunRecord:
         """Record a new run. ``defer``: its row is written by the journal with the events around it (in
-        their group commit, not a transaction of its own); it is committed before the run's first event."""
+        their group commit, not a transaction of its own); it is committed before the run's first event.
+        ``also(connection)`` runs in the transaction that writes the row (queueing its workflow)."""
         values = {"status": RunStatus.QUEUED.value, "created_at": time.time(), **fields}
         row = RunRow(**values)
         if defer:
@@ -280,6 +287,9 @@ class Store:
         else:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 session.add(row)
+                if also is not None:
+                    session.flush()
+                    also(session.connection())
         return _row_to_record(row, {row.executor_id} if row.executor_id else set())
 
     def find_run(self, run_id: str) -> RunRecord | None:
@@ -338,10 +348,14 @@ class Store:
         if status != INTERRUPTED and RunStatus(status).finished:
             return RunRow.status == status
         live = self.live_executor_ids()
+        waiting_in_queue = and_(
+            RunRow.queue.is_not(None), RunRow.executor_id.is_(None), RunRow.status == RunStatus.QUEUED.value
+        )
         if status == INTERRUPTED:
             gone = or_(RunRow.executor_id.is_(None), RunRow.executor_id.not_in(live))
-            return and_(RunRow.status.in_(UNFINISHED), gone)
-        return and_(RunRow.status == status, RunRow.executor_id.in_(live))
+            return and_(RunRow.status.in_(UNFINISHED), gone, ~waiting_in_queue)
+        shown = and_(RunRow.status == status, RunRow.executor_id.in_(live))
+        return or_(shown, waiting_in_queue) if status == RunStatus.QUEUED.value else shown
 
     def children(self, run_id: str) -> list[RunRecord]:
         return self._records(select(RunRow).where(RunRow.parent_id == run_id).order_by(RunRow.created_at))
@@ -530,11 +544,14 @@ class Store:
 
     # -- executors (the processes running workflows) ----------------------------------------------
 
-    def register_executor(self, executor_id: str, host: str, pid: int) -> None:
+    def register_executor(self, executor_id: str, host: str, pid: int, *, queues: list[str] | None = None) -> None:
+        """Record a process that executes runs; ``queues``: the run queues it serves (a worker)."""
         now = time.time()
         with self.engine.begin() as conn:
             conn.execute(
-                insert(ExecutorRow).values(id=executor_id, host=host, pid=pid, started_at=now, heartbeat_at=now)
+                insert(ExecutorRow).values(
+                    id=executor_id, host=host, pid=pid, started_at=now, heartbeat_at=now, queues=queues
+                )
             )
 
     def heartbeat(self, executor_id: str) -> None:

@@ -45,6 +45,9 @@ class RunRow(Base):
     reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     unpriced_calls: Mapped[int] = mapped_column(Integer, default=0)
+    queue: Mapped[str | None] = mapped_column(String(80))
+    """The run queue its tree was submitted to, for ``corral worker``s (None: run by the process that
+    started it). Children inherit it."""
     journal_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """The journal's head: the sequence number of its last event (``corral.store.chain``)."""
     journal_head: Mapped[str | None] = mapped_column(String(64))
@@ -81,6 +84,8 @@ class ExecutorRow(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
+    queues: Mapped[list[str] | None] = mapped_column(JSON)
+    """The run queues a worker serves (``corral worker``); None for a process running its own runs."""
 
 
 class ApprovalRow(Base):

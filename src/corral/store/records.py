@@ -56,8 +56,11 @@ class RunRecord(BaseModel):
     error_type: str | None
     turns: int
     usage: Usage
+    queue: str | None = None
+    """The run queue its tree was submitted to (``corral run --submit``, the API): a worker runs it."""
     interrupted: bool = False
-    """Unfinished, and the process executing it is gone (see ``Store.interrupted_runs``)."""
+    """Unfinished, and the process executing it is gone (see ``Store.interrupted_runs``); a run still
+    waiting in its queue is not."""
 
     @property
     def dispatched_by(self) -> str | None:
