@@ -12,6 +12,8 @@ context as typed constructor arguments, never as attributes patched on later::
     │   ├── ModelConfigError         a model string or provider setting is unusable
     │   ├── RunNotFoundError
     │   ├── ApprovalNotFoundError    no approval request with that id
+    │   ├── AuthError                no valid token (unknown, expired, revoked): HTTP 401
+    │   │   └── ForbiddenError       a valid token that may not do this: HTTP 403
     │   └── ScriptError              a scripted-model script is malformed or exhausted
     ├── StoreError                   the store cannot be opened, migrated or written
     │   └── JournalError             journal events could not be committed (never silent)
@@ -141,6 +143,14 @@ class RunNotFoundError(UsageError):
 
 class ApprovalNotFoundError(UsageError):
     """No approval request with that id in the store."""
+
+
+class AuthError(UsageError):
+    """No valid API token: none given, unknown, expired or revoked (the server answers 401)."""
+
+
+class ForbiddenError(AuthError):
+    """A valid token without the scope, or of another team (the server answers 403)."""
 
 
 class SandboxError(CorralError):

@@ -25,8 +25,8 @@ RunIdArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
-_AGE = re.compile(r"(\d+)([smhdw])")
-_AGE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+AGE = re.compile(r"(\d+)([smhdw])")
+AGE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
 def cutoff_time(value: str, option: str, *, now: float | None = None) -> float:
@@ -35,9 +35,9 @@ def cutoff_time(value: str, option: str, *, now: float | None = None) -> float:
     A date or date-time without an offset is local time (``2025-12-04``, ``2025-12-04T13:05``).
     """
     text = value.strip()
-    age = _AGE.fullmatch(text)
+    age = AGE.fullmatch(text)
     if age is not None:
-        return (time.time() if now is None else now) - int(age[1]) * _AGE_UNITS_S[age[2]]
+        return (time.time() if now is None else now) - int(age[1]) * AGE_UNITS_S[age[2]]
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:

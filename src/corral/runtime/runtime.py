@@ -287,8 +287,11 @@ class Runtime:
         queue: str = workflow.RUN_QUEUE,
         continue_from: str | None = None,
         context: str | None = None,
+        team_id: str | None = None,
+        submitted_by: str | None = None,
     ) -> RunRecord:
         """Record a run and put it on the run queue ``queue`` for ``corral worker``s; returns at once.
+        ``team_id`` and ``submitted_by``: whose it is (the API's caller).
 
         Needs no launched runtime (a submitting CLI, the API server). On Postgres, where the store and
         DBOS share a database, the run's row and its queued workflow are committed in one
@@ -309,6 +312,7 @@ class Runtime:
             continue_from=continue_from,
             context=context,
             queue=queue,
+            owner={"team_id": team_id, "submitted_by": submitted_by},
             also=(lambda conn, run_id: workflow.enqueue_run(dbos_url, run_id, queue, connection=conn))
             if shared
             else None,
@@ -332,6 +336,7 @@ class Runtime:
         continue_from: str | None = None,
         context: str | None = None,
         queue: str | None = None,
+        owner: Mapping[str, Any] | None = None,
         also: Callable[[Any, str], None] | None = None,
     ) -> RunRecord:
         """Check the task and the repository and record the run: run by this process, or ``queue``d
@@ -376,6 +381,7 @@ class Runtime:
             executor_id=None if queue else self.executor_id,
             queue=queue,
             also=None if also is None else functools.partial(_with_run_id, also, run_id),
+            **(owner or {}),
         )
 
     async def wait(self, run_id: str, *, timeout_s: float | None = None, poll_s: float = 0.1) -> RunRecord:

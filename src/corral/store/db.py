@@ -55,7 +55,7 @@ from corral.store.records import (
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: The newest migration's revision id; a test checks it against Alembic's own head.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 def default_home(project_dir: Path | None = None) -> Path:
@@ -136,6 +136,8 @@ def _row_to_record(row: RunRow, live_executors: set[str]) -> RunRecord:
             unpriced_calls=row.unpriced_calls or 0,
         ),
         queue=row.queue,
+        team_id=row.team_id,
+        submitted_by=row.submitted_by,
         interrupted=unfinished
         and not waiting_in_queue
         and (row.executor_id is None or row.executor_id not in live_executors),
@@ -321,8 +323,13 @@ class Store:
         agent: str | None = None,
         since: float | None = None,
         before: float | None = None,
+        team_id: str | None = None,
+        older_than: tuple[float, str] | None = None,
     ) -> list[RunRecord]:
         """The newest runs first, up to ``limit`` (None: all), filtered in SQL.
+
+        ``team_id``: only that team's runs. ``older_than``: only runs after this ``(created_at, id)``
+        in the listing's order (the last one of the previous page: paging that a new run never shifts).
 
         ``status`` is a status as ``corral runs`` shows it (:data:`DISPLAY_STATUSES`): ``running``
         means running in a live process, ``interrupted`` unfinished with its process gone.
@@ -339,6 +346,13 @@ class Store:
             query = query.where(RunRow.created_at >= since)
         if before is not None:
             query = query.where(RunRow.created_at < before)
+        if team_id is not None:
+            query = query.where(RunRow.team_id == team_id)
+        if older_than is not None:
+            created, run_id = older_than
+            query = query.where(
+                or_(RunRow.created_at < created, and_(RunRow.created_at == created, RunRow.id < run_id))
+            )
         return self._records(query)
 
     def _status_is(self, status: str) -> ColumnElement[bool]:
@@ -518,10 +532,16 @@ class Store:
             return _approval(row)
 
     def approvals(
-        self, *, status: ApprovalStatus | None = ApprovalStatus.PENDING, run_id: str | None = None
+        self,
+        *,
+        status: ApprovalStatus | None = ApprovalStatus.PENDING,
+        run_id: str | None = None,
+        team_id: str | None = None,
     ) -> list[ApprovalRecord]:
-        """Requests with ``status`` (all with None), of one run or all, oldest first."""
+        """Requests with ``status`` (all with None), of one run or all (of one team's runs), oldest first."""
         query = select(ApprovalRow).order_by(ApprovalRow.created_at, ApprovalRow.id)
+        if team_id is not None:
+            query = query.join(RunRow, RunRow.id == ApprovalRow.run_id).where(RunRow.team_id == team_id)
         if status is not None:
             query = query.where(ApprovalRow.status == status.value)
         if run_id is not None:

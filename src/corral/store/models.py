@@ -45,6 +45,10 @@ class RunRow(Base):
     reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     unpriced_calls: Mapped[int] = mapped_column(Integer, default=0)
+    team_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    """The team the run belongs to (runs submitted through the API); None: a local run, no team's."""
+    submitted_by: Mapped[str | None] = mapped_column(String(40))
+    """The user whose token submitted it (through the API)."""
     queue: Mapped[str | None] = mapped_column(String(80))
     """The run queue its tree was submitted to, for ``corral worker``s (None: run by the process that
     started it). Children inherit it."""
@@ -110,3 +114,63 @@ class ApprovalRow(Base):
     decided_at: Mapped[float | None] = mapped_column(Float)
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decision_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class TeamRow(Base):
+    """A team: every run and spec submitted through the API belongs to one, and tokens act for one."""
+
+    __tablename__ = "corral_teams"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class UserRow(Base):
+    __tablename__ = "corral_users"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class MemberRow(Base):
+    """A user's membership of a team (a token acts for one user in one team)."""
+
+    __tablename__ = "corral_members"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("corral_users.id"), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("corral_teams.id"), primary_key=True)
+
+
+class TokenRow(Base):
+    """An API token: only its argon2 hash is stored; the token is shown once, when it is made."""
+
+    __tablename__ = "corral_tokens"
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    """The token's public part (``corral_<id>_<secret>``): how it is found, never a secret."""
+    secret_hash: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(100))
+    user_id: Mapped[str] = mapped_column(ForeignKey("corral_users.id"), index=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("corral_teams.id"), index=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float | None] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float)
+    last_used_at: Mapped[float | None] = mapped_column(Float)
+
+
+class SpecRow(Base):
+    """A version of an agent spec registered with the server, by team and name (content-addressed)."""
+
+    __tablename__ = "corral_specs"
+    __table_args__ = (UniqueConstraint("team_id", "name", "spec_hash", name="uq_corral_specs_team_name_hash"),)
+
+    team_id: Mapped[str] = mapped_column(ForeignKey("corral_teams.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(40))

@@ -56,6 +56,10 @@ class RunRecord(BaseModel):
     error_type: str | None
     turns: int
     usage: Usage
+    team_id: str | None = None
+    """The team it belongs to (submitted through the API); None for a local run."""
+    submitted_by: str | None = None
+    """The user whose token submitted it."""
     queue: str | None = None
     """The run queue its tree was submitted to (``corral run --submit``, the API): a worker runs it."""
     interrupted: bool = False
