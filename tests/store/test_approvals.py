@@ -10,7 +10,7 @@ import pytest
 
 from corral.errors import ApprovalNotFoundError
 from corral.store import Store
-from corral.store.records import ApprovalStatus
+from corral.store.records import ApprovalStatus, RunStatus
 from tests.store.runs import add_run
 
 
@@ -82,3 +82,10 @@ def test_an_unknown_id_is_a_clear_error(store: Store) -> None:
     with pytest.raises(ApprovalNotFoundError, match="no approval request 'ap-nope'"):
         store.get_approval("ap-nope")
     assert store.settle_approval("ap-nope", ApprovalStatus.APPROVED, by="x", reason=None) is None
+
+
+def test_removing_a_run_removes_its_approval_requests(store: Store) -> None:
+    add_run(store, "run-1", status=RunStatus.SUCCEEDED)
+    request(store, "run-1")
+    store.remove_runs(["run-1"])  # PostgreSQL enforces the foreign key: the requests go with the run
+    assert store.approvals(status=None) == []

@@ -341,8 +341,12 @@ class Runtime:
     ) -> RunRecord:
         """Check the task and the repository and record the run: run by this process, or ``queue``d
         (``also(connection, run_id)`` then runs in the transaction that writes its row)."""
-        repo = repo.expanduser().resolve()  # noqa: ASYNC240 - path arithmetic and one stat
-        if not repo.is_dir():
+        try:
+            repo = repo.expanduser().resolve()  # noqa: ASYNC240 - path arithmetic and one stat
+            is_dir = repo.is_dir()
+        except (OSError, ValueError) as err:  # a name the file system cannot hold (a NUL, a lone surrogate)
+            raise UsageError(f"repository {str(repo)!r} cannot be a path here: {err}") from None
+        if not is_dir:
             raise UsageError(f"repository {repo} is not a directory")
         if not task.strip():
             raise UsageError("the task is empty")
@@ -480,7 +484,9 @@ class Runtime:
             raise UsageError(f"run {record.id} already {record.status.value}")
         sandbox_state = workflow.request_cancel(self.store.dbos_url(), record.id)
         approvals.withdraw(self.store, record.id)  # a run waiting on a person wakes up to its cancel
-        if record.id in {r.id for r in self.interrupted_runs()}:
+        waiting = record.queue is not None and record.executor_id is None and record.status is RunStatus.QUEUED
+        if waiting or record.id in {r.id for r in self.interrupted_runs()}:
+            # Gone from its queue (DBOS's cancel), or its executor is gone: nobody else will end it.
             await self._end_abandoned(record, sandbox_state)
             await self._end_abandoned_children(record.id)
             return self.store.get_run(record.id)

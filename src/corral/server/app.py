@@ -44,6 +44,8 @@ STREAM_POLL_S = 0.02
 """How often a live event stream looks for new events in the journal."""
 STREAM_KEEPALIVE_S = 15.0
 PAGE_MAX = 500
+SEQ_MAX = 2**31 - 1
+"""The largest sequence number a journal holds (its column's)."""
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `corral token create` makes one.")
 
@@ -72,7 +74,7 @@ class SpecOut(BaseModel):
 
 class RunIn(_Body):
     agent: str = Field(min_length=1, max_length=64)
-    version: int | None = Field(None, ge=1, description="The spec version (default: the newest).")
+    version: int | None = Field(None, ge=1, le=2**31 - 1, description="The spec version (default: the newest).")
     task: str = Field(min_length=1, max_length=1_000_000)
     repo: str = Field(min_length=1, max_length=4096, description="The repository's path, as the workers see it.")
     queue: str | None = Field(None, description="The run queue (default corral.runs).")
@@ -204,6 +206,43 @@ SpecWriter = Annotated[Principal, _needs("specs:write")]
 Admin = Annotated[Principal, _needs("admin")]
 
 
+def _own_run(store: Store, run_id: str, who: Principal) -> RunRecord:
+    """A run of the caller's team (``404`` unknown, ``403`` another team's), ``interrupted`` worked out."""
+    record = store.find_run(run_id)
+    if record is None:
+        raise NotFound(f"no run {run_id!r}")
+    if record.team_id != who.team_id:
+        raise ForbiddenError(f"run {run_id!r} is not your team's")
+    return store.get_run(record.id)
+
+
+def _streamed_run(run_id: str, request: Request, who: Reader) -> RunRecord:
+    """The run a stream reads, checked before the stream's first byte (a refusal is a problem, not a 200)."""
+    return _own_run(request.app.state.store, run_id, who)
+
+
+StreamedRun = Annotated[RunRecord, Depends(_streamed_run)]
+
+
+def _stream_start(
+    last_event_id: Annotated[str | None, Header(description="Resume after this event's `seq`.")] = None,
+    after: Annotated[int, Query(ge=0, le=SEQ_MAX, description="Start after this `seq` (without Last-Event-ID).")] = 0,
+) -> int:
+    """Where a stream starts: after ``Last-Event-ID`` (what a reconnecting client sends back), else ``after``."""
+    if last_event_id is None or not last_event_id.strip():
+        return after
+    try:
+        seq = int(last_event_id.strip())
+    except ValueError:
+        raise UsageError(f"Last-Event-ID {last_event_id!r} is not an event's seq") from None
+    if not 0 <= seq <= SEQ_MAX:
+        raise UsageError(f"Last-Event-ID {last_event_id!r} is not an event's seq")
+    return seq
+
+
+StreamStart = Annotated[int, Depends(_stream_start)]
+
+
 # -- the application -----------------------------------------------------------------------------
 
 
@@ -223,14 +262,10 @@ def create_app(store: Store) -> FastAPI:
     )
     problems.install(app)
     app.state.accounts = accounts
+    app.state.store = store
 
     def own_run(run_id: str, who: Principal) -> RunRecord:
-        record = store.find_run(run_id)
-        if record is None:
-            raise NotFound(f"no run {run_id!r}")
-        if record.team_id != who.team_id:
-            raise ForbiddenError(f"run {run_id!r} is not your team's")
-        return store.get_run(record.id)  # with ``interrupted`` worked out
+        return _own_run(store, run_id, who)
 
     # -- health -----------------------------------------------------------------------------------
 
@@ -265,7 +300,9 @@ def create_app(store: Store) -> FastAPI:
         return [v.to_json(with_spec=False) for v in registry.versions(who.team_id, name)]
 
     @app.get("/v1/specs/{name}", response_model=SpecOut, tags=["specs"])
-    def get_spec(name: str, who: Reader, version: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+    def get_spec(
+        name: str, who: Reader, version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None
+    ) -> dict[str, Any]:
         """One version of an agent's spec (the newest by default)."""
         return registry.get(who.team_id, name, version).to_json()
 
@@ -371,7 +408,7 @@ def create_app(store: Store) -> FastAPI:
     def run_events(
         run_id: str,
         who: Reader,
-        after: Annotated[int, Query(ge=0, description="Only events with a greater `seq`.")] = 0,
+        after: Annotated[int, Query(ge=0, le=SEQ_MAX, description="Only events with a greater `seq`.")] = 0,
         limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 200,
     ) -> dict[str, Any]:
         """A page of the run's journal, in order; ``next_after`` continues it."""
@@ -392,19 +429,11 @@ def create_app(store: Store) -> FastAPI:
     async def stream_events(
         run_id: str,
         request: Request,
-        who: Reader,
-        last_event_id: Annotated[str | None, Header(description="Resume after this event's `seq`.")] = None,
-        after: Annotated[int, Query(ge=0)] = 0,
+        record: StreamedRun,
+        cursor: StreamStart,
     ) -> AsyncIterator[ServerSentEvent]:
         """The run's journal live: every event so far after ``Last-Event-ID`` (or ``after``), then each
         event as it is committed (``id`` = its ``seq``, ``event`` = its type), then ``end``."""
-        record = await asyncio.to_thread(own_run, run_id, who)
-        cursor = after
-        if last_event_id is not None:
-            try:
-                cursor = max(0, int(last_event_id))
-            except ValueError:
-                raise UsageError(f"Last-Event-ID {last_event_id!r} is not an event's seq") from None
         quiet_since = time.monotonic()
         while True:
             events = await asyncio.to_thread(_events_after, store, record.id, cursor, PAGE_MAX)
@@ -511,24 +540,29 @@ def create_app(store: Store) -> FastAPI:
 
     @app.post("/v1/teams", status_code=201, tags=["admin"])
     def create_team(body: NameIn, who: Admin) -> dict[str, str]:
-        """A new team."""
+        """A new team (empty: its members and tokens are made by an admin of it, or with `corral token`)."""
         return {"id": accounts.create_team(body.name), "name": body.name}
 
     @app.post("/v1/users", status_code=201, tags=["admin"])
     def create_user(body: NameIn, who: Admin) -> dict[str, str]:
-        """A new user, member of the teams named."""
+        """A new user, member of the teams named (the caller's own team only)."""
+        foreign = [t for t in body.teams if t != who.team]
+        if foreign:
+            raise ForbiddenError(f"an admin of team {who.team!r} cannot add members to team {foreign[0]!r}")
         return {"id": accounts.create_user(body.name, body.teams), "name": body.name}
 
     @app.post("/v1/tokens", response_model=TokenOut, status_code=201, tags=["admin"])
     def create_token(body: TokenIn, who: Admin) -> dict[str, Any]:
-        """A new token; the token itself is in this answer only."""
+        """A new token for a user of the caller's team; the token itself is in this answer only."""
+        if body.team != who.team:
+            raise ForbiddenError(f"an admin of team {who.team!r} cannot make tokens for team {body.team!r}")
         expires = time.time() + body.expires_in_s if body.expires_in_s else None
         token, info = accounts.create_token(
             user=body.user, team=body.team, scopes=body.scopes, name=body.name, expires_at=expires
         )
         return {**info.to_json(), "token": token}
 
-    @app.get("/v1/tokens", response_model=list[TokenOut], tags=["admin"])
+    @app.get("/v1/tokens", response_model=list[TokenOut], response_model_exclude_none=True, tags=["admin"])
     def list_tokens(who: Admin) -> list[dict[str, Any]]:
         """The team's tokens (never their secrets)."""
         return [t.to_json() for t in accounts.tokens(team=who.team)]
@@ -537,7 +571,11 @@ def create_app(store: Store) -> FastAPI:
     def revoke_token(token_id: str, who: Admin) -> None:
         """Revoke one of the team's tokens, at once."""
         if not accounts.revoke(token_id, team_id=who.team_id):
-            raise NotFound(f"no unrevoked token {token_id!r} in this team")
+            if any(t.id == token_id for t in accounts.tokens(team=who.team)):
+                raise Conflict(f"token {token_id!r} was revoked already")
+            if any(t.id == token_id for t in accounts.tokens()):
+                raise ForbiddenError(f"token {token_id!r} is not your team's")
+            raise NotFound(f"no token {token_id!r}")
 
     app.state.scopes = SCOPES
     return app

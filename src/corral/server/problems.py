@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.errors import (
@@ -119,6 +120,20 @@ def install(app: FastAPI) -> None:
             exc.status_code, "http-error"
         )
         return problem(exc.status_code, kind, str(exc.detail), instance=request.url.path)
+
+    @app.exception_handler(UnicodeError)
+    async def unstorable_text(request: Request, exc: UnicodeError) -> JSONResponse:
+        return problem(400, "bad-request", "the request holds text that cannot be stored (an unpaired surrogate)")
+
+    @app.exception_handler(DataError)
+    async def unstorable_value(request: Request, exc: DataError) -> JSONResponse:
+        return problem(400, "bad-request", "a value in the request does not fit the store (too long or too large)")
+
+    @app.exception_handler(StatementError)
+    async def statement_error(request: Request, exc: StatementError) -> JSONResponse:
+        if isinstance(exc.orig, UnicodeError):  # the driver could not encode a parameter
+            return await unstorable_text(request, exc.orig)
+        return await unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -445,6 +445,7 @@ class Store:
                 raise UsageError(f"run {parent} has sub-run {child}, which would be left without it")
             conn.execute(update(RunRow).where(RunRow.continues_id.in_(ids)).values(continues_id=None))
             events = conn.execute(delete(EventRow).where(EventRow.run_id.in_(ids))).rowcount
+            conn.execute(delete(ApprovalRow).where(ApprovalRow.run_id.in_(ids)))
             # One statement: the parent_id foreign key is checked once it has deleted a whole tree.
             conn.execute(delete(RunRow).where(RunRow.id.in_(ids)))
         for run_id in ids:
