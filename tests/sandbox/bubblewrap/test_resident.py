@@ -50,6 +50,7 @@ async def test_what_a_command_leaves_running_ends_with_it(make: MakeBwrap, numer
     assert await wait_until(lambda: not processes_with(numeric_token), within=5), processes_with(numeric_token)
 
 
+@pytest.mark.slow  # waits out a real timeout (about a second); in the full suite
 async def test_a_timeout_kills_the_whole_tree_including_new_sessions(make: MakeBwrap, numeric_token: str) -> None:
     sandbox = await make()
     result = await sandbox.exec(
@@ -59,6 +60,7 @@ async def test_a_timeout_kills_the_whole_tree_including_new_sessions(make: MakeB
     assert await wait_until(lambda: not processes_with(numeric_token), within=5), processes_with(numeric_token)
 
 
+@pytest.mark.slow  # waits out a real timeout (about a second); in the full suite
 async def test_a_running_commands_background_processes_survive_another_command_ending(
     make: MakeBwrap, numeric_token: str
 ) -> None:

@@ -104,6 +104,7 @@ async def test_the_host_checks_the_tool_even_past_the_type_checker(interpreter: 
     assert not outcome.ok and host.calls == []
 
 
+@pytest.mark.slow  # waits out real time limits (a second each); in the full suite
 @pytest.mark.parametrize(
     ("program", "said"),
     [
