@@ -384,7 +384,7 @@ class Runtime:
             run_dir=str(run_dir),
             executor_id=None if queue else self.executor_id,
             queue=queue,
-            also=None if also is None else functools.partial(_with_run_id, also, run_id),
+            also=None if also is None else lambda conn: also(conn, run_id),
             **(owner or {}),
         )
 
@@ -484,8 +484,7 @@ class Runtime:
             raise UsageError(f"run {record.id} already {record.status.value}")
         sandbox_state = workflow.request_cancel(self.store.dbos_url(), record.id)
         approvals.withdraw(self.store, record.id)  # a run waiting on a person wakes up to its cancel
-        waiting = record.queue is not None and record.executor_id is None and record.status is RunStatus.QUEUED
-        if waiting or record.id in {r.id for r in self.interrupted_runs()}:
+        if record.waiting_in_queue or record.id in {r.id for r in self.interrupted_runs()}:
             # Gone from its queue (DBOS's cancel), or its executor is gone: nobody else will end it.
             await self._end_abandoned(record, sandbox_state)
             await self._end_abandoned_children(record.id)
@@ -1167,10 +1166,6 @@ class Runtime:
         ended = self._ended.get(run_id)
         if ended is not None:  # a parent in this process waits for this child
             ended.set()
-
-
-def _with_run_id(also: Callable[[Any, str], None], run_id: str, conn: Any) -> None:
-    also(conn, run_id)
 
 
 async def _remove_start(run_dir: Path) -> None:

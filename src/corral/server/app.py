@@ -35,7 +35,7 @@ from corral.server import problems
 from corral.server.problems import Conflict, NotFound
 from corral.spec import AgentSpec
 from corral.store import RunRecord, Store
-from corral.store.accounts import SCOPES, Accounts, Principal
+from corral.store.accounts import SCOPES, Accounts, Principal, TokenInfo
 from corral.store.models import EventRow
 from corral.store.records import DISPLAY_STATUSES, ApprovalStatus, EventRecord
 from corral.store.registry import SpecRegistry
@@ -150,16 +150,7 @@ class TokenIn(_Body):
     expires_in_s: float | None = Field(None, gt=0, le=10 * 365 * 86_400)
 
 
-class TokenOut(BaseModel):
-    id: str
-    name: str
-    user: str
-    team: str
-    scopes: list[str]
-    created_at: float
-    expires_at: float | None
-    revoked_at: float | None
-    last_used_at: float | None
+class TokenOut(TokenInfo):
     token: str | None = Field(None, description="The token itself: shown once, when it is made.")
 
 
@@ -470,12 +461,12 @@ def create_app(store: Store) -> FastAPI:
         return [a.model_dump(mode="json") for a in store.approvals(status=status, run_id=run_id, team_id=who.team_id)]
 
     def decide(approval_id: str, approve: bool, body: DecisionIn | None, who: Principal) -> dict[str, Any]:
-        found = [a for a in store.approvals(status=None, team_id=who.team_id) if a.id == approval_id]
-        if not found:
-            try:
-                store.get_approval(approval_id)
-            except UsageError:
-                raise NotFound(f"no approval request {approval_id!r}") from None
+        try:
+            request = store.get_approval(approval_id)
+        except UsageError:
+            raise NotFound(f"no approval request {approval_id!r}") from None
+        run = store.find_run(request.run_id)
+        if run is None or run.team_id != who.team_id:
             raise ForbiddenError(f"approval {approval_id!r} is not your team's")
         try:
             decided = runtime.decide(approval_id, approve, (body.reason if body else None), by=who.user)
@@ -506,7 +497,9 @@ def create_app(store: Store) -> FastAPI:
         (UTC, by creation). Sandbox seconds: the wall time of runs that had a sandbox of their own."""
         runs = store.list_runs(limit=None, since=since, before=before, team_id=who.team_id)
         boxed = _runs_with_sandbox(store, [r.id for r in runs])
-        rows: dict[str, dict[str, Any]] = collections.defaultdict(lambda: collections.Counter())
+        rows: dict[str, collections.defaultdict[str, float]] = collections.defaultdict(
+            lambda: collections.defaultdict(float)
+        )
         for run in runs:
             key = {
                 "run": run.id,
@@ -516,8 +509,8 @@ def create_app(store: Store) -> FastAPI:
             }[by]
             row = rows[key]
             row["runs"] += 1
-            for field in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "unpriced_calls"):
-                row[field] += getattr(run.usage, field)
+            for name in _USAGE_COUNTS:
+                row[name] += getattr(run.usage, name)
             row["cost_usd"] += run.usage.cost_usd
             if run.id in boxed and run.started_at is not None:
                 row["sandbox_seconds"] += (run.finished_at or time.time()) - run.started_at
@@ -526,13 +519,11 @@ def create_app(store: Store) -> FastAPI:
             "rows": [
                 {
                     "key": key,
-                    **{f: int(v.get(f, 0)) for f in ("runs", "input_tokens", "output_tokens", "cache_read_tokens")},
-                    "cache_write_tokens": int(v.get("cache_write_tokens", 0)),
-                    "unpriced_calls": int(v.get("unpriced_calls", 0)),
-                    "cost_usd": round(float(v.get("cost_usd", 0.0)), 6),
-                    "sandbox_seconds": round(float(v.get("sandbox_seconds", 0.0)), 3),
+                    **{name: int(row[name]) for name in ("runs", *_USAGE_COUNTS)},
+                    "cost_usd": round(float(row["cost_usd"]), 6),
+                    "sandbox_seconds": round(float(row["sandbox_seconds"]), 3),
                 }
-                for key, v in sorted(rows.items())
+                for key, row in sorted(rows.items())
             ],
         }
 
@@ -582,6 +573,10 @@ def create_app(store: Store) -> FastAPI:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+#: The whole-number usage fields a cost report adds up (``Usage``'s names).
+_USAGE_COUNTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "unpriced_calls")
 
 
 def run_json(record: RunRecord) -> dict[str, Any]:

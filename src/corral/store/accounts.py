@@ -25,6 +25,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -62,9 +63,10 @@ class Principal:
             raise ForbiddenError(f"this token lacks the scope {scope!r}", hint=f"make a token with --scope {scope}")
 
 
-@dataclass(frozen=True, slots=True)
-class TokenInfo:
+class TokenInfo(BaseModel):
     """A token as listed (never its secret)."""
+
+    model_config = ConfigDict(frozen=True)
 
     id: str
     name: str
@@ -77,17 +79,7 @@ class TokenInfo:
     last_used_at: float | None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "user": self.user,
-            "team": self.team,
-            "scopes": self.scopes,
-            "created_at": self.created_at,
-            "expires_at": self.expires_at,
-            "revoked_at": self.revoked_at,
-            "last_used_at": self.last_used_at,
-        }
+        return self.model_dump()
 
 
 def check_name(kind: str, name: str) -> str:
@@ -161,17 +153,11 @@ class Accounts:
 
     @staticmethod
     def _user_id(session: Session, name: str) -> str:
-        found = session.scalar(select(UserRow.id).where(UserRow.name == name))
-        if found is None:
-            raise UsageError(f"no user {name!r}", hint="`corral user create NAME --team TEAM` makes one")
-        return found
+        return _id_by_name(session, UserRow, name, "user", "`corral user create NAME --team TEAM` makes one")
 
     @staticmethod
     def _team_id(session: Session, name: str) -> str:
-        found = session.scalar(select(TeamRow.id).where(TeamRow.name == name))
-        if found is None:
-            raise UsageError(f"no team {name!r}", hint="`corral team create NAME` makes one")
-        return found
+        return _id_by_name(session, TeamRow, name, "team", "`corral team create NAME` makes one")
 
     # -- tokens -----------------------------------------------------------------------------------
 
@@ -200,7 +186,17 @@ class Accounts:
                     expires_at=expires_at,
                 )
             )
-        info = TokenInfo(token_id, name or f"{user}@{team}", user, team, chosen, now, expires_at, None, None)
+        info = TokenInfo(
+            id=token_id,
+            name=name or f"{user}@{team}",
+            user=user,
+            team=team,
+            scopes=chosen,
+            created_at=now,
+            expires_at=expires_at,
+            revoked_at=None,
+            last_used_at=None,
+        )
         return f"{TOKEN_PREFIX}{token_id}_{secret}", info
 
     def tokens(self, team: str | None = None) -> list[TokenInfo]:
@@ -216,15 +212,15 @@ class Accounts:
         with Session(self._engine) as session:
             return [
                 TokenInfo(
-                    t.id,
-                    t.name,
-                    user,
-                    team_name,
-                    list(t.scopes),
-                    t.created_at,
-                    t.expires_at,
-                    t.revoked_at,
-                    t.last_used_at,
+                    id=t.id,
+                    name=t.name,
+                    user=user,
+                    team=team_name,
+                    scopes=list(t.scopes),
+                    created_at=t.created_at,
+                    expires_at=t.expires_at,
+                    revoked_at=t.revoked_at,
+                    last_used_at=t.last_used_at,
                 )
                 for t, user, team_name in session.execute(query)
             ]
@@ -297,3 +293,10 @@ class Accounts:
             with self._engine.begin() as conn:
                 conn.execute(update(TokenRow).where(TokenRow.id == token_id).values(last_used_at=now))
         return Principal(token_id, row.user_id, user, row.team_id, team, frozenset(row.scopes))
+
+
+def _id_by_name(session: Session, table: type[TeamRow] | type[UserRow], name: str, kind: str, hint: str) -> str:
+    found = session.scalar(select(table.id).where(table.name == name))
+    if found is None:
+        raise UsageError(f"no {kind} {name!r}", hint=hint)
+    return found

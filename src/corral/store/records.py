@@ -75,6 +75,11 @@ class RunRecord(BaseModel):
         return self.parent_id
 
     @property
+    def waiting_in_queue(self) -> bool:
+        """Submitted to a run queue and not taken by a worker yet (the store's SQL says the same)."""
+        return self.queue is not None and self.executor_id is None and self.status is RunStatus.QUEUED
+
+    @property
     def display_status(self) -> str:
         """What to show a person: the stored status, or ``interrupted`` when its process is gone."""
         return INTERRUPTED if self.interrupted else self.status.value
