@@ -48,11 +48,23 @@ output_tokens = 10
     return path
 
 
+_LOGS: dict[int, Path] = {}  # worker pid -> the file its output goes to
+
+
 def start_worker(tmp_path: Path, home: Path, *args: str) -> subprocess.Popen[str]:
+    """A `corral worker` whose output goes to a file (a pipe nobody reads while it runs could fill and stop it)."""
     env = {**os.environ, "CORRAL_HOME": str(home)}
-    return subprocess.Popen(
-        [*CORRAL, "worker", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    log = tmp_path / f"worker-{len(list(tmp_path.glob('worker-*.log')))}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*CORRAL, "worker", *args], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+    _LOGS[proc.pid] = log
+    return proc
+
+
+def output_of(proc: subprocess.Popen[str]) -> str:
+    return _LOGS[proc.pid].read_text()
 
 
 def executor_of(store: Store, proc: subprocess.Popen[str], timeout: float = 30) -> str:
@@ -61,9 +73,9 @@ def executor_of(store: Store, proc: subprocess.Popen[str], timeout: float = 30) 
         found = [e.id for e in store.executors() if e.pid == proc.pid]
         if found:
             return found[0]
-        assert proc.poll() is None, proc.communicate()[1]
+        assert proc.poll() is None, output_of(proc)
         time.sleep(0.1)
-    raise AssertionError("the worker never registered")
+    raise AssertionError(f"the worker never registered; its output:\n{output_of(proc)}")
 
 
 def wait_until(condition, timeout: float, what: str) -> None:
@@ -127,7 +139,7 @@ def test_workers_share_a_queue_and_finish_a_killed_workers_runs(
                     worker.kill()
 
         for worker in workers[1:]:
-            assert worker.returncode == 0, worker.communicate()[1]
+            assert worker.returncode == 0, output_of(worker)
 
         records = [store.get_run(r) for r in run_ids]
         assert [r.status for r in records] == [RunStatus.SUCCEEDED] * RUNS, [r.error for r in records]

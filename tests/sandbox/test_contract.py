@@ -168,6 +168,20 @@ async def test_exec_returns_when_the_command_exits_and_kills_what_it_left_runnin
     assert await wait_until(lambda: not processes_with(token), within=2.0)
 
 
+async def test_cancelling_an_exec_at_any_point_of_its_start_leaves_no_process(sandbox: Sandbox) -> None:
+    # The shell forks its sleep: cancelled between the fork and the hand-over of the process,
+    # asyncio alone would kill the shell and leave the sleep running.
+    token = f"63.{secrets.randbelow(10**6):06d}"
+    for ticks in range(12):
+        task = asyncio.create_task(sandbox.exec(f"sleep {token}; echo never", timeout=60))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await wait_until(lambda: not processes_with(token), within=5.0), (ticks, processes_with(token))
+
+
 def numbers(first: int, last: int) -> bytes:
     """What ``seq first last`` prints."""
     return "".join(f"{n}\n" for n in range(first, last + 1)).encode()

@@ -71,3 +71,15 @@ async def test_cancelling_the_call_kills_the_whole_session() -> None:
     with pytest.raises(asyncio.CancelledError):
         await call
     assert await gone(token) == []
+
+
+async def test_cancelling_the_call_at_any_point_of_its_start_leaves_no_process() -> None:
+    token = sleep_token()
+    for ticks in range(12):
+        call = asyncio.create_task(run_process([SH, "-c", f"sleep {token}; echo never"], timeout=60))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert await gone(token) == [], ticks

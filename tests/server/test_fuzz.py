@@ -38,6 +38,7 @@ def test_schemathesis_finds_no_server_error(served: Server, tmp_path: Path) -> N
             "--report-junit-path",
             str(report),
         ],
+        cwd=tmp_path,  # its example database (.schemathesis/) stays out of the checkout
         capture_output=True,
         text=True,
         timeout=600,

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Collection
 
 from corral.store import Store
+from corral.store.liveness import live_ids
 
 log = logging.getLogger("corral.runtime")
 
@@ -28,9 +29,10 @@ def forget_dead_executors(store: Store, *, exclude: str) -> None:
     died between taking a workflow and recording it); the workers that serve its queues recover its
     workflows, then forget it (``recover_workers``).
     """
-    live = store.live_executor_ids() | {exclude}
+    executors = store.executors()  # judged as read: one that registers meanwhile is not among them
+    live = live_ids(executors) | {exclude}
     owners = {r.executor_id for r in store.interrupted_runs(exclude_executor=exclude)}
-    for executor in store.executors():
+    for executor in executors:
         if executor.id not in live and executor.id not in owners and not executor.queues:
             store.unregister_executor(executor.id)
 
@@ -38,10 +40,11 @@ def forget_dead_executors(store: Store, *, exclude: str) -> None:
 def dead_workers(store: Store, queues: Collection[str], *, exclude: str) -> list[str]:
     """The executors whose runs on ``queues`` need recovering: workers of those queues that are gone,
     and the executors of interrupted runs submitted to them (a worker stopped cleanly unregisters)."""
-    live = store.live_executor_ids() | {exclude}
+    executors = store.executors()  # judged as read: one that registers meanwhile is not among them
+    live = live_ids(executors) | {exclude}
     gone = {
         executor.id
-        for executor in store.executors()
+        for executor in executors
         if executor.id not in live and executor.queues and set(executor.queues) & set(queues)
     }
     gone |= {
@@ -55,9 +58,12 @@ def dead_workers(store: Store, queues: Collection[str], *, exclude: str) -> list
 class Heartbeat:
     """Keeps this process's executor row fresh while it executes runs (an async context manager)."""
 
-    def __init__(self, store: Store, executor_id: str, every_s: float = HEARTBEAT_EVERY_S) -> None:
+    def __init__(
+        self, store: Store, executor_id: str, *, queues: list[str] | None = None, every_s: float = HEARTBEAT_EVERY_S
+    ) -> None:
         self._store = store
         self._executor_id = executor_id
+        self._queues = queues
         self._every_s = every_s
         self._task: asyncio.Task[None] | None = None
 
@@ -76,6 +82,12 @@ class Heartbeat:
         while True:
             await asyncio.sleep(self._every_s)
             try:
-                self._store.heartbeat(self._executor_id)
+                if not self._store.heartbeat(self._executor_id):
+                    # Taken for gone (a heartbeat that lagged past STALE_HEARTBEAT_S on another host):
+                    # say so, and be seen again rather than run unseen.
+                    log.warning("executor %s had been forgotten as gone; registering it again", self._executor_id)
+                    self._store.register_executor(
+                        self._executor_id, socket.gethostname(), os.getpid(), queues=self._queues
+                    )
             except Exception:
                 log.exception("executor heartbeat failed")

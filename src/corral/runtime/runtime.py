@@ -154,7 +154,9 @@ class Runtime:
     async def __aenter__(self) -> Runtime:
         self.launch()
         try:
-            self._heartbeat = await recovery.Heartbeat(self.store, self.executor_id).__aenter__()
+            self._heartbeat = await recovery.Heartbeat(
+                self.store, self.executor_id, queues=list(self.run_queues) or None
+            ).__aenter__()
         except BaseException:
             self.shutdown()
             raise

@@ -457,6 +457,14 @@ class Sandbox(ABC):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
 
+    def _kill_started(self, starting: asyncio.Future[asyncio.SubprocessTransport]) -> None:
+        """Kill the process group of an exec cancelled while it started, once the start is done."""
+        if starting.cancelled() or starting.exception() is not None:
+            return
+        transport = starting.result()
+        self._kill(transport.get_pid())
+        transport.close()
+
     async def exec(
         self,
         command: str | Sequence[str],
@@ -497,10 +505,15 @@ class Sandbox(ABC):
         open_file = (lambda: self._open_output_file(spill_limit)) if spill_limit else None
         protocol = _ExecProtocol(output_limit, open_file, on_stdout)
         started = time.monotonic()
+        # Shielded: asyncio, cancelled between the fork and the transport's hand-over, kills the
+        # main process only, and a shell's command would live on. A cancelled start is let finish
+        # in the background and then its whole group is killed (``_kill_started``).
+        starting = asyncio.ensure_future(self._spawn(protocol, argv, cwd=host_cwd, env=full_env))
         try:
-            transport = await self._spawn(protocol, argv, cwd=host_cwd, env=full_env)
+            transport = await asyncio.shield(starting)
         except BaseException as exc:
             protocol.finish()
+            starting.add_done_callback(self._kill_started)  # done already, or not: either way, once it is
             if isinstance(exc, (OSError, ValueError)):  # ValueError: a NUL byte in the command or env
                 raise SandboxError(f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}") from exc
             raise

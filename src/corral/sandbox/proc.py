@@ -44,8 +44,9 @@ async def run_process(
     """
     name = what or Path(argv[0]).name
     context = f" {purpose}" if purpose else ""
-    try:
-        proc = await asyncio.create_subprocess_exec(
+    # Shielded, as Sandbox.exec's start is: a start cancelled after the fork is let finish, then killed.
+    starting = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -53,8 +54,14 @@ async def run_process(
             env=dict(env) if env is not None else None,
             start_new_session=True,
         )
+    )
+    try:
+        proc = await asyncio.shield(starting)
     except OSError as exc:
         raise SandboxError(f"cannot start {name}{context}: {exc.strerror or exc}") from exc
+    except BaseException:  # cancelled: the start may be done already (only the shield was cancelled) or not
+        starting.add_done_callback(_kill_started)
+        raise
     done = False
     try:
         stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), timeout)
@@ -79,3 +86,8 @@ def kill_session(leader: int) -> None:
     """SIGKILL every process in the session (and process group) that ``leader`` started."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(leader, signal.SIGKILL)
+
+
+def _kill_started(starting: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    if not starting.cancelled() and starting.exception() is None:
+        kill_session(starting.result().pid)

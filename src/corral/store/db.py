@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -40,7 +39,7 @@ from corral.errors import ApprovalNotFoundError, RunNotFoundError, StoreError, U
 from corral.events import parse_event
 from corral.store.chain import ChainedRow, Verification, verify
 from corral.store.journal import Journal, db_error_reason
-from corral.store.liveness import executor_alive
+from corral.store.liveness import live_ids
 from corral.store.models import ALEMBIC_VERSION_TABLE, ApprovalRow, EventRow, ExecutorRow, RunRow
 from corral.store.records import (
     DISPLAY_STATUSES,
@@ -353,7 +352,10 @@ class Store:
             query = query.where(
                 or_(RunRow.created_at < created, and_(RunRow.created_at == created, RunRow.id < run_id))
             )
-        return self._records(query)
+        records = self._records(query)
+        if status is not None:  # judged again with liveness read after the rows (see live_executor_ids)
+            records = [r for r in records if r.display_status == status]
+        return records
 
     def _status_is(self, status: str) -> ColumnElement[bool]:
         """The SQL condition for a shown status; whether an unfinished run is interrupted depends on live executors."""
@@ -380,12 +382,11 @@ class Store:
         ``exclude_executor`` is the caller's own executor: alive by definition, even before it is
         registered, so its runs are never reported.
         """
-        live = self.live_executor_ids()
-        if exclude_executor is not None:
-            live.add(exclude_executor)
         query = select(RunRow).where(RunRow.status.in_(UNFINISHED)).order_by(RunRow.created_at)
         with Session(self.engine) as session:
-            records = [_row_to_record(r, live) for r in session.scalars(query)]
+            rows = list(session.scalars(query))
+            live = self.live_executor_ids() | ({exclude_executor} if exclude_executor is not None else set())
+            records = [_row_to_record(r, live) for r in rows]
         return [r for r in records if r.interrupted]
 
     def _records(self, query: Any) -> list[RunRecord]:
@@ -575,22 +576,26 @@ class Store:
                 )
             )
 
-    def heartbeat(self, executor_id: str) -> None:
+    def heartbeat(self, executor_id: str) -> bool:
+        """Mark the executor alive now; False if it has no row (it was taken for gone and forgotten)."""
         with self.engine.begin() as conn:
-            conn.execute(update(ExecutorRow).where(ExecutorRow.id == executor_id).values(heartbeat_at=time.time()))
+            beat = update(ExecutorRow).where(ExecutorRow.id == executor_id).values(heartbeat_at=time.time())
+            return conn.execute(beat).rowcount == 1
 
     def unregister_executor(self, executor_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(ExecutorRow).where(ExecutorRow.id == executor_id))
 
     def live_executor_ids(self) -> set[str]:
-        """Executors whose process is alive: on this host its pid runs, elsewhere it beat within 30 s."""
-        this_host, now = socket.gethostname(), time.time()
+        """Executors whose process is alive: on this host its pid runs, elsewhere it beat within 30 s.
+
+        Read it *after* the rows it judges (runs naming executors): an executor registers before it
+        takes a run, so a later read sees every executor an earlier run row names. Read before them,
+        an executor registering in between would look gone.
+        """
         with self.engine.connect() as conn:
             rows = conn.execute(select(ExecutorRow.id, ExecutorRow.host, ExecutorRow.pid, ExecutorRow.heartbeat_at))
-            return {
-                id_ for id_, host, pid, beat in rows if executor_alive(host, pid, beat, this_host=this_host, now=now)
-            }
+            return live_ids(rows)
 
     def executors(self) -> list[ExecutorRow]:
         with Session(self.engine, expire_on_commit=False) as session:

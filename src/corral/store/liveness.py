@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 STALE_HEARTBEAT_S = 30.0
 """An executor on another host whose heartbeat is older than this is gone (it beats every 5 s)."""
@@ -31,3 +35,9 @@ def executor_alive(host: str, pid: int, heartbeat_at: float, *, this_host: str, 
     if host == this_host:
         return process_alive(pid)
     return now - heartbeat_at <= STALE_HEARTBEAT_S
+
+
+def live_ids(executors: Iterable[Any]) -> set[str]:
+    """The ids of the live ones among executor rows (anything with ``id``, ``host``, ``pid``, ``heartbeat_at``)."""
+    this_host, now = socket.gethostname(), time.time()
+    return {e.id for e in executors if executor_alive(e.host, e.pid, e.heartbeat_at, this_host=this_host, now=now)}
