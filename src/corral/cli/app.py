@@ -20,7 +20,7 @@ from corral.errors import CorralError, UsageError
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
 
-GLOBAL_OPTIONS = ("debug", "home", "config", "database_url")
+GLOBAL_OPTIONS = ("debug", "home", "config", "database_url", "server")
 
 
 class _CorralGroup(TyperGroup):
@@ -84,6 +84,7 @@ class _State:
     debug = False
     home: Path | None = None
     config: Path | None = None
+    server: str | None = None
 
 
 state = _State()
@@ -101,6 +102,8 @@ def _apply_global_option(name: str | None, value: Any) -> None:
     elif name == "database_url" and value:
         # Where every part of corral (and the processes it starts) reads it: Store.open, DBOS.
         os.environ["CORRAL_DATABASE_URL"] = value
+    elif name == "server" and value:
+        state.server = value
 
 
 def _print_version(value: bool) -> None:
@@ -137,9 +140,20 @@ def _main(
             show_envvar=True,
         ),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="CORRAL_SERVER",
+            help="A `corral serve` to work with instead of a local store (run, runs, show, trace, cancel, "
+            "resume, approvals, approve, deny); its token from $CORRAL_TOKEN or `corral login`.",
+            show_envvar=True,
+        ),
+    ] = None,
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name, value in (("debug", debug), ("home", home), ("config", config), ("database_url", database_url)):
+    options = (("debug", debug), ("home", home), ("config", config), ("database_url", database_url))
+    for name, value in (*options, ("server", server)):
         _apply_global_option(name, value)
 
 
@@ -153,10 +167,39 @@ def store_home() -> Path:
     return default_home(config.parent if config else None)
 
 
-def open_store() -> Any:
+def open_store(*, server_side: bool = False) -> Any:
+    """The local store; a command that has no remote form refuses ``--server`` here.
+
+    ``server_side``: a command of the server's own machine (serve, worker, token…), which works on
+    the database itself whatever ``CORRAL_SERVER`` says.
+    """
     from corral.store import Store
 
+    if state.server is not None and not server_side:
+        import click
+
+        name = click.get_current_context(silent=True)
+        command = name.command_path if name is not None else "this command"
+        raise UsageError(
+            f"`{command}` works on a local store, not through a server (--server / CORRAL_SERVER is set)",
+            hint="leave out --server (or unset CORRAL_SERVER) and run it where the store is",
+        )
     return Store.open(home=store_home())
+
+
+def remote() -> Any:
+    """A client of the server named by ``--server``/``CORRAL_SERVER``, or None for the local store."""
+    if state.server is None:
+        return None
+    from corral.cli.remote import ServerClient, normalize_url, token_for
+
+    server = normalize_url(state.server)
+    return ServerClient(server, token_for(server))
+
+
+def open_runs() -> Any:
+    """Where the run views read (a :class:`corral.cli.remote.RunReader`): the server if one is set, else the store."""
+    return remote() or open_store()
 
 
 def config_path(*, required: bool = True) -> Path | None:

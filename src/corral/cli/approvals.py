@@ -1,8 +1,8 @@
 """``corral approvals|approve|deny``: the actions runs wait on a person for, and that person's decisions.
 
-A decision is taken from any process on the same store; the run waiting on it goes on within a
-second if its process is alive, or when it is resumed. Arguments and reasons are the agent's and
-the repository's text: printed as plain text, never markup.
+A decision is taken from any process on the same store (or through a server, ``--server``); the run
+waiting on it goes on within a second if its process is alive, or when it is resumed. Arguments and
+reasons are the agent's and the repository's text: printed as plain text, never markup.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from corral.cli.app import app, console, open_store
+from corral.cli.app import app, console, open_runs, open_store, remote
 from corral.cli.text import clean
 from corral.errors import UsageError
 
@@ -34,8 +34,7 @@ def _age(seconds: float) -> str:
 @app.command()
 def approvals(json_out: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
     """List the pending approval requests: id, run, agent, action (arguments redacted), rule, age."""
-    store = open_store()
-    pending = store.approvals()
+    pending = open_runs().approvals()
     if json_out:
         sys.stdout.write(json.dumps([request.model_dump(mode="json") for request in pending], indent=2) + "\n")
         return
@@ -83,7 +82,11 @@ def _decide(approval_id: str, *, approve: bool, reason: str | None) -> None:
 
     if not approve and not (reason or "").strip():
         raise UsageError("corral deny needs --reason TEXT: the agent reads it")
-    settled = approving.decide(open_store(), approval_id, approve=approve, reason=reason, by=approving.who_am_i())
+    server = remote()
+    if server is not None:  # decided as the token's user
+        settled = server.decide(approval_id, approve=approve, reason=reason)
+    else:
+        settled = approving.decide(open_store(), approval_id, approve=approve, reason=reason, by=approving.who_am_i())
     verb = "approved" if approve else "denied"
     console.print(
         Text.assemble(f"{verb} {settled.id}", (f" (run {settled.run_id}, {clean(settled.tool)})", "dim")),

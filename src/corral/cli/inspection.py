@@ -12,14 +12,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.text import Text
 
-from corral.cli.app import EXIT_OK, EXIT_RUN_FAILED, app, console, err_console, open_store
+from corral.cli.app import EXIT_OK, EXIT_RUN_FAILED, app, console, err_console, open_runs, open_store
 from corral.cli.text import clean, safe
 from corral.errors import UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from corral.cli.remote import RunReader
     from corral.cli.removal import Removal
     from corral.cli.views import RunTrace
-    from corral.store import RunRecord, Store
+    from corral.store import EventRecord, RunRecord
 
 RunIdArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON output.")]
@@ -79,7 +82,7 @@ def runs(
     if limit < 0:
         raise UsageError(f"--limit {limit} is negative", hint="--limit 0 shows none; leave it out for 20")
     after = cutoff_time(since, "--since") if since is not None else None
-    records = open_store().list_runs(limit=limit, status=status, agent=agent, since=after)
+    records = open_runs().list_runs(limit=limit, status=status, agent=agent, since=after) if limit else []
     if json_out:
         write_json([run_summary(r) for r in records])
     elif records:
@@ -95,7 +98,7 @@ def show(run_id: RunIdArgument, json_out: JsonOption = False) -> None:
     """Show a run: status, task, result, typed output, patch and cost."""
     from corral.cli.views import print_show, run_summary
 
-    record = open_store().get_run(run_id)
+    record = open_runs().get_run(run_id)
     if json_out:
         write_json(run_summary(record))
     else:
@@ -116,7 +119,7 @@ def trace(
     """Every event of a run's journal, as a tree with durations, tokens and cost."""
     from corral.cli.views import print_trace, trace_data
 
-    store = open_store()
+    store = open_runs()
     record = store.get_run(run_id)
     if follow:
         raise typer.Exit(follow_run(store, record, json_out=json_out))
@@ -164,7 +167,7 @@ def verify(
     raise typer.Exit(EXIT_OK if all(result.intact for result in results) else EXIT_RUN_FAILED)
 
 
-def child_traces(store: Store, run_id: str) -> dict[str, RunTrace]:
+def child_traces(store: RunReader, run_id: str) -> dict[str, RunTrace]:
     """The traces of the runs ``run_id``'s programs dispatched, and of theirs, by child run id."""
     from corral.cli.views import RunTrace
 
@@ -183,11 +186,11 @@ FINISH_GRACE_S = 5.0
 EXIT_SIGINT, EXIT_SIGPIPE = 130, 141
 
 
-def follow_run(store: Store, record: RunRecord, *, json_out: bool) -> int:
+def follow_run(store: RunReader, record: RunRecord, *, json_out: bool) -> int:
     """Print a run's events as its journal commits them, until it ends; the exit code of its status.
 
-    The run may execute in any process: this one only reads the store. Ctrl-C stops following
-    (exit 130), not the run.
+    The run may execute in any process (or behind a server): this one only reads. Ctrl-C stops
+    following (exit 130), not the run.
     """
     try:
         return _follow(store, record, json_out=json_out)
@@ -199,17 +202,33 @@ def follow_run(store: Store, record: RunRecord, *, json_out: bool) -> int:
         return EXIT_SIGPIPE
 
 
-def _follow(store: Store, record: RunRecord, *, json_out: bool) -> int:
+def _follow(store: RunReader, record: RunRecord, *, json_out: bool) -> int:
     from corral.cli.stream import JsonLines
     from corral.cli.views import event_lines, print_lines
-    from corral.events import RunFinished
 
     stream = JsonLines() if json_out else None  # the event lines of `corral run --json`
     if stream is None:
         _print_header(record)
-    seq, grace_ends, warned = 0, None, False
+    for entry in journal_until_end(store, record.id):
+        if stream is None:
+            print_lines(console, event_lines(entry))
+        else:
+            stream.on_event(entry)
+            if stream.reader_gone:  # `| head -n 3`: nobody reads any more
+                return EXIT_SIGPIPE
+    return _followed_to_the_end(store, record.id, json_out=json_out)
+
+
+def journal_until_end(store: RunReader, run_id: str, *, after_seq: int = 0) -> Iterator[EventRecord]:
+    """A run's journal entries as they are committed, from ``after_seq`` until the run has ended.
+
+    An interrupted run is said so once on stderr, and followed on until it is resumed and ends.
+    """
+    from corral.events import RunFinished
+
+    seq, grace_ends, warned = after_seq, None, False
     while True:
-        record = store.get_run(record.id)  # before its events: a run.finished event comes after the status
+        record = store.get_run(run_id)  # before its events: a run.finished event comes after the status
         if record.interrupted and not warned:
             warned = True
             err_console.print(
@@ -218,18 +237,13 @@ def _follow(store: Store, record: RunRecord, *, json_out: bool) -> int:
             )
         for entry in store.iter_events(record.id, after_seq=seq):
             seq = entry.seq
-            if stream is None:
-                print_lines(console, event_lines(entry))
-            else:
-                stream.on_event(entry)
-                if stream.reader_gone:  # `| head -n 3`: nobody reads any more
-                    return EXIT_SIGPIPE
+            yield entry
             if isinstance(entry.event, RunFinished):
-                return _followed_to_the_end(store, record.id, json_out=json_out)
+                return
         if record.status.finished:  # but no run.finished yet: wait a little, its process may have died
             grace_ends = grace_ends or time.monotonic() + FINISH_GRACE_S
             if time.monotonic() > grace_ends:
-                return _followed_to_the_end(store, record.id, json_out=json_out)
+                return
         time.sleep(FOLLOW_POLL_S)
 
 
@@ -239,7 +253,7 @@ def _print_header(record: RunRecord) -> None:
     print_lines(console, [run_header(record)])
 
 
-def _followed_to_the_end(store: Store, run_id: str, *, json_out: bool) -> int:
+def _followed_to_the_end(store: RunReader, run_id: str, *, json_out: bool) -> int:
     """The run's last line (its status, tokens and cost) and its exit code."""
     from corral.cli.run import exit_for
 

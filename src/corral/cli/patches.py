@@ -14,12 +14,13 @@ import typer
 from rich.syntax import Syntax
 from rich.text import Text
 
-from corral.cli.app import EXIT_OK, EXIT_RUN_FAILED, app, console, err_console, open_store
+from corral.cli.app import EXIT_OK, EXIT_RUN_FAILED, app, console, err_console, open_runs
 from corral.cli.text import clean, safe
 from corral.errors import UsageError
 
 if TYPE_CHECKING:
-    from corral.store import RunRecord, Store
+    from corral.cli.remote import RunReader
+    from corral.store import RunRecord
 
 _GIT_TIMEOUT_S = 120.0
 #: Who commits a ``--branch`` when the repository's git configuration names nobody.
@@ -50,7 +51,7 @@ def diff(
     """Print a run's patch: raw when piped (``corral diff RUN | git apply``), coloured in a terminal."""
     from corral.runtime.runtime import run_patch
 
-    record = open_store().get_run(run_id)
+    record = open_runs().get_run(run_id)
     patch = run_patch(record)
     if not patch:
         err_console.print(safe(f"run {record.id} changed no files"))
@@ -78,7 +79,7 @@ def apply(
     from corral.runtime.runtime import run_patch
     from corral.sandbox.patching import apply_patch, check_patch, diff_stat
 
-    store = open_store()
+    store = open_runs()
     record = store.get_run(run_id)
     patch = run_patch(record)
     if not patch:
@@ -109,7 +110,7 @@ def apply(
     raise typer.Exit(EXIT_RUN_FAILED)
 
 
-def _hint_for(record: RunRecord, store: Store, target: Path) -> str | None:
+def _hint_for(record: RunRecord, store: RunReader, target: Path) -> str | None:
     """A follow-up's patch holds only its own changes: if its parent's patch is missing, say so."""
     from corral.runtime.runtime import run_patch
     from corral.sandbox.patching import check_patch

@@ -9,6 +9,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import shlex
 import sys
 import typing
@@ -30,6 +31,7 @@ from corral.cli.app import (
     console,
     err_console,
     open_store,
+    remote,
     state,
 )
 from corral.cli.signals import Interrupted, until_signal
@@ -39,6 +41,7 @@ from corral.errors import UsageError
 
 if typing.TYPE_CHECKING:
     from corral.cli.prompt import ApprovalPrompter
+    from corral.cli.remote import RunReader, ServerClient
     from corral.runtime import Runtime
     from corral.spec import AgentSpec
     from corral.store import RunRecord, Store
@@ -67,7 +70,11 @@ def explicit_home() -> Path | None:
 
 
 def command_hint(*args: str, home: Path | None) -> str:
-    """A ``corral`` command line, quoted for a POSIX shell, with ``--home`` when ``home`` is given."""
+    """A ``corral`` command line, quoted for a POSIX shell, with ``--home`` when ``home`` is given, and
+    ``--server`` when the server was named on the command line (not by ``CORRAL_SERVER``)."""
+    if state.server is not None:
+        given = state.server != os.environ.get("CORRAL_SERVER")
+        return shlex.join(["corral", *(["--server", state.server] if given else []), *args])
     return shlex.join(["corral", *(["--home", str(home)] if home else []), *args])
 
 
@@ -489,7 +496,7 @@ def print_patch(record: RunRecord, *, home: Path | None, full: bool) -> None:
     print_hint(f"  see it: {see} · apply it: {apply}")
 
 
-def print_outcome(record: RunRecord, store: Store, *, home: Path | None, full_patch: bool = False) -> None:
+def print_outcome(record: RunRecord, store: RunReader, *, home: Path | None, full_patch: bool = False) -> None:
     """The end of a run in a few lines; what the agent, a tool or a file wrote is printed as text, never markup."""
     from sqlalchemy.engine import make_url
 
@@ -521,7 +528,7 @@ def print_outcome(record: RunRecord, store: Store, *, home: Path | None, full_pa
     print_hint(f"journal: {journal} · every step: {command_hint('trace', record.id, home=home)}")
 
 
-def hand_over(record: RunRecord, store: Store, options: RunOptions, *, home: Path | None) -> NoReturn:
+def hand_over(record: RunRecord, store: RunReader, options: RunOptions, *, home: Path | None) -> NoReturn:
     """End ``corral run``/``continue``: the answer file, the branch, the outcome as asked, and the exit code."""
     code = exit_for(record)
     if options.last_message is not None:
@@ -632,8 +639,11 @@ def run(
     spec = overrides.apply(load_config(path).agent(agent))
     options.check(repo)
     long_input = read_context(context) if context is not None else None
-    if queue is not None and not submit:
+    if queue is not None and not submit and state.server is None:
         raise UsageError("--queue names where --submit puts the run", hint="add --submit")
+    server = remote()
+    if server is not None:
+        run_on_server(server, spec, text, repo, long_input, queue=queue, submit=submit, options=options)
     if submit:
         submit_run(spec, text, repo, long_input, queue=queue, json_out=options.json_out)
         return
@@ -649,16 +659,72 @@ def submit_run(
     spec: AgentSpec, task: str, repo: Path, context: str | None, *, queue: str | None, json_out: bool
 ) -> None:
     """``corral run --submit``: record the run, queue it for the workers, say how to follow it."""
-    from corral.cli.inspection import write_json
     from corral.runtime import Runtime, workflow
 
     runtime = Runtime(open_store())
     record = asyncio.run(runtime.enqueue(spec, task, repo, context=context, queue=queue or workflow.RUN_QUEUE))
+    say_submitted(record, json_out=json_out)
+
+
+def say_submitted(record: RunRecord, *, json_out: bool) -> None:
+    from corral.cli.inspection import write_json
+
     if json_out:
         write_json({"id": record.id, "status": record.status.value, "queue": record.queue})
         return
     console.print(safe(f"run {record.id} queued on {record.queue}"), soft_wrap=True)
     print_hint(f"follow it: {command_hint('trace', record.id, '--follow', home=explicit_home())}")
+
+
+def run_on_server(
+    server: ServerClient,
+    spec: AgentSpec,
+    task: str,
+    repo: Path,
+    context: str | None,
+    *,
+    queue: str | None,
+    submit: bool,
+    options: RunOptions,
+) -> NoReturn:
+    """``corral --server URL run``: the spec registered (one version per content), the run submitted to
+    the server's workers, then shown as it goes and handed over as a local run is (``--submit``: not followed)."""
+    if options.interactive:
+        raise UsageError(
+            "--interactive answers approvals at this terminal; through a server, use `corral approve`/`deny`"
+        )
+    record = server.submit(spec.model_dump(mode="json"), task, repo.resolve(), queue=queue, context=context)
+    if submit:
+        say_submitted(record, json_out=options.json_out)
+        raise typer.Exit(EXIT_OK)
+    follow_on_server(server, record, options, title=f"corral · {spec.name}")
+
+
+def follow_on_server(server: ServerClient, record: RunRecord, options: RunOptions, *, title: str) -> NoReturn:
+    """Show a run the server's workers execute as ``corral run`` shows its own, then hand it over.
+
+    Ctrl-C stops following (exit 130); the run goes on.
+    """
+    from corral.cli.inspection import EXIT_SIGINT, journal_until_end
+    from corral.cli.views import LiveRunView
+
+    shown = None if options.quiet else err_console if options.json_out else console
+    stream = JsonLines() if options.json_out else None
+    try:
+        with contextlib.ExitStack() as stack:
+            view = None
+            if shown is not None:
+                view = stack.enter_context(LiveRunView(console=shown, title=f"{title} · {record.id}"))
+                view.run_ids.add(record.id)
+            for entry in journal_until_end(server, record.id):
+                if view is not None:
+                    view.on_event(entry.run_id, entry.event)
+                if stream is not None:
+                    stream.on_event(entry)
+    except KeyboardInterrupt:
+        err_console.print(safe(f"stopped following run {record.id}; it goes on"), highlight=False)
+        raise typer.Exit(EXIT_SIGINT) from None
+    hand_over(server.get_run(record.id), server, options, home=explicit_home())
 
 
 @app.command("script")
@@ -751,6 +817,9 @@ def resume(
     run_id: Annotated[str | None, typer.Argument(help="One run; default: every interrupted run.")] = None,
 ) -> None:
     """Continue interrupted runs from their last completed step."""
+    server = remote()
+    if server is not None:
+        resume_on_server(server, run_id)
     store = open_store()
     home = explicit_home()
 
@@ -769,12 +838,43 @@ def resume(
     raise typer.Exit(max((exit_for(r) for r in records), default=EXIT_OK))
 
 
+def resume_on_server(server: ServerClient, run_id: str | None) -> NoReturn:
+    """``corral --server URL resume``: ask the workers to take the interrupted runs on now, show them to their end."""
+    from corral.cli.inspection import EXIT_SIGINT, journal_until_end
+    from corral.cli.views import LiveRunView
+
+    if run_id is not None:
+        chosen = [server.get_run(run_id)]
+    else:
+        chosen = [r for r in server.list_runs(limit=None, status="interrupted") if r.dispatched_by is None]
+    # What each had journaled before: the view shows what the resumed run does, as a local resume does.
+    shown_after = {r.id: max((e.seq for e in server.iter_events(r.id)), default=0) for r in chosen}
+    ids = [server.resume(r.id).id for r in chosen]
+    if not ids:
+        console.print("no interrupted runs")
+        raise typer.Exit(EXIT_OK)
+    try:
+        with LiveRunView(console=console, title=f"corral · resume · {', '.join(ids)}") as view:
+            view.run_ids.update(ids)
+            for run in ids:
+                for entry in journal_until_end(server, run, after_seq=shown_after[run]):
+                    view.on_event(entry.run_id, entry.event)
+    except KeyboardInterrupt:
+        err_console.print(safe(f"stopped following run(s) {', '.join(ids)}; they go on"), highlight=False)
+        raise typer.Exit(EXIT_SIGINT) from None
+    ended = [server.get_run(r) for r in ids]
+    for record in ended:
+        print_outcome(record, server, home=explicit_home())
+    raise typer.Exit(max(exit_for(r) for r in ended))
+
+
 @app.command()
 def cancel(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]) -> None:
     """Cancel a run wherever it executes: its command in flight is killed, its patch kept."""
     from corral.runtime import Runtime
 
-    record = asyncio.run(Runtime(open_store()).cancel(run_id))
+    server = remote()
+    record = server.cancel(run_id) if server is not None else asyncio.run(Runtime(open_store()).cancel(run_id))
     if record.status.finished:
         console.print(f"run {record.id} {record.status.value}", markup=False)
     else:

@@ -36,7 +36,7 @@ def serve(
     from corral.server import create_app
     from corral.store.accounts import Accounts
 
-    store = open_store()
+    store = open_store(server_side=True)
     workflow.migrate(store.dbos_url())  # so that runs can be queued before any worker started
     token = Accounts(store.engine).bootstrap()
     if token is not None:
@@ -76,7 +76,7 @@ def token_create(
     """Make a token; it is printed once (only its hash is kept)."""
     from corral.store.accounts import Accounts
 
-    token, info = Accounts(open_store().engine).create_token(
+    token, info = Accounts(open_store(server_side=True).engine).create_token(
         user=user, team=team, scopes=scopes, name=name, expires_at=_expiry(expires)
     )
     if json_out:
@@ -93,7 +93,7 @@ def token_list(
     """Tokens, newest first (never their secrets)."""
     from corral.store.accounts import Accounts
 
-    tokens = Accounts(open_store().engine).tokens(team)
+    tokens = Accounts(open_store(server_side=True).engine).tokens(team)
     if json_out:
         write_json([t.to_json() for t in tokens])
         return
@@ -118,7 +118,7 @@ def token_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (o
     """Revoke a token at once."""
     from corral.store.accounts import Accounts
 
-    if not Accounts(open_store().engine).revoke(token_id):
+    if not Accounts(open_store(server_side=True).engine).revoke(token_id):
         raise UsageError(f"no unrevoked token {token_id!r}", hint="`corral token list` lists them")
     console.print(safe(f"token {token_id.removeprefix('corral_').split('_', 1)[0]} revoked"))
 
@@ -128,7 +128,7 @@ def team_create(name: Annotated[str, typer.Argument(help="The team's name.")]) -
     """Make a team."""
     from corral.store.accounts import Accounts
 
-    team_id = Accounts(open_store().engine).create_team(name)
+    team_id = Accounts(open_store(server_side=True).engine).create_team(name)
     console.print(safe(f"team {name} ({team_id})"))
 
 
@@ -140,5 +140,35 @@ def user_create(
     """Make a user, member of the teams named."""
     from corral.store.accounts import Accounts
 
-    user_id = Accounts(open_store().engine).create_user(name, teams or [])
+    user_id = Accounts(open_store(server_side=True).engine).create_user(name, teams or [])
     console.print(safe(f"user {name} ({user_id}) in {', '.join(teams or []) or 'no team'}"))
+
+
+@app.command()
+def login(
+    server: Annotated[str, typer.Argument(help="The server's address, e.g. http://127.0.0.1:8000.")],
+) -> None:
+    """Keep a token for a server, so `corral --server URL …` finds it (read from stdin, or asked for).
+
+    The token is tried against the server first, then stored in ~/.config/corral/credentials.toml
+    (``$XDG_CONFIG_HOME``), a file only you can read. ``$CORRAL_TOKEN`` still comes first.
+    """
+    import sys
+
+    from corral.cli.remote import ServerClient, normalize_url, save_token
+
+    url = normalize_url(server)
+    if sys.stdin.isatty():
+        token = typer.prompt(f"token for {url}", hide_input=True, default="", show_default=False)
+    else:
+        token = sys.stdin.readline()
+    token = token.strip()
+    if not token:
+        raise UsageError("no token given", hint="give the token `corral token create` printed")
+    client = ServerClient(url, token)
+    try:
+        client.check()
+    finally:
+        client.close()
+    path = save_token(url, token)
+    console.print(safe(f"token for {url} kept in {path}"), soft_wrap=True, highlight=False)

@@ -53,7 +53,7 @@ def worker(
 async def _serve(queues: list[str], concurrency: int, global_concurrency: int | None) -> None:
     from corral.runtime import Runtime
 
-    store = open_store()
+    store = open_store(server_side=True)
     async with Runtime(
         store, run_queues=queues, concurrency=concurrency, global_concurrency=global_concurrency
     ) as runtime:
