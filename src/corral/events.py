@@ -66,6 +66,9 @@ class RunStarted(BaseEvent):
     spec_hash: str
     repo: str
     parent_id: str | None = None
+    identity: dict[str, Any] | None = None
+    """Who the run acts as and its effective grants (``mode``, ``agent``, ``user``, ``team``,
+    ``grants``): runs submitted through the API; None for a local run."""
 
 
 class RunResumed(BaseEvent):

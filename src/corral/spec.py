@@ -297,6 +297,10 @@ class AgentSpec(_Strict):
         """The names ``task(agent=...)`` accepts: the declared types, then the built-in roles."""
         return tuple(dict.fromkeys([*self.subagents, *BUILTIN_ROLES]))
 
+    def all_secrets(self) -> set[str]:
+        """The secrets its runs may read: its own and those of the subagent types it may dispatch."""
+        return set(self.secrets).union(*(sub.all_secrets() for sub in self.subagents.values()))
+
     def subagent(self, name: str) -> AgentSpec | None:
         """The spec of subagent type ``name`` (declared, else a built-in role made for this agent); None if unknown."""
         if name in self.subagents:

@@ -62,6 +62,21 @@ reason = "a push leaves the sandbox"
 [agents.sleeper]
 model = "scripted:slow.toml"
 sandbox = "local"
+
+[agents.keeper]
+model = "scripted:keeper.toml"
+sandbox = "local"
+secrets = ["DEPLOY_KEY"]
+"""
+
+KEEPER = """
+[[turns]]
+[[turns.tool_calls]]
+name = "execute"
+args = { command = 'test -n "$DEPLOY_KEY" && echo has-the-key' }
+
+[[turns]]
+text = "deployed"
 """
 
 
@@ -120,10 +135,11 @@ def setup(postgres: ThrowawayPostgres, tmp_path_factory: pytest.TempPathFactory)
     (repo / "a.py").write_text("x = 1\n")
     (project / "script.toml").write_text(SCRIPT)
     (project / "slow.toml").write_text(SLOW)
+    (project / "keeper.toml").write_text(KEEPER)
     (project / "corral.toml").write_text(CONFIG)
     database = postgres.database(template=postgres.store_template())
     process, url, token = start_server(database, home, project)
-    env = {**os.environ, "CORRAL_DATABASE_URL": database, "CORRAL_HOME": str(home)}
+    env = {**os.environ, "CORRAL_DATABASE_URL": database, "CORRAL_HOME": str(home), "DEPLOY_KEY": "k3y-v4lue"}
     env.pop("CORRAL_SERVER", None)
     worker = start_worker(env, project, root / "worker.log")
     try:
@@ -202,7 +218,9 @@ def test_approvals_are_listed_and_decided_through_the_server(setup: Setup) -> No
         time.sleep(0.2)
     [request] = pending
     assert request["run_id"] == run_id
-    assert setup.remote("approvals").stdout == setup.local("approvals").stdout
+    assert setup.remote("approvals", "--json").stdout == setup.local("approvals", "--json").stdout
+    ages = re.compile(r"\b\d+[smhd]\b")  # age and expiry, read a moment apart
+    assert ages.sub("<age>", setup.remote("approvals").stdout) == ages.sub("<age>", setup.local("approvals").stdout)
     denied = setup.remote("deny", request["id"])
     assert denied.returncode == 2 and "needs --reason" in denied.stderr
     approved = setup.remote("approve", request["id"], "--reason", "ok by me")
@@ -259,7 +277,7 @@ def test_a_run_whose_worker_died_is_resumed_and_shown_to_its_end(setup: Setup, t
     try:
         time.sleep(1)  # asked of the workers, and none is there yet: one starts
         env = {**setup.env(), "CORRAL_DATABASE_URL": setup.database}
-        setup.worker = start_worker(env, setup.project, tmp_path / "worker.log")
+        setup.worker = start_worker(env | {"DEPLOY_KEY": "k3y-v4lue"}, setup.project, tmp_path / "worker.log")
         out, err = resume.communicate(timeout=120)
     finally:
         if resume.poll() is None:
@@ -307,3 +325,34 @@ def test_login_keeps_the_token_for_the_owner_only(setup: Setup, tmp_path: Path) 
     kept.chmod(0o644)
     loose = setup._run(["--server", setup.url, "runs"], env, 60)
     assert loose.returncode == 2 and "readable by others" in loose.stderr and "chmod 600" in loose.stderr
+
+
+def test_a_run_acts_as_its_agent_or_for_its_user_with_the_grants_recorded(setup: Setup) -> None:
+    refused = setup.remote("run", "keeper", "deploy", "--repo", str(setup.repo))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "may not use secret(s) DEPLOY_KEY" in refused.stderr and "corral agent grant keeper" in refused.stderr
+
+    granted = setup.local("agent", "grant", "keeper", "--team", "default", "secret:DEPLOY_KEY")
+    assert (granted.returncode, granted.stdout) == (0, "agent keeper in default holds: secret:DEPLOY_KEY\n")
+    ran = setup.remote("run", "keeper", "deploy", "--repo", str(setup.repo), "--as-agent")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    run_id = re.search(r"run (\S+) succeeded", ran.stdout)[1]  # type: ignore[index]
+    assert "has-the-key" in setup.remote("trace", run_id).stdout and "k3y-v4lue" not in ran.stdout
+    shown = setup.remote("show", run_id).stdout
+    assert "as agent keeper (submitted by admin) in default; grants: secret:DEPLOY_KEY" in shown
+    journal = json.loads(setup.remote("trace", run_id, "--json").stdout)
+    [started] = [e for e in journal["events"] if e["type"] == "run.started"]
+    assert started["data"]["identity"] == {
+        "mode": "agent",
+        "agent": "keeper",
+        "user": "admin",
+        "team": "default",
+        "grants": ["secret:DEPLOY_KEY"],
+    }
+    # On the user's behalf the admin holds nothing: refused until the user is granted it too.
+    assert setup.remote("run", "keeper", "deploy", "--repo", str(setup.repo)).returncode == 2
+    assert setup.local("user", "grant", "admin", "--team", "default", "secret:DEPLOY_KEY").returncode == 0
+    for_user = setup.remote("run", "keeper", "deploy", "--repo", str(setup.repo))
+    assert for_user.returncode == 0, for_user.stderr
+    as_local = setup.local("run", "keeper", "deploy", "--repo", str(setup.repo), "--as-agent")
+    assert as_local.returncode == 2 and "--as-agent chooses who a run acts as on a server" in as_local.stderr

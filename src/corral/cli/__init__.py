@@ -10,5 +10,6 @@ app.add_typer(engines_app, name="engines")
 app.add_typer(server.token_app, name="token")
 app.add_typer(server.team_app, name="team")
 app.add_typer(server.user_app, name="user")
+app.add_typer(server.agent_app, name="agent")
 
 __all__ = ["app", "main"]

@@ -209,11 +209,19 @@ class ServerClient:
         return [self._run(r) for r in found]
 
     def submit(
-        self, spec: dict[str, Any], task: str, repo: Path, *, queue: str | None, context: str | None
+        self,
+        spec: dict[str, Any],
+        task: str,
+        repo: Path,
+        *,
+        queue: str | None,
+        context: str | None,
+        acting_as: str = "user",
     ) -> RunRecord:
         """Register ``spec`` (a version per content: the same spec twice is one version) and submit a run of it."""
         version = self._call("POST", "/v1/specs", json={"spec": spec})
         body = {"agent": version["name"], "version": version["version"], "task": task, "repo": str(repo)}
+        body["acting_as"] = acting_as
         body |= {k: v for k, v in (("queue", queue), ("context", context)) if v is not None}
         return self._run(self._call("POST", "/v1/runs", json=body))
 

@@ -626,6 +626,13 @@ def run(
     queue: Annotated[
         str | None, typer.Option("--queue", help="The run queue for --submit (default corral.runs).")
     ] = None,
+    as_agent: Annotated[
+        bool,
+        typer.Option(
+            "--as-agent",
+            help="Through a server: act as the agent's own identity (its grants), not on your behalf.",
+        ),
+    ] = False,
     *,
     overrides: SpecOverrides,
     options: RunOptions,
@@ -643,7 +650,12 @@ def run(
         raise UsageError("--queue names where --submit puts the run", hint="add --submit")
     server = remote()
     if server is not None:
-        run_on_server(server, spec, text, repo, long_input, queue=queue, submit=submit, options=options)
+        acting_as = "agent" if as_agent else "user"
+        run_on_server(
+            server, spec, text, repo, long_input, queue=queue, submit=submit, acting_as=acting_as, options=options
+        )
+    if as_agent:
+        raise UsageError("--as-agent chooses who a run acts as on a server", hint="add --server URL")
     if submit:
         submit_run(spec, text, repo, long_input, queue=queue, json_out=options.json_out)
         return
@@ -685,6 +697,7 @@ def run_on_server(
     *,
     queue: str | None,
     submit: bool,
+    acting_as: str,
     options: RunOptions,
 ) -> NoReturn:
     """``corral --server URL run``: the spec registered (one version per content), the run submitted to
@@ -693,7 +706,9 @@ def run_on_server(
         raise UsageError(
             "--interactive answers approvals at this terminal; through a server, use `corral approve`/`deny`"
         )
-    record = server.submit(spec.model_dump(mode="json"), task, repo.resolve(), queue=queue, context=context)
+    record = server.submit(
+        spec.model_dump(mode="json"), task, repo.resolve(), queue=queue, context=context, acting_as=acting_as
+    )
     if submit:
         say_submitted(record, json_out=options.json_out)
         raise typer.Exit(EXIT_OK)

@@ -17,6 +17,9 @@ from corral.errors import UsageError
 token_app = typer.Typer(help="API tokens for `corral serve`: create, list, revoke.", no_args_is_help=True)
 team_app = typer.Typer(help="Teams: every run and spec submitted through the API belongs to one.", no_args_is_help=True)
 user_app = typer.Typer(help="Users: a token acts for one user in one of their teams.", no_args_is_help=True)
+agent_app = typer.Typer(
+    help="Agent identities: what an agent's runs may use when they act as the agent.", no_args_is_help=True
+)
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
@@ -142,6 +145,74 @@ def user_create(
 
     user_id = Accounts(open_store(server_side=True).engine).create_user(name, teams or [])
     console.print(safe(f"user {name} ({user_id}) in {', '.join(teams or []) or 'no team'}"))
+
+
+GrantsArgument = Annotated[list[str], typer.Argument(help="Grants: secret:NAME (a secret) or secret:* (any).")]
+TeamOption = Annotated[str, typer.Option("--team", help="The team the grants hold in.")]
+
+
+def _print_grants(who: str, grants: list[str]) -> None:
+    console.print(safe(f"{who} holds: {' '.join(grants) or 'nothing'}"), soft_wrap=True, highlight=False)
+
+
+@user_app.command("grant")
+def user_grant(
+    name: Annotated[str, typer.Argument(help="The user.")], team: TeamOption, grants: GrantsArgument
+) -> None:
+    """Let a user's runs in a team use these (on their behalf, a run may use what both it and its agent hold)."""
+    from corral.store.accounts import Accounts
+
+    _print_grants(
+        f"user {name} in {team}", Accounts(open_store(server_side=True).engine).grant_user(name, team, grants)
+    )
+
+
+@user_app.command("ungrant")
+def user_ungrant(
+    name: Annotated[str, typer.Argument(help="The user.")], team: TeamOption, grants: GrantsArgument
+) -> None:
+    """Take grants back from a user in a team (runs submitted from now on)."""
+    from corral.store.accounts import Accounts
+
+    held = Accounts(open_store(server_side=True).engine).grant_user(name, team, grants, revoke=True)
+    _print_grants(f"user {name} in {team}", held)
+
+
+@agent_app.command("grant")
+def agent_grant(
+    name: Annotated[str, typer.Argument(help="The agent (its spec's name).")], team: TeamOption, grants: GrantsArgument
+) -> None:
+    """Give an agent an identity of its own in a team, or more grants: its runs may act as it (``acting_as: agent``)."""
+    from corral.store.accounts import Accounts
+
+    held = Accounts(open_store(server_side=True).engine).grant_agent(name, team, grants)
+    _print_grants(f"agent {name} in {team}", held)
+
+
+@agent_app.command("ungrant")
+def agent_ungrant(
+    name: Annotated[str, typer.Argument(help="The agent (its spec's name).")], team: TeamOption, grants: GrantsArgument
+) -> None:
+    """Take grants back from an agent in a team (runs submitted from now on)."""
+    from corral.store.accounts import Accounts
+
+    held = Accounts(open_store(server_side=True).engine).grant_agent(name, team, grants, revoke=True)
+    _print_grants(f"agent {name} in {team}", held)
+
+
+@agent_app.command("list")
+def agent_list(team: TeamOption, json_out: JsonOption = False) -> None:
+    """The agents with an identity of their own in a team, and their grants."""
+    from corral.store.accounts import Accounts
+
+    agents = Accounts(open_store(server_side=True).engine).agents(team)
+    if json_out:
+        write_json([{"agent": name, "grants": grants} for name, grants in agents])
+        return
+    if not agents:
+        console.print(safe(f"no agent has an identity in {team}"), highlight=False)
+    for name, grants in agents:
+        _print_grants(f"agent {name}", grants)
 
 
 @app.command()

@@ -611,6 +611,7 @@ def run_summary(record: RunRecord) -> dict[str, Any]:
         "error": record.error,
         "error_type": record.error_type,
         "result": record.result,
+        "identity": record.identity.model_dump(mode="json") if record.identity is not None else None,
     }
 
 
@@ -645,6 +646,9 @@ def _show_fields(record: RunRecord) -> list[tuple[str, Text]]:
         fields.append(("continues", safe(record.continues_id)))
     if record.parent_id:
         fields.append(("parent", safe(record.parent_id)))
+    if record.identity is not None:
+        grants = " ".join(record.identity.grants) or "none"
+        fields.append(("acting", safe(f"{record.identity.describe()} in {record.identity.team}; grants: {grants}")))
     fields += [
         ("turns", Text(str(record.turns))),
         ("tokens", Text(f"{u.input_tokens} in ({u.cache_read_tokens} cached) · {u.output_tokens} out")),

@@ -61,7 +61,8 @@ from corral.secrets.scanner import SCANNER
 from corral.spec import AgentSpec, unknown_tools
 from corral.store import RunRecord, RunStatus, Store
 from corral.store.db import usage_columns
-from corral.store.records import ApprovalRecord
+from corral.store.identity import check_identity
+from corral.store.records import ApprovalRecord, Identity
 from corral.tools.base import ToolDef
 from corral.tools.builtin import BUILTIN_TOOLS
 
@@ -291,9 +292,11 @@ class Runtime:
         context: str | None = None,
         team_id: str | None = None,
         submitted_by: str | None = None,
+        identity: Identity | None = None,
     ) -> RunRecord:
         """Record a run and put it on the run queue ``queue`` for ``corral worker``s; returns at once.
-        ``team_id`` and ``submitted_by``: whose it is (the API's caller).
+        ``team_id`` and ``submitted_by``: whose it is (the API's caller); ``identity``: who it acts as
+        (its secrets must be among the identity's grants).
 
         Needs no launched runtime (a submitting CLI, the API server). On Postgres, where the store and
         DBOS share a database, the run's row and its queued workflow are committed in one
@@ -302,6 +305,8 @@ class Runtime:
         """
         workflow.check_queue_name(queue)
         self.check_spec(spec, environment=False)
+        if identity is not None:
+            check_identity(identity, spec.all_secrets(), spec.name)
         dbos_url = self.store.dbos_url()
         if not self._dbos_ready:
             await asyncio.to_thread(workflow.migrate, dbos_url)  # a worker may never have opened this database
@@ -314,7 +319,11 @@ class Runtime:
             continue_from=continue_from,
             context=context,
             queue=queue,
-            owner={"team_id": team_id, "submitted_by": submitted_by},
+            owner={
+                "team_id": team_id,
+                "submitted_by": submitted_by,
+                "identity": identity.model_dump(mode="json") if identity is not None else None,
+            },
             also=(lambda conn, run_id: workflow.enqueue_run(dbos_url, run_id, queue, connection=conn))
             if shared
             else None,
@@ -649,6 +658,7 @@ class Runtime:
                 spec_hash=record.spec_hash,
                 repo=record.repo,
                 parent_id=record.parent_id,
+                identity=record.identity.model_dump(mode="json") if record.identity is not None else None,
             ),
         )
         check = rule_of_two.assess(spec, self.tools)
@@ -879,6 +889,10 @@ class Runtime:
                     run_dir=str(self.store.runs_dir / child_id),
                     executor_id=self.executor_id,
                     queue=parent.queue,  # the tree's: its workers take the child's workflow
+                    # Whose the tree is and who it acts as: the same for every run in it.
+                    team_id=parent.team_id,
+                    submitted_by=parent.submitted_by,
+                    identity=parent.identity.model_dump(mode="json") if parent.identity is not None else None,
                 )
             if light:
                 view = sandbox if isinstance(sandbox, ReadOnlyView) else self._view_of(parent.id, sandbox)

@@ -31,6 +31,7 @@ from corral.sandbox.workspace import copy_tree, remove_tree
 from corral.secrets.redact import Redactor
 from corral.spec import AgentSpec, SandboxProfile
 from corral.store import RunRecord
+from corral.store.identity import check_identity
 
 log = logging.getLogger("corral.runtime")
 
@@ -45,6 +46,8 @@ def load_secrets(
     A secret without hosts is passed to commands as it is; a secret scoped to hosts is passed only
     as a placeholder that is stable for the run (so a resumed run's commands see the same one).
     """
+    if record.identity is not None:  # checked when it was submitted; the worker checks again before reading
+        check_identity(record.identity, spec.secrets, spec.name)
     missing = [name for name in spec.secrets if not os.environ.get(name)]
     if missing:
         raise SpecError(

@@ -79,6 +79,11 @@ class RunIn(_Body):
     repo: str = Field(min_length=1, max_length=4096, description="The repository's path, as the workers see it.")
     queue: str | None = Field(None, description="The run queue (default corral.runs).")
     context: str | None = Field(None, max_length=50_000_000, description="A long input kept out of the prompt.")
+    acting_as: Literal["user", "agent"] = Field(
+        "user",
+        description="`user`: on behalf of the caller, with what both the caller and the agent are granted; "
+        "`agent`: as the agent's own identity, with its grants.",
+    )
 
 
 class RunOut(BaseModel):
@@ -301,7 +306,10 @@ def create_app(store: Store) -> FastAPI:
 
     @app.post("/v1/runs", response_model=RunOut, status_code=201, tags=["runs"])
     def submit_run(body: RunIn, who: Writer) -> dict[str, Any]:
-        """Submit a run of a registered agent: recorded, and queued for the workers."""
+        """Submit a run of a registered agent: recorded, and queued for the workers.
+
+        The run acts on behalf of the caller (``acting_as: user``) or as the agent (``agent``); the
+        secrets its spec reads must be among the effective grants (403 otherwise)."""
         registered = registry.get(who.team_id, body.agent, body.version)
         spec = AgentSpec.model_validate(registered.spec)
         record = asyncio.run(
@@ -313,6 +321,7 @@ def create_app(store: Store) -> FastAPI:
                 context=body.context,
                 team_id=who.team_id,
                 submitted_by=who.user_id,
+                identity=accounts.identity(who, spec.name, body.acting_as),
             )
         )
         return run_json(record)

@@ -31,7 +31,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from corral.errors import AuthError, ForbiddenError, UsageError
-from corral.store.models import MemberRow, TeamRow, TokenRow, UserRow
+from corral.store.identity import check_grants, intersect
+from corral.store.models import AgentRow, MemberRow, TeamRow, TokenRow, UserRow
+from corral.store.records import Identity
 
 SCOPES: tuple[str, ...] = ("runs:read", "runs:write", "approvals:decide", "specs:write", "admin")
 """``runs:read`` (runs, events, costs, specs), ``runs:write`` (submit, cancel, resume, delete),
@@ -40,6 +42,7 @@ TOKEN_PREFIX = "corral_"
 BOOTSTRAP_TEAM = "default"
 BOOTSTRAP_USER = "admin"
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_AGENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # as AgentSpec.name
 _TOKEN = re.compile(r"corral_([a-z0-9]{16})_([A-Za-z0-9_-]{43})")
 _HASHER = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)  # argon2id, OWASP's minimum
 _LAST_USED_EVERY_S = 60.0
@@ -158,6 +161,66 @@ class Accounts:
     @staticmethod
     def _team_id(session: Session, name: str) -> str:
         return _id_by_name(session, TeamRow, name, "team", "`corral team create NAME` makes one")
+
+    # -- grants and identities --------------------------------------------------------------------
+
+    def grant_user(self, user: str, team: str, grants: Iterable[str], *, revoke: bool = False) -> list[str]:
+        """Add (or with ``revoke`` remove) a member's grants in a team; the grants it holds after."""
+        changed = check_grants(grants)
+        with Session(self._engine) as session, session.begin():
+            user_id, team_id = self._user_id(session, user), self._team_id(session, team)
+            member = session.get(MemberRow, (user_id, team_id))
+            if member is None:
+                raise UsageError(f"user {user!r} is not a member of team {team!r}", hint="grants are per team")
+            held = _changed(member.grants or [], changed, revoke=revoke)
+            member.grants = held
+            return held
+
+    def grant_agent(self, agent: str, team: str, grants: Iterable[str], *, revoke: bool = False) -> list[str]:
+        """Give an agent an identity of its own in a team (or change its grants); the grants it holds after."""
+        changed = check_grants(grants)
+        if not _AGENT.fullmatch(agent):
+            raise UsageError(
+                f"{agent!r} cannot name an agent", hint="as in corral.toml: letters, digits, '_', '.', '-'"
+            )
+        name = agent
+        with Session(self._engine) as session, session.begin():
+            team_id = self._team_id(session, team)
+            row = session.get(AgentRow, (team_id, name))
+            if row is None:
+                row = AgentRow(team_id=team_id, name=name, grants=[], created_at=time.time())
+                session.add(row)
+            row.grants = _changed(row.grants, changed, revoke=revoke)
+            return list(row.grants)
+
+    def agents(self, team: str) -> list[tuple[str, list[str]]]:
+        """The agents with an identity in ``team``, and their grants."""
+        with Session(self._engine) as session:
+            team_id = self._team_id(session, team)
+            rows = session.scalars(select(AgentRow).where(AgentRow.team_id == team_id).order_by(AgentRow.name))
+            return [(r.name, list(r.grants)) for r in rows]
+
+    def identity(self, who: Principal, agent: str, mode: str) -> Identity:
+        """Who a run of ``agent`` submitted by ``who`` acts as, and its effective grants.
+
+        ``agent`` mode needs the agent to have an identity in the team (``corral agent grant``).
+        """
+        with Session(self._engine) as session:
+            member = session.get(MemberRow, (who.user_id, who.team_id))
+            own = session.get(AgentRow, (who.team_id, agent))
+        user_grants = (member.grants if member is not None else None) or []
+        if mode == "agent":
+            if own is None:
+                raise ForbiddenError(
+                    f"agent {agent!r} has no identity of its own in team {who.team!r}",
+                    hint=f"an admin gives it one: corral agent grant {agent} --team {who.team} secret:NAME",
+                )
+            grants = list(own.grants)
+        elif mode == "user":
+            grants = intersect(user_grants, own.grants if own is not None else [])
+        else:
+            raise UsageError(f"a run acts as 'user' or 'agent', not {mode!r}")
+        return Identity(mode=mode, agent=agent, user=who.user, team=who.team, grants=tuple(grants))
 
     # -- tokens -----------------------------------------------------------------------------------
 
@@ -300,3 +363,7 @@ def _id_by_name(session: Session, table: type[TeamRow] | type[UserRow], name: st
     if found is None:
         raise UsageError(f"no {kind} {name!r}", hint=hint)
     return found
+
+
+def _changed(held: Iterable[str], grants: list[str], *, revoke: bool) -> list[str]:
+    return sorted(set(held) - set(grants)) if revoke else sorted(set(held) | set(grants))

@@ -47,6 +47,7 @@ from corral.store.records import (
     ApprovalRecord,
     ApprovalStatus,
     EventRecord,
+    Identity,
     RunRecord,
     RunStatus,
     Usage,
@@ -54,7 +55,7 @@ from corral.store.records import (
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: The newest migration's revision id; a test checks it against Alembic's own head.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 def default_home(project_dir: Path | None = None) -> Path:
@@ -137,6 +138,7 @@ def _row_to_record(row: RunRow, live_executors: set[str]) -> RunRecord:
         queue=row.queue,
         team_id=row.team_id,
         submitted_by=row.submitted_by,
+        identity=Identity.model_validate(row.identity) if row.identity is not None else None,
         interrupted=unfinished
         and not waiting_in_queue
         and (row.executor_id is None or row.executor_id not in live_executors),

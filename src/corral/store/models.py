@@ -56,6 +56,8 @@ class RunRow(Base):
     """The journal's head: the sequence number of its last event (``corral.store.chain``)."""
     journal_head: Mapped[str | None] = mapped_column(String(64))
     """The journal's head: the hash of its last event."""
+    identity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Who the run acts as (``corral.store.records.Identity``): set for runs submitted through the API."""
 
 
 class EventRow(Base):
@@ -141,6 +143,19 @@ class MemberRow(Base):
 
     user_id: Mapped[str] = mapped_column(ForeignKey("corral_users.id"), primary_key=True)
     team_id: Mapped[str] = mapped_column(ForeignKey("corral_teams.id"), primary_key=True)
+    grants: Mapped[list[str] | None] = mapped_column(JSON)
+    """What the user may let a run use in this team (``secret:NAME``, ``secret:*``); None: nothing."""
+
+
+class AgentRow(Base):
+    """An agent's own identity in a team: the grants its runs have when they act as the agent."""
+
+    __tablename__ = "corral_agents"
+
+    team_id: Mapped[str] = mapped_column(ForeignKey("corral_teams.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    grants: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class TokenRow(Base):

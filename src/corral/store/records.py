@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,6 +28,29 @@ class RunStatus(StrEnum):
 INTERRUPTED = "interrupted"
 #: The statuses a person sees (``RunRecord.display_status``): the stored ones, and ``interrupted``.
 DISPLAY_STATUSES: tuple[str, ...] = (*(s.value for s in RunStatus), INTERRUPTED)
+
+
+class Identity(BaseModel):
+    """Who a run submitted through the API acts as, and what it may use (``corral.store.identity``).
+
+    ``agent`` mode (agent-as-employee): the agent's own grants. ``user`` mode (on behalf of the
+    submitting user): what both the user and the agent are granted.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: Literal["agent", "user"]
+    agent: str
+    user: str
+    """The user who submitted the run (in ``agent`` mode too: who asked is always known)."""
+    team: str
+    grants: tuple[str, ...]
+    """The effective grants (``secret:NAME``, ``secret:*``)."""
+
+    def describe(self) -> str:
+        if self.mode == "agent":
+            return f"as agent {self.agent} (submitted by {self.user})"
+        return f"on behalf of {self.user} (agent {self.agent})"
 
 
 class RunRecord(BaseModel):
@@ -62,6 +85,8 @@ class RunRecord(BaseModel):
     """The user whose token submitted it."""
     queue: str | None = None
     """The run queue its tree was submitted to (``corral run --submit``, the API): a worker runs it."""
+    identity: Identity | None = None
+    """Who it acts as, with its effective grants (submitted through the API); None: a local run."""
     interrupted: bool = False
     """Unfinished, and the process executing it is gone (see ``Store.interrupted_runs``); a run still
     waiting in its queue is not."""
