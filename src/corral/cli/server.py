@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -47,11 +47,24 @@ def serve(
             Text.assemble(("admin token (shown once; keep it): ", "bold"), token), soft_wrap=True, highlight=False
         )
     shown = store.engine.url.render_as_string(hide_password=True)
-    console.print(
-        safe(f"corral serve on http://{host}:{port} (API: /docs, /openapi.json) · store {shown}"), soft_wrap=True
-    )
+
+    class Announced(uvicorn.Server):
+        """Says where it listens once the socket is bound (a client may connect from then on)."""
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.should_exit:  # it could not bind; uvicorn has said why
+                return
+            bound = self.servers[0].sockets[0].getsockname()
+            address = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            console.print(
+                safe(f"corral serve on http://{address}:{bound[1]} (API: /docs, /openapi.json) · store {shown}"),
+                soft_wrap=True,
+            )
+
+    config = uvicorn.Config(create_app(store), host=host, port=port, log_level="warning", access_log=False)
     try:
-        uvicorn.run(create_app(store), host=host, port=port, log_level="warning", access_log=False)
+        Announced(config).run()
     finally:
         store.close()
 
