@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 
 from corral.store import Store
 from tests.e2e.cli_helpers import CORRAL
+from tests.orchestration.support import eval_script
 from tests.postgres import ThrowawayPostgres
 from tests.server.conftest import start_server, stop
 
@@ -63,11 +65,26 @@ reason = "a push leaves the sandbox"
 model = "scripted:slow.toml"
 sandbox = "local"
 
+[agents.lead]
+model = "scripted:lead.toml"
+sandbox = "local"
+tools = ["read_file", "eval"]
+
 [agents.keeper]
 model = "scripted:keeper.toml"
 sandbox = "local"
 secrets = ["DEPLOY_KEY"]
 """
+
+LEAD = (
+    eval_script('review = await task("review calc.py", agent="reviewer")\nreview')
+    + """
+[[routes]]
+match = "You review code"
+[[routes.turns]]
+output = { findings = [] }
+"""
+)
 
 KEEPER = """
 [[turns]]
@@ -136,6 +153,7 @@ def setup(postgres: ThrowawayPostgres, tmp_path_factory: pytest.TempPathFactory)
     (project / "script.toml").write_text(SCRIPT)
     (project / "slow.toml").write_text(SLOW)
     (project / "keeper.toml").write_text(KEEPER)
+    (project / "lead.toml").write_text(LEAD)
     (project / "corral.toml").write_text(CONFIG)
     database = postgres.database(template=postgres.store_template())
     process, url, token = start_server(database, home, project)
@@ -356,3 +374,16 @@ def test_a_run_acts_as_its_agent_or_for_its_user_with_the_grants_recorded(setup:
     assert for_user.returncode == 0, for_user.stderr
     as_local = setup.local("run", "keeper", "deploy", "--repo", str(setup.repo), "--as-agent")
     assert as_local.returncode == 2 and "--as-agent chooses who a run acts as on a server" in as_local.stderr
+
+
+def test_the_runs_a_submitted_run_dispatches_are_its_teams_and_act_as_it(setup: Setup) -> None:
+    ran = setup.remote("run", "lead", "review", "--repo", str(setup.repo), "--json")
+    assert ran.returncode == 0, ran.stderr
+    run_id = json.loads(ran.stdout.splitlines()[-1])["run_id"]
+    with httpx.Client(base_url=setup.url, headers={"Authorization": f"Bearer {setup.token}"}) as client:
+        parent = client.get(f"/v1/runs/{run_id}").json()
+        [child] = client.get(f"/v1/runs/{run_id}/children").json()
+        shown = client.get(f"/v1/runs/{child['id']}")
+        assert shown.status_code == 200, shown.text  # the team's token reads the tree's every run
+        assert (shown.json()["team_id"], shown.json()["identity"]) == (parent["team_id"], parent["identity"])
+        assert shown.json()["agent"] == "reviewer" and shown.json()["status"] == "succeeded"
