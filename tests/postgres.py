@@ -42,6 +42,21 @@ def bin_dir() -> Path:
     raise PostgresUnavailable("no PostgreSQL server binaries (initdb) found; `scripts/setup test` installs them")
 
 
+DIR_PREFIX = "corral-pg-"
+OWNER_FILE = "owner.pid"
+"""The pid of the process that made the cluster: a cluster whose owner is gone is swept."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -87,7 +102,9 @@ class ThrowawayPostgres:
             raise RuntimeError(f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr or done.stdout}")
 
     def start(self) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="corral-pg-"))
+        self.sweep_orphans()
+        self._dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
+        (self._dir / OWNER_FILE).write_text(f"{os.getpid()}\n")
         if self._as_user:
             shutil.chown(self._dir, SERVER_USER, SERVER_USER)
         data = self._dir / "data"
@@ -129,6 +146,26 @@ class ThrowawayPostgres:
             if self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
                 self._dir = None
+
+    def sweep_orphans(self) -> list[Path]:
+        """Stop and remove the clusters of test processes that died without stopping theirs (SIGKILL,
+        SIGTERM outside pytest's teardown). Only this class's directories (its prefix and owner file)
+        whose owner process is gone; their paths."""
+        swept = []
+        for directory in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
+            try:
+                owner = int((directory / OWNER_FILE).read_text().strip())
+            except (OSError, ValueError):
+                continue  # not one of ours, or one being made right now
+            if _alive(owner):
+                continue
+            data = directory / "data"
+            if (data / "postmaster.pid").exists():
+                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                    self._run(str(self._bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+            shutil.rmtree(directory, ignore_errors=True)
+            swept.append(directory)
+        return swept
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
