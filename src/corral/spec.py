@@ -208,9 +208,6 @@ class AgentSpec(_Strict):
     output_retries: Annotated[int, Field(ge=0, le=10)] = 2
     """How many times an answer that does not match ``output_schema`` goes back to the model with the
     reasons, before the run fails."""
-    output_retries: Annotated[int, Field(ge=0, le=10)] = 2
-    """How many times an answer that does not match ``output_schema`` goes back to the model with the
-    reasons, before the run fails."""
     subagents: dict[str, AgentSpec] = {}
     """The subagent types its programs may dispatch with ``task(..., agent=NAME)``, each a full agent
     spec (in corral.toml: names of other agents in the file). The built-in roles (``explorer``,

@@ -1,4 +1,4 @@
-"""Running the real ``corral`` command in a subprocess, as a user would."""
+"""Running the real ``corral`` command in a subprocess, as a user would: commands, workers, a model script."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.store import Store
 
 CORRAL = [sys.executable, "-m", "corral"]
 
@@ -42,3 +47,79 @@ max_backoff_s = 0.05
 """
     )
     return path
+
+
+def step_script(directory: Path, *, turns: int, delay_s: float) -> Path:
+    """A model script of ``turns`` steps, each answered after ``delay_s``: every step but the last runs
+    ``echo step-<i> >> progress.log`` (a side effect the patch shows), the last answers "all steps done"."""
+    steps = [
+        f"""
+[[turns]]
+delay = {delay_s}
+text = "step {i}"
+[[turns.tool_calls]]
+name = "execute"
+args = {{ command = "echo step-{i} >> progress.log" }}
+[turns.usage]
+input_tokens = {1000 + 100 * i}
+output_tokens = 20
+"""
+        for i in range(turns - 1)
+    ]
+    steps.append(f'\n[[turns]]\ndelay = {delay_s}\ntext = "all steps done"\n')
+    path = directory / "steps.toml"
+    path.write_text("".join(steps))
+    return path
+
+
+_WORKER_LOGS: dict[int, Path] = {}  # worker pid -> the file its output goes to
+
+
+def start_worker(directory: Path, home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """A `corral worker` whose output goes to a file in ``directory`` (a pipe nobody reads while it runs
+    could fill and stop it)."""
+    full_env = {**os.environ, "CORRAL_HOME": str(home), **(env or {})}
+    log = directory / f"worker-{len(list(directory.glob('worker-*.log')))}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*CORRAL, "worker", *args], cwd=directory, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+    _WORKER_LOGS[proc.pid] = log
+    return proc
+
+
+def output_of(proc: subprocess.Popen[str]) -> str:
+    """What a worker started by ``start_worker`` has printed so far."""
+    return _WORKER_LOGS[proc.pid].read_text()
+
+
+def executor_of(store: Store, proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    """The executor id a worker registered in the store."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e.id for e in store.executors() if e.pid == proc.pid]
+        if found:
+            return found[0]
+        assert proc.poll() is None, output_of(proc)
+        time.sleep(0.1)
+    raise AssertionError(f"the worker never registered; its output:\n{output_of(proc)}")
+
+
+def stop_workers(workers: list[subprocess.Popen[str]], timeout: float = 30) -> None:
+    """SIGTERM every worker still running, then wait for them all (SIGKILL one that does not stop)."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(timeout)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)

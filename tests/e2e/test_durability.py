@@ -13,34 +13,12 @@ import pytest
 
 from corral.models.scripted import ScriptedServer, load_script
 from corral.store import RunStatus, Store
-from tests.e2e.cli_helpers import CORRAL, corral, write_config
+from tests.e2e.cli_helpers import CORRAL, corral, step_script, write_config
 
 pytestmark = pytest.mark.slow
 
 TURNS = 8
 DELAY_S = 0.4
-
-
-def long_script(tmp_path: Path) -> Path:
-    turns = []
-    for i in range(TURNS - 1):
-        turns.append(
-            f"""
-[[turns]]
-delay = {DELAY_S}
-text = "step {i}"
-[[turns.tool_calls]]
-name = "execute"
-args = {{ command = "echo step-{i} >> progress.log" }}
-[turns.usage]
-input_tokens = {1000 + 100 * i}
-output_tokens = 20
-"""
-        )
-    turns.append(f'\n[[turns]]\ndelay = {DELAY_S}\ntext = "all steps done"\n')
-    path = tmp_path / "long.toml"
-    path.write_text("".join(turns))
-    return path
 
 
 @pytest.mark.parametrize("attempt", [0, 4])  # killed after 2 and after 6 responses: early and late
@@ -49,7 +27,7 @@ def test_sigkill_mid_run_then_resume_never_resends_a_completed_model_step(
 ) -> None:
     home = tmp_path / "home"
     kill_after = 2 + attempt  # model responses delivered before the kill
-    with ScriptedServer(load_script(long_script(tmp_path))) as server:
+    with ScriptedServer(load_script(step_script(tmp_path, turns=TURNS, delay_s=DELAY_S))) as server:
         write_config(tmp_path, base_url=server.openai_base_url)
         env = {**os.environ, "CORRAL_HOME": str(home)}
         proc = subprocess.Popen(
@@ -114,7 +92,7 @@ def test_sigkill_mid_run_then_resume_never_resends_a_completed_model_step(
 
 def test_corral_run_runs_only_its_own_run_and_names_the_interrupted_one(tmp_path: Path, repo: Path) -> None:
     home = tmp_path / "home"
-    with ScriptedServer(load_script(long_script(tmp_path))) as server:
+    with ScriptedServer(load_script(step_script(tmp_path, turns=TURNS, delay_s=DELAY_S))) as server:
         write_config(tmp_path, base_url=server.openai_base_url)
         env = {**os.environ, "CORRAL_HOME": str(home)}
         proc = subprocess.Popen(

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +16,16 @@ from corral.models.scripted import ScriptedServer, load_script
 from corral.runtime import Runtime
 from corral.spec import load_config
 from corral.store import RunStatus, Store
-from tests.e2e.cli_helpers import CORRAL, corral, write_config
+from tests.e2e.cli_helpers import (
+    corral,
+    executor_of,
+    output_of,
+    start_worker,
+    step_script,
+    stop_workers,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,68 +34,10 @@ TURNS = 5
 DELAY_S = 0.3
 
 
-def script(tmp_path: Path) -> Path:
-    turns = [
-        f"""
-[[turns]]
-delay = {DELAY_S}
-text = "step {i}"
-[[turns.tool_calls]]
-name = "execute"
-args = {{ command = "echo step-{i} >> progress.log" }}
-[turns.usage]
-input_tokens = 100
-output_tokens = 10
-"""
-        for i in range(TURNS - 1)
-    ]
-    turns.append(f'\n[[turns]]\ndelay = {DELAY_S}\ntext = "all steps done"\n')
-    path = tmp_path / "steps.toml"
-    path.write_text("".join(turns))
-    return path
-
-
-_LOGS: dict[int, Path] = {}  # worker pid -> the file its output goes to
-
-
-def start_worker(tmp_path: Path, home: Path, *args: str) -> subprocess.Popen[str]:
-    """A `corral worker` whose output goes to a file (a pipe nobody reads while it runs could fill and stop it)."""
-    env = {**os.environ, "CORRAL_HOME": str(home)}
-    log = tmp_path / f"worker-{len(list(tmp_path.glob('worker-*.log')))}.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*CORRAL, "worker", *args], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
-        )
-    _LOGS[proc.pid] = log
-    return proc
-
-
-def output_of(proc: subprocess.Popen[str]) -> str:
-    return _LOGS[proc.pid].read_text()
-
-
-def executor_of(store: Store, proc: subprocess.Popen[str], timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [e.id for e in store.executors() if e.pid == proc.pid]
-        if found:
-            return found[0]
-        assert proc.poll() is None, output_of(proc)
-        time.sleep(0.1)
-    raise AssertionError(f"the worker never registered; its output:\n{output_of(proc)}")
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_workers_share_a_queue_and_finish_a_killed_workers_runs(
     tmp_path: Path, repo: Path, home: Path, database: str
 ) -> None:
-    with ScriptedServer(load_script(script(tmp_path))) as server:
+    with ScriptedServer(load_script(step_script(tmp_path, turns=TURNS, delay_s=DELAY_S))) as server:
         config = write_config(tmp_path, base_url=server.openai_base_url)
         spec = load_config(config).agent("fixer")
         store = Store.open(home=home)
@@ -129,14 +78,7 @@ def test_workers_share_a_queue_and_finish_a_killed_workers_runs(
             wait_until(lambda: all(store.get_run(r).status.finished for r in run_ids), 120, "every run to end")
             requests = server.requests
         finally:
-            for worker in workers:
-                if worker.poll() is None:
-                    worker.terminate()
-            for worker in workers:
-                try:
-                    worker.wait(30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
+            stop_workers(workers)
 
         for worker in workers[1:]:
             assert worker.returncode == 0, output_of(worker)
@@ -175,7 +117,7 @@ def test_workers_share_a_queue_and_finish_a_killed_workers_runs(
 
 
 def test_a_submitted_run_waits_queued_until_a_worker_takes_it(tmp_path: Path, repo: Path, home: Path) -> None:
-    with ScriptedServer(load_script(script(tmp_path))) as server:
+    with ScriptedServer(load_script(step_script(tmp_path, turns=TURNS, delay_s=DELAY_S))) as server:
         write_config(tmp_path, base_url=server.openai_base_url)
         submitted = corral("run", "fixer", "task-0", "--repo", str(repo), "--submit", "--json", cwd=tmp_path, home=home)
         assert submitted.returncode == 0, submitted.stderr

@@ -51,21 +51,18 @@ def start_server(url: str, home: Path, cwd: Path) -> tuple[subprocess.Popen[str]
     process = subprocess.Popen(
         [*CORRAL, "serve", "--port", str(port)], cwd=cwd, env=env, stdout=subprocess.PIPE, text=True
     )
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    assert "admin token (shown once" in first, first
-    token = first.split()[-1]
-    address = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(address + "/v1/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, "corral serve exited"
-        assert time.monotonic() < deadline, "corral serve did not answer"
-        time.sleep(0.05)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert "admin token (shown once" in first, first
+        token = first.split()[-1]
+        announced = process.stdout.readline()  # printed once it listens
+        address = f"http://127.0.0.1:{port}"
+        assert f"corral serve on {address} " in announced, announced
+        assert httpx.get(address + "/v1/health", timeout=10).status_code == 200
+    except BaseException:
+        stop(process)
+        raise
     return process, address, token
 
 

@@ -18,7 +18,7 @@ import httpx2 as httpx
 import pytest
 
 from corral.store import Store
-from tests.e2e.cli_helpers import CORRAL
+from tests.e2e.cli_helpers import CORRAL, start_worker
 from tests.orchestration.support import eval_script
 from tests.postgres import ThrowawayPostgres
 from tests.server.conftest import start_server, stop
@@ -135,13 +135,6 @@ class Setup:
         )
 
 
-def start_worker(setup_env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[str]:
-    with log.open("a") as out:
-        return subprocess.Popen(
-            [*CORRAL, "worker", "--concurrency", "4"], cwd=cwd, env=setup_env, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
 @pytest.fixture(scope="module")
 def setup(postgres: ThrowawayPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     root = tmp_path_factory.mktemp("remote")
@@ -157,13 +150,12 @@ def setup(postgres: ThrowawayPostgres, tmp_path_factory: pytest.TempPathFactory)
     (project / "corral.toml").write_text(CONFIG)
     database = postgres.database(template=postgres.store_template())
     process, url, token = start_server(database, home, project)
-    env = {**os.environ, "CORRAL_DATABASE_URL": database, "CORRAL_HOME": str(home), "DEPLOY_KEY": "k3y-v4lue"}
-    env.pop("CORRAL_SERVER", None)
-    worker = start_worker(env, project, root / "worker.log")
+    env = {"CORRAL_DATABASE_URL": database, "DEPLOY_KEY": "k3y-v4lue"}
+    setup = Setup(url, database, home, project, repo, token, start_worker(root, home, "-n", "4", env=env))
     try:
-        yield Setup(url, database, home, project, repo, token, worker)
+        yield setup
     finally:
-        stop(worker)
+        stop(setup.worker)  # the one running now: a test may have replaced the first
         stop(process)
         postgres.drop(database)
 
@@ -294,8 +286,8 @@ def test_a_run_whose_worker_died_is_resumed_and_shown_to_its_end(setup: Setup, t
     )
     try:
         time.sleep(1)  # asked of the workers, and none is there yet: one starts
-        env = {**setup.env(), "CORRAL_DATABASE_URL": setup.database}
-        setup.worker = start_worker(env | {"DEPLOY_KEY": "k3y-v4lue"}, setup.project, tmp_path / "worker.log")
+        env = {"CORRAL_DATABASE_URL": setup.database, "DEPLOY_KEY": "k3y-v4lue"}
+        setup.worker = start_worker(tmp_path, setup.home, "-n", "4", env=env)
         out, err = resume.communicate(timeout=120)
     finally:
         if resume.poll() is None:
