@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -123,3 +124,20 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> No
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def kill_worker_mid_run(store: Store, worker: subprocess.Popen[str], executor_id: str) -> tuple[set[str], set[str]]:
+    """SIGKILL a worker; the runs surely in flight at the kill (still the dead worker's right after it,
+    until another worker recovers them) and those maybe in flight (a run may end, or be taken,
+    between the first look and the kill)."""
+
+    def on_worker() -> set[str]:
+        return {r.id for r in store.list_runs(limit=None) if r.executor_id == executor_id and not r.status.finished}
+
+    before = on_worker()
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    killed_mid_way = on_worker()
+    in_flight = before | killed_mid_way
+    assert in_flight, "the killed worker ran nothing: nothing was tested"
+    return killed_mid_way, in_flight

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import json
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,15 @@ import pytest
 
 from corral.models.scripted import ScriptedServer, load_script
 from corral.store import RunStatus, Store
-from tests.e2e.cli_helpers import executor_of, output_of, start_worker, step_script, stop_workers, wait_until
+from tests.e2e.cli_helpers import (
+    executor_of,
+    kill_worker_mid_run,
+    output_of,
+    start_worker,
+    step_script,
+    stop_workers,
+    wait_until,
+)
 from tests.server.conftest import start_server, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -137,14 +144,7 @@ def test_runs_submitted_over_the_api_finish_once_each_through_a_killed_worker_an
                 )
 
             wait_until(victim_mid_way, 60, "the first worker to be mid-way through a run")
-            before = on_victim()
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(10)
-            # Surely in flight at the kill: still the dead worker's right after it (until recovered).
-            killed_mid_way = on_victim()
-            # Maybe in flight: a run may end, or be taken, between the first look and the kill.
-            in_flight = before | killed_mid_way
-            assert in_flight, "the killed worker ran nothing: nothing was tested"
+            killed_mid_way, in_flight = kill_worker_mid_run(store, victim, victim_id)
 
             # Follow the last run submitted (still queued behind the others) live, dropping the connection once.
             watched = run_ids[-1]

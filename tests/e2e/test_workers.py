@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import signal
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from corral.store import RunStatus, Store
 from tests.e2e.cli_helpers import (
     corral,
     executor_of,
+    kill_worker_mid_run,
     output_of,
     start_worker,
     step_script,
@@ -61,19 +61,7 @@ def test_workers_share_a_queue_and_finish_a_killed_workers_runs(
             )
             time.sleep(DELAY_S * 2.5)
 
-            def on_victim() -> set[str]:
-                return {
-                    r.id for r in store.list_runs(limit=None) if r.executor_id == victim_id and not r.status.finished
-                }
-
-            before = on_victim()
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(10)
-            # Surely in flight at the kill: still the dead worker's right after it (until recovered).
-            killed_mid_way = on_victim()
-            # Maybe in flight: a run may end, or be taken, between the first look and the kill.
-            in_flight = before | killed_mid_way
-            assert in_flight, "the killed worker ran nothing: nothing was tested"
+            killed_mid_way, in_flight = kill_worker_mid_run(store, victim, victim_id)
 
             wait_until(lambda: all(store.get_run(r).status.finished for r in run_ids), 120, "every run to end")
             requests = server.requests

@@ -173,11 +173,7 @@ def user_grant(
     name: Annotated[str, typer.Argument(help="The user.")], team: TeamOption, grants: GrantsArgument
 ) -> None:
     """Let a user's runs in a team use these (on their behalf, a run may use what both it and its agent hold)."""
-    from corral.store.accounts import Accounts
-
-    _print_grants(
-        f"user {name} in {team}", Accounts(open_store(server_side=True).engine).grant_user(name, team, grants)
-    )
+    _grant("user", name, team, grants, revoke=False)
 
 
 @user_app.command("ungrant")
@@ -185,10 +181,7 @@ def user_ungrant(
     name: Annotated[str, typer.Argument(help="The user.")], team: TeamOption, grants: GrantsArgument
 ) -> None:
     """Take grants back from a user in a team (runs submitted from now on)."""
-    from corral.store.accounts import Accounts
-
-    held = Accounts(open_store(server_side=True).engine).grant_user(name, team, grants, revoke=True)
-    _print_grants(f"user {name} in {team}", held)
+    _grant("user", name, team, grants, revoke=True)
 
 
 @agent_app.command("grant")
@@ -196,10 +189,7 @@ def agent_grant(
     name: Annotated[str, typer.Argument(help="The agent (its spec's name).")], team: TeamOption, grants: GrantsArgument
 ) -> None:
     """Give an agent an identity of its own in a team, or more grants: its runs may act as it (``acting_as: agent``)."""
-    from corral.store.accounts import Accounts
-
-    held = Accounts(open_store(server_side=True).engine).grant_agent(name, team, grants)
-    _print_grants(f"agent {name} in {team}", held)
+    _grant("agent", name, team, grants, revoke=False)
 
 
 @agent_app.command("ungrant")
@@ -207,10 +197,16 @@ def agent_ungrant(
     name: Annotated[str, typer.Argument(help="The agent (its spec's name).")], team: TeamOption, grants: GrantsArgument
 ) -> None:
     """Take grants back from an agent in a team (runs submitted from now on)."""
+    _grant("agent", name, team, grants, revoke=True)
+
+
+def _grant(kind: str, name: str, team: str, grants: list[str], *, revoke: bool) -> None:
+    """Change a user's or an agent's grants in a team, and print what it holds after."""
     from corral.store.accounts import Accounts
 
-    held = Accounts(open_store(server_side=True).engine).grant_agent(name, team, grants, revoke=True)
-    _print_grants(f"agent {name} in {team}", held)
+    accounts = Accounts(open_store(server_side=True).engine)
+    change = accounts.grant_user if kind == "user" else accounts.grant_agent
+    _print_grants(f"{kind} {name} in {team}", change(name, team, grants, revoke=revoke))
 
 
 @agent_app.command("list")
