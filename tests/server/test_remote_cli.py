@@ -310,7 +310,7 @@ def test_errors_are_clear_and_local_only_commands_refuse_a_server(setup: Setup, 
     bad = setup._run(["--server", "ftp://x", "runs"], setup.env(CORRAL_TOKEN="t"), 60)
     assert bad.returncode == 2 and "is not an http(s) address" in bad.stderr
     refused = setup.remote("rm", "whatever")
-    assert refused.returncode == 2 and "works on a local store, not through a server" in refused.stderr
+    assert refused.returncode == 2 and "`corral rm` works on a local store, not through a server" in refused.stderr
     interactive = setup.remote("run", "fixer", "x", "--repo", str(setup.repo), "--interactive")
     assert interactive.returncode == 2 and "corral approve" in interactive.stderr
     hostile = setup.remote("show", "../../v1/tokens")
@@ -335,6 +335,17 @@ def test_login_keeps_the_token_for_the_owner_only(setup: Setup, tmp_path: Path) 
     kept.chmod(0o644)
     loose = setup._run(["--server", setup.url, "runs"], env, 60)
     assert loose.returncode == 2 and "readable by others" in loose.stderr and "chmod 600" in loose.stderr
+
+    # A file edited by hand with more than corral writes is never rewritten (what it holds would be lost).
+    kept.chmod(0o600)
+    by_hand = kept.read_text() + '\n[defaults]\nserver = "http://elsewhere"\n'
+    kept.write_text(by_hand)
+    again = subprocess.run(
+        [*CORRAL, "login", setup.url], input=setup.token + "\n", env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 2 and "corral will not rewrite it" in again.stderr
+    assert kept.read_text() == by_hand
+    assert [p.name for p in kept.parent.iterdir()] == ["credentials.toml"]  # no temporary file left
 
 
 def test_a_run_acts_as_its_agent_or_for_its_user_with_the_grants_recorded(setup: Setup) -> None:

@@ -85,6 +85,8 @@ class _State:
     home: Path | None = None
     config: Path | None = None
     server: str | None = None
+    context: typer.Context | None = None
+    """The top-level command's context: the command's name, and cleanups when it ends."""
 
 
 state = _State()
@@ -116,6 +118,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    context: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -152,6 +155,7 @@ def _main(
     ] = None,
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    state.context = context
     options = (("debug", debug), ("home", home), ("config", config), ("database_url", database_url))
     for name, value in (*options, ("server", server)):
         _apply_global_option(name, value)
@@ -176,12 +180,9 @@ def open_store(*, server_side: bool = False) -> Any:
     from corral.store import Store
 
     if state.server is not None and not server_side:
-        import click
-
-        name = click.get_current_context(silent=True)
-        command = name.command_path if name is not None else "this command"
+        command = state.context.invoked_subcommand if state.context is not None else None
         raise UsageError(
-            f"`{command}` works on a local store, not through a server (--server / CORRAL_SERVER is set)",
+            f"`corral {command or '…'}` works on a local store, not through a server (--server / CORRAL_SERVER is set)",
             hint="leave out --server (or unset CORRAL_SERVER) and run it where the store is",
         )
     return Store.open(home=store_home())
@@ -194,7 +195,10 @@ def remote() -> Any:
     from corral.cli.remote import ServerClient, normalize_url, token_for
 
     server = normalize_url(state.server)
-    return ServerClient(server, token_for(server))
+    client = ServerClient(server, token_for(server))
+    if state.context is not None:
+        state.context.call_on_close(client.close)  # its connections, whatever way the command ends
+    return client
 
 
 def open_runs() -> Any:

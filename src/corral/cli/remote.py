@@ -15,8 +15,10 @@ The token comes from ``CORRAL_TOKEN``, else from the credentials file (``corral 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +117,8 @@ def token_for(server: str) -> str:
 
 
 def save_token(server: str, token: str) -> Path:
-    """Store ``token`` for ``server`` in the credentials file (created readable by its owner only)."""
+    """Store ``token`` for ``server`` in the credentials file (readable by its owner only), replacing the
+    file at once: a crash leaves the old one or the new one, never half of either."""
     path = credentials_path()
     data: dict[str, Any] = {}
     if path.exists():
@@ -123,26 +126,38 @@ def save_token(server: str, token: str) -> Path:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
             raise UsageError(f"cannot read {path}: {err}", hint="fix or remove it") from None
-    servers = data.setdefault("servers", {})
-    if not isinstance(servers, dict):
-        raise UsageError(f"{path}: `servers` is not a table", hint="fix or remove it")
+    servers = data.get("servers", {})
+    kept = isinstance(servers, dict) and all(
+        isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values()) for entry in servers.values()
+    )
+    if set(data) - {"servers"} or not kept:
+        # Written by hand with more than corral writes: rewriting it would lose what corral did not make.
+        raise UsageError(
+            f'{path} holds more than corral\'s [servers."URL"] tables of strings; corral will not rewrite it',
+            hint=f"add the token by hand, or set ${TOKEN_ENV}",
+        )
     servers[server] = {"token": token}
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(_toml(data))
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".credentials-", suffix=".toml")  # mode 600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(_toml(servers))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     return path
 
 
-def _toml(data: dict[str, Any]) -> str:
-    """The credentials file: ``[servers."URL"]`` tables of string keys (all it holds)."""
-    import json
-
+def _toml(servers: dict[str, dict[str, str]]) -> str:
+    """The credentials file: a ``[servers."URL"]`` table of strings per server (JSON's escapes are TOML's)."""
     lines = []
-    for server, entry in data.get("servers", {}).items():
+    for server, entry in servers.items():
         lines.append(f"[servers.{json.dumps(server)}]")
-        lines += [f"{key} = {json.dumps(str(value))}" for key, value in dict(entry).items()]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
         lines.append("")
     return "\n".join(lines)
 
