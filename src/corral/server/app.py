@@ -42,6 +42,8 @@ from corral.store.registry import SpecRegistry
 
 STREAM_POLL_S = 0.02
 """How often a live event stream looks for new events in the journal."""
+STREAM_STATUS_EVERY_S = 0.25
+"""How often a quiet live stream reads its run's row to see it end (its events are read every poll)."""
 STREAM_KEEPALIVE_S = 15.0
 PAGE_MAX = 500
 SEQ_MAX = 2**31 - 1
@@ -434,7 +436,7 @@ def create_app(store: Store) -> FastAPI:
     ) -> AsyncIterator[ServerSentEvent]:
         """The run's journal live: every event so far after ``Last-Event-ID`` (or ``after``), then each
         event as it is committed (``id`` = its ``seq``, ``event`` = its type), then ``end``."""
-        quiet_since = time.monotonic()
+        quiet_since, checked = time.monotonic(), 0.0  # the first quiet poll reads the row: it may have ended
         while True:
             events = await asyncio.to_thread(_events_after, store, record.id, cursor, PAGE_MAX)
             for event in events:
@@ -445,6 +447,10 @@ def create_app(store: Store) -> FastAPI:
                 continue
             if await request.is_disconnected():
                 return
+            if time.monotonic() - checked < STREAM_STATUS_EVERY_S:  # the events query alone, most polls
+                await asyncio.sleep(STREAM_POLL_S)
+                continue
+            checked = time.monotonic()
             current = await asyncio.to_thread(store.find_run, record.id)
             if current is None or current.status.finished:
                 # Its last events are committed before its row says so; read once more, then end.
