@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,12 +23,6 @@ from tests.e2e.cli_helpers import CORRAL
 from tests.postgres import ThrowawayPostgres
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Server:
     """A served API: its address, the store behind it, and tokens by name."""
@@ -45,20 +39,18 @@ class Server:
 
 
 def start_server(url: str, home: Path, cwd: Path) -> tuple[subprocess.Popen[str], str, str]:
-    """``corral serve`` on a free port; the process, its address and the admin token it printed."""
-    port = free_port()
+    """``corral serve`` on a port it picks (``--port 0``); the process, its address (announced once it
+    listens) and the admin token it printed."""
     env = {**os.environ, "CORRAL_DATABASE_URL": url, "CORRAL_HOME": str(home)}
-    process = subprocess.Popen(
-        [*CORRAL, "serve", "--port", str(port)], cwd=cwd, env=env, stdout=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen([*CORRAL, "serve", "--port", "0"], cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         first = process.stdout.readline()
         assert "admin token (shown once" in first, first
         token = first.split()[-1]
-        announced = process.stdout.readline()  # printed once it listens
-        address = f"http://127.0.0.1:{port}"
-        assert f"corral serve on {address} " in announced, announced
+        announced = re.search(r"corral serve on (http://127\.0\.0\.1:\d+) ", process.stdout.readline())
+        assert announced, "corral serve did not say where it listens"
+        address = announced[1]
         assert httpx.get(address + "/v1/health", timeout=10).status_code == 200
     except BaseException:
         stop(process)

@@ -149,7 +149,7 @@ def _main(
             "--server",
             envvar="CORRAL_SERVER",
             help="A `corral serve` to work with instead of a local store (run, runs, show, trace, cancel, "
-            "resume, approvals, approve, deny); its token from $CORRAL_TOKEN or `corral login`.",
+            "resume, approvals, approve, deny, diff, apply); its token from $CORRAL_TOKEN or `corral login`.",
             show_envvar=True,
         ),
     ] = None,

@@ -197,7 +197,7 @@ class ServerClient:
         raise _error(response, missing)
 
     def _run(self, data: Any) -> RunRecord:
-        return RunRecord.model_validate({k: v for k, v in data.items() if k != "display_status"})
+        return RunRecord.model_validate(data)  # the API's extra ``display_status`` is RunRecord's own property
 
     # -- runs -------------------------------------------------------------------------------------
 

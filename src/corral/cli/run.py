@@ -716,30 +716,37 @@ def run_on_server(
 
 
 def follow_on_server(server: ServerClient, record: RunRecord, options: RunOptions, *, title: str) -> NoReturn:
-    """Show a run the server's workers execute as ``corral run`` shows its own, then hand it over.
+    """Show a run the server's workers execute as ``corral run`` shows its own, then hand it over."""
+    shown = None if options.quiet else err_console if options.json_out else console
+    show_server_runs(server, {record.id: 0}, title=title, shown=shown, stream=JsonLines() if options.json_out else None)
+    hand_over(server.get_run(record.id), server, options, home=explicit_home())
 
-    Ctrl-C stops following (exit 130); the run goes on.
-    """
+
+def show_server_runs(
+    server: ServerClient, runs: dict[str, int], *, title: str, shown: Console | None, stream: JsonLines | None = None
+) -> None:
+    """Show runs the server's workers execute, each from after the ``seq`` given, until they end: in a
+    live view on ``shown`` and as stream lines on ``stream``. Ctrl-C stops following (exit 130), not the runs."""
     from corral.cli.inspection import EXIT_SIGINT, journal_until_end
     from corral.cli.views import LiveRunView
 
-    shown = None if options.quiet else err_console if options.json_out else console
-    stream = JsonLines() if options.json_out else None
+    ids = ", ".join(runs)
     try:
         with contextlib.ExitStack() as stack:
             view = None
             if shown is not None:
-                view = stack.enter_context(LiveRunView(console=shown, title=f"{title} · {record.id}"))
-                view.run_ids.add(record.id)
-            for entry in journal_until_end(server, record.id):
-                if view is not None:
-                    view.on_event(entry.run_id, entry.event)
-                if stream is not None:
-                    stream.on_event(entry)
+                view = stack.enter_context(LiveRunView(console=shown, title=f"{title} · {ids}"))
+                view.run_ids.update(runs)
+            for run_id, after in runs.items():
+                for entry in journal_until_end(server, run_id, after_seq=after):
+                    if view is not None:
+                        view.on_event(entry.run_id, entry.event)
+                    if stream is not None:
+                        stream.on_event(entry)
     except KeyboardInterrupt:
-        err_console.print(safe(f"stopped following run {record.id}; it goes on"), highlight=False)
+        gone = f"run {ids}; it goes on" if len(runs) == 1 else f"run(s) {ids}; they go on"
+        err_console.print(safe(f"stopped following {gone}"), highlight=False)
         raise typer.Exit(EXIT_SIGINT) from None
-    hand_over(server.get_run(record.id), server, options, home=explicit_home())
 
 
 @app.command("script")
@@ -855,9 +862,6 @@ def resume(
 
 def resume_on_server(server: ServerClient, run_id: str | None) -> NoReturn:
     """``corral --server URL resume``: ask the workers to take the interrupted runs on now, show them to their end."""
-    from corral.cli.inspection import EXIT_SIGINT, journal_until_end
-    from corral.cli.views import LiveRunView
-
     if run_id is not None:
         chosen = [server.get_run(run_id)]
     else:
@@ -868,15 +872,7 @@ def resume_on_server(server: ServerClient, run_id: str | None) -> NoReturn:
     if not ids:
         console.print("no interrupted runs")
         raise typer.Exit(EXIT_OK)
-    try:
-        with LiveRunView(console=console, title=f"corral · resume · {', '.join(ids)}") as view:
-            view.run_ids.update(ids)
-            for run in ids:
-                for entry in journal_until_end(server, run, after_seq=shown_after[run]):
-                    view.on_event(entry.run_id, entry.event)
-    except KeyboardInterrupt:
-        err_console.print(safe(f"stopped following run(s) {', '.join(ids)}; they go on"), highlight=False)
-        raise typer.Exit(EXIT_SIGINT) from None
+    show_server_runs(server, {run: shown_after[run] for run in ids}, title="corral · resume", shown=console)
     ended = [server.get_run(r) for r in ids]
     for record in ended:
         print_outcome(record, server, home=explicit_home())

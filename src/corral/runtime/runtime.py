@@ -322,7 +322,7 @@ class Runtime:
             owner={
                 "team_id": team_id,
                 "submitted_by": submitted_by,
-                "identity": identity.model_dump(mode="json") if identity is not None else None,
+                "identity": _as_json(identity),
             },
             also=(lambda conn, run_id: workflow.enqueue_run(dbos_url, run_id, queue, connection=conn))
             if shared
@@ -658,7 +658,7 @@ class Runtime:
                 spec_hash=record.spec_hash,
                 repo=record.repo,
                 parent_id=record.parent_id,
-                identity=record.identity.model_dump(mode="json") if record.identity is not None else None,
+                identity=_as_json(record.identity),
             ),
         )
         check = rule_of_two.assess(spec, self.tools)
@@ -892,7 +892,7 @@ class Runtime:
                     # Whose the tree is and who it acts as: the same for every run in it.
                     team_id=parent.team_id,
                     submitted_by=parent.submitted_by,
-                    identity=parent.identity.model_dump(mode="json") if parent.identity is not None else None,
+                    identity=_as_json(parent.identity),
                 )
             if light:
                 view = sandbox if isinstance(sandbox, ReadOnlyView) else self._view_of(parent.id, sandbox)
@@ -1256,3 +1256,8 @@ def _read_outcome(run_dir: Path) -> tuple[_Outcome, dict[str, Any]] | None:
     usage = None if data["usage"] is None else (Usage(**data["usage"]["usage"]), data["usage"]["turns"])
     outcome = _Outcome(RunStatus(data["status"]), usage=usage, error=data["error"], error_type=data["error_type"])
     return outcome, data["result"]
+
+
+def _as_json(identity: Identity | None) -> dict[str, Any] | None:
+    """An identity as a run row and ``run.started`` hold it."""
+    return identity.model_dump(mode="json") if identity is not None else None

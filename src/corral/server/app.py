@@ -46,8 +46,8 @@ STREAM_STATUS_EVERY_S = 0.25
 """How often a quiet live stream reads its run's row to see it end (its events are read every poll)."""
 STREAM_KEEPALIVE_S = 15.0
 PAGE_MAX = 500
-SEQ_MAX = 2**31 - 1
-"""The largest sequence number a journal holds (its column's)."""
+INT_MAX = 2**31 - 1
+"""The largest value of the store's integer columns: a journal's sequence numbers, a spec's versions."""
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `corral token create` makes one.")
 
@@ -76,7 +76,7 @@ class SpecOut(BaseModel):
 
 class RunIn(_Body):
     agent: str = Field(min_length=1, max_length=64)
-    version: int | None = Field(None, ge=1, le=2**31 - 1, description="The spec version (default: the newest).")
+    version: int | None = Field(None, ge=1, le=INT_MAX, description="The spec version (default: the newest).")
     task: str = Field(min_length=1, max_length=1_000_000)
     repo: str = Field(min_length=1, max_length=4096, description="The repository's path, as the workers see it.")
     queue: str | None = Field(None, description="The run queue (default corral.runs).")
@@ -224,7 +224,7 @@ StreamedRun = Annotated[RunRecord, Depends(_streamed_run)]
 
 def _stream_start(
     last_event_id: Annotated[str | None, Header(description="Resume after this event's `seq`.")] = None,
-    after: Annotated[int, Query(ge=0, le=SEQ_MAX, description="Start after this `seq` (without Last-Event-ID).")] = 0,
+    after: Annotated[int, Query(ge=0, le=INT_MAX, description="Start after this `seq` (without Last-Event-ID).")] = 0,
 ) -> int:
     """Where a stream starts: after ``Last-Event-ID`` (what a reconnecting client sends back), else ``after``."""
     if last_event_id is None or not last_event_id.strip():
@@ -233,7 +233,7 @@ def _stream_start(
         seq = int(last_event_id.strip())
     except ValueError:
         raise UsageError(f"Last-Event-ID {last_event_id!r} is not an event's seq") from None
-    if not 0 <= seq <= SEQ_MAX:
+    if not 0 <= seq <= INT_MAX:
         raise UsageError(f"Last-Event-ID {last_event_id!r} is not an event's seq")
     return seq
 
@@ -299,7 +299,7 @@ def create_app(store: Store) -> FastAPI:
 
     @app.get("/v1/specs/{name}", response_model=SpecOut, tags=["specs"])
     def get_spec(
-        name: str, who: Reader, version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None
+        name: str, who: Reader, version: Annotated[int | None, Query(ge=1, le=INT_MAX)] = None
     ) -> dict[str, Any]:
         """One version of an agent's spec (the newest by default)."""
         return registry.get(who.team_id, name, version).to_json()
@@ -410,7 +410,7 @@ def create_app(store: Store) -> FastAPI:
     def run_events(
         run_id: str,
         who: Reader,
-        after: Annotated[int, Query(ge=0, le=SEQ_MAX, description="Only events with a greater `seq`.")] = 0,
+        after: Annotated[int, Query(ge=0, le=INT_MAX, description="Only events with a greater `seq`.")] = 0,
         limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 200,
     ) -> dict[str, Any]:
         """A page of the run's journal, in order; ``next_after`` continues it."""

@@ -183,15 +183,15 @@ class Accounts:
             raise UsageError(
                 f"{agent!r} cannot name an agent", hint="as in corral.toml: letters, digits, '_', '.', '-'"
             )
-        name = agent
         with Session(self._engine) as session, session.begin():
             team_id = self._team_id(session, team)
-            row = session.get(AgentRow, (team_id, name))
+            row = session.get(AgentRow, (team_id, agent))
             if row is None:
-                row = AgentRow(team_id=team_id, name=name, grants=[], created_at=time.time())
+                row = AgentRow(team_id=team_id, name=agent, grants=[], created_at=time.time())
                 session.add(row)
-            row.grants = _changed(row.grants, changed, revoke=revoke)
-            return list(row.grants)
+            held = _changed(row.grants, changed, revoke=revoke)
+            row.grants = held
+            return held
 
     def agents(self, team: str) -> list[tuple[str, list[str]]]:
         """The agents with an identity in ``team``, and their grants."""
