@@ -7,12 +7,15 @@ point, so what is left on the host is what a crash leaves.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import re
 import secrets
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,10 +24,11 @@ from corral.errors import SandboxError
 from corral.sandbox import SandboxRequest, mark_run_ended
 from corral.sandbox.base import RUN_ENDED_MARKER
 from corral.sandbox.bubblewrap import overlay
+from corral.sandbox.bubblewrap import sweep as sweep_module
 from corral.sandbox.bubblewrap.backend import BubblewrapSandboxBackend
-from corral.sandbox.bubblewrap.dirs import DISK_ROOT, PORTAL_ROOT, sandbox_id
+from corral.sandbox.bubblewrap.dirs import DISK_ROOT, PORTAL_ROOT, lock_path, sandbox_id
 from corral.sandbox.bubblewrap.diskimage import loop_devices_for
-from corral.sandbox.bubblewrap.identity import claims
+from corral.sandbox.bubblewrap.identity import claims, registry_lock
 from corral.sandbox.bubblewrap.limits import cgroup_support
 from corral.sandbox.bubblewrap.sweep import sweep_orphans
 from tests.sandbox.conftest import build_repo, skip_unless_bubblewrap_runs
@@ -98,6 +102,30 @@ def prune() -> subprocess.CompletedProcess[str]:
     return pruned
 
 
+class AnotherSweepProbing:
+    """Another sweep, mid-probe of ``run_dir``'s sandbox: it holds the registry lock and, for the
+    instant of its probe, the sandbox's lock exclusively (here: for ``seconds``), in a thread."""
+
+    def __init__(self, run_dir: Path, seconds: float) -> None:
+        self.run_dir, self.seconds = run_dir, seconds
+        self.probing = threading.Event()
+        self.thread = threading.Thread(target=self._probe, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self.probing.wait(timeout=10), "the other sweep never took its locks"
+
+    def _probe(self) -> None:
+        with registry_lock():
+            probe = os.open(lock_path(self.run_dir), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.probing.set()
+                time.sleep(self.seconds)
+            finally:
+                os.close(probe)
+
+
 def require_root_sandboxes() -> None:
     skip_unless_bubblewrap_runs()
     if os.geteuid() != 0:
@@ -131,6 +159,41 @@ async def test_a_crashed_runs_sandbox_survives_the_sweep_and_can_be_resumed(tmp_
     assert (await sandbox.read_file("made-before-the-crash.txt")) == b"kept\n"
     assert (await sandbox.exec("cat made-before-the-crash.txt", timeout=10)).stdout == "kept\n"
     await sandbox.destroy()
+    assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}
+
+
+@pytest.mark.slow  # seconds of real work: the full suite runs it, the fast lane does not
+async def test_a_sweep_does_not_take_another_sweeps_probe_for_a_process_using_the_sandbox(tmp_path: Path) -> None:
+    """Two sweeps at once (a prune while another process's first create sweeps): each probes the lock.
+
+    Here the other sweep probes just after this one has read the claims. This one must wait for it
+    and then see the sandbox as it is (resumable), not take the probe for a process using it.
+    """
+    require_root_sandboxes()
+    run_dir, _ident, token, state = crashed_sandbox(tmp_path, "running")
+    assert await wait_until_gone(token) == []
+    other = AnotherSweepProbing(run_dir, seconds=0.5)
+    read_claims = sweep_module.claims
+
+    def claims_then_the_other_sweep_probes(*, locked: bool = False) -> dict[int, Path]:
+        found = read_claims(locked=locked)
+        if not other.probing.is_set():
+            other.start()  # between this sweep reading the claims and deciding
+        return found
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sweep_module, "claims", claims_then_the_other_sweep_probes)
+            report = await sweep_orphans()
+        other.thread.join(timeout=10)
+        assert run_dir.resolve() not in report.in_use
+        assert run_dir.resolve() in report.resumable
+        sandbox = await BubblewrapSandboxBackend().attach(state)
+        await sandbox.destroy()
+    except BaseException:
+        mark_run_ended(run_dir)  # what is left of it goes
+        await sweep_orphans()
+        raise
     assert host_footprint(tmp_path) == {name: [] for name in host_footprint(tmp_path)}
 
 

@@ -208,7 +208,11 @@ def hold(dirs: SandboxDirs) -> int:
 
 
 def in_use(run_dir: Path) -> bool:
-    """Whether a live process holds the sandbox of ``run_dir`` open (see ``hold``)."""
+    """Whether a live process holds the sandbox of ``run_dir`` open (see ``hold``).
+
+    The probe takes the lock exclusively for an instant, so two probes at once would each take the
+    other for a user: call it under ``registry_lock()``, as the sweep does.
+    """
     try:
         fd = os.open(lock_path(run_dir), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -120,9 +120,11 @@ async def sweep_orphans() -> SweepReport:
             owners.setdefault(ident, owner)
     for ident in sorted(found.keys() | owners.keys()):
         owner = owners.get(ident)
-        if _kept(owner, report):
-            continue
-        with registry_lock():  # a pool may have handed this sandbox to a run since the claims were read
+        # Under the lock: two sweeps' probes (see ``in_use``) must not meet, and a pool may have handed
+        # this sandbox to a run since the claims were read.
+        with registry_lock():
+            if _kept(owner, report):
+                continue
             now = _owner_now(ident)
             if now is not None and now != owner and _kept(now, report):
                 continue
@@ -142,7 +144,10 @@ async def sweep_orphans() -> SweepReport:
 
 
 def _kept(owner: Path | None, report: SweepReport) -> bool:
-    """Whether the sandbox of ``owner`` (a run dir) stays: open in a live process, or resumable."""
+    """Whether the sandbox of ``owner`` (a run dir) stays: open in a live process, or resumable.
+
+    The caller holds ``registry_lock()``.
+    """
     if owner is None or not _has_state(owner):
         return False
     if in_use(owner):
