@@ -71,6 +71,7 @@ def test_every_event_links_to_the_one_before_and_the_run_keeps_the_head(store: S
     assert last["hash"] == event_hash(
         str(last["prev_hash"]), "r1", "run.finished", "run.finished", last["ts"], last["duration_ms"], last["data"]
     )
+    assert store.get_run("r1").journal_seq == 6  # the run's record gives the head's seq too
 
 
 def test_an_edited_event_is_found(store: Store) -> None:

@@ -867,7 +867,7 @@ def resume_on_server(server: ServerClient, run_id: str | None) -> NoReturn:
     else:
         chosen = [r for r in server.list_runs(limit=None, status="interrupted") if r.dispatched_by is None]
     # What each had journaled before: the view shows what the resumed run does, as a local resume does.
-    shown_after = {r.id: max((e.seq for e in server.iter_events(r.id)), default=0) for r in chosen}
+    shown_after = {r.id: r.journal_seq for r in chosen}
     ids = [server.resume(r.id).id for r in chosen]
     if not ids:
         console.print("no interrupted runs")

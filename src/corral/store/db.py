@@ -139,6 +139,7 @@ def _row_to_record(row: RunRow, live_executors: set[str]) -> RunRecord:
         team_id=row.team_id,
         submitted_by=row.submitted_by,
         identity=Identity.model_validate(row.identity) if row.identity is not None else None,
+        journal_seq=row.journal_seq or 0,
         interrupted=unfinished
         and not waiting_in_queue
         and (row.executor_id is None or row.executor_id not in live_executors),

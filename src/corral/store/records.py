@@ -87,6 +87,8 @@ class RunRecord(BaseModel):
     """The run queue its tree was submitted to (``corral run --submit``, the API): a worker runs it."""
     identity: Identity | None = None
     """Who it acts as, with its effective grants (submitted through the API); None: a local run."""
+    journal_seq: int = 0
+    """The ``seq`` of its last event written (its journal holds events 1 to ``journal_seq``)."""
     interrupted: bool = False
     """Unfinished, and the process executing it is gone (see ``Store.interrupted_runs``); a run still
     waiting in its queue is not."""
