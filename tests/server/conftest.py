@@ -70,7 +70,8 @@ def stop(process: subprocess.Popen[Any]) -> None:
 
 @pytest.fixture(scope="module")
 def served(postgres: ThrowawayPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Team ``default`` (the bootstrap admin's) with a run, an event, an approval and a spec; team ``blue``
+    """Team ``default`` (the bootstrap admin's) with a run, an event, an approval, a spec and grants
+    (``secret:A_ONLY_GRANT`` to user admin and agent fixer); team ``blue``
     with a user of its own; tokens: ``admin``, ``blue`` (every scope, team blue), ``reader`` (runs:read
     only, team default), ``expired`` and ``revoked`` (every scope, team default)."""
     root = tmp_path_factory.mktemp("served")
@@ -94,6 +95,8 @@ def served(postgres: ThrowawayPostgres, tmp_path_factory: pytest.TempPathFactory
         server.tokens["revoked"], revoked = accounts.create_token(user="admin", team="default", scopes=every)
         accounts.revoke(revoked.id)
         server.ids["admin_token"] = admin.split("_")[1]
+        accounts.grant_user("admin", "default", ["secret:A_ONLY_GRANT"])
+        accounts.grant_agent("fixer", "default", ["secret:A_ONLY_GRANT"])
 
         with server.client("admin") as client:
             spec = {"name": "fixer", "model": "openai:gpt-6.1-terra", "base_url": "http://127.0.0.1:9/v1"}

@@ -14,7 +14,7 @@ from tests.server.conftest import Server
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 #: What team default holds that no one else may read: its run's task, its event, its approval.
-TEAM_A_SECRETS = ("SECRET-TASK-A", "A-ONLY")  # ids asked for may be echoed; contents never
+TEAM_A_SECRETS = ("SECRET-TASK-A", "A-ONLY", "A_ONLY_GRANT")  # ids asked for may be echoed; contents never
 
 #: The scope each operation needs (the document's every path must be here: a new one must be added).
 SCOPE = {
@@ -40,11 +40,22 @@ SCOPE = {
     ("post", "/v1/tokens"): "admin",
     ("get", "/v1/tokens"): "admin",
     ("delete", "/v1/tokens/{token_id}"): "admin",
+    ("get", "/v1/grants"): "admin",
+    ("post", "/v1/users/{user}/grants"): "admin",
+    ("delete", "/v1/users/{user}/grants/{grant}"): "admin",
+    ("post", "/v1/agents/{agent}/grants"): "admin",
+    ("delete", "/v1/agents/{agent}/grants/{grant}"): "admin",
 }
 PUBLIC = {("get", "/v1/health")}
-LISTS = {"/v1/specs", "/v1/runs", "/v1/approvals", "/v1/costs", "/v1/tokens"}
-#: What another team's token may do, in its own team: register its own spec, make a new team.
-OWN_TEAM = {("post", "/v1/specs"), ("post", "/v1/teams")}
+LISTS = {"/v1/specs", "/v1/runs", "/v1/approvals", "/v1/costs", "/v1/tokens", "/v1/grants"}
+#: What another team's token may do, in its own team: register its own spec, make a new team, give
+#: an agent of the same name an identity in its own team (and take the grant back).
+OWN_TEAM = {
+    ("post", "/v1/specs"): 201,
+    ("post", "/v1/teams"): 201,
+    ("post", "/v1/agents/{agent}/grants"): 200,
+    ("delete", "/v1/agents/{agent}/grants/{grant}"): 200,
+}
 
 
 def operations(server: Server) -> list[tuple[str, str]]:
@@ -60,6 +71,9 @@ def request(server: Server, token: str | None, method: str, path: str) -> Any:
         .replace("{approval_id}", "ap-team-a")
         .replace("{name}", "fixer")
         .replace("{token_id}", server.ids["admin_token"])
+        .replace("{user}", "admin")
+        .replace("{agent}", "fixer")
+        .replace("{grant}", "secret:DEPLOY_KEY")
     )
     bodies: dict[tuple[str, str], Any] = {
         ("post", "/v1/specs"): {"spec": {"name": "intruder", "model": "openai:gpt-6.1-terra"}},
@@ -68,6 +82,8 @@ def request(server: Server, token: str | None, method: str, path: str) -> Any:
         ("post", "/v1/teams"): {"name": "intruders"},
         ("post", "/v1/users"): {"name": "mallory", "teams": ["default"]},
         ("post", "/v1/tokens"): {"user": "admin", "team": "default", "scopes": ["admin"]},
+        ("post", "/v1/users/{user}/grants"): {"grants": ["secret:DEPLOY_KEY"]},
+        ("post", "/v1/agents/{agent}/grants"): {"grants": ["secret:DEPLOY_KEY"]},
     }
     with server.client(token) as client:
         sent = client.build_request(method.upper(), filled, json=bodies.get((method, path)), timeout=30)
@@ -111,7 +127,7 @@ def test_another_teams_token_reaches_none_of_our_runs_events_approvals_or_costs(
         if path in LISTS and method == "get":
             assert response.status_code == 200, (path, response.text)
         elif (method, path) in OWN_TEAM:  # made in team blue, not ours
-            assert response.status_code == 201, (path, response.text)
+            assert response.status_code == OWN_TEAM[method, path], (path, response.text)
         else:
             assert response.status_code in (403, 404), (method, path, response.status_code, response.text)
         assert_nothing_leaked(response)
@@ -123,6 +139,9 @@ def test_another_teams_token_reaches_none_of_our_runs_events_approvals_or_costs(
         assert pending["id"] == "ap-team-a" and pending["status"] == "pending"
         assert [t["name"] for t in client.get("/v1/tokens").json() if t["user"] == "mallory"] == []
         assert [s["name"] for s in client.get("/v1/specs").json()] == ["fixer"]  # blue's spec is blue's
+        grants = client.get("/v1/grants").json()
+        assert {u["name"]: u["grants"] for u in grants["users"]}["admin"] == ["secret:A_ONLY_GRANT"]
+        assert grants["agents"] == [{"name": "fixer", "grants": ["secret:A_ONLY_GRANT"]}]
 
 
 def test_another_teams_listings_come_back_empty(served: Server) -> None:
@@ -132,6 +151,8 @@ def test_another_teams_listings_come_back_empty(served: Server) -> None:
         assert "fixer" not in {spec["name"] for spec in client.get("/v1/specs").json()}
         assert client.get("/v1/costs?by=run").json() == {"by": "run", "rows": []}
         assert {t["team"] for t in client.get("/v1/tokens").json()} == {"blue"}
+        grants = client.get("/v1/grants").json()
+        assert (grants["team"], [u["name"] for u in grants["users"]]) == ("blue", ["bob"])
 
 
 def test_a_narrow_token_gets_403_for_what_its_scopes_do_not_cover(served: Server) -> None:
@@ -153,6 +174,9 @@ def test_an_admin_cannot_reach_into_another_team(served: Server) -> None:
         assert member.status_code == 403
         revoke = client.delete(f"/v1/tokens/{served.ids['admin_token']}")
         assert revoke.status_code == 403
+        for path in ("/v1/users/admin/grants", "/v1/users/nobody-at-all/grants"):  # the same answer: no one is named
+            grant = client.post(path, json={"grants": ["secret:*"]})
+            assert grant.status_code == 404 and "in team 'blue'" in grant.json()["detail"]
     with served.client("admin") as client:
         assert client.get("/v1/health").status_code == 200
         assert client.get("/v1/runs").status_code == 200  # the admin token still works

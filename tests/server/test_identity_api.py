@@ -63,3 +63,44 @@ def test_identity_decides_which_secrets_a_submitted_run_may_use(served: Server) 
         assert employee.json()["identity"]["grants"] == ["secret:DEPLOY_KEY", "secret:GH_TOKEN"]
         for run in (submitted.json()["id"], employee.json()["id"]):
             assert client.post(f"/v1/runs/{run}/cancel").status_code == 200
+
+
+def test_an_admin_manages_grants_through_the_api(served: Server) -> None:
+    spec = {"name": "releaser", "model": "openai:gpt-6.1-terra", "base_url": "http://127.0.0.1:9/v1"}
+    body = {"agent": "releaser", "task": "release", "repo": served.ids["repo"], "acting_as": "agent"}
+    with served.client("admin") as client:
+        assert client.post("/v1/specs", json={"spec": spec | {"secrets": ["RELEASE_KEY"]}}).status_code == 201
+        assert client.post("/v1/runs", json=body).status_code == 403  # no identity of its own yet
+
+        given = client.post("/v1/agents/releaser/grants", json={"grants": ["secret:RELEASE_KEY", "secret:OTHER"]})
+        assert given.status_code == 200, given.text
+        assert given.json() == {"name": "releaser", "grants": ["secret:OTHER", "secret:RELEASE_KEY"]}
+        submitted = client.post("/v1/runs", json=body)
+        assert submitted.status_code == 201, submitted.text
+        assert submitted.json()["identity"]["grants"] == ["secret:OTHER", "secret:RELEASE_KEY"]
+        assert client.post(f"/v1/runs/{submitted.json()['id']}/cancel").status_code == 200
+
+        taken = client.delete("/v1/agents/releaser/grants/secret:RELEASE_KEY")
+        assert taken.json() == {"name": "releaser", "grants": ["secret:OTHER"]}
+        refused = client.post("/v1/runs", json=body)
+        assert refused.status_code == 403 and "RELEASE_KEY" in refused.json()["detail"]
+
+        mine = client.post("/v1/users/admin/grants", json={"grants": ["secret:*"]})
+        assert mine.json() == {"name": "admin", "grants": ["secret:*", "secret:A_ONLY_GRANT"]}
+        listed = client.get("/v1/grants").json()
+        assert listed["team"] == "default"
+        assert {"name": "admin", "grants": ["secret:*", "secret:A_ONLY_GRANT"]} in listed["users"]
+        assert {"name": "releaser", "grants": ["secret:OTHER"]} in listed["agents"]
+        back = client.delete("/v1/users/admin/grants/secret:*")
+        assert back.json() == {"name": "admin", "grants": ["secret:A_ONLY_GRANT"]}
+
+        # Bad input: a clear problem, and nothing changed.
+        bad = client.post("/v1/agents/releaser/grants", json={"grants": ["secret:X;rm"]})
+        assert bad.status_code == 400 and "is not a grant" in bad.json()["detail"]
+        assert client.post("/v1/agents/releaser/grants", json={"grants": []}).status_code == 422
+        assert client.post("/v1/agents/..%2Fx/grants", json={"grants": ["secret:A"]}).status_code in (400, 404)
+        nobody = client.delete("/v1/agents/nobody/grants/secret:A")
+        assert nobody.status_code == 404 and "has no identity of its own" in nobody.json()["detail"]
+        assert client.post("/v1/users/nobody/grants", json={"grants": ["secret:A"]}).status_code == 404
+        after = client.get("/v1/grants").json()
+        assert after["agents"] == listed["agents"] and "nobody" not in {a["name"] for a in after["agents"]}

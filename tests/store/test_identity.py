@@ -64,6 +64,7 @@ def test_a_run_on_behalf_of_a_user_holds_what_both_hold_and_as_the_agent_its_own
     assert accounts.grant_agent("deployer", "blue", ["secret:GH_TOKEN"], revoke=True) == ["secret:DEPLOY_KEY"]
     assert accounts.identity(bob, "deployer", "user").grants == ("secret:DEPLOY_KEY",)
     assert accounts.agents("blue") == [("deployer", ["secret:DEPLOY_KEY"])]
+    assert accounts.members("blue") == [("bob", ["secret:*", "secret:GH_TOKEN", "secret:NPM_TOKEN"])]
 
     # Grants are per team: another team's agent of the same name holds nothing of these.
     accounts.create_team("red")
@@ -85,7 +86,10 @@ def test_grants_are_refused_to_strangers_and_bad_names(home: Path) -> None:
         accounts.grant_agent("../x", "blue", ["secret:A"])
     with pytest.raises(UsageError, match="is not a grant"):
         accounts.grant_agent("deployer", "blue", ["secret:*;"])
+    with pytest.raises(UsageError, match="agent 'deployer' has no identity of its own in team 'blue'"):
+        accounts.grant_agent("deployer", "blue", ["secret:A"], revoke=True)  # made nothing on the way
     assert accounts.agents("blue") == []
+    assert accounts.members("blue") == []
     store.close()
 
 

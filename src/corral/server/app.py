@@ -166,6 +166,25 @@ class NameIn(_Body):
     teams: list[str] = Field(default_factory=list, description="For a user: the teams it belongs to.")
 
 
+class GrantsIn(_Body):
+    grants: list[str] = Field(
+        min_length=1, max_length=100, description="Each `secret:NAME` (one secret) or `secret:*` (every secret)."
+    )
+
+
+class HolderOut(BaseModel):
+    """A member or an agent of the caller's team, and what it is granted there."""
+
+    name: str
+    grants: list[str]
+
+
+class GrantsOut(BaseModel):
+    team: str
+    users: list[HolderOut] = Field(description="The team's members: a run on their behalf holds what both hold.")
+    agents: list[HolderOut] = Field(description="Agents with an identity of their own (`acting_as: agent`).")
+
+
 class VerificationOut(BaseModel):
     run_id: str
     intact: bool
@@ -582,6 +601,48 @@ def create_app(store: Store) -> FastAPI:
             if any(t.id == token_id for t in accounts.tokens()):
                 raise ForbiddenError(f"token {token_id!r} is not your team's")
             raise NotFound(f"no token {token_id!r}")
+
+    # -- grants (admin): what a run may use, per member and per agent of the caller's team ---------
+
+    def require_member(who: Principal, user: str) -> None:
+        if user not in dict(accounts.members(who.team)):
+            raise NotFound(f"no user {user!r} in team {who.team!r}")
+
+    def holder(name: str, grants: list[str]) -> dict[str, Any]:
+        return {"name": name, "grants": grants}
+
+    @app.get("/v1/grants", response_model=GrantsOut, tags=["admin"])
+    def list_grants(who: Admin) -> dict[str, Any]:
+        """What the team's members and its agents are granted."""
+        return {
+            "team": who.team,
+            "users": [holder(name, grants) for name, grants in accounts.members(who.team)],
+            "agents": [holder(name, grants) for name, grants in accounts.agents(who.team)],
+        }
+
+    @app.post("/v1/users/{user}/grants", response_model=HolderOut, tags=["admin"])
+    def grant_user(user: str, body: GrantsIn, who: Admin) -> dict[str, Any]:
+        """Grant a member of the team more (runs submitted from now on); what it holds after."""
+        require_member(who, user)
+        return holder(user, accounts.grant_user(user, who.team, body.grants))
+
+    @app.delete("/v1/users/{user}/grants/{grant}", response_model=HolderOut, tags=["admin"])
+    def ungrant_user(user: str, grant: str, who: Admin) -> dict[str, Any]:
+        """Take a grant back from a member of the team; what it holds after."""
+        require_member(who, user)
+        return holder(user, accounts.grant_user(user, who.team, [grant], revoke=True))
+
+    @app.post("/v1/agents/{agent}/grants", response_model=HolderOut, tags=["admin"])
+    def grant_agent(agent: str, body: GrantsIn, who: Admin) -> dict[str, Any]:
+        """Give an agent an identity of its own in the team, or grant it more; what it holds after."""
+        return holder(agent, accounts.grant_agent(agent, who.team, body.grants))
+
+    @app.delete("/v1/agents/{agent}/grants/{grant}", response_model=HolderOut, tags=["admin"])
+    def ungrant_agent(agent: str, grant: str, who: Admin) -> dict[str, Any]:
+        """Take a grant back from an agent's own identity in the team; what it holds after."""
+        if agent not in dict(accounts.agents(who.team)):
+            raise NotFound(f"agent {agent!r} has no identity of its own in team {who.team!r}")
+        return holder(agent, accounts.grant_agent(agent, who.team, [grant], revoke=True))
 
     app.state.scopes = SCOPES
     return app

@@ -37,7 +37,7 @@ from corral.store.records import Identity
 
 SCOPES: tuple[str, ...] = ("runs:read", "runs:write", "approvals:decide", "specs:write", "admin")
 """``runs:read`` (runs, events, costs, specs), ``runs:write`` (submit, cancel, resume, delete),
-``approvals:decide``, ``specs:write`` (register agent specs), ``admin`` (teams, users, tokens)."""
+``approvals:decide``, ``specs:write`` (register agent specs), ``admin`` (teams, users, tokens, grants)."""
 TOKEN_PREFIX = "corral_"
 BOOTSTRAP_TEAM = "default"
 BOOTSTRAP_USER = "admin"
@@ -186,12 +186,26 @@ class Accounts:
         with Session(self._engine) as session, session.begin():
             team_id = self._team_id(session, team)
             row = session.get(AgentRow, (team_id, agent))
+            if row is None and revoke:
+                raise UsageError(f"agent {agent!r} has no identity of its own in team {team!r}: nothing to take back")
             if row is None:
                 row = AgentRow(team_id=team_id, name=agent, grants=[], created_at=time.time())
                 session.add(row)
             held = _changed(row.grants, changed, revoke=revoke)
             row.grants = held
             return held
+
+    def members(self, team: str) -> list[tuple[str, list[str]]]:
+        """The members of ``team`` and their grants in it."""
+        with Session(self._engine) as session:
+            team_id = self._team_id(session, team)
+            rows = session.execute(
+                select(UserRow.name, MemberRow.grants)
+                .join(MemberRow, MemberRow.user_id == UserRow.id)
+                .where(MemberRow.team_id == team_id)
+                .order_by(UserRow.name)
+            )
+            return [(name, list(grants or [])) for name, grants in rows]
 
     def agents(self, team: str) -> list[tuple[str, list[str]]]:
         """The agents with an identity in ``team``, and their grants."""
