@@ -379,10 +379,26 @@ def test_a_run_acts_as_its_agent_or_for_its_user_with_the_grants_recorded(setup:
     assert as_local.returncode == 2 and "--as-agent chooses who a run acts as on a server" in as_local.stderr
 
 
+def streamed_tree(stdout: str) -> tuple[str, list[list[tuple[str, int]]]]:
+    """A ``run --json`` stream: its run's id, and each run's events (type, seq), the streamed run's first."""
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    root = lines[-1]["run_id"]
+    runs: dict[str, list[tuple[str, int]]] = {}
+    for line in lines[:-1]:
+        runs.setdefault(line["run_id"], []).append((line["type"], line["seq"]))
+    return root, [runs.pop(root), *runs.values()]
+
+
 def test_the_runs_a_submitted_run_dispatches_are_its_teams_and_act_as_it(setup: Setup) -> None:
     ran = setup.remote("run", "lead", "review", "--repo", str(setup.repo), "--json")
     assert ran.returncode == 0, ran.stderr
-    run_id = json.loads(ran.stdout.splitlines()[-1])["run_id"]
+    run_id, remote_runs = streamed_tree(ran.stdout)
+    # --json streams the dispatched run's events too, as a local run does; each run's in order.
+    here = setup.local("run", "lead", "review", "--repo", str(setup.repo), "--json")
+    assert here.returncode == 0, here.stderr
+    assert remote_runs == streamed_tree(here.stdout)[1]
+    assert len(remote_runs) == 2 and ("run.finished", len(remote_runs[1])) in remote_runs[1]
+    assert all([seq for _, seq in events] == list(range(1, len(events) + 1)) for events in remote_runs)
     with httpx.Client(base_url=setup.url, headers={"Authorization": f"Bearer {setup.token}"}) as client:
         parent = client.get(f"/v1/runs/{run_id}").json()
         [child] = client.get(f"/v1/runs/{run_id}/children").json()

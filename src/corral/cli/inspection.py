@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -224,26 +225,66 @@ def journal_until_end(store: RunReader, run_id: str, *, after_seq: int = 0) -> I
 
     An interrupted run is said so once on stderr, and followed on until it is resumed and ends.
     """
-    from corral.events import RunFinished
+    return journals_until_end(store, {run_id: after_seq}, children=False)
 
-    seq, grace_ends, warned = after_seq, None, False
+
+@dataclass
+class _Followed:
+    """Where following one run's journal stands."""
+
+    after: int = 0
+    dispatcher: str | None = None
+    """The run whose program dispatched it (followed with ``children``), else None."""
+    ended: bool = False
+    warned: bool = False
+    grace_ends: float | None = None
+
+
+def journals_until_end(store: RunReader, runs: dict[str, int], *, children: bool) -> Iterator[EventRecord]:
+    """The journal entries of ``runs`` (each from after the ``seq`` given) as they are committed, until
+    every one has ended; with ``children``, those of the runs their programs dispatch too, at any depth.
+
+    This is what ``corral run --json`` streams locally, where the journal's listener sees the whole
+    tree. Runs are read in turn: entries of runs going on at once interleave a poll at a time, each
+    run's in order. An interrupted run is said so once on stderr, and followed on until it is resumed
+    and ends. A dispatched run that was never made (its dispatcher ended first) is not waited for.
+    """
+    from corral.errors import RunNotFoundError
+    from corral.events import RunFinished, TaskDispatched
+
+    following = {run_id: _Followed(after=after) for run_id, after in runs.items()}
     while True:
-        record = store.get_run(run_id)  # before its events: a run.finished event comes after the status
-        if record.interrupted and not warned:
-            warned = True
-            err_console.print(
-                safe(f"run {record.id} is interrupted (its process is gone); following it until it is resumed"),
-                highlight=False,
-            )
-        for entry in store.iter_events(record.id, after_seq=seq):
-            seq = entry.seq
-            yield entry
-            if isinstance(entry.event, RunFinished):
-                return
-        if record.status.finished:  # but no run.finished yet: wait a little, its process may have died
-            grace_ends = grace_ends or time.monotonic() + FINISH_GRACE_S
-            if time.monotonic() > grace_ends:
-                return
+        for run_id, state in list(following.items()):
+            if state.ended:
+                continue
+            try:
+                record = store.get_run(run_id)  # before its events: a run.finished event comes after the status
+            except RunNotFoundError:
+                if state.dispatcher is None:
+                    raise
+                state.ended = following[state.dispatcher].ended  # dispatched, and not made yet
+                continue
+            if record.interrupted and not state.warned:
+                state.warned = True
+                err_console.print(
+                    safe(f"run {record.id} is interrupted (its process is gone); following it until it is resumed"),
+                    highlight=False,
+                )
+            for entry in store.iter_events(record.id, after_seq=state.after):
+                state.after = entry.seq
+                yield entry
+                if children and isinstance(entry.event, TaskDispatched) and entry.event.child_id not in following:
+                    following[entry.event.child_id] = _Followed(dispatcher=record.id)
+                if isinstance(entry.event, RunFinished):
+                    state.ended = True
+                    break
+            # Finished but no run.finished yet, or its dispatcher ended without it: its process may have died.
+            orphaned = state.dispatcher is not None and following[state.dispatcher].ended
+            if not state.ended and (record.status.finished or orphaned):
+                state.grace_ends = state.grace_ends or time.monotonic() + FINISH_GRACE_S
+                state.ended = time.monotonic() > state.grace_ends
+        if all(state.ended for state in following.values()):
+            return
         time.sleep(FOLLOW_POLL_S)
 
 

@@ -727,7 +727,7 @@ def show_server_runs(
 ) -> None:
     """Show runs the server's workers execute, each from after the ``seq`` given, until they end: in a
     live view on ``shown`` and as stream lines on ``stream``. Ctrl-C stops following (exit 130), not the runs."""
-    from corral.cli.inspection import EXIT_SIGINT, journal_until_end
+    from corral.cli.inspection import EXIT_SIGINT, journals_until_end
     from corral.cli.views import LiveRunView
 
     ids = ", ".join(runs)
@@ -737,12 +737,12 @@ def show_server_runs(
             if shown is not None:
                 view = stack.enter_context(LiveRunView(console=shown, title=f"{title} · {ids}"))
                 view.run_ids.update(runs)
-            for run_id, after in runs.items():
-                for entry in journal_until_end(server, run_id, after_seq=after):
-                    if view is not None:
-                        view.on_event(entry.run_id, entry.event)
-                    if stream is not None:
-                        stream.on_event(entry)
+            # The stream has the events of the runs they dispatch too, as a local run's has.
+            for entry in journals_until_end(server, runs, children=stream is not None):
+                if view is not None:
+                    view.on_event(entry.run_id, entry.event)
+                if stream is not None:
+                    stream.on_event(entry)
     except KeyboardInterrupt:
         gone = f"run {ids}; it goes on" if len(runs) == 1 else f"run(s) {ids}; they go on"
         err_console.print(safe(f"stopped following {gone}"), highlight=False)
