@@ -88,7 +88,8 @@ class RunRecord(BaseModel):
     identity: Identity | None = None
     """Who it acts as, with its effective grants (submitted through the API); None: a local run."""
     journal_seq: int = 0
-    """The ``seq`` of its last event written (its journal holds events 1 to ``journal_seq``)."""
+    """The ``seq`` of its last event written (its journal holds events 1 to ``journal_seq``); 0 also
+    for a run none of whose events was written since the journal's chain (migration ``0004``)."""
     interrupted: bool = False
     """Unfinished, and the process executing it is gone (see ``Store.interrupted_runs``); a run still
     waiting in its queue is not."""
