@@ -21,7 +21,7 @@ from tests.store.runs import add_run
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     monkeypatch.setattr(inspection, "FOLLOW_POLL_S", 0.02)
-    monkeypatch.setattr(inspection, "FINISH_GRACE_S", 0.3)
+    monkeypatch.setattr(inspection, "FINISH_GRACE_S", 0.15)
     opened = Store.open(home=tmp_path / "home")
     yield opened
     opened.close()
@@ -57,10 +57,10 @@ def test_the_dispatched_runs_are_followed_too_at_any_depth(store: Store) -> None
     write(store, "root", started(), dispatched("child"))
 
     def the_tree_goes_on() -> None:  # as the process executing it would, while the reader follows
-        time.sleep(0.1)
+        time.sleep(0.05)
         add_run(store, "child", parent_id="root")
         write(store, "child", started("b"), dispatched("grandchild"))
-        time.sleep(0.1)
+        time.sleep(0.05)
         add_run(store, "grandchild", parent_id="child")
         write(store, "grandchild", started("c"), finished())
         write(store, "child", finished())
@@ -95,7 +95,7 @@ def test_a_dispatched_run_never_made_is_not_waited_for(store: Store) -> None:
 def test_a_dispatched_run_left_unfinished_after_its_dispatcher_ended_is_followed_for_a_grace_only(
     store: Store,
 ) -> None:
-    """Its process died mid-write: the follower waits the grace (here 0.3 s), not forever."""
+    """Its process died mid-write: the follower waits the grace (here 0.15 s), not forever."""
     add_run(store, "root")
     add_run(store, "child", parent_id="root")
     write(store, "root", started(), dispatched("child"), finished())
@@ -103,7 +103,7 @@ def test_a_dispatched_run_left_unfinished_after_its_dispatcher_ended_is_followed
     begun = time.monotonic()
     entries = list(journals_until_end(store, {"root": 0}, children=True))
     assert per_run(entries)["child"] == [("run.started", 1)]
-    assert 0.3 <= time.monotonic() - begun < 5
+    assert 0.15 <= time.monotonic() - begun < 5
 
 
 def test_a_run_that_is_not_there_is_an_error(store: Store) -> None:

@@ -33,6 +33,7 @@ from corral.errors import ForbiddenError, SpecError, UsageError
 from corral.runtime import Runtime, workflow
 from corral.server import problems
 from corral.server.problems import Conflict, NotFound
+from corral.server.watch import JournalWatch
 from corral.spec import AgentSpec
 from corral.store import RunRecord, Store
 from corral.store.accounts import SCOPES, Accounts, Principal, TokenInfo
@@ -40,10 +41,11 @@ from corral.store.models import EventRow
 from corral.store.records import DISPLAY_STATUSES, ApprovalStatus, EventRecord
 from corral.store.registry import SpecRegistry
 
-STREAM_POLL_S = 0.02
-"""How often a live event stream looks for new events in the journal."""
-STREAM_STATUS_EVERY_S = 0.25
-"""How often a quiet live stream reads its run's row to see it end (its events are read every poll)."""
+STREAM_POLL_S = 0.01
+"""How often the server reads the journals' heads of the runs its live streams wait on (one query
+for all of them, see ``corral.server.watch``)."""
+STREAM_DISCONNECT_CHECK_S = 1.0
+"""How often a quiet live stream checks that its client is still there."""
 STREAM_KEEPALIVE_S = 15.0
 PAGE_MAX = 500
 INT_MAX = 2**31 - 1
@@ -280,6 +282,7 @@ def create_app(store: Store) -> FastAPI:
     problems.install(app)
     app.state.accounts = accounts
     app.state.store = store
+    watch = JournalWatch(store, poll_s=STREAM_POLL_S)
 
     def own_run(run_id: str, who: Principal) -> RunRecord:
         return _own_run(store, run_id, who)
@@ -455,7 +458,7 @@ def create_app(store: Store) -> FastAPI:
     ) -> AsyncIterator[ServerSentEvent]:
         """The run's journal live: every event so far after ``Last-Event-ID`` (or ``after``), then each
         event as it is committed (``id`` = its ``seq``, ``event`` = its type), then ``end``."""
-        quiet_since, checked = time.monotonic(), 0.0  # the first quiet poll reads the row: it may have ended
+        quiet_since, ended = time.monotonic(), False
         while True:
             events = await asyncio.to_thread(_events_after, store, record.id, cursor, PAGE_MAX)
             for event in events:
@@ -464,24 +467,24 @@ def create_app(store: Store) -> FastAPI:
             if events:
                 quiet_since = time.monotonic()
                 continue
-            if await request.is_disconnected():
-                return
-            if time.monotonic() - checked < STREAM_STATUS_EVERY_S:  # the events query alone, most polls
-                await asyncio.sleep(STREAM_POLL_S)
-                continue
-            checked = time.monotonic()
-            current = await asyncio.to_thread(store.find_run, record.id)
-            if current is None or current.status.finished:
-                # Its last events are committed before its row says so; read once more, then end.
-                for event in await asyncio.to_thread(_events_after, store, record.id, cursor, PAGE_MAX):
-                    yield ServerSentEvent(id=str(event.seq), event=event.type, data=event.to_json())
-                    cursor = event.seq
+            if ended:  # the journal was read once more after the run's row said it had ended
+                current = await asyncio.to_thread(store.find_run, record.id)
                 yield ServerSentEvent(event="end", data={"status": current.status.value if current else "deleted"})
                 return
-            if time.monotonic() - quiet_since > STREAM_KEEPALIVE_S:
+            if await request.is_disconnected():
+                return
+            keepalive_in = STREAM_KEEPALIVE_S - (time.monotonic() - quiet_since)
+            if keepalive_in <= 0:
                 yield ServerSentEvent(comment="keep-alive")
                 quiet_since = time.monotonic()
-            await asyncio.sleep(STREAM_POLL_S)
+                continue
+            # Until the journal has more or the run ends (one reader for every stream), at most
+            # STREAM_DISCONNECT_CHECK_S at a time: a client gone meanwhile is noticed that soon.
+            try:
+                async with asyncio.timeout(min(keepalive_in, STREAM_DISCONNECT_CHECK_S)):
+                    ended = (await watch.wait(record.id, cursor)).ended
+            except TimeoutError:
+                pass
 
     # -- approvals --------------------------------------------------------------------------------
 
