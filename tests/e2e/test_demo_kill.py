@@ -104,6 +104,16 @@ def run_statuses(home: Path) -> list[RunStatus]:
         store.close()
 
 
+def wait_until_listening(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
+    """Seconds until ``proc`` listened on a TCP port (the demo serving its scripted model)."""
+    started = time.monotonic()
+    while not listening_ports(proc.pid):
+        assert proc.poll() is None, f"the demo ended ({proc.returncode}) before it served its model"
+        assert time.monotonic() - started < timeout, "the demo never served its model"
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
 def model_phase(home: Path) -> tuple[float, float]:
     """When the (only) run in ``home`` sent its first model request, and when it finished (epoch seconds)."""
     store = Store.open(home=home)
@@ -143,9 +153,6 @@ def test_sigkill_of_the_demo_at_random_moments_then_resume_succeeds(tmp_path: Pa
     served_when_killed = resumed_runs = 0
     for i in range(KILLS):
         sandbox = "bubblewrap" if with_bubblewrap and i % BUBBLEWRAP_EVERY == 0 else "local"
-        # Half the kills anywhere in the demo's life, half while its model is being called.
-        delay = rng.uniform(0.0, duration * 1.1) if i % 2 else rng.uniform(model_from, model_to)
-        print(f"kill {i}: --sandbox {sandbox}, SIGKILL after {delay:.2f}s")
         proc = subprocess.Popen(
             [*CORRAL, "--home", str(home), "demo", "--sandbox", sandbox],
             cwd=tmp_path,
@@ -154,7 +161,19 @@ def test_sigkill_of_the_demo_at_random_moments_then_resume_succeeds(tmp_path: Pa
             stderr=subprocess.DEVNULL,
         )
         try:
-            time.sleep(delay)
+            # Half the kills anywhere in the demo's life; half while it serves its model: once it
+            # listens (its timings shift with the machine's load), at once the first time, then at a
+            # random moment of its model calls.
+            if i % 2:
+                delay = rng.uniform(0.0, duration * 1.1)
+                time.sleep(delay)
+                moment = f"after {delay:.2f}s"
+            else:
+                listened = wait_until_listening(proc)
+                delay = rng.uniform(0.0, model_to - model_from) if i else 0.0
+                time.sleep(delay)
+                moment = f"{delay:.2f}s after it served its model (at {listened:.2f}s)"
+            print(f"kill {i}: --sandbox {sandbox}, SIGKILL {moment}")
             ports = listening_ports(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
@@ -172,7 +191,7 @@ def test_sigkill_of_the_demo_at_random_moments_then_resume_succeeds(tmp_path: Pa
             text=True,
             timeout=180,
         )
-        context = f"kill {i} (seed {seed}, {delay:.2f}s, {sandbox})\n{resumed.stdout}{resumed.stderr}"
+        context = f"kill {i} (seed {seed}, {moment}, {sandbox})\n{resumed.stdout}{resumed.stderr}"
         assert resumed.returncode == 0, context
         resumed_runs += "no interrupted runs" not in resumed.stdout
         statuses = run_statuses(home)
