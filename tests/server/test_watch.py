@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,28 @@ async def test_a_failing_read_is_said_once_and_the_streams_wait_on(
         assert await waited(watch, "r1", after=0) == Head(seq=1, status="running")
     warnings = [r.getMessage() for r in caplog.records if "journals' heads" in r.getMessage()]
     assert warnings == ["reading the journals' heads failed (retrying): connection reset by peer"]
+
+
+async def test_a_stream_that_starts_waiting_during_a_read_waits_for_the_next_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read in flight did not ask for its run: it must not take the run's absence for a deletion."""
+    watch = JournalWatch(store, poll_s=POLL_S)
+    add_run(store, "r1")
+    add_run(store, "r2")
+    real, reading, go_on = watch._heads, threading.Event(), threading.Event()
+
+    def slow_first_read(run_ids: list[str]) -> dict[str, Head]:
+        if not go_on.is_set():
+            reading.set()
+            go_on.wait(10)
+        return real(run_ids)
+
+    monkeypatch.setattr(watch, "_heads", slow_first_read)
+    first = asyncio.create_task(waited(watch, "r1", after=0, seconds=0.3))
+    assert await asyncio.to_thread(reading.wait, 10)  # the read of r1's head is in flight
+    second = asyncio.create_task(waited(watch, "r2", after=0, seconds=0.15))
+    await asyncio.sleep(0.02)
+    go_on.set()
+    assert await second is None  # quiet r2: it waited its time out, not woken as deleted
+    assert await first is None

@@ -73,21 +73,24 @@ class JournalWatch:
     async def _watch(self) -> None:
         failures = 0
         while self._waiting:
+            run_ids = list(self._waiting)
             try:
-                heads = await asyncio.to_thread(self._heads, list(self._waiting))
+                heads = await asyncio.to_thread(self._heads, run_ids)
             except Exception as exc:  # the database is away for a moment: the streams wait on, say so once
                 failures += 1
                 if failures == 1:
                     log.warning("reading the journals' heads failed (retrying): %s", exc)
             else:
                 failures = 0
-                self._wake(heads)
+                self._wake(run_ids, heads)
             await asyncio.sleep(self._poll_s)
 
-    def _wake(self, heads: dict[str, Head]) -> None:
-        for run_id, waiters in list(self._waiting.items()):
+    def _wake(self, run_ids: list[str], heads: dict[str, Head]) -> None:
+        """Wake the waiters of ``run_ids`` (the runs read: one first waited on meanwhile waits for the next
+        read) whose run moved; a run the read did not find was deleted."""
+        for run_id in run_ids:
             head = heads.get(run_id, Head(seq=0, status=None))
-            for waiter in waiters:
+            for waiter in self._waiting.get(run_id, []):
                 if (head.seq > waiter.after or head.ended) and not waiter.woken.done():
                     waiter.woken.set_result(head)
 
