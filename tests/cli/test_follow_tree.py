@@ -92,6 +92,7 @@ def test_a_dispatched_run_never_made_is_not_waited_for(store: Store) -> None:
     assert time.monotonic() - begun < 5
 
 
+@pytest.mark.slow  # waits out the grace: the full suite runs it, the fast lane does not
 def test_a_dispatched_run_left_unfinished_after_its_dispatcher_ended_is_followed_for_a_grace_only(
     store: Store,
 ) -> None:

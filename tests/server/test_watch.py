@@ -70,6 +70,7 @@ async def test_a_stream_is_woken_when_its_journal_grows_or_its_run_ends(store: S
     assert gone == Head(seq=0, status=None) and gone.ended
 
 
+@pytest.mark.slow  # waits out real timeouts: the full suite runs it, the fast lane does not
 async def test_many_waiting_streams_cost_one_query_per_poll(store: Store) -> None:
     watch = JournalWatch(store, poll_s=POLL_S)
     for n in range(50):
@@ -117,6 +118,7 @@ async def test_a_failing_read_is_said_once_and_the_streams_wait_on(
     assert warnings == ["reading the journals' heads failed (retrying): connection reset by peer"]
 
 
+@pytest.mark.slow  # waits out real timeouts: the full suite runs it, the fast lane does not
 async def test_a_stream_that_starts_waiting_during_a_read_waits_for_the_next_one(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
