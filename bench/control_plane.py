@@ -207,6 +207,26 @@ def latency_summary(samples: Sequence[float]) -> dict[str, float | int] | None:
 # -- the databases --------------------------------------------------------------------------------
 
 
+#: What a section's own failure raises (anything else: the section cannot run on this machine).
+FAILURES = (BenchError, OSError, subprocess.SubprocessError, ValueError, KeyError)
+
+
+def failure(exc: Exception) -> dict[str, str]:
+    """A row's status and reason for ``exc``: ``failed`` (the measurement went wrong) or ``unavailable``
+    (the cluster could not start, a driver is missing: the row cannot run here)."""
+    return {"status": "failed" if isinstance(exc, FAILURES) else "unavailable", "reason": describe(exc)}
+
+
+@contextlib.contextmanager
+def quietly_closed(store: Any) -> Iterator[Any]:
+    """``store``, closed when the block ends; a failing close does not hide what the block raised."""
+    try:
+        yield store
+    finally:
+        with contextlib.suppress(Exception):
+            store.close()
+
+
 class Databases:
     """Fresh databases for the trials: SQLite files in the scratch directory, PostgreSQL databases in one
     throwaway cluster with fsync on, started on first use and stopped by ``close``."""
@@ -253,6 +273,15 @@ class Databases:
         settings = read_settings(url)  # and migrates: trials start from a ready schema
         self.settings.setdefault(kind, settings)
         return url, home
+
+    @contextlib.contextmanager
+    def using(self, kind: str, prefix: str) -> Iterator[tuple[str, Path]]:
+        """A fresh database (see ``fresh``), dropped when the block ends, however it ends."""
+        url, home = self.fresh(kind, prefix)
+        try:
+            yield url, home
+        finally:
+            self.drop(url)
 
     def drop(self, url: str) -> None:
         if url.startswith("postgresql") and self._postgres is not None:
@@ -416,33 +445,32 @@ def ingest_trials(
         "status": "ok",
     }
     per_process = args.events // processes
-    url = None
     try:
-        url, home = databases.fresh(kind, "ingest")
-        trials = []
-        with children() as started:
-            for p in range(processes):
-                config = {
-                    "url": url,
-                    "home": str(home),
-                    "name": f"p{p}",
-                    "runs": runs,
-                    "events": per_process,
-                    "repeats": args.repeats,
-                    "payload_bytes": args.payload_bytes,
-                }
-                log = databases.scratch / f"{name.replace('/', '_')}-{p}.log"
-                started.append(
-                    Child.start(f"ingest process {p}", this_script("--child-ingest", json.dumps(config)), log=log)
-                )
-            for _ in range(args.repeats):
-                for child in started:
-                    if child.line(CHILD_START_TIMEOUT_S) != "ready":
-                        raise BenchError(f"{child.name} did not get ready{child.tail()}")
-                for child in started:
-                    child.send("go")
-                results = [json.loads(child.line(RUN_TIMEOUT_S)) for child in started]
-                trials.append(ingest_trial_summary(results))
+        with databases.using(kind, "ingest") as (url, home):
+            trials = []
+            with children() as started:
+                for p in range(processes):
+                    config = {
+                        "url": url,
+                        "home": str(home),
+                        "name": f"p{p}",
+                        "runs": runs,
+                        "events": per_process,
+                        "repeats": args.repeats,
+                        "payload_bytes": args.payload_bytes,
+                    }
+                    log = databases.scratch / f"{name.replace('/', '_')}-{p}.log"
+                    started.append(
+                        Child.start(f"ingest process {p}", this_script("--child-ingest", json.dumps(config)), log=log)
+                    )
+                for _ in range(args.repeats):
+                    for child in started:
+                        if child.line(CHILD_START_TIMEOUT_S) != "ready":
+                            raise BenchError(f"{child.name} did not get ready{child.tail()}")
+                    for child in started:
+                        child.send("go")
+                    results = [json.loads(child.line(RUN_TIMEOUT_S)) for child in started]
+                    trials.append(ingest_trial_summary(results))
         lost = [t for t in trials if t["stored"] != t["events"]]
         if lost:
             raise BenchError(f"{lost[0]['events'] - lost[0]['stored']} event(s) not in the database after flush()")
@@ -453,13 +481,8 @@ def ingest_trials(
         batches = [ms for t in trials for ms in t.pop("batches_ms")]
         row["batches"] = latency_summary(batches)
         row["events_per_batch"] = round(sum(t["events"] for t in trials) / max(1, len(batches)), 1)
-    except (BenchError, OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
-        row["status"], row["reason"] = "failed", describe(exc)
-    except Exception as exc:  # the cluster could not start, a driver is missing: this row cannot run here
-        row["status"], row["reason"] = "unavailable", describe(exc)
-    finally:
-        if url is not None:
-            databases.drop(url)
+    except Exception as exc:
+        row |= failure(exc)
     return row
 
 
@@ -611,78 +634,72 @@ def measure_sse(databases: Databases, scratch: Path, args: argparse.Namespace) -
         "events": measured,
         **latency_settings(),
     }
-    url = store = None
     try:
-        url, home = databases.fresh("postgres", "sse")
-        result["database"] = "postgres"
-        with children() as started:
-            progress("sse: starting corral serve")
-            served = Served.start(url, home, scratch, started)
-            served.register(instant_spec("http://127.0.0.1:9/v1"))  # never contacted: no worker runs it
-            repo = make_repo(scratch / "sse-repo")
-            with served.client() as client:
-                answer = client.post("/v1/runs", json={"agent": "bench", "task": "followed live", "repo": str(repo)})
-                if answer.status_code != 201:
-                    raise BenchError(f"submitting the run: {answer.status_code} {answer.text[:300]}")
-            run_id = answer.json()["id"]
+        with databases.using("postgres", "sse") as (url, home), contextlib.ExitStack() as opened:
+            result["database"] = "postgres"
+            with children() as started:
+                progress("sse: starting corral serve")
+                served = Served.start(url, home, scratch, started)
+                served.register(instant_spec("http://127.0.0.1:9/v1"))  # never contacted: no worker runs it
+                repo = make_repo(scratch / "sse-repo")
+                with served.client() as client:
+                    answer = client.post(
+                        "/v1/runs", json={"agent": "bench", "task": "followed live", "repo": str(repo)}
+                    )
+                    if answer.status_code != 201:
+                        raise BenchError(f"submitting the run: {answer.status_code} {answer.text[:300]}")
+                run_id = answer.json()["id"]
 
-            store = Store(url, home=home)  # the producer: appends to the run's journal as a worker would
-            committed: dict[str, float] = {}
+                # The producer: appends to the run's journal as a worker would.
+                store = opened.enter_context(quietly_closed(Store(url, home=home)))
+                committed: dict[str, float] = {}
 
-            def heard(record: Any) -> None:
-                committed[record.event.key] = time.time()
+                def heard(record: Any) -> None:
+                    committed[record.event.key] = time.time()
 
-            store.journal.subscribe(heard)
-            text = "x" * args.payload_bytes
-            store.journal.append(run_id, ProgramLogged(key="bench:ready", call_id="bench", text="ready"))
-            store.journal.flush()
-            config = {
-                "address": served.address,
-                "token": served.token,
-                "run_id": run_id,
-                "expect": 1 + warm + measured,
-                "timeout_s": args.warmup_seconds + args.seconds + 60,
-            }
-            client_child = Child.start(
-                "the SSE client", this_script("--child-sse", json.dumps(config)), log=scratch / "sse-client.log"
-            )
-            started.append(client_child)
-            if client_child.line(CHILD_START_TIMEOUT_S) != "ready":
-                raise BenchError(f"the SSE client did not get ready{client_child.tail()}")
+                store.journal.subscribe(heard)
+                text = "x" * args.payload_bytes
+                store.journal.append(run_id, ProgramLogged(key="bench:ready", call_id="bench", text="ready"))
+                store.journal.flush()
+                config = {
+                    "address": served.address,
+                    "token": served.token,
+                    "run_id": run_id,
+                    "expect": 1 + warm + measured,
+                    "timeout_s": args.warmup_seconds + args.seconds + 60,
+                }
+                client_child = Child.start(
+                    "the SSE client", this_script("--child-sse", json.dumps(config)), log=scratch / "sse-client.log"
+                )
+                started.append(client_child)
+                if client_child.line(CHILD_START_TIMEOUT_S) != "ready":
+                    raise BenchError(f"the SSE client did not get ready{client_child.tail()}")
 
-            progress(f"sse: {args.warmup_seconds:g} s warm-up, then {measured} events at {args.rate:g}/s")
-            late = 0
-            keys = [f"warm:{i}" for i in range(warm)] + [f"sse:{i}" for i in range(measured)]
-            began = time.perf_counter()
-            for i, key in enumerate(keys):
-                delay = began + i / args.rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                elif delay < -LATE_S:
-                    late += 1
-                store.journal.append(run_id, ProgramLogged(key=key, call_id="bench", text=text, ts=time.time()))
-            paced_s = time.perf_counter() - began
-            store.journal.flush()
-            report = json.loads(client_child.line(config["timeout_s"] + 30))
-        result |= sse_summary(report, keys, committed, late, paced_s)
-        if report["error"]:
-            result["client_error"] = report["error"]
-        if result["lost"] or result["out_of_order"] or result["duplicates"] or result["gaps"]:
-            result["status"] = "failed"
-            result["reason"] = (
-                f"{result['lost']} lost, {result['duplicates']} twice, {result['out_of_order']} out of order, "
-                f"{result['gaps']} gap(s) in seq" + (f"; the client: {report['error']}" if report["error"] else "")
-            )
-    except (BenchError, OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
-        result["status"], result["reason"] = "failed", describe(exc)
+                progress(f"sse: {args.warmup_seconds:g} s warm-up, then {measured} events at {args.rate:g}/s")
+                late = 0
+                keys = [f"warm:{i}" for i in range(warm)] + [f"sse:{i}" for i in range(measured)]
+                began = time.perf_counter()
+                for i, key in enumerate(keys):
+                    delay = began + i / args.rate - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                    elif delay < -LATE_S:
+                        late += 1
+                    store.journal.append(run_id, ProgramLogged(key=key, call_id="bench", text=text, ts=time.time()))
+                paced_s = time.perf_counter() - began
+                store.journal.flush()
+                report = json.loads(client_child.line(config["timeout_s"] + 30))
+            result |= sse_summary(report, keys, committed, late, paced_s)
+            if report["error"]:
+                result["client_error"] = report["error"]
+            if result["lost"] or result["out_of_order"] or result["duplicates"] or result["gaps"]:
+                result["status"] = "failed"
+                result["reason"] = (
+                    f"{result['lost']} lost, {result['duplicates']} twice, {result['out_of_order']} out of order, "
+                    f"{result['gaps']} gap(s) in seq" + (f"; the client: {report['error']}" if report["error"] else "")
+                )
     except Exception as exc:
-        result["status"], result["reason"] = "unavailable", describe(exc)
-    finally:
-        if store is not None:
-            with contextlib.suppress(Exception):
-                store.close()
-        if url is not None:
-            databases.drop(url)
+        result |= failure(exc)
     return result
 
 
@@ -871,8 +888,8 @@ def runs_trial(
         if row["failed"]:
             errors = sorted({str(r.error)[:200] for r in rows if r.status != "succeeded"})
             row["status"], row["reason"] = "failed", f"{row['failed']} run(s) did not succeed: {'; '.join(errors[:3])}"
-    except (BenchError, OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
-        row["status"], row["reason"] = "failed", describe(exc)
+    except FAILURES as exc:  # anything else: the section cannot run here (see measure_runs)
+        row |= failure(exc)
     return row
 
 
@@ -881,27 +898,18 @@ def measure_runs(databases: Databases, scratch: Path, args: argparse.Namespace) 
     from corral.store import Store
 
     rows: list[dict[str, Any]] = []
-    url = store = None
     try:
-        url, home = databases.fresh("postgres", "runs")
-        repo = make_repo(scratch / "runs-repo")
-        with ScriptedServer([Turn(text="done")]) as model, children() as started:
-            progress("runs: starting corral serve")
-            served = Served.start(url, home, scratch, started)
-            served.register(instant_spec(model.openai_base_url))
-            store = Store(url, home=home)
-            for workers in args.workers:
-                rows.append(runs_trial(served, store, repo, url, home, scratch, workers, args))
-    except (BenchError, OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
-        rows.append({"id": "runs", "status": "failed", "reason": describe(exc)})
+        with databases.using("postgres", "runs") as (url, home), contextlib.ExitStack() as opened:
+            repo = make_repo(scratch / "runs-repo")
+            with ScriptedServer([Turn(text="done")]) as model, children() as started:
+                progress("runs: starting corral serve")
+                served = Served.start(url, home, scratch, started)
+                served.register(instant_spec(model.openai_base_url))
+                store = opened.enter_context(quietly_closed(Store(url, home=home)))
+                for workers in args.workers:
+                    rows.append(runs_trial(served, store, repo, url, home, scratch, workers, args))
     except Exception as exc:
-        rows.append({"id": "runs", "status": "unavailable", "reason": describe(exc)})
-    finally:
-        if store is not None:
-            with contextlib.suppress(Exception):
-                store.close()
-        if url is not None:
-            databases.drop(url)
+        rows.append({"id": "runs", **failure(exc)})
     return rows
 
 
