@@ -310,6 +310,7 @@ def _consume(result: Any) -> None:
         list(result)
 
 
+@pytest.mark.slow  # waits out a real time limit: the full suite runs it, the fast lane does not
 def test_delay_holds_the_answer_back(openai_for: OpenAIFactory) -> None:
     with ScriptedServer([Turn(text="slow", delay=0.2)]) as server:
         started = time.monotonic()

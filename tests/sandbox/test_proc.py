@@ -45,6 +45,7 @@ async def test_a_missing_program_is_a_sandbox_error() -> None:
         await run_process(["/nonexistent/no-such-helper"], timeout=10, what="no-such-helper")
 
 
+@pytest.mark.slow  # waits out a real time limit: the full suite runs it, the fast lane does not
 async def test_a_timeout_kills_the_whole_session() -> None:
     token = sleep_token()
     with pytest.raises(SandboxError, match=r"timed out after 0.3s"):
@@ -52,6 +53,7 @@ async def test_a_timeout_kills_the_whole_session() -> None:
     assert await gone(token) == []
 
 
+@pytest.mark.slow  # waits out a real time limit: the full suite runs it, the fast lane does not
 async def test_a_helper_that_exits_leaving_a_child_on_its_pipe_times_out_and_the_child_dies() -> None:
     token = sleep_token()
     with pytest.raises(SandboxError, match="timed out"):

@@ -149,6 +149,7 @@ async def test_too_many_host_calls_raise_inside_the_program(interpreter: Interpr
     assert len(host.calls) == 20
 
 
+@pytest.mark.slow  # waits out a real time limit: the full suite runs it, the fast lane does not
 async def test_wall_clock_counts_time_in_host_calls(interpreter: Interpreter) -> None:
     import asyncio
 
